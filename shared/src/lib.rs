@@ -1,0 +1,19 @@
+//! What the Cairn controller and agent must agree on.
+//!
+//! * [`protocol`] — the messages of the controller↔agent link and its version.
+//! * [`framing`] — length-prefixed postcard frames with a hard size limit.
+//! * [`identity`] — the private CA, certificates, and the rustls/quinn configs built on them.
+//! * [`ids`] — validated identifiers (hosts, join tokens).
+//! * [`resources`] — host facts and capacity reported by agents.
+//! * [`backoff`] — reconnect back-off with jitter, as a pure state machine.
+//! * [`validate`] — bounds checks every input crosses before it is trusted.
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod framing;
+pub mod identity;
+pub mod ids;
+pub mod protocol;
+pub mod resources;
+pub mod time;
+pub mod validate;

@@ -1,0 +1,250 @@
+//! The messages of the controller↔agent link.
+//!
+//! ## Connections and streams
+//!
+//! An agent dials the controller over QUIC. The ALPN names what the connection is for:
+//!
+//! * [`ALPN_ENROL`] — a one-shot enrolment: no client certificate; one bidirectional
+//!   stream carrying an [`EnrolRequest`] and an [`EnrolResponse`].
+//! * [`ALPN_AGENT`] — the long-lived, mutually authenticated link. The agent opens the
+//!   **control stream** first and sends a [`Hello`]; the controller answers with a
+//!   [`Welcome`]. Heartbeats ([`AgentMsg::Heartbeat`]) then flow on that stream. Every
+//!   request ([`AgentRequest`]) and every bulk transfer opens a stream of its own, so a
+//!   large transfer never waits behind, or delays, a heartbeat.
+//!
+//! ## Versioning
+//!
+//! The first field of [`Hello`] and of [`EnrolRequest`] is the protocol version, a
+//! `u32`. Receivers decode that field alone first ([`peek_version`]) so that a peer
+//! speaking another version gets a clear "version mismatch" rather than a decode error.
+//!
+//! ## Closing
+//!
+//! A connection is closed with one of the [`CloseCode`]s and a human-readable reason;
+//! the peer logs both.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::HostId;
+use crate::resources::{Capacity, HostFacts, RuntimeFacts};
+use crate::validate::{self, Invalid, Validate};
+
+/// The link protocol version spoken by this build.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// ALPN of enrolment connections.
+pub const ALPN_ENROL: &[u8] = b"cairn-enrol";
+/// ALPN of mutually authenticated agent connections.
+pub const ALPN_AGENT: &[u8] = b"cairn-agent";
+
+/// Reasons for closing a connection, sent as the QUIC application error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum CloseCode {
+    /// Orderly shutdown of either side.
+    Normal = 0,
+    /// The peers speak different protocol versions.
+    VersionMismatch = 1,
+    /// A frame was larger than the receiver's limit.
+    FrameTooLarge = 2,
+    /// A frame could not be decoded, or a message broke a bound.
+    Garbled = 3,
+    /// The connection lacks a valid client certificate.
+    Unauthenticated = 4,
+    /// The certificate names a host the controller does not know (or removed).
+    UnknownHost = 5,
+    /// A newer connection of the same host replaced this one.
+    Replaced = 6,
+    /// The peer did not follow the protocol (wrong first message, timeout).
+    ProtocolViolation = 7,
+    /// Enrolment refused (token or request problem); see the reason.
+    EnrolRefused = 8,
+}
+
+impl CloseCode {
+    pub fn from_u64(v: u64) -> Option<Self> {
+        use CloseCode::*;
+        [
+            Normal,
+            VersionMismatch,
+            FrameTooLarge,
+            Garbled,
+            Unauthenticated,
+            UnknownHost,
+            Replaced,
+            ProtocolViolation,
+            EnrolRefused,
+        ]
+        .into_iter()
+        .find(|c| *c as u64 == v)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "normal",
+            CloseCode::VersionMismatch => "version_mismatch",
+            CloseCode::FrameTooLarge => "frame_too_large",
+            CloseCode::Garbled => "garbled",
+            CloseCode::Unauthenticated => "unauthenticated",
+            CloseCode::UnknownHost => "unknown_host",
+            CloseCode::Replaced => "replaced",
+            CloseCode::ProtocolViolation => "protocol_violation",
+            CloseCode::EnrolRefused => "enrol_refused",
+        }
+    }
+}
+
+impl From<CloseCode> for quinn::VarInt {
+    fn from(c: CloseCode) -> Self {
+        quinn::VarInt::from_u32(c as u32)
+    }
+}
+
+/// The prefix every versioned first message shares.
+#[derive(Debug, Deserialize)]
+struct VersionProbe {
+    protocol_version: u32,
+}
+
+/// Reads only the protocol version from the start of an encoded first message.
+pub fn peek_version(payload: &[u8]) -> Option<u32> {
+    postcard::take_from_bytes::<VersionProbe>(payload)
+        .ok()
+        .map(|(p, _)| p.protocol_version)
+}
+
+// ---------------------------------------------------------------- enrolment
+
+/// Sent by `cairn-agent join` on an [`ALPN_ENROL`] connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolRequest {
+    pub protocol_version: u32,
+    /// The join token as the operator gave it: `ID.SECRET`.
+    pub token: String,
+    /// A PKCS#10 request for the agent's freshly generated key. Only its public key is
+    /// used: the controller chooses the subject (a new host id) itself.
+    pub csr_der: Vec<u8>,
+    pub hostname: String,
+}
+
+impl Validate for EnrolRequest {
+    fn validate(&self) -> Result<(), Invalid> {
+        validate::max_len("token", &self.token, 128)?;
+        validate::max_items("csr_der", &self.csr_der, 8192)?;
+        validate::max_len("hostname", &self.hostname, 253)
+    }
+}
+
+/// Why an enrolment or renewal was refused. The agent shows `message` to the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalCode {
+    TokenUnknown,
+    TokenExpired,
+    TokenUsedUp,
+    BadRequest,
+    VersionMismatch,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnrolResponse {
+    Accepted {
+        host_id: HostId,
+        /// The agent's client certificate (DER), subject = `host_id`.
+        cert_der: Vec<u8>,
+        /// The CA certificate (DER) the agent trusts from now on.
+        ca_der: Vec<u8>,
+    },
+    Refused {
+        code: RefusalCode,
+        message: String,
+    },
+}
+
+// ---------------------------------------------------------------- agent link
+
+/// The first message on the control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u32,
+    pub facts: HostFacts,
+    pub capacity: Capacity,
+    pub runtime: RuntimeFacts,
+}
+
+impl Validate for Hello {
+    fn validate(&self) -> Result<(), Invalid> {
+        self.facts.validate()?;
+        self.capacity.validate()?;
+        self.runtime.validate()
+    }
+}
+
+/// The controller's answer to a [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol_version: u32,
+    pub host_id: HostId,
+    /// How often the agent sends heartbeats. The controller owns this setting so that
+    /// its missed-heartbeat thresholds always match what agents do.
+    pub heartbeat_interval_ms: u64,
+    /// The controller's clock, so the agent can warn about a skewed clock (certificates
+    /// depend on it).
+    pub controller_time_ms: u64,
+}
+
+/// Messages from the agent on the control stream, after the Hello.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentMsg {
+    Heartbeat(Heartbeat),
+}
+
+impl Validate for AgentMsg {
+    fn validate(&self) -> Result<(), Invalid> {
+        match self {
+            AgentMsg::Heartbeat(h) => {
+                h.capacity.validate()?;
+                h.runtime.validate()
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Increases by one per heartbeat on a connection.
+    pub seq: u64,
+    pub capacity: Capacity,
+    pub runtime: RuntimeFacts,
+}
+
+/// Messages from the controller on the control stream, after the Welcome.
+/// (Desired state arrives here in later protocol revisions.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControllerMsg {
+    /// Nothing to do; keeps the stream's shape open for later variants.
+    Noop,
+}
+
+/// A request from the agent on a stream of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentRequest {
+    /// A fresh certificate for a new key, for the same host id, before the old one expires.
+    RenewCertificate { csr_der: Vec<u8> },
+}
+
+impl Validate for AgentRequest {
+    fn validate(&self) -> Result<(), Invalid> {
+        match self {
+            AgentRequest::RenewCertificate { csr_der } => {
+                validate::max_items("csr_der", csr_der, 8192)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentResponse {
+    Certificate { cert_der: Vec<u8> },
+    Refused { code: RefusalCode, message: String },
+}
