@@ -1,1 +1,12 @@
-//! placeholder
+//! The Cairn agent: one per Docker host or VM.
+//!
+//! It enrols once with a join token ([`enrol`]), keeps its identity in a state
+//! directory ([`state`]), and then holds one mutually authenticated QUIC connection to
+//! the controller ([`link`]), over which it reports what it sees of its host
+//! ([`facts`]).
+#![forbid(unsafe_code)]
+
+pub mod enrol;
+pub mod facts;
+pub mod link;
+pub mod state;

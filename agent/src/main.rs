@@ -1,1 +1,156 @@
-fn main() {}
+//! `cairn-agent`: enrol a host (`join`) and keep it linked to the controller (`run`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use cairn_agent::enrol::{self, JoinOptions};
+use cairn_agent::facts::HostFactsSource;
+use cairn_agent::link::{self, LinkError, LinkOptions};
+use cairn_agent::state::{AgentState, StateDir};
+use cairn_shared::identity::Fingerprint;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "cairn-agent", version, about = "Cairn agent: links a Docker host to a Cairn controller")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enrol this host with a controller using a join token.
+    Join {
+        /// The controller's link address, HOST:PORT (UDP).
+        #[arg(long)]
+        controller: String,
+        /// The join token from `cairn-controller token create`.
+        #[arg(long, env = "CAIRN_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The controller CA's SHA-256 fingerprint, as printed with the token.
+        #[arg(long)]
+        ca_sha256: String,
+        #[arg(long, env = "CAIRN_AGENT_STATE_DIR", default_value = "/var/lib/cairn-agent")]
+        state_dir: PathBuf,
+        /// A label for this host, KEY=VALUE (repeatable), e.g. --label gpu=true.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// The name this host reports (defaults to the system host name).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Enrol again even if the state directory already holds an enrolment.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Connect to the controller and report this host until stopped.
+    Run {
+        #[arg(long, env = "CAIRN_AGENT_STATE_DIR", default_value = "/var/lib/cairn-agent")]
+        state_dir: PathBuf,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    cairn_shared::validate::parse_label(s).map_err(|e| e.to_string())
+}
+
+fn system_hostname() -> String {
+    sysinfo::System::host_name().unwrap_or_else(|| "unknown".into())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    // One thread is plenty for a heartbeat every few seconds and keeps the idle
+    // footprint small.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = rt.block_on(async move {
+        match cli.command {
+            Command::Join { controller, token, ca_sha256, state_dir, labels, hostname, force } => {
+                let ca_sha256 = match Fingerprint::parse(&ca_sha256) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return 2;
+                    }
+                };
+                let opts = JoinOptions {
+                    controller,
+                    token,
+                    ca_sha256,
+                    state_dir: state_dir.clone(),
+                    labels: labels.into_iter().collect(),
+                    hostname: hostname.unwrap_or_else(system_hostname),
+                    force,
+                };
+                match enrol::join(&opts).await {
+                    Ok(state) => {
+                        println!("enrolled as host {}; state in {}", state.config.host_id, state_dir.display());
+                        println!("start the agent with: cairn-agent run --state-dir {}", state_dir.display());
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        e.exit_code()
+                    }
+                }
+            }
+            Command::Run { state_dir } => run(state_dir).await,
+        }
+    });
+    ExitCode::from(code as u8)
+}
+
+async fn run(state_dir: PathBuf) -> i32 {
+    let dir = StateDir::new(state_dir.clone());
+    let state = match AgentState::load(&dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 3;
+        }
+    };
+    let facts = Arc::new(HostFactsSource::new(state.config.labels.clone(), state_dir).await);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let opts = LinkOptions { state_dir: Some(dir), ..LinkOptions::default() };
+    match link::run(state, facts, None, opts, shutdown).await {
+        Ok(()) => 0,
+        Err(e @ LinkError::Rejected { .. }) => {
+            eprintln!("error: {e}");
+            3
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM, so the agent says goodbye to the controller.
+async fn stop_on_signal(token: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("stopping");
+    token.cancel();
+}

@@ -1,1 +1,26 @@
-//! placeholder
+//! The Cairn controller: the only stateful component.
+//!
+//! * [`config`] — the config file and data directory layout.
+//! * [`pki`] — the CA, the server certificate, `init`.
+//! * [`auth`] — admin and join token secrets.
+//! * [`store`] — sled, with a schema-version guard.
+//! * [`tokens`] — join tokens.
+//! * [`hosts`] — the host registry and its liveness state machine.
+//! * [`link`] — the QUIC server agents dial: enrolment and sessions.
+//! * [`api`] — the REST API.
+//! * [`app`] — wiring, start and graceful shutdown.
+//! * [`dev`] — development mode: a controller and a local agent in one process.
+//! * [`cli`] — the `cairn-controller` subcommands.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod hosts;
+pub mod link;
+pub mod pki;
+pub mod store;
+pub mod tokens;

@@ -192,6 +192,13 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, IdentityError> {
     })
 }
 
+/// Whether `key_pem` is the private key of the certificate's public key.
+pub fn cert_matches_key(cert_der: &[u8], key_pem: &str) -> bool {
+    let Ok(key) = parse_key_pem(key_pem) else { return false };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else { return false };
+    cert.tbs_certificate.subject_pki.subject_public_key.data.as_ref() == key.public_key_raw()
+}
+
 /// The host id named by a client certificate.
 pub fn host_id_of(cert_der: &[u8]) -> Result<HostId, IdentityError> {
     let info = cert_info(cert_der)?;
@@ -236,9 +243,11 @@ impl fmt::Debug for Ca {
 
 fn validity(params: &mut CertificateParams, ttl: Duration) {
     let now = time::OffsetDateTime::now_utc();
-    // Back-date a little: a host whose clock is a minute behind must still accept
-    // a certificate issued "now".
-    params.not_before = now - time::Duration::minutes(5);
+    // Back-date a little: a host whose clock is a minute behind must still accept a
+    // certificate issued "now". Capped at a tenth of the lifetime so short-lived
+    // certificates are not mostly back-dating.
+    let backdate = (ttl.as_secs() / 10).min(300) as i64;
+    params.not_before = now - time::Duration::seconds(backdate);
     params.not_after = now + time::Duration::seconds(ttl.as_secs().min(i64::MAX as u64) as i64);
 }
 
@@ -621,8 +630,10 @@ mod tests {
             .sign_host(&csr, &host, Duration::from_secs(600))
             .unwrap();
         assert_eq!(host_id_of(&cert).unwrap(), host);
+        assert!(cert_matches_key(&cert, &_key));
+        assert!(!cert_matches_key(&cert, &key_pem));
         let info = cert_info(&cert).unwrap();
-        assert!(info.not_after_unix - info.not_before_unix <= 600 + 300 + 1);
+        assert!(info.not_after_unix - info.not_before_unix <= 600 + 60 + 1);
         // The reloaded CA's signature verifies against the original CA certificate.
         let mut roots = RootCertStore::empty();
         roots

@@ -6,11 +6,13 @@
 //! * [`ids`] — validated identifiers (hosts, join tokens).
 //! * [`resources`] — host facts and capacity reported by agents.
 //! * [`backoff`] — reconnect back-off with jitter, as a pure state machine.
+//! * [`fsutil`] — atomic, private file writes for keys and configs.
 //! * [`validate`] — bounds checks every input crosses before it is trusted.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod framing;
+pub mod fsutil;
 pub mod identity;
 pub mod ids;
 pub mod protocol;

@@ -248,3 +248,32 @@ pub enum AgentResponse {
     Certificate { cert_der: Vec<u8> },
     Refused { code: RefusalCode, message: String },
 }
+
+/// Describes why a connection ended, in words an operator can act on.
+pub fn describe_connection_error(err: &quinn::ConnectionError) -> String {
+    use quinn::ConnectionError as E;
+    match err {
+        E::ApplicationClosed(c) => {
+            let code = CloseCode::from_u64(c.error_code.into_inner()).map(CloseCode::as_str).unwrap_or("unknown");
+            format!("closed by peer ({code}): {}", String::from_utf8_lossy(&c.reason))
+        }
+        E::LocallyClosed => "closed locally".into(),
+        E::TimedOut => "timed out: no packets from the peer within the idle timeout".into(),
+        E::Reset => "reset by peer (it restarted or forgot the connection)".into(),
+        E::VersionMismatch => "QUIC version mismatch".into(),
+        E::TransportError(e) => format!("transport error: {e}"),
+        E::ConnectionClosed(c) => format!("closed by peer's transport: {c}"),
+        E::CidsExhausted => "connection ids exhausted".into(),
+    }
+}
+
+/// The close code and reason of an application close, if that is how it ended.
+pub fn application_close(err: &quinn::ConnectionError) -> Option<(Option<CloseCode>, String)> {
+    match err {
+        quinn::ConnectionError::ApplicationClosed(c) => Some((
+            CloseCode::from_u64(c.error_code.into_inner()),
+            String::from_utf8_lossy(&c.reason).into_owned(),
+        )),
+        _ => None,
+    }
+}

@@ -1,1 +1,13 @@
-//! placeholder
+//! Test support for Cairn's end-to-end tests and load tools.
+//!
+//! * [`cluster`] — controllers and agents as real processes on loopback.
+//! * [`docker`] — whether a Docker Engine is reachable, and the CI rule that it must be.
+//! * [`images`] — small local images built without any registry, cached by tag.
+//! * [`procstat`] — CPU and memory of a process from /proc, for benchmarks.
+//! * [`rawlink`] — a hand-driven link client for negative protocol tests.
+
+pub mod cluster;
+pub mod docker;
+pub mod images;
+pub mod procstat;
+pub mod rawlink;

@@ -1,0 +1,293 @@
+//! The agent's end of the link: one mutually authenticated QUIC connection to the
+//! controller, kept up forever.
+//!
+//! [`run`] dials, says Hello, and sends a heartbeat every interval the controller
+//! names in its Welcome. When the connection drops it waits with exponential back-off
+//! and full jitter, then dials again. Before the client certificate gets old it asks
+//! the controller for a new one on a request stream of its own.
+//!
+//! Some refusals are final: a controller that does not know this host (removed, or a
+//! new CA) will not change its mind, so [`run`] returns [`LinkError::Rejected`] instead
+//! of retrying forever.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_shared::backoff::Backoff;
+use cairn_shared::framing;
+use cairn_shared::identity::{self, CONTROLLER_SERVER_NAME};
+use cairn_shared::protocol::{
+    application_close, describe_connection_error, AgentMsg, AgentRequest, AgentResponse, CloseCode, ControllerMsg,
+    Heartbeat, Hello, Welcome, PROTOCOL_VERSION,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::facts::FactsSource;
+use crate::state::{AgentState, StateDir};
+
+/// Settings of the link loop.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    /// Where renewed certificates are saved; `None` keeps them in memory (hollow agents).
+    pub state_dir: Option<StateDir>,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Renew when less than this fraction of the certificate's lifetime remains.
+    pub renew_fraction: f64,
+    /// The protocol version put in the Hello. Always [`PROTOCOL_VERSION`] except in
+    /// tests of version mismatch.
+    pub protocol_version: u32,
+}
+
+impl Default for LinkOptions {
+    fn default() -> Self {
+        LinkOptions {
+            state_dir: None,
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            renew_fraction: 1.0 / 3.0,
+            protocol_version: PROTOCOL_VERSION,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("the controller rejected this host for good ({code}): {reason}")]
+    Rejected { code: &'static str, reason: String },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// How one connection attempt ended.
+#[derive(Debug)]
+enum SessionEnd {
+    /// Shut down on request.
+    Shutdown,
+    /// Worth retrying after a back-off; `connected` tells whether the link was up.
+    Retry { reason: String, connected: bool },
+    /// Not worth retrying.
+    Fatal(LinkError),
+}
+
+/// Keeps the link up until `shutdown` is cancelled.
+pub async fn run<F: FactsSource>(
+    state: AgentState,
+    facts: Arc<F>,
+    endpoint: Option<quinn::Endpoint>,
+    opts: LinkOptions,
+    shutdown: CancellationToken,
+) -> Result<(), LinkError> {
+    use tracing::Instrument;
+    let span = tracing::info_span!("link", host = %state.config.host_id);
+    run_inner(state, facts, endpoint, opts, shutdown).instrument(span).await
+}
+
+async fn run_inner<F: FactsSource>(
+    mut state: AgentState,
+    facts: Arc<F>,
+    endpoint: Option<quinn::Endpoint>,
+    opts: LinkOptions,
+    shutdown: CancellationToken,
+) -> Result<(), LinkError> {
+    let mut backoff = Backoff::new(opts.backoff_initial, opts.backoff_max);
+    let mut own_endpoint = None;
+    loop {
+        let end = match crate::enrol::resolve(&state.config.controller).await {
+            Err(e) => SessionEnd::Retry { reason: e.to_string(), connected: false },
+            Ok(addr) => {
+                let ep = match (&endpoint, &own_endpoint) {
+                    (Some(e), _) => e.clone(),
+                    (None, Some(e)) => Clone::clone(e),
+                    (None, None) => {
+                        let e = crate::enrol::client_endpoint(addr).map_err(|e| LinkError::Setup(format!("cannot open a UDP socket: {e}")))?;
+                        own_endpoint = Some(e.clone());
+                        e
+                    }
+                };
+                session(&ep, addr, &mut state, facts.as_ref(), &opts, &shutdown).await
+            }
+        };
+        match end {
+            SessionEnd::Shutdown => break,
+            SessionEnd::Fatal(e) => {
+                tracing::error!(error = %e, "giving up");
+                return Err(e);
+            }
+            SessionEnd::Retry { reason, connected } => {
+                if connected {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay(&mut rand::rng());
+                tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "link down");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+    if let Some(ep) = own_endpoint {
+        let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+    }
+    Ok(())
+}
+
+fn classify(err: &quinn::ConnectionError, connected: bool) -> SessionEnd {
+    let reason = describe_connection_error(err);
+    match application_close(err) {
+        Some((Some(code @ (CloseCode::UnknownHost | CloseCode::Unauthenticated)), r)) => {
+            SessionEnd::Fatal(LinkError::Rejected { code: code.as_str(), reason: r })
+        }
+        Some((Some(CloseCode::VersionMismatch), r)) => {
+            tracing::error!(reason = %r, "protocol version mismatch; will keep retrying in case the controller is upgraded");
+            SessionEnd::Retry { reason, connected }
+        }
+        _ => SessionEnd::Retry { reason, connected },
+    }
+}
+
+async fn session<F: FactsSource>(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    state: &mut AgentState,
+    facts: &F,
+    opts: &LinkOptions,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
+    let client = match identity::agent_client_config(&state.ca_der, &state.cert_der, &state.key_pem) {
+        Ok(c) => c,
+        Err(e) => return SessionEnd::Fatal(LinkError::Setup(format!("bad identity in the state directory: {e}"))),
+    };
+    let connecting = match endpoint.connect_with(client, addr, CONTROLLER_SERVER_NAME) {
+        Ok(c) => c,
+        Err(e) => return SessionEnd::Retry { reason: format!("cannot dial {addr}: {e}"), connected: false },
+    };
+    let conn = tokio::select! {
+        c = tokio::time::timeout(Duration::from_secs(15), connecting) => match c {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return classify(&e, false),
+            Err(_) => return SessionEnd::Retry { reason: format!("no answer from {addr} within 15 s"), connected: false },
+        },
+        _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+    };
+    let end = converse(&conn, state, facts, opts, shutdown).await;
+    if matches!(end, SessionEnd::Shutdown) {
+        conn.close(CloseCode::Normal.into(), b"agent shutting down");
+    }
+    end
+}
+
+async fn converse<F: FactsSource>(
+    conn: &quinn::Connection,
+    state: &mut AgentState,
+    facts: &F,
+    opts: &LinkOptions,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
+    let lost = |conn: &quinn::Connection, connected: bool, fallback: String| match conn.close_reason() {
+        Some(e) => classify(&e, connected),
+        None => SessionEnd::Retry { reason: fallback, connected },
+    };
+    let (mut send, mut recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return classify(&e, false),
+    };
+    let hello = Hello {
+        protocol_version: opts.protocol_version,
+        facts: facts.host_facts(),
+        capacity: facts.capacity().await,
+        runtime: facts.runtime().await,
+    };
+    if let Err(e) = framing::write(&mut send, &hello, framing::MAX_FRAME_LEN).await {
+        return lost(conn, false, format!("sending hello: {e}"));
+    }
+    let welcome = match tokio::time::timeout(Duration::from_secs(15), framing::read::<_, Welcome>(&mut recv, framing::MAX_FRAME_LEN)).await {
+        Ok(Ok(Some(w))) => w,
+        Ok(Ok(None)) => return lost(conn, false, "controller closed the control stream".into()),
+        Ok(Err(e)) => {
+            // The controller closes the connection with a reason; wait a moment for it.
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+            return lost(conn, false, format!("reading welcome: {e}"));
+        }
+        Err(_) => return lost(conn, false, "no welcome within 15 s".into()),
+    };
+    let skew_ms = welcome.controller_time_ms as i64 - cairn_shared::time::now_ms() as i64;
+    if skew_ms.abs() > 60_000 {
+        tracing::warn!(skew_ms, "this host's clock differs from the controller's by more than a minute; certificates may be refused");
+    }
+    tracing::info!(heartbeat_ms = welcome.heartbeat_interval_ms, "connected to controller");
+
+    let interval = Duration::from_millis(welcome.heartbeat_interval_ms.clamp(100, 600_000));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // the Hello counted as the first report
+    let mut renew_check = tokio::time::interval(Duration::from_secs(3600).min(interval * 12).max(Duration::from_secs(1)));
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+            _ = renew_check.tick() => {
+                if let Err(e) = maybe_renew(conn, state, opts).await {
+                    tracing::warn!(error = %e, "certificate renewal failed; will retry");
+                }
+            }
+            _ = ticker.tick() => {
+                seq += 1;
+                let hb = AgentMsg::Heartbeat(Heartbeat { seq, capacity: facts.capacity().await, runtime: facts.runtime().await });
+                if let Err(e) = framing::write(&mut send, &hb, framing::MAX_FRAME_LEN).await {
+                    return lost(conn, true, format!("sending heartbeat: {e}"));
+                }
+            }
+            msg = framing::read::<_, ControllerMsg>(&mut recv, framing::MAX_FRAME_LEN) => match msg {
+                Ok(Some(ControllerMsg::Noop)) => {}
+                Ok(None) => return lost(conn, true, "controller closed the control stream".into()),
+                Err(e) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+                    return lost(conn, true, format!("control stream: {e}"));
+                }
+            },
+        }
+    }
+}
+
+/// Renews the client certificate if less than `renew_fraction` of its life is left.
+async fn maybe_renew(conn: &quinn::Connection, state: &mut AgentState, opts: &LinkOptions) -> Result<(), String> {
+    let now = (cairn_shared::time::now_ms() / 1000) as i64;
+    let Some((remaining, lifetime)) = state.cert_remaining(now) else {
+        return Err("cannot read the current certificate".into());
+    };
+    if remaining as f64 > lifetime as f64 * opts.renew_fraction {
+        return Ok(());
+    }
+    tracing::info!(remaining_s = remaining, "renewing client certificate");
+    let hostname = state.config.host_id.to_string();
+    let (key_pem, csr_der) = identity::new_key_and_csr(&hostname).map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| describe_connection_error(&e))?;
+    framing::write(&mut send, &AgentRequest::RenewCertificate { csr_der }, 64 * 1024).await.map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    let resp = tokio::time::timeout(Duration::from_secs(30), framing::read::<_, AgentResponse>(&mut recv, 64 * 1024))
+        .await
+        .map_err(|_| "no answer within 30 s".to_string())?
+        .map_err(|e| e.to_string())?
+        .ok_or("the controller closed the stream without an answer")?;
+    match resp {
+        AgentResponse::Refused { message, .. } => Err(format!("refused: {message}")),
+        AgentResponse::Certificate { cert_der } => {
+            if identity::host_id_of(&cert_der).ok().as_ref() != Some(&state.config.host_id) || !identity::cert_matches_key(&cert_der, &key_pem) {
+                return Err("the controller returned a certificate that does not match the request".into());
+            }
+            let mut next = state.clone();
+            next.cert_der = cert_der;
+            next.key_pem = key_pem;
+            if let Some(dir) = &opts.state_dir {
+                next.save_cert(dir).map_err(|e| e.to_string())?;
+            }
+            *state = next;
+            let not_after = state.cert_remaining(now).map(|(r, _)| r).unwrap_or_default();
+            tracing::info!(valid_for_s = not_after, "client certificate renewed");
+            Ok(())
+        }
+    }
+}

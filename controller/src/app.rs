@@ -1,0 +1,153 @@
+//! The running controller: its state ([`App`]) and the tasks that serve it
+//! ([`Running`]), with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_shared::identity;
+use cairn_shared::protocol::CloseCode;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ControllerConfig, DataDir};
+use crate::hosts::{Registry, Thresholds};
+use crate::pki::{Pki, PkiError};
+use crate::store::{Store, StoreError};
+use crate::tokens::TokenStore;
+
+/// Everything the controller's tasks share.
+#[derive(Debug)]
+pub struct App {
+    pub config: ControllerConfig,
+    pub data_dir: DataDir,
+    pub pki: Pki,
+    pub store: Store,
+    pub registry: Registry,
+    pub tokens: TokenStore,
+    /// The address agents should dial, for join commands.
+    pub link_addr: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Tls(#[from] identity::IdentityError),
+}
+
+/// A started controller.
+#[derive(Debug)]
+pub struct Running {
+    pub app: Arc<App>,
+    pub api_addr: SocketAddr,
+    pub link_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+    endpoint: quinn::Endpoint,
+}
+
+/// Opens the store, binds both listeners and starts serving.
+pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
+    let config = ControllerConfig::load(&data_dir.config()).map_err(StartError::Config)?;
+    let pki = Pki::load(&data_dir, &config)?;
+    let store = Store::open(&data_dir.state())?;
+    let registry = Registry::load(store.clone(), Thresholds::from_config(&config.hosts))?;
+    let tokens = TokenStore::new(store.clone());
+
+    let server_config = identity::server_config(pki.ca.cert_der(), &pki.server)?;
+    let endpoint = quinn::Endpoint::server(server_config, config.link.listen)
+        .map_err(|source| StartError::Bind { what: "link (UDP)", addr: config.link.listen, source })?;
+    let link_addr = endpoint.local_addr().map_err(|source| StartError::Bind { what: "link (UDP)", addr: config.link.listen, source })?;
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .map_err(|source| StartError::Bind { what: "API (TCP)", addr: config.api.listen, source })?;
+    let api_addr = listener.local_addr().map_err(|source| StartError::Bind { what: "API (TCP)", addr: config.api.listen, source })?;
+
+    let app = Arc::new(App { config, data_dir, pki, store, registry, tokens, link_addr });
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+
+    tasks.spawn(crate::link::serve(app.clone(), endpoint.clone(), shutdown.clone()));
+    {
+        let router = crate::api::router(app.clone());
+        let s = shutdown.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(listener, router).with_graceful_shutdown(async move { s.cancelled().await }).await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "API server failed");
+            }
+        });
+    }
+    tasks.spawn(liveness_loop(app.clone(), shutdown.clone()));
+    tracing::info!(api = %api_addr, link = %link_addr, ca = %app.pki.ca.fingerprint(), hosts = app.registry.list().len(), "controller started");
+    Ok(Running { app, api_addr, link_addr, shutdown, tasks, endpoint })
+}
+
+/// Advances host liveness on a short period and writes heartbeat-only changes in
+/// batches.
+async fn liveness_loop(app: Arc<App>, shutdown: CancellationToken) {
+    let period = Duration::from_millis((app.config.hosts.heartbeat_interval_ms / 4).clamp(100, 1000));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_flush = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        if let Err(e) = app.registry.tick(cairn_shared::time::now_ms()).await {
+            tracing::error!(error = %e, "liveness update failed");
+        }
+        if last_flush.elapsed() >= Duration::from_secs(10) {
+            last_flush = tokio::time::Instant::now();
+            if let Err(e) = app.registry.flush_dirty() {
+                tracing::error!(error = %e, "writing heartbeat data failed");
+            }
+        }
+    }
+}
+
+impl Running {
+    /// A token that stops the controller when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until `shutdown_token()` is cancelled, then drains.
+    pub async fn wait(mut self) {
+        self.shutdown.cancelled().await;
+        self.drain().await;
+    }
+
+    /// Stops accepting work, tells agents, finishes in-flight API requests, and makes
+    /// the store durable.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        self.drain().await;
+    }
+
+    async fn drain(&mut self) {
+        tracing::info!("controller shutting down");
+        self.app.registry.close_all(CloseCode::Normal, "controller shutting down");
+        if tokio::time::timeout(Duration::from_secs(10), async { while self.tasks.join_next().await.is_some() {} }).await.is_err() {
+            tracing::warn!("some tasks did not finish within 10 s; aborting them");
+            self.tasks.abort_all();
+        }
+        if let Err(e) = self.app.registry.flush_dirty() {
+            tracing::error!(error = %e, "final write of host data failed");
+        }
+        if let Err(e) = self.app.store.flush().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        self.endpoint.close(CloseCode::Normal.into(), b"controller shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}

@@ -1,0 +1,278 @@
+//! The `cairn-controller` subcommands, and how their failures map to exit codes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::{self, StartError};
+use crate::config::{ControllerConfig, DataDir, HostsConfig};
+use crate::pki::{self, InitOptions, PkiError};
+use crate::store::{Store, StoreError};
+use crate::tokens::TokenStore;
+
+#[derive(Parser, Debug)]
+#[command(name = "cairn-controller", version, about = "Cairn controller: API, scheduler and agent link")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DataDirArg {
+    /// The controller's data directory.
+    #[arg(long, env = "CAIRN_DATA_DIR", default_value = "/var/lib/cairn")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the CA, server certificate, admin token and config.
+    Init {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// A DNS name or IP address for the server certificate (repeatable).
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+        /// TCP address of the REST API.
+        #[arg(long, default_value = "127.0.0.1:7080")]
+        api_listen: SocketAddr,
+        /// UDP address agents dial.
+        #[arg(long, default_value = "0.0.0.0:7443")]
+        link_listen: SocketAddr,
+        /// How often agents report.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        heartbeat_interval: Duration,
+        /// Missed heartbeats before a host is unreachable.
+        #[arg(long, default_value_t = 3)]
+        missed_heartbeats: u32,
+        /// Silence before an unreachable host is lost.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        lost_after: Duration,
+        /// Lifetime of agents' client certificates (they renew at two thirds).
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        agent_cert_ttl: Duration,
+        /// Overwrite an existing data directory (every enrolled agent must re-enrol).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Serve the API and the agent link.
+    Run {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Manage join tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Development mode: initialise if needed and run a controller plus a local agent
+    /// against this machine's Docker Engine.
+    Dev {
+        /// Data directory for development state.
+        #[arg(long, env = "CAIRN_DEV_DIR", default_value = ".cairn-dev")]
+        data_dir: PathBuf,
+        /// API port on 127.0.0.1.
+        #[arg(long, default_value_t = 7080)]
+        api_port: u16,
+        /// Link port (UDP) on 127.0.0.1.
+        #[arg(long, default_value_t = 7443)]
+        link_port: u16,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a join token and print it with the CA fingerprint.
+    Create {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// How long the token is valid.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// How many hosts may enrol with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Print only the token (for scripts).
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// List join tokens (without their secrets).
+    List {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+}
+
+/// A failed command: what to print and which exit code to use.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Pki(PkiError::AlreadyInitialised { .. }) => 3,
+            CliError::Start(StartError::Config(_)) | CliError::Pki(PkiError::Config(_)) => 78, // EX_CONFIG
+            CliError::Start(StartError::Bind { .. }) | CliError::Unavailable(_) => 69,        // EX_UNAVAILABLE
+            _ => 1,
+        }
+    }
+}
+
+pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Init { dir, server_names, api_listen, link_listen, heartbeat_interval, missed_heartbeats, lost_after, agent_cert_ttl, force } => {
+            let mut names = server_names;
+            if names.is_empty() {
+                names = default_server_names();
+            }
+            let opts = InitOptions {
+                server_names: names,
+                api_listen,
+                link_listen,
+                hosts: HostsConfig {
+                    heartbeat_interval_ms: heartbeat_interval.as_millis() as u64,
+                    missed_heartbeats,
+                    lost_after_ms: lost_after.as_millis() as u64,
+                },
+                agent_cert_ttl,
+                force,
+            };
+            let out = pki::init(&DataDir::new(&dir.data_dir), &opts)?;
+            println!("initialised {}", dir.data_dir.display());
+            println!("CA fingerprint: {}", out.ca_fingerprint);
+            println!("admin token:    {} (also in {})", out.admin_token, DataDir::new(&dir.data_dir).admin_token().display());
+            println!("start with:     cairn-controller run --data-dir {}", dir.data_dir.display());
+            Ok(())
+        }
+        Command::Run { dir } => {
+            let running = app::start(DataDir::new(&dir.data_dir)).await?;
+            let token = running.shutdown_token();
+            tokio::spawn(async move {
+                crate::dev::wait_for_signal().await;
+                token.cancel();
+            });
+            running.wait().await;
+            Ok(())
+        }
+        Command::Token { command: TokenCommand::Create { dir, ttl, uses, description, quiet } } => {
+            let req = crate::api::tokens_request(ttl.as_secs(), uses, description);
+            crate::api::check_token_request(&req).map_err(CliError::Usage)?;
+            let data = DataDir::new(&dir.data_dir);
+            let created = create_token(&data, req).await?;
+            if quiet {
+                println!("{}", created.token);
+            } else {
+                let cfg = ControllerConfig::load(&data.config()).map_err(CliError::Other)?;
+                println!("token:      {}", created.token);
+                println!("ca-sha256:  {}", created.ca_sha256);
+                println!("expires:    in {} ({} use{})", humantime::format_duration(ttl), created.uses, if created.uses == 1 { "" } else { "s" });
+                println!(
+                    "join with:  cairn-agent join --controller {}:{} --token {} --ca-sha256 {}",
+                    cfg.certificates.server_names.first().map(String::as_str).unwrap_or("CONTROLLER"),
+                    cfg.link.listen.port(),
+                    created.token,
+                    created.ca_sha256
+                );
+            }
+            Ok(())
+        }
+        Command::Token { command: TokenCommand::List { dir } } => {
+            let data = DataDir::new(&dir.data_dir);
+            let store = open_store_or_api(&data)?;
+            let Some(store) = store else {
+                return Err(CliError::Unavailable("the controller is running; list tokens with GET /api/v1/join-tokens".into()));
+            };
+            let now = cairn_shared::time::now_ms();
+            println!("{:<10} {:>6} {:>10}  DESCRIPTION", "ID", "USES", "EXPIRES");
+            for t in TokenStore::new(store).list().map_err(|e| CliError::Other(e.to_string()))? {
+                let exp = if t.expires_ms <= now { "expired".to_string() } else { format!("{}s", (t.expires_ms - now) / 1000) };
+                println!("{:<10} {:>6} {:>10}  {}", t.id, format!("{}/{}", t.uses, t.max_uses), exp, t.description);
+            }
+            Ok(())
+        }
+        Command::Dev { data_dir, api_port, link_port } => crate::dev::run(data_dir, api_port, link_port).await,
+    }
+}
+
+/// The names a server certificate gets when none are given: this host's name and loopback.
+pub fn default_server_names() -> Vec<String> {
+    let mut v = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
+        let h = h.trim();
+        if !h.is_empty() && !v.iter().any(|x| x == h) && h.len() <= 253 {
+            v.insert(0, h.to_string());
+        }
+    }
+    v
+}
+
+/// Opens the store directly if no controller holds it; `None` if one is running.
+fn open_store_or_api(data: &DataDir) -> Result<Option<Store>, CliError> {
+    if !data.config().exists() {
+        return Err(CliError::Other(format!("{} is not initialised; run `cairn-controller init` first", data.root().display())));
+    }
+    match Store::open(&data.state()) {
+        Ok(s) => Ok(Some(s)),
+        Err(StoreError::Locked { .. }) => Ok(None),
+        Err(e) => Err(CliError::Other(e.to_string())),
+    }
+}
+
+/// Creates a token in the store if the controller is stopped, or through its API if it
+/// is running (sled allows one process at a time).
+async fn create_token(data: &DataDir, req: crate::api::CreateToken) -> Result<crate::api::CreatedTokenView, CliError> {
+    let cfg = ControllerConfig::load(&data.config()).map_err(CliError::Other)?;
+    match open_store_or_api(data)? {
+        Some(store) => {
+            let pki = pki::Pki::load(data, &cfg)?;
+            let created = TokenStore::new(store)
+                .create(req.ttl_secs * 1000, req.uses, req.description, cairn_shared::time::now_ms())
+                .await
+                .map_err(|e| CliError::Other(e.to_string()))?;
+            Ok(crate::api::CreatedTokenView {
+                token: created.token,
+                id: created.record.id,
+                expires_ms: created.record.expires_ms,
+                uses: created.record.max_uses,
+                ca_sha256: pki.ca.fingerprint().to_string(),
+            })
+        }
+        None => {
+            let admin = std::fs::read_to_string(data.admin_token())
+                .map_err(|e| CliError::Other(format!("cannot read {}: {e}", data.admin_token().display())))?;
+            let mut addr = cfg.api.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let resp = reqwest::Client::new()
+                .post(format!("http://{addr}/api/v1/join-tokens"))
+                .bearer_auth(admin.trim())
+                .json(&serde_json::json!({"ttl_secs": req.ttl_secs, "uses": req.uses, "description": req.description}))
+                .send()
+                .await
+                .map_err(|e| CliError::Unavailable(format!("the store is locked by a running controller, but its API at {addr} did not answer: {e}")))?;
+            if !resp.status().is_success() {
+                let status = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                return Err(CliError::Other(format!("the controller refused: {status} {body}")));
+            }
+            resp.json().await.map_err(|e| CliError::Other(format!("unexpected answer from the controller: {e}")))
+        }
+    }
+}

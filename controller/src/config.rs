@@ -1,0 +1,223 @@
+//! The controller's configuration file and data directory layout.
+//!
+//! `cairn-controller init` writes `config.toml` into the data directory; everything
+//! else the controller keeps (keys, certificates, the sled store) lives beside it at
+//! the paths [`DataDir`] names. The rest of the controller reads settings through
+//! [`ControllerConfig`], so tests build one in memory instead of writing files.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where each file of a controller lives.
+#[derive(Debug, Clone)]
+pub struct DataDir(PathBuf);
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DataDir(root.into())
+    }
+    pub fn root(&self) -> &Path {
+        &self.0
+    }
+    pub fn config(&self) -> PathBuf {
+        self.0.join("config.toml")
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.0.join("ca.crt")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.0.join("ca.key")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.0.join("controller.crt")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.0.join("controller.key")
+    }
+    pub fn admin_token(&self) -> PathBuf {
+        self.0.join("admin.token")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.0.join("state")
+    }
+    /// Every file `init` creates; `init` refuses to overwrite any of them without `--force`.
+    pub fn init_files(&self) -> Vec<PathBuf> {
+        vec![self.config(), self.ca_cert(), self.ca_key(), self.server_cert(), self.server_key(), self.admin_token()]
+    }
+}
+
+/// Settings of one controller, as read from `config.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    pub api: ApiConfig,
+    pub link: LinkConfig,
+    pub hosts: HostsConfig,
+    pub certificates: CertificatesConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// TCP address of the REST API.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LinkConfig {
+    /// UDP address agents dial (QUIC).
+    pub listen: SocketAddr,
+    /// Hard limit on one frame of the control stream, in bytes.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: u32,
+}
+
+fn default_max_frame() -> u32 {
+    cairn_shared::framing::MAX_FRAME_LEN
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HostsConfig {
+    /// How often agents send heartbeats.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// After this many missed heartbeats an active host becomes unreachable.
+    #[serde(default = "default_missed")]
+    pub missed_heartbeats: u32,
+    /// An unreachable host becomes lost after this long without a heartbeat.
+    #[serde(default = "default_lost_ms")]
+    pub lost_after_ms: u64,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    5_000
+}
+fn default_missed() -> u32 {
+    3
+}
+fn default_lost_ms() -> u64 {
+    5 * 60_000
+}
+
+impl Default for HostsConfig {
+    fn default() -> Self {
+        HostsConfig {
+            heartbeat_interval_ms: default_heartbeat_ms(),
+            missed_heartbeats: default_missed(),
+            lost_after_ms: default_lost_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificatesConfig {
+    /// DNS names and IP addresses in the controller's server certificate, besides the
+    /// fixed internal name agents verify.
+    pub server_names: Vec<String>,
+    /// Lifetime of agents' client certificates. Agents renew at two thirds of it.
+    #[serde(default = "default_agent_ttl")]
+    pub agent_cert_ttl_secs: u64,
+    /// Lifetime of the controller's server certificate; renewed at start when less
+    /// than a third remains.
+    #[serde(default = "default_server_ttl")]
+    pub server_cert_ttl_secs: u64,
+}
+
+fn default_agent_ttl() -> u64 {
+    30 * 24 * 3600
+}
+fn default_server_ttl() -> u64 {
+    365 * 24 * 3600
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// SHA-256 (hex) of the admin API token; the token itself is in `admin.token`.
+    pub admin_token_sha256: String,
+}
+
+impl ControllerConfig {
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.hosts.heartbeat_interval_ms)
+    }
+
+    /// Checks values that would make the controller misbehave.
+    pub fn validate(&self) -> Result<(), String> {
+        let h = &self.hosts;
+        if h.heartbeat_interval_ms < 100 || h.heartbeat_interval_ms > 600_000 {
+            return Err("hosts.heartbeat_interval_ms must be between 100 and 600000".into());
+        }
+        if h.missed_heartbeats == 0 {
+            return Err("hosts.missed_heartbeats must be at least 1".into());
+        }
+        if h.lost_after_ms <= h.heartbeat_interval_ms * u64::from(h.missed_heartbeats) {
+            return Err("hosts.lost_after_ms must be longer than missed_heartbeats × heartbeat_interval_ms".into());
+        }
+        if self.link.max_frame_bytes < 64 * 1024 || self.link.max_frame_bytes > 64 * 1024 * 1024 {
+            return Err("link.max_frame_bytes must be between 65536 and 67108864".into());
+        }
+        if self.certificates.agent_cert_ttl_secs < 30 {
+            return Err("certificates.agent_cert_ttl_secs must be at least 30".into());
+        }
+        if self.auth.admin_token_sha256.len() != 64 {
+            return Err("auth.admin_token_sha256 must be 64 hex digits".into());
+        }
+        Ok(())
+    }
+
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e} (run `cairn-controller init` first)", path.display()))?;
+        let cfg: ControllerConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        cfg.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ControllerConfig {
+        ControllerConfig {
+            api: ApiConfig { listen: "127.0.0.1:7080".parse().unwrap() },
+            link: LinkConfig { listen: "127.0.0.1:7443".parse().unwrap(), max_frame_bytes: default_max_frame() },
+            hosts: HostsConfig::default(),
+            certificates: CertificatesConfig {
+                server_names: vec!["localhost".into()],
+                agent_cert_ttl_secs: default_agent_ttl(),
+                server_cert_ttl_secs: default_server_ttl(),
+            },
+            auth: AuthConfig { admin_token_sha256: "0".repeat(64) },
+        }
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let c = sample();
+        let back: ControllerConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        back.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        let mut c = sample();
+        c.hosts.lost_after_ms = 1000;
+        assert!(c.validate().unwrap_err().contains("lost_after_ms"));
+        let text = c.to_toml().replace("[api]", "[api]\nlisten_typo = 1");
+        assert!(toml::from_str::<ControllerConfig>(&text).is_err());
+    }
+}

@@ -1,0 +1,106 @@
+//! Development mode: one command that gives a working Cairn on this machine.
+//!
+//! It checks the Docker Engine first (and stops with one actionable line if it is not
+//! there), initialises a data directory on first use, starts the controller on
+//! loopback, enrols a local agent with a single-use token, and runs both in this
+//! process until Ctrl-C.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_agent::enrol::{self, JoinOptions};
+use cairn_agent::facts::{self, HostFactsSource};
+use cairn_agent::link::{self, LinkOptions};
+use cairn_agent::state::{AgentState, StateDir};
+
+use crate::app;
+use crate::cli::CliError;
+use crate::config::{DataDir, HostsConfig};
+use crate::pki::{self, InitOptions};
+
+pub async fn run(data_dir: PathBuf, api_port: u16, link_port: u16) -> Result<(), CliError> {
+    let engine = facts::ping_docker().await.map_err(CliError::Unavailable)?;
+    let data = DataDir::new(&data_dir);
+    if !data.config().exists() {
+        let opts = InitOptions {
+            server_names: vec!["localhost".into(), "127.0.0.1".into()],
+            api_listen: ([127, 0, 0, 1], api_port).into(),
+            link_listen: ([127, 0, 0, 1], link_port).into(),
+            hosts: HostsConfig::default(),
+            agent_cert_ttl: Duration::from_secs(30 * 24 * 3600),
+            force: false,
+        };
+        pki::init(&data, &opts)?;
+        println!("initialised {}", data_dir.display());
+    }
+    let running = app::start(data.clone()).await?;
+    let api_addr = running.api_addr;
+    let app = running.app.clone();
+
+    let agent_dir = StateDir::new(data_dir.join("agent"));
+    let state = if agent_dir.is_enrolled() {
+        AgentState::load(&agent_dir).map_err(|e| CliError::Other(e.to_string()))?
+    } else {
+        let token = app
+            .tokens
+            .create(60_000, 1, "dev mode local agent".into(), cairn_shared::time::now_ms())
+            .await
+            .map_err(|e| CliError::Other(e.to_string()))?;
+        let opts = JoinOptions {
+            controller: running.link_addr.to_string(),
+            token: token.token,
+            ca_sha256: app.pki.ca.fingerprint(),
+            state_dir: agent_dir.root().to_path_buf(),
+            labels: [("dev".to_string(), "true".to_string())].into(),
+            hostname: sysinfo::System::host_name().unwrap_or_else(|| "localhost".into()),
+            force: false,
+        };
+        enrol::join(&opts).await.map_err(|e| CliError::Other(format!("enrolling the local agent: {e}")))?
+    };
+    let host = state.config.host_id.clone();
+    let facts = Arc::new(HostFactsSource::new(state.config.labels.clone(), agent_dir.root().to_path_buf()).await);
+    let shutdown = running.shutdown_token();
+    let agent_stop = tokio_util::sync::CancellationToken::new();
+    let agent = tokio::spawn(link::run(
+        state,
+        facts,
+        None,
+        LinkOptions { state_dir: Some(agent_dir), ..LinkOptions::default() },
+        agent_stop.clone(),
+    ));
+
+    println!();
+    println!("Cairn is running (development mode) — Docker Engine {engine}, local host {host}");
+    println!("  API:          http://{api_addr}/api/v1/hosts");
+    println!("  admin token:  {}", data.admin_token().display());
+    println!("  try:          curl -H \"Authorization: Bearer $(cat {})\" http://{api_addr}/api/v1/hosts", data.admin_token().display());
+    println!("  stop:         Ctrl-C");
+    println!();
+
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        _ = shutdown.cancelled() => {}
+    }
+    // The agent says goodbye first, so the controller records a clean disconnect.
+    agent_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;
+    running.stop().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

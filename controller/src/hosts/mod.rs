@@ -1,0 +1,13 @@
+//! The host registry: which hosts exist, whether each is reachable, and what it last
+//! reported.
+//!
+//! * [`state`] — the pure liveness state machine (`joining → active ⇄ unreachable →
+//!   lost`), fed events and `now`, with no I/O and no clock.
+//! * [`registry`] — the in-memory table of hosts, their live connections, and
+//!   persistence to the store.
+
+pub mod registry;
+pub mod state;
+
+pub use registry::{HostRecord, HostView, Registry};
+pub use state::{HostState, Thresholds};

@@ -1,0 +1,345 @@
+//! The table of hosts: records, live connections, persistence.
+//!
+//! Every change of state is written to the store and flushed before anything depends
+//! on it. Heartbeats only refresh capacity and last-seen; those are written in batches
+//! ([`Registry::flush_dirty`]) because writing every heartbeat of a thousand hosts
+//! buys nothing — after a restart the liveness thresholds, not a last-seen a few
+//! seconds fresher, decide what happens to a silent host.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use cairn_shared::ids::HostId;
+use cairn_shared::protocol::CloseCode;
+use cairn_shared::resources::{Capacity, HostFacts, RuntimeFacts};
+use serde::{Deserialize, Serialize};
+
+use super::state::{Event, HostState, Liveness, Thresholds, Transition};
+use crate::store::{Store, StoreError, Tree};
+
+/// How many transitions a record keeps for display.
+const HISTORY: usize = 32;
+
+/// A host as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostRecord {
+    pub id: HostId,
+    pub hostname: String,
+    pub enrolled_ms: u64,
+    /// Id of the join token used to enrol.
+    pub join_token: String,
+    pub liveness: Liveness,
+    #[serde(default)]
+    pub transitions: Vec<Transition>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub facts: Option<HostFacts>,
+    #[serde(default)]
+    pub capacity: Option<Capacity>,
+    #[serde(default)]
+    pub runtime: Option<RuntimeFacts>,
+    /// Expiry of the newest client certificate issued to this host.
+    pub cert_not_after_unix: i64,
+    #[serde(default)]
+    pub remote_addr: Option<String>,
+}
+
+impl HostRecord {
+    pub fn new(id: HostId, hostname: String, join_token: String, cert_not_after_unix: i64, now_ms: u64) -> Self {
+        HostRecord {
+            id,
+            hostname,
+            enrolled_ms: now_ms,
+            join_token,
+            liveness: Liveness::enrolled(now_ms),
+            transitions: vec![],
+            labels: Default::default(),
+            facts: None,
+            capacity: None,
+            runtime: None,
+            cert_not_after_unix,
+            remote_addr: None,
+        }
+    }
+
+    fn record(&mut self, t: Transition) {
+        tracing::info!(host = %self.id, from = t.from.as_str(), to = t.to.as_str(), reason = %t.reason, "host state changed");
+        self.transitions.push(t);
+        if self.transitions.len() > HISTORY {
+            let extra = self.transitions.len() - HISTORY;
+            self.transitions.drain(..extra);
+        }
+    }
+}
+
+/// A host as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostView {
+    pub id: HostId,
+    pub hostname: String,
+    pub state: HostState,
+    pub state_since_ms: u64,
+    pub state_reason: Option<String>,
+    pub last_seen_ms: u64,
+    pub connected: bool,
+    pub enrolled_ms: u64,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub facts: Option<HostFacts>,
+    pub capacity: Option<Capacity>,
+    pub runtime: Option<RuntimeFacts>,
+    pub cert_not_after_unix: i64,
+    pub remote_addr: Option<String>,
+    pub transitions: Vec<Transition>,
+}
+
+impl From<&HostRecord> for HostView {
+    fn from(r: &HostRecord) -> Self {
+        HostView {
+            id: r.id.clone(),
+            hostname: r.hostname.clone(),
+            state: r.liveness.state,
+            state_since_ms: r.liveness.since_ms,
+            state_reason: r.transitions.last().map(|t| t.reason.clone()),
+            last_seen_ms: r.liveness.last_seen_ms,
+            connected: r.liveness.connected,
+            enrolled_ms: r.enrolled_ms,
+            labels: r.labels.clone(),
+            facts: r.facts.clone(),
+            capacity: r.capacity.clone(),
+            runtime: r.runtime.clone(),
+            cert_not_after_unix: r.cert_not_after_unix,
+            remote_addr: r.remote_addr.clone(),
+            transitions: r.transitions.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("host {0} is not enrolled with this controller")]
+    UnknownHost(HostId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Entry {
+    record: HostRecord,
+    /// The live connection and its generation number.
+    conn: Option<(u64, quinn::Connection)>,
+    dirty: bool,
+}
+
+/// The hosts of this controller.
+pub struct Registry {
+    hosts: Mutex<HashMap<HostId, Entry>>,
+    store: Store,
+    thresholds: Thresholds,
+    generation: AtomicU64,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("thresholds", &self.thresholds).finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// Loads every host from the store. No host has a connection yet.
+    pub fn load(store: Store, thresholds: Thresholds) -> Result<Self, StoreError> {
+        let records: Vec<HostRecord> = store.all(Tree::Hosts)?;
+        let hosts = records
+            .into_iter()
+            .map(|record| (record.id.clone(), Entry { record, conn: None, dirty: false }))
+            .collect();
+        Ok(Registry { hosts: Mutex::new(hosts), store, thresholds, generation: AtomicU64::new(1) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, Entry>> {
+        // A panic while holding the lock leaves the map consistent (every mutation is
+        // a whole-field assignment), so a poisoned lock is still usable.
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn thresholds(&self) -> Thresholds {
+        self.thresholds
+    }
+
+    /// Adds a newly enrolled host, durably.
+    pub async fn enrolled(&self, record: HostRecord) -> Result<(), RegistryError> {
+        self.store.put(Tree::Hosts, record.id.as_str(), &record)?;
+        self.lock().insert(record.id.clone(), Entry { record, conn: None, dirty: false });
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// Whether a host is enrolled.
+    pub fn contains(&self, id: &HostId) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    /// Records an accepted Hello on `conn`; returns the connection's generation. A
+    /// previous connection of the same host is closed as replaced.
+    pub async fn connected(
+        &self,
+        id: &HostId,
+        conn: quinn::Connection,
+        facts: HostFacts,
+        capacity: Capacity,
+        runtime: RuntimeFacts,
+        now_ms: u64,
+    ) -> Result<u64, RegistryError> {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut hosts = self.lock();
+            let entry = hosts.get_mut(id).ok_or_else(|| RegistryError::UnknownHost(id.clone()))?;
+            if let Some((_, old)) = entry.conn.take() {
+                old.close(CloseCode::Replaced.into(), b"replaced by a newer connection of the same host");
+            }
+            let r = &mut entry.record;
+            r.remote_addr = Some(conn.remote_address().to_string());
+            r.hostname = facts.hostname.clone();
+            r.labels = facts.labels.clone();
+            r.facts = Some(facts);
+            r.capacity = Some(capacity);
+            r.runtime = Some(runtime);
+            if let Some(t) = r.liveness.apply(&Event::Connected, now_ms, &self.thresholds) {
+                r.record(t);
+            }
+            entry.conn = Some((generation, conn));
+            entry.dirty = false;
+            self.store.put(Tree::Hosts, id.as_str(), &entry.record)?;
+        }
+        self.store.flush().await?;
+        Ok(generation)
+    }
+
+    /// Records a heartbeat on connection `generation`.
+    pub async fn heartbeat(
+        &self,
+        id: &HostId,
+        generation: u64,
+        capacity: Capacity,
+        runtime: RuntimeFacts,
+        now_ms: u64,
+    ) -> Result<(), RegistryError> {
+        let changed = {
+            let mut hosts = self.lock();
+            let entry = hosts.get_mut(id).ok_or_else(|| RegistryError::UnknownHost(id.clone()))?;
+            if entry.conn.as_ref().map(|(g, _)| *g) != Some(generation) {
+                // A late heartbeat from a replaced connection: ignore it.
+                return Ok(());
+            }
+            let r = &mut entry.record;
+            r.capacity = Some(capacity);
+            r.runtime = Some(runtime);
+            let t = r.liveness.apply(&Event::Heartbeat, now_ms, &self.thresholds);
+            entry.dirty = true;
+            match t {
+                Some(t) => {
+                    entry.record.record(t);
+                    entry.dirty = false;
+                    self.store.put(Tree::Hosts, id.as_str(), &entry.record)?;
+                    true
+                }
+                None => false,
+            }
+        };
+        if changed {
+            self.store.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Records the end of connection `generation` (ignored if a newer one replaced it).
+    pub async fn disconnected(&self, id: &HostId, generation: u64, reason: &str, now_ms: u64) -> Result<(), RegistryError> {
+        {
+            let mut hosts = self.lock();
+            let Some(entry) = hosts.get_mut(id) else { return Ok(()) };
+            if entry.conn.as_ref().map(|(g, _)| *g) != Some(generation) {
+                return Ok(());
+            }
+            entry.conn = None;
+            let ev = Event::Disconnected { reason: reason.to_owned() };
+            if let Some(t) = entry.record.liveness.apply(&ev, now_ms, &self.thresholds) {
+                entry.record.record(t);
+            }
+            entry.dirty = false;
+            self.store.put(Tree::Hosts, id.as_str(), &entry.record)?;
+        }
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// Advances every host's liveness to `now_ms`; returns the transitions made.
+    pub async fn tick(&self, now_ms: u64) -> Result<Vec<(HostId, Transition)>, RegistryError> {
+        let mut made = vec![];
+        {
+            let mut hosts = self.lock();
+            for (id, entry) in hosts.iter_mut() {
+                if let Some(t) = entry.record.liveness.apply(&Event::Tick, now_ms, &self.thresholds) {
+                    entry.record.record(t.clone());
+                    entry.dirty = false;
+                    self.store.put(Tree::Hosts, id.as_str(), &entry.record)?;
+                    made.push((id.clone(), t));
+                }
+            }
+        }
+        if !made.is_empty() {
+            self.store.flush().await?;
+        }
+        Ok(made)
+    }
+
+    /// Writes records changed only by heartbeats.
+    pub fn flush_dirty(&self) -> Result<usize, RegistryError> {
+        let mut n = 0;
+        let mut hosts = self.lock();
+        for (id, entry) in hosts.iter_mut().filter(|(_, e)| e.dirty) {
+            self.store.put(Tree::Hosts, id.as_str(), &entry.record)?;
+            entry.dirty = false;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub async fn cert_renewed(&self, id: &HostId, not_after_unix: i64) -> Result<(), RegistryError> {
+        {
+            let mut hosts = self.lock();
+            let entry = hosts.get_mut(id).ok_or_else(|| RegistryError::UnknownHost(id.clone()))?;
+            entry.record.cert_not_after_unix = not_after_unix;
+            self.store.put(Tree::Hosts, id.as_str(), &entry.record)?;
+        }
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    pub fn list(&self) -> Vec<HostView> {
+        let hosts = self.lock();
+        let mut out: Vec<HostView> = hosts.values().map(|e| HostView::from(&e.record)).collect();
+        out.sort_by(|a, b| a.hostname.cmp(&b.hostname).then_with(|| a.id.cmp(&b.id)));
+        out
+    }
+
+    pub fn get(&self, id: &HostId) -> Option<HostView> {
+        self.lock().get(id).map(|e| HostView::from(&e.record))
+    }
+
+    pub fn count_by_state(&self) -> HashMap<HostState, usize> {
+        let mut m = HashMap::new();
+        for e in self.lock().values() {
+            *m.entry(e.record.liveness.state).or_default() += 1;
+        }
+        m
+    }
+
+    /// Closes every live connection (controller shutdown).
+    pub fn close_all(&self, code: CloseCode, reason: &str) {
+        for e in self.lock().values_mut() {
+            if let Some((_, c)) = e.conn.take() {
+                c.close(code.into(), reason.as_bytes());
+            }
+        }
+    }
+}

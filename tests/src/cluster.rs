@@ -1,0 +1,326 @@
+//! Controllers and agents as real processes on loopback, for end-to-end tests.
+//!
+//! Each process writes its log to a file in the test's temporary directory; when a
+//! test panics, the logs are printed so CI output shows what the programs said.
+//! Every child is killed (SIGKILL) when its handle is dropped, so a failing test
+//! leaves nothing running.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Path of a workspace binary next to the running test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not found; build the binaries first: cargo build --workspace --bins",
+        p.display()
+    );
+    p
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A free UDP port on 127.0.0.1.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.env("RUST_LOG", std::env::var("CAIRN_TEST_LOG").unwrap_or_else(|_| "info".into()));
+    cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))
+}
+
+fn kill9(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill(); // SIGKILL
+        let _ = c.wait();
+    }
+}
+
+/// A controller process and its data directory.
+pub struct Controller {
+    pub dir: PathBuf,
+    pub api: String,
+    pub link: SocketAddr,
+    pub admin_token: String,
+    pub ca_sha256: String,
+    log: PathBuf,
+    child: Option<Child>,
+    http: reqwest::Client,
+}
+
+/// Settings for [`Controller::init`].
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    pub heartbeat: &'static str,
+    pub missed: u32,
+    pub lost_after: &'static str,
+    pub agent_cert_ttl: &'static str,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        ControllerOptions { heartbeat: "500ms", missed: 3, lost_after: "60s", agent_cert_ttl: "30d" }
+    }
+}
+
+impl Controller {
+    /// Runs `cairn-controller init` in `root/controller`.
+    pub fn init(root: &Path, opts: &ControllerOptions) -> Self {
+        let dir = root.join("controller");
+        let api_port = free_tcp_port();
+        let link_port = free_udp_port();
+        let out = Command::new(bin("cairn-controller"))
+            .args(["init", "--data-dir"])
+            .arg(&dir)
+            .args(["--server-name", "localhost", "--server-name", "127.0.0.1"])
+            .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
+            .args(["--link-listen", &format!("127.0.0.1:{link_port}")])
+            .args(["--heartbeat-interval", opts.heartbeat, "--missed-heartbeats", &opts.missed.to_string()])
+            .args(["--lost-after", opts.lost_after, "--agent-cert-ttl", opts.agent_cert_ttl])
+            .output()
+            .expect("run init");
+        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let ca_sha256 = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("CA fingerprint: "))
+            .expect("fingerprint in init output")
+            .trim()
+            .to_string();
+        let admin_token = std::fs::read_to_string(dir.join("admin.token")).expect("admin token").trim().to_string();
+        Controller {
+            log: root.join("controller.log"),
+            dir,
+            api: format!("http://127.0.0.1:{api_port}"),
+            link: SocketAddr::from(([127, 0, 0, 1], link_port)),
+            admin_token,
+            ca_sha256,
+            child: None,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Starts `cairn-controller run` and waits until `/healthz` answers.
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none(), "controller already running");
+        let mut cmd = Command::new(bin("cairn-controller"));
+        cmd.args(["run", "--data-dir"]).arg(&self.dir);
+        self.child = Some(spawn_logged(cmd, &self.log));
+        let http = self.http.clone();
+        let url = format!("{}/healthz", self.api);
+        wait_for("controller /healthz", Duration::from_secs(20), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { http.get(&url).send().await.map(|r| r.status().is_success()).unwrap_or(false) }
+        })
+        .await;
+    }
+
+    /// `kill -9` the controller.
+    pub fn kill9(&mut self) {
+        kill9(&mut self.child);
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("controller running");
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        c.wait().expect("wait")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Runs a `cairn-controller` subcommand against this data directory.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("cairn-controller"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .output()
+            .expect("run cairn-controller")
+    }
+
+    /// Creates a join token through the CLI (which goes through the API while the
+    /// controller runs).
+    pub fn token(&self, ttl: &str, uses: u32) -> String {
+        let out = self.cli(&["token", "create", "--ttl", ttl, "--uses", &uses.to_string(), "--quiet"]);
+        assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// GET an API path with the admin token; returns status and JSON body.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.get_with(path, Some(&self.admin_token)).await
+    }
+
+    pub async fn get_with(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.get(format!("{}{path}", self.api));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("API request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The hosts as the API lists them.
+    pub async fn hosts(&self) -> Vec<Value> {
+        let (status, body) = self.get("/api/v1/hosts").await;
+        assert_eq!(status, 200, "{body}");
+        body.as_array().cloned().unwrap_or_default()
+    }
+
+    /// The state of one host.
+    pub async fn host_state(&self, id: &str) -> String {
+        let (status, body) = self.get(&format!("/api/v1/hosts/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        body["state"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Waits until host `id` is in `state`; returns how long that took.
+    pub async fn wait_host_state(&self, id: &str, state: &str, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.host_state(id).await == state {
+                return start.elapsed();
+            }
+            if start.elapsed() > timeout {
+                let (_, body) = self.get(&format!("/api/v1/hosts/{id}")).await;
+                panic!("host {id} not {state} after {timeout:?}: {body:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- controller log ({}) -----\n{}", self.log.display(), self.log_text());
+        }
+        kill9(&mut self.child);
+    }
+}
+
+/// An agent process and its state directory.
+pub struct Agent {
+    pub name: String,
+    pub state_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub fn new(root: &Path, name: &str) -> Self {
+        Agent {
+            name: name.into(),
+            state_dir: root.join(format!("agent-{name}")),
+            log: root.join(format!("agent-{name}.log")),
+            child: None,
+        }
+    }
+
+    /// Runs `cairn-agent join` and returns its output (success or not).
+    pub fn join(&self, controller: &Controller, token: &str, ca_sha256: &str, extra: &[&str]) -> Output {
+        Command::new(bin("cairn-agent"))
+            .args(["join", "--controller", &controller.link.to_string(), "--token", token, "--ca-sha256", ca_sha256])
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(["--hostname", &self.name])
+            .args(extra)
+            .output()
+            .expect("run cairn-agent join")
+    }
+
+    /// Joins and asserts success; returns the host id.
+    pub fn join_ok(&self, controller: &Controller, token: &str, extra: &[&str]) -> String {
+        let out = self.join(controller, token, &controller.ca_sha256, extra);
+        assert!(out.status.success(), "join failed: {}", String::from_utf8_lossy(&out.stderr));
+        self.host_id()
+    }
+
+    /// The host id from the state directory.
+    pub fn host_id(&self) -> String {
+        let text = std::fs::read_to_string(self.state_dir.join("agent.toml")).expect("agent.toml");
+        text.lines()
+            .find_map(|l| l.strip_prefix("host_id = "))
+            .map(|v| v.trim().trim_matches('"').to_string())
+            .expect("host_id in agent.toml")
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "agent already running");
+        let mut cmd = Command::new(bin("cairn-agent"));
+        cmd.args(["run", "--state-dir"]).arg(&self.state_dir);
+        self.child = Some(spawn_logged(cmd, &self.log));
+    }
+
+    pub fn kill9(&mut self) {
+        kill9(&mut self.child);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process has exited, and with what status.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- agent {} log -----\n{}", self.name, self.log_text());
+        }
+        kill9(&mut self.child);
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true; panics after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// stderr of a finished command as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
