@@ -150,7 +150,12 @@ pub async fn enrol_on(endpoint: &quinn::Endpoint, addr: SocketAddr, opts: &JoinO
                 return Err(JoinError::Protocol("the controller returned a certificate that does not match the request".into()));
             }
             Ok(AgentState {
-                config: AgentConfig { controller: opts.controller.clone(), host_id, labels: opts.labels.clone() },
+                config: AgentConfig {
+                    controller: opts.controller.clone(),
+                    host_id,
+                    hostname: Some(opts.hostname.clone()),
+                    labels: opts.labels.clone(),
+                },
                 ca_der,
                 cert_der,
                 key_pem,

@@ -194,9 +194,13 @@ async fn converse<F: FactsSource>(
         Ok(s) => s,
         Err(e) => return classify(&e, false),
     };
+    let mut host_facts = facts.host_facts();
+    if let Some(name) = &state.config.hostname {
+        host_facts.hostname = name.clone();
+    }
     let hello = Hello {
         protocol_version: opts.protocol_version,
-        facts: facts.host_facts(),
+        facts: host_facts,
         capacity: facts.capacity().await,
         runtime: facts.runtime().await,
     };

@@ -33,6 +33,9 @@ pub struct AgentConfig {
     /// `HOST:PORT` of the controller's link (UDP).
     pub controller: String,
     pub host_id: HostId,
+    /// The name this host reports; the system host name if absent.
+    #[serde(default)]
+    pub hostname: Option<String>,
     /// Labels this host advertises, e.g. `gpu = "true"`. Edit and restart to change.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -199,7 +202,7 @@ mod tests {
         let (key_pem, csr) = identity::new_key_and_csr("n").unwrap();
         let cert_der = ca.sign_host(&csr, &host, Duration::from_secs(600)).unwrap();
         let st = AgentState {
-            config: AgentConfig { controller: "127.0.0.1:7443".into(), host_id: host, labels: [("gpu".to_string(), "true".to_string())].into() },
+            config: AgentConfig { controller: "127.0.0.1:7443".into(), host_id: host, hostname: None, labels: [("gpu".to_string(), "true".to_string())].into() },
             ca_der: ca.cert_der().to_vec(),
             cert_der,
             key_pem,

@@ -52,7 +52,10 @@ impl Tree {
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(path).flush_every_ms(Some(200)).open().map_err(|e| match e {
-            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(11) => {
+            // sled wraps the flock failure in an error of its own words.
+            sled::Error::Io(ref io)
+                if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") =>
+            {
                 StoreError::Locked { path: path.display().to_string() }
             }
             other => StoreError::Sled(other),

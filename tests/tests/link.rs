@@ -209,9 +209,17 @@ async fn bad_connections_are_closed_with_reasons_and_others_keep_working() {
     let (other_ca, _) = Ca::generate("impostor", Duration::from_secs(3600)).unwrap();
     let (key, csr) = identity::new_key_and_csr("impostor").unwrap();
     let forged = other_ca.sign_host(&csr, &st.config.host_id, Duration::from_secs(3600)).unwrap();
-    let err = rawlink::connect(&ep, ctl.link, rawlink::client_with_cert(&st.ca_der, &forged, &key)).await.err();
-    let err = err.expect("a foreign certificate must not get through the handshake");
-    assert!(err.contains("certificate") || err.contains("UnknownCA") || err.contains("unknown ca"), "{err}");
+    // (In TLS 1.3 the client finishes its side before the server has checked the
+    // client certificate, so the refusal may arrive just after `connect` returns.)
+    let err = match rawlink::connect(&ep, ctl.link, rawlink::client_with_cert(&st.ca_der, &forged, &key)).await {
+        Err(e) => e,
+        Ok(conn) => {
+            let e = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.expect("the controller must close it");
+            cairn_shared::protocol::describe_connection_error(&e)
+        }
+    };
+    eprintln!("foreign certificate refused with: {err}");
+    assert!(err.contains("handshake failed") && err.contains("48"), "{err}");
 
     // A certificate from the right CA for a host the controller does not know (as
     // after a host is removed): signed here with the CA key from the data directory.
