@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use cairn_shared::framing;
 use cairn_shared::identity::{self, Fingerprint, CONTROLLER_SERVER_NAME};
-use cairn_shared::protocol::{describe_connection_error, CloseCode, EnrolRequest, EnrolResponse, RefusalCode, PROTOCOL_VERSION};
+use cairn_shared::protocol::{
+    describe_connection_error, CloseCode, EnrolRequest, EnrolResponse, RefusalCode,
+    PROTOCOL_VERSION,
+};
 
 use crate::state::{AgentConfig, AgentState, StateDir, StateError};
 
@@ -39,7 +42,11 @@ pub enum JoinError {
     #[error("cannot resolve controller address {addr:?}: {detail}")]
     Resolve { addr: String, detail: String },
     #[error("refusing to enrol: the controller at {addr} presented a CA with fingerprint {seen}, but --ca-sha256 is {expected}; check that this is the right controller and fingerprint")]
-    CaMismatch { addr: String, seen: String, expected: Fingerprint },
+    CaMismatch {
+        addr: String,
+        seen: String,
+        expected: Fingerprint,
+    },
     #[error("cannot connect to the controller at {addr}: {detail}")]
     Connect { addr: String, detail: String },
     #[error("the controller refused the enrolment: {message}")]
@@ -69,14 +76,24 @@ impl JoinError {
 pub async fn resolve(addr: &str) -> Result<SocketAddr, JoinError> {
     let mut addrs = tokio::net::lookup_host(addr)
         .await
-        .map_err(|e| JoinError::Resolve { addr: addr.into(), detail: e.to_string() })?;
-    addrs.next().ok_or_else(|| JoinError::Resolve { addr: addr.into(), detail: "no addresses".into() })
+        .map_err(|e| JoinError::Resolve {
+            addr: addr.into(),
+            detail: e.to_string(),
+        })?;
+    addrs.next().ok_or_else(|| JoinError::Resolve {
+        addr: addr.into(),
+        detail: "no addresses".into(),
+    })
 }
 
 /// A client endpoint able to reach `remote`.
 pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
-    let bind: SocketAddr = if remote.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
-        .map_err(|e| std::io::Error::other(format!("{e}")))?;
+    let bind: SocketAddr = if remote.is_ipv6() {
+        "[::]:0".parse()
+    } else {
+        "0.0.0.0:0".parse()
+    }
+    .map_err(|e| std::io::Error::other(format!("{e}")))?;
     quinn::Endpoint::client(bind)
 }
 
@@ -84,14 +101,23 @@ pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
 pub async fn join(opts: &JoinOptions) -> Result<AgentState, JoinError> {
     let dir = StateDir::new(&opts.state_dir);
     if dir.is_enrolled() && !opts.force {
-        let host = AgentState::load(&dir).map(|s| s.config.host_id.to_string()).unwrap_or_else(|_| "?".into());
-        return Err(JoinError::AlreadyEnrolled { dir: opts.state_dir.display().to_string(), host });
+        let host = AgentState::load(&dir)
+            .map(|s| s.config.host_id.to_string())
+            .unwrap_or_else(|_| "?".into());
+        return Err(JoinError::AlreadyEnrolled {
+            dir: opts.state_dir.display().to_string(),
+            host,
+        });
     }
     for (k, v) in &opts.labels {
-        cairn_shared::validate::label("label", k, v).map_err(|e| JoinError::Protocol(e.to_string()))?;
+        cairn_shared::validate::label("label", k, v)
+            .map_err(|e| JoinError::Protocol(e.to_string()))?;
     }
     let addr = resolve(&opts.controller).await?;
-    let endpoint = client_endpoint(addr).map_err(|e| JoinError::Connect { addr: addr.to_string(), detail: e.to_string() })?;
+    let endpoint = client_endpoint(addr).map_err(|e| JoinError::Connect {
+        addr: addr.to_string(),
+        detail: e.to_string(),
+    })?;
     let result = enrol_on(&endpoint, addr, opts).await;
     endpoint.close(CloseCode::Normal.into(), b"done");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
@@ -101,33 +127,70 @@ pub async fn join(opts: &JoinOptions) -> Result<AgentState, JoinError> {
 }
 
 /// The enrolment exchange on an existing endpoint (hollow agents share one).
-pub async fn enrol_on(endpoint: &quinn::Endpoint, addr: SocketAddr, opts: &JoinOptions) -> Result<AgentState, JoinError> {
+pub async fn enrol_on(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    opts: &JoinOptions,
+) -> Result<AgentState, JoinError> {
     let (client, verifier) = identity::enrol_client_config(opts.ca_sha256)?;
     let connecting = endpoint
         .connect_with(client, addr, CONTROLLER_SERVER_NAME)
-        .map_err(|e| JoinError::Connect { addr: addr.to_string(), detail: e.to_string() })?;
+        .map_err(|e| JoinError::Connect {
+            addr: addr.to_string(),
+            detail: e.to_string(),
+        })?;
     let conn = match tokio::time::timeout(ENROL_TIMEOUT, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             if let Some(seen) = verifier.seen() {
                 if !seen.contains(&opts.ca_sha256) {
-                    let seen = seen.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ");
-                    return Err(JoinError::CaMismatch { addr: addr.to_string(), seen, expected: opts.ca_sha256 });
+                    let seen = seen
+                        .iter()
+                        .map(|f| f.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(JoinError::CaMismatch {
+                        addr: addr.to_string(),
+                        seen,
+                        expected: opts.ca_sha256,
+                    });
                 }
             }
-            return Err(JoinError::Connect { addr: addr.to_string(), detail: describe_connection_error(&e) });
+            return Err(JoinError::Connect {
+                addr: addr.to_string(),
+                detail: describe_connection_error(&e),
+            });
         }
-        Err(_) => return Err(JoinError::Connect { addr: addr.to_string(), detail: "no answer within 30 s (is UDP to that port open?)".into() }),
+        Err(_) => {
+            return Err(JoinError::Connect {
+                addr: addr.to_string(),
+                detail: "no answer within 30 s (is UDP to that port open?)".into(),
+            })
+        }
     };
     let (key_pem, csr_der) = identity::new_key_and_csr(&opts.hostname)?;
-    let req = EnrolRequest { protocol_version: PROTOCOL_VERSION, token: opts.token.trim().to_owned(), csr_der, hostname: opts.hostname.clone() };
+    let req = EnrolRequest {
+        protocol_version: PROTOCOL_VERSION,
+        token: opts.token.trim().to_owned(),
+        csr_der,
+        hostname: opts.hostname.clone(),
+    };
     let exchange = async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| describe_connection_error(&e))?;
-        framing::write(&mut send, &req, 64 * 1024).await.map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| describe_connection_error(&e))?;
+        framing::write(&mut send, &req, 64 * 1024)
+            .await
+            .map_err(|e| e.to_string())?;
         let _ = send.finish();
         framing::read::<_, EnrolResponse>(&mut recv, 64 * 1024)
             .await
-            .map_err(|e| conn.close_reason().map(|c| describe_connection_error(&c)).unwrap_or_else(|| e.to_string()))?
+            .map_err(|e| {
+                conn.close_reason()
+                    .map(|c| describe_connection_error(&c))
+                    .unwrap_or_else(|| e.to_string())
+            })?
             .ok_or_else(|| "the controller closed the stream without an answer".to_string())
     };
     let response = tokio::time::timeout(ENROL_TIMEOUT, exchange)
@@ -137,7 +200,11 @@ pub async fn enrol_on(endpoint: &quinn::Endpoint, addr: SocketAddr, opts: &JoinO
     conn.close(CloseCode::Normal.into(), b"enrolled");
     match response? {
         EnrolResponse::Refused { code, message } => Err(JoinError::Refused { code, message }),
-        EnrolResponse::Accepted { host_id, cert_der, ca_der } => {
+        EnrolResponse::Accepted {
+            host_id,
+            cert_der,
+            ca_der,
+        } => {
             // The CA we are told to trust must be the one we pinned.
             if identity::Fingerprint::of(&ca_der) != opts.ca_sha256 {
                 return Err(JoinError::CaMismatch {
@@ -146,8 +213,12 @@ pub async fn enrol_on(endpoint: &quinn::Endpoint, addr: SocketAddr, opts: &JoinO
                     expected: opts.ca_sha256,
                 });
             }
-            if identity::host_id_of(&cert_der).ok().as_ref() != Some(&host_id) || !identity::cert_matches_key(&cert_der, &key_pem) {
-                return Err(JoinError::Protocol("the controller returned a certificate that does not match the request".into()));
+            if identity::host_id_of(&cert_der).ok().as_ref() != Some(&host_id)
+                || !identity::cert_matches_key(&cert_der, &key_pem)
+            {
+                return Err(JoinError::Protocol(
+                    "the controller returned a certificate that does not match the request".into(),
+                ));
             }
             Ok(AgentState {
                 config: AgentConfig {

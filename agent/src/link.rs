@@ -18,8 +18,8 @@ use cairn_shared::backoff::Backoff;
 use cairn_shared::framing;
 use cairn_shared::identity::{self, CONTROLLER_SERVER_NAME};
 use cairn_shared::protocol::{
-    application_close, describe_connection_error, AgentMsg, AgentRequest, AgentResponse, CloseCode, ControllerMsg,
-    Heartbeat, Hello, Welcome, PROTOCOL_VERSION,
+    application_close, describe_connection_error, AgentMsg, AgentRequest, AgentResponse, CloseCode,
+    ControllerMsg, Heartbeat, Hello, Welcome, PROTOCOL_VERSION,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -81,7 +81,9 @@ pub async fn run<F: FactsSource>(
 ) -> Result<(), LinkError> {
     use tracing::Instrument;
     let span = tracing::info_span!("link", host = %state.config.host_id);
-    run_inner(state, facts, endpoint, opts, shutdown).instrument(span).await
+    run_inner(state, facts, endpoint, opts, shutdown)
+        .instrument(span)
+        .await
 }
 
 async fn run_inner<F: FactsSource>(
@@ -95,13 +97,18 @@ async fn run_inner<F: FactsSource>(
     let mut own_endpoint = None;
     loop {
         let end = match crate::enrol::resolve(&state.config.controller).await {
-            Err(e) => SessionEnd::Retry { reason: e.to_string(), connected: false },
+            Err(e) => SessionEnd::Retry {
+                reason: e.to_string(),
+                connected: false,
+            },
             Ok(addr) => {
                 let ep = match (&endpoint, &own_endpoint) {
                     (Some(e), _) => e.clone(),
                     (None, Some(e)) => Clone::clone(e),
                     (None, None) => {
-                        let e = crate::enrol::client_endpoint(addr).map_err(|e| LinkError::Setup(format!("cannot open a UDP socket: {e}")))?;
+                        let e = crate::enrol::client_endpoint(addr).map_err(|e| {
+                            LinkError::Setup(format!("cannot open a UDP socket: {e}"))
+                        })?;
                         own_endpoint = Some(e.clone());
                         e
                     }
@@ -138,7 +145,10 @@ fn classify(err: &quinn::ConnectionError, connected: bool) -> SessionEnd {
     let reason = describe_connection_error(err);
     match application_close(err) {
         Some((Some(code @ (CloseCode::UnknownHost | CloseCode::Unauthenticated)), r)) => {
-            SessionEnd::Fatal(LinkError::Rejected { code: code.as_str(), reason: r })
+            SessionEnd::Fatal(LinkError::Rejected {
+                code: code.as_str(),
+                reason: r,
+            })
         }
         Some((Some(CloseCode::VersionMismatch), r)) => {
             tracing::error!(reason = %r, "protocol version mismatch; will keep retrying in case the controller is upgraded");
@@ -156,13 +166,23 @@ async fn session<F: FactsSource>(
     opts: &LinkOptions,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
-    let client = match identity::agent_client_config(&state.ca_der, &state.cert_der, &state.key_pem) {
+    let client = match identity::agent_client_config(&state.ca_der, &state.cert_der, &state.key_pem)
+    {
         Ok(c) => c,
-        Err(e) => return SessionEnd::Fatal(LinkError::Setup(format!("bad identity in the state directory: {e}"))),
+        Err(e) => {
+            return SessionEnd::Fatal(LinkError::Setup(format!(
+                "bad identity in the state directory: {e}"
+            )))
+        }
     };
     let connecting = match endpoint.connect_with(client, addr, CONTROLLER_SERVER_NAME) {
         Ok(c) => c,
-        Err(e) => return SessionEnd::Retry { reason: format!("cannot dial {addr}: {e}"), connected: false },
+        Err(e) => {
+            return SessionEnd::Retry {
+                reason: format!("cannot dial {addr}: {e}"),
+                connected: false,
+            }
+        }
     };
     let conn = tokio::select! {
         c = tokio::time::timeout(Duration::from_secs(15), connecting) => match c {
@@ -186,10 +206,14 @@ async fn converse<F: FactsSource>(
     opts: &LinkOptions,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
-    let lost = |conn: &quinn::Connection, connected: bool, fallback: String| match conn.close_reason() {
-        Some(e) => classify(&e, connected),
-        None => SessionEnd::Retry { reason: fallback, connected },
-    };
+    let lost =
+        |conn: &quinn::Connection, connected: bool, fallback: String| match conn.close_reason() {
+            Some(e) => classify(&e, connected),
+            None => SessionEnd::Retry {
+                reason: fallback,
+                connected,
+            },
+        };
     let (mut send, mut recv) = match conn.open_bi().await {
         Ok(s) => s,
         Err(e) => return classify(&e, false),
@@ -207,7 +231,12 @@ async fn converse<F: FactsSource>(
     if let Err(e) = framing::write(&mut send, &hello, framing::MAX_FRAME_LEN).await {
         return lost(conn, false, format!("sending hello: {e}"));
     }
-    let welcome = match tokio::time::timeout(Duration::from_secs(15), framing::read::<_, Welcome>(&mut recv, framing::MAX_FRAME_LEN)).await {
+    let welcome = match tokio::time::timeout(
+        Duration::from_secs(15),
+        framing::read::<_, Welcome>(&mut recv, framing::MAX_FRAME_LEN),
+    )
+    .await
+    {
         Ok(Ok(Some(w))) => w,
         Ok(Ok(None)) => return lost(conn, false, "controller closed the control stream".into()),
         Ok(Err(e)) => {
@@ -221,13 +250,20 @@ async fn converse<F: FactsSource>(
     if skew_ms.abs() > 60_000 {
         tracing::warn!(skew_ms, "this host's clock differs from the controller's by more than a minute; certificates may be refused");
     }
-    tracing::info!(heartbeat_ms = welcome.heartbeat_interval_ms, "connected to controller");
+    tracing::info!(
+        heartbeat_ms = welcome.heartbeat_interval_ms,
+        "connected to controller"
+    );
 
     let interval = Duration::from_millis(welcome.heartbeat_interval_ms.clamp(100, 600_000));
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the Hello counted as the first report
-    let mut renew_check = tokio::time::interval(Duration::from_secs(3600).min(interval * 12).max(Duration::from_secs(1)));
+    let mut renew_check = tokio::time::interval(
+        Duration::from_secs(3600)
+            .min(interval * 12)
+            .max(Duration::from_secs(1)),
+    );
     let mut seq = 0u64;
     loop {
         tokio::select! {
@@ -257,7 +293,11 @@ async fn converse<F: FactsSource>(
 }
 
 /// Renews the client certificate if less than `renew_fraction` of its life is left.
-async fn maybe_renew(conn: &quinn::Connection, state: &mut AgentState, opts: &LinkOptions) -> Result<(), String> {
+async fn maybe_renew(
+    conn: &quinn::Connection,
+    state: &mut AgentState,
+    opts: &LinkOptions,
+) -> Result<(), String> {
     let now = (cairn_shared::time::now_ms() / 1000) as i64;
     let Some((remaining, lifetime)) = state.cert_remaining(now) else {
         return Err("cannot read the current certificate".into());
@@ -268,19 +308,35 @@ async fn maybe_renew(conn: &quinn::Connection, state: &mut AgentState, opts: &Li
     tracing::info!(remaining_s = remaining, "renewing client certificate");
     let hostname = state.config.host_id.to_string();
     let (key_pem, csr_der) = identity::new_key_and_csr(&hostname).map_err(|e| e.to_string())?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| describe_connection_error(&e))?;
-    framing::write(&mut send, &AgentRequest::RenewCertificate { csr_der }, 64 * 1024).await.map_err(|e| e.to_string())?;
-    let _ = send.finish();
-    let resp = tokio::time::timeout(Duration::from_secs(30), framing::read::<_, AgentResponse>(&mut recv, 64 * 1024))
+    let (mut send, mut recv) = conn
+        .open_bi()
         .await
-        .map_err(|_| "no answer within 30 s".to_string())?
-        .map_err(|e| e.to_string())?
-        .ok_or("the controller closed the stream without an answer")?;
+        .map_err(|e| describe_connection_error(&e))?;
+    framing::write(
+        &mut send,
+        &AgentRequest::RenewCertificate { csr_der },
+        64 * 1024,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    let resp = tokio::time::timeout(
+        Duration::from_secs(30),
+        framing::read::<_, AgentResponse>(&mut recv, 64 * 1024),
+    )
+    .await
+    .map_err(|_| "no answer within 30 s".to_string())?
+    .map_err(|e| e.to_string())?
+    .ok_or("the controller closed the stream without an answer")?;
     match resp {
         AgentResponse::Refused { message, .. } => Err(format!("refused: {message}")),
         AgentResponse::Certificate { cert_der } => {
-            if identity::host_id_of(&cert_der).ok().as_ref() != Some(&state.config.host_id) || !identity::cert_matches_key(&cert_der, &key_pem) {
-                return Err("the controller returned a certificate that does not match the request".into());
+            if identity::host_id_of(&cert_der).ok().as_ref() != Some(&state.config.host_id)
+                || !identity::cert_matches_key(&cert_der, &key_pem)
+            {
+                return Err(
+                    "the controller returned a certificate that does not match the request".into(),
+                );
             }
             let mut next = state.clone();
             next.cert_der = cert_der;
@@ -289,7 +345,10 @@ async fn maybe_renew(conn: &quinn::Connection, state: &mut AgentState, opts: &Li
                 next.save_cert(dir).map_err(|e| e.to_string())?;
             }
             *state = next;
-            let not_after = state.cert_remaining(now).map(|(r, _)| r).unwrap_or_default();
+            let not_after = state
+                .cert_remaining(now)
+                .map(|(r, _)| r)
+                .unwrap_or_default();
             tracing::info!(valid_for_s = not_after, "client certificate renewed");
             Ok(())
         }

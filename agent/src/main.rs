@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "cairn-agent", version, about = "Cairn agent: links a Docker host to a Cairn controller")]
+#[command(
+    name = "cairn-agent",
+    version,
+    about = "Cairn agent: links a Docker host to a Cairn controller"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,7 +36,11 @@ enum Command {
         /// The controller CA's SHA-256 fingerprint, as printed with the token.
         #[arg(long)]
         ca_sha256: String,
-        #[arg(long, env = "CAIRN_AGENT_STATE_DIR", default_value = "/var/lib/cairn-agent")]
+        #[arg(
+            long,
+            env = "CAIRN_AGENT_STATE_DIR",
+            default_value = "/var/lib/cairn-agent"
+        )]
         state_dir: PathBuf,
         /// A label for this host, KEY=VALUE (repeatable), e.g. --label gpu=true.
         #[arg(long = "label", value_parser = parse_label)]
@@ -46,7 +54,11 @@ enum Command {
     },
     /// Connect to the controller and report this host until stopped.
     Run {
-        #[arg(long, env = "CAIRN_AGENT_STATE_DIR", default_value = "/var/lib/cairn-agent")]
+        #[arg(
+            long,
+            env = "CAIRN_AGENT_STATE_DIR",
+            default_value = "/var/lib/cairn-agent"
+        )]
         state_dir: PathBuf,
     },
 }
@@ -62,13 +74,18 @@ fn system_hostname() -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // One thread is plenty for a heartbeat every few seconds and keeps the idle
     // footprint small.
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -77,7 +94,15 @@ fn main() -> ExitCode {
     };
     let code = rt.block_on(async move {
         match cli.command {
-            Command::Join { controller, token, ca_sha256, state_dir, labels, hostname, force } => {
+            Command::Join {
+                controller,
+                token,
+                ca_sha256,
+                state_dir,
+                labels,
+                hostname,
+                force,
+            } => {
                 let ca_sha256 = match Fingerprint::parse(&ca_sha256) {
                     Ok(f) => f,
                     Err(e) => {
@@ -96,8 +121,15 @@ fn main() -> ExitCode {
                 };
                 match enrol::join(&opts).await {
                     Ok(state) => {
-                        println!("enrolled as host {}; state in {}", state.config.host_id, state_dir.display());
-                        println!("start the agent with: cairn-agent run --state-dir {}", state_dir.display());
+                        println!(
+                            "enrolled as host {}; state in {}",
+                            state.config.host_id,
+                            state_dir.display()
+                        );
+                        println!(
+                            "start the agent with: cairn-agent run --state-dir {}",
+                            state_dir.display()
+                        );
                         0
                     }
                     Err(e) => {
@@ -124,7 +156,10 @@ async fn run(state_dir: PathBuf) -> i32 {
     let facts = Arc::new(HostFactsSource::new(state.config.labels.clone(), state_dir).await);
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    let opts = LinkOptions { state_dir: Some(dir), ..LinkOptions::default() };
+    let opts = LinkOptions {
+        state_dir: Some(dir),
+        ..LinkOptions::default()
+    };
     match link::run(state, facts, None, opts, shutdown).await {
         Ok(()) => 0,
         Err(e @ LinkError::Rejected { .. }) => {

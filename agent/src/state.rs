@@ -23,7 +23,10 @@ pub enum StateError {
     #[error("{path}: {detail}")]
     Bad { path: String, detail: String },
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 /// The editable part of the state: `agent.toml`.
@@ -52,7 +55,9 @@ pub struct AgentState {
 
 impl std::fmt::Debug for AgentState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentState").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("AgentState")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -85,32 +90,50 @@ impl StateDir {
 }
 
 fn read(path: &Path) -> Result<String, StateError> {
-    std::fs::read_to_string(path).map_err(|source| StateError::Io { context: format!("reading {}", path.display()), source })
+    std::fs::read_to_string(path).map_err(|source| StateError::Io {
+        context: format!("reading {}", path.display()),
+        source,
+    })
 }
 
 fn bad(path: &Path, detail: impl ToString) -> StateError {
-    StateError::Bad { path: path.display().to_string(), detail: detail.to_string() }
+    StateError::Bad {
+        path: path.display().to_string(),
+        detail: detail.to_string(),
+    }
 }
 
 impl AgentState {
     pub fn load(dir: &StateDir) -> Result<Self, StateError> {
         if !dir.is_enrolled() {
-            return Err(StateError::NotEnrolled { dir: dir.root().display().to_string() });
+            return Err(StateError::NotEnrolled {
+                dir: dir.root().display().to_string(),
+            });
         }
-        let config: AgentConfig = toml::from_str(&read(&dir.config())?).map_err(|e| bad(&dir.config(), e))?;
+        let config: AgentConfig =
+            toml::from_str(&read(&dir.config())?).map_err(|e| bad(&dir.config(), e))?;
         for (k, v) in &config.labels {
             cairn_shared::validate::label("labels", k, v).map_err(|e| bad(&dir.config(), e))?;
         }
-        let ca_der = identity::parse_cert_pem(&read(&dir.ca())?).map_err(|e| bad(&dir.ca(), e))?.to_vec();
+        let ca_der = identity::parse_cert_pem(&read(&dir.ca())?)
+            .map_err(|e| bad(&dir.ca(), e))?
+            .to_vec();
         let (cert_der, key_pem) = load_key_pair(dir)?;
-        Ok(AgentState { config, ca_der, cert_der, key_pem })
+        Ok(AgentState {
+            config,
+            ca_der,
+            cert_der,
+            key_pem,
+        })
     }
 
     /// Writes the whole state; the config goes last, so its presence means the rest is
     /// complete.
     pub fn save(&self, dir: &StateDir) -> Result<(), StateError> {
-        fsutil::create_private_dir(dir.root())
-            .map_err(|source| StateError::Io { context: format!("creating {}", dir.root().display()), source })?;
+        fsutil::create_private_dir(dir.root()).map_err(|source| StateError::Io {
+            context: format!("creating {}", dir.root().display()),
+            source,
+        })?;
         self.save_cert(dir)?;
         write(&dir.ca(), identity::cert_pem(&self.ca_der).as_bytes())?;
         let text = toml::to_string_pretty(&self.config).map_err(|e| bad(&dir.config(), e))?;
@@ -133,7 +156,10 @@ impl AgentState {
     /// Seconds until the certificate expires, and its whole lifetime.
     pub fn cert_remaining(&self, now_unix: i64) -> Option<(i64, i64)> {
         let info = identity::cert_info(&self.cert_der).ok()?;
-        Some((info.not_after_unix - now_unix, info.not_after_unix - info.not_before_unix))
+        Some((
+            info.not_after_unix - now_unix,
+            info.not_after_unix - info.not_before_unix,
+        ))
     }
 }
 
@@ -144,7 +170,10 @@ fn next(p: &Path) -> PathBuf {
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), StateError> {
-    std::fs::rename(from, to).map_err(|source| StateError::Io { context: format!("renaming {} to {}", from.display(), to.display()), source })
+    std::fs::rename(from, to).map_err(|source| StateError::Io {
+        context: format!("renaming {} to {}", from.display(), to.display()),
+        source,
+    })
 }
 
 /// Finds the newest certificate and key that belong together among the current files
@@ -166,9 +195,13 @@ fn load_key_pair(dir: &StateDir) -> Result<(Vec<u8>, String), StateError> {
     }
     let mut best: Option<(i64, usize, usize)> = None;
     for (ci, (_, der)) in certs.iter().enumerate() {
-        let Ok(info) = identity::cert_info(der) else { continue };
+        let Ok(info) = identity::cert_info(der) else {
+            continue;
+        };
         for (ki, (_, key)) in keys.iter().enumerate() {
-            if identity::cert_matches_key(der, key) && best.is_none_or(|(na, _, _)| info.not_after_unix > na) {
+            if identity::cert_matches_key(der, key)
+                && best.is_none_or(|(na, _, _)| info.not_after_unix > na)
+            {
                 best = Some((info.not_after_unix, ci, ki));
             }
         }
@@ -188,7 +221,10 @@ fn load_key_pair(dir: &StateDir) -> Result<(Vec<u8>, String), StateError> {
 }
 
 fn write(path: &Path, data: &[u8]) -> Result<(), StateError> {
-    fsutil::write_secret(path, data).map_err(|source| StateError::Io { context: format!("writing {}", path.display()), source })
+    fsutil::write_secret(path, data).map_err(|source| StateError::Io {
+        context: format!("writing {}", path.display()),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -202,7 +238,12 @@ mod tests {
         let (key_pem, csr) = identity::new_key_and_csr("n").unwrap();
         let cert_der = ca.sign_host(&csr, &host, Duration::from_secs(600)).unwrap();
         let st = AgentState {
-            config: AgentConfig { controller: "127.0.0.1:7443".into(), host_id: host, hostname: None, labels: [("gpu".to_string(), "true".to_string())].into() },
+            config: AgentConfig {
+                controller: "127.0.0.1:7443".into(),
+                host_id: host,
+                hostname: None,
+                labels: [("gpu".to_string(), "true".to_string())].into(),
+            },
             ca_der: ca.cert_der().to_vec(),
             cert_der,
             key_pem,
@@ -221,7 +262,12 @@ mod tests {
         assert_eq!(back.config, st.config);
         assert_eq!(back.cert_der, st.cert_der);
         for p in [dir.config(), dir.ca(), dir.cert(), dir.key()] {
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600, "{}", p.display());
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600,
+                "{}",
+                p.display()
+            );
         }
     }
 
@@ -231,7 +277,9 @@ mod tests {
         let dir = StateDir::new(tmp.path().join("s"));
         let (st, ca) = enrolled(&dir);
         let (key2, csr2) = identity::new_key_and_csr("n").unwrap();
-        let cert2 = ca.sign_host(&csr2, &st.config.host_id, Duration::from_secs(1200)).unwrap();
+        let cert2 = ca
+            .sign_host(&csr2, &st.config.host_id, Duration::from_secs(1200))
+            .unwrap();
         // Crash after the key was renamed but before the certificate was.
         write(&dir.key(), key2.as_bytes()).unwrap();
         write(&next(&dir.cert()), identity::cert_pem(&cert2).as_bytes()).unwrap();
@@ -243,7 +291,9 @@ mod tests {
         // Crash after both .next files were written but before any rename: the old
         // pair still matches, the new pair matches too and is newer.
         let (key3, csr3) = identity::new_key_and_csr("n").unwrap();
-        let cert3 = ca.sign_host(&csr3, &st.config.host_id, Duration::from_secs(2400)).unwrap();
+        let cert3 = ca
+            .sign_host(&csr3, &st.config.host_id, Duration::from_secs(2400))
+            .unwrap();
         write(&next(&dir.key()), key3.as_bytes()).unwrap();
         write(&next(&dir.cert()), identity::cert_pem(&cert3).as_bytes()).unwrap();
         let back = AgentState::load(&dir).unwrap();
@@ -254,7 +304,9 @@ mod tests {
     #[test]
     fn missing_enrolment_says_what_to_do() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = AgentState::load(&StateDir::new(tmp.path())).unwrap_err().to_string();
+        let err = AgentState::load(&StateDir::new(tmp.path()))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("run `cairn-agent join` first"), "{err}");
     }
 }

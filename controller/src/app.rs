@@ -38,7 +38,11 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {what} {addr}: {source}")]
-    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Tls(#[from] identity::IdentityError),
 }
@@ -63,24 +67,56 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
     let tokens = TokenStore::new(store.clone());
 
     let server_config = identity::server_config(pki.ca.cert_der(), &pki.server)?;
-    let endpoint = quinn::Endpoint::server(server_config, config.link.listen)
-        .map_err(|source| StartError::Bind { what: "link (UDP)", addr: config.link.listen, source })?;
-    let link_addr = endpoint.local_addr().map_err(|source| StartError::Bind { what: "link (UDP)", addr: config.link.listen, source })?;
+    let endpoint =
+        quinn::Endpoint::server(server_config, config.link.listen).map_err(|source| {
+            StartError::Bind {
+                what: "link (UDP)",
+                addr: config.link.listen,
+                source,
+            }
+        })?;
+    let link_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+        what: "link (UDP)",
+        addr: config.link.listen,
+        source,
+    })?;
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
-        .map_err(|source| StartError::Bind { what: "API (TCP)", addr: config.api.listen, source })?;
-    let api_addr = listener.local_addr().map_err(|source| StartError::Bind { what: "API (TCP)", addr: config.api.listen, source })?;
+        .map_err(|source| StartError::Bind {
+            what: "API (TCP)",
+            addr: config.api.listen,
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        what: "API (TCP)",
+        addr: config.api.listen,
+        source,
+    })?;
 
-    let app = Arc::new(App { config, data_dir, pki, store, registry, tokens, link_addr });
+    let app = Arc::new(App {
+        config,
+        data_dir,
+        pki,
+        store,
+        registry,
+        tokens,
+        link_addr,
+    });
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
-    tasks.spawn(crate::link::serve(app.clone(), endpoint.clone(), shutdown.clone()));
+    tasks.spawn(crate::link::serve(
+        app.clone(),
+        endpoint.clone(),
+        shutdown.clone(),
+    ));
     {
         let router = crate::api::router(app.clone());
         let s = shutdown.clone();
         tasks.spawn(async move {
-            let served = axum::serve(listener, router).with_graceful_shutdown(async move { s.cancelled().await }).await;
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { s.cancelled().await })
+                .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "API server failed");
             }
@@ -88,13 +124,21 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
     }
     tasks.spawn(liveness_loop(app.clone(), shutdown.clone()));
     tracing::info!(api = %api_addr, link = %link_addr, ca = %app.pki.ca.fingerprint(), hosts = app.registry.list().len(), "controller started");
-    Ok(Running { app, api_addr, link_addr, shutdown, tasks, endpoint })
+    Ok(Running {
+        app,
+        api_addr,
+        link_addr,
+        shutdown,
+        tasks,
+        endpoint,
+    })
 }
 
 /// Advances host liveness on a short period and writes heartbeat-only changes in
 /// batches.
 async fn liveness_loop(app: Arc<App>, shutdown: CancellationToken) {
-    let period = Duration::from_millis((app.config.hosts.heartbeat_interval_ms / 4).clamp(100, 1000));
+    let period =
+        Duration::from_millis((app.config.hosts.heartbeat_interval_ms / 4).clamp(100, 1000));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_flush = tokio::time::Instant::now();
@@ -136,8 +180,15 @@ impl Running {
 
     async fn drain(&mut self) {
         tracing::info!("controller shutting down");
-        self.app.registry.close_all(CloseCode::Normal, "controller shutting down");
-        if tokio::time::timeout(Duration::from_secs(10), async { while self.tasks.join_next().await.is_some() {} }).await.is_err() {
+        self.app
+            .registry
+            .close_all(CloseCode::Normal, "controller shutting down");
+        if tokio::time::timeout(Duration::from_secs(10), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
             tracing::warn!("some tasks did not finish within 10 s; aborting them");
             self.tasks.abort_all();
         }
@@ -147,7 +198,8 @@ impl Running {
         if let Err(e) = self.app.store.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }
-        self.endpoint.close(CloseCode::Normal.into(), b"controller shutting down");
+        self.endpoint
+            .close(CloseCode::Normal.into(), b"controller shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 }

@@ -20,11 +20,17 @@ pub fn digest_hex(secret: &str) -> String {
 /// how much of it matched.
 pub fn matches_digest(secret: &str, digest_hex_stored: &str) -> bool {
     let presented = Sha256::digest(secret.as_bytes());
-    let Ok(stored) = hex::decode(digest_hex_stored) else { return false };
+    let Ok(stored) = hex::decode(digest_hex_stored) else {
+        return false;
+    };
     if stored.len() != presented.len() {
         return false;
     }
-    presented.iter().zip(stored.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    presented
+        .iter()
+        .zip(stored.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
 }
 
 /// A new admin API token.

@@ -13,7 +13,11 @@ use crate::store::{Store, StoreError};
 use crate::tokens::TokenStore;
 
 #[derive(Parser, Debug)]
-#[command(name = "cairn-controller", version, about = "Cairn controller: API, scheduler and agent link")]
+#[command(
+    name = "cairn-controller",
+    version,
+    about = "Cairn controller: API, scheduler and agent link"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -128,7 +132,7 @@ impl CliError {
             CliError::Usage(_) => 2,
             CliError::Pki(PkiError::AlreadyInitialised { .. }) => 3,
             CliError::Start(StartError::Config(_)) | CliError::Pki(PkiError::Config(_)) => 78, // EX_CONFIG
-            CliError::Start(StartError::Bind { .. }) | CliError::Unavailable(_) => 69,        // EX_UNAVAILABLE
+            CliError::Start(StartError::Bind { .. }) | CliError::Unavailable(_) => 69, // EX_UNAVAILABLE
             _ => 1,
         }
     }
@@ -136,7 +140,17 @@ impl CliError {
 
 pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Init { dir, server_names, api_listen, link_listen, heartbeat_interval, missed_heartbeats, lost_after, agent_cert_ttl, force } => {
+        Command::Init {
+            dir,
+            server_names,
+            api_listen,
+            link_listen,
+            heartbeat_interval,
+            missed_heartbeats,
+            lost_after,
+            agent_cert_ttl,
+            force,
+        } => {
             let mut names = server_names;
             if names.is_empty() {
                 names = default_server_names();
@@ -156,8 +170,15 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
             let out = pki::init(&DataDir::new(&dir.data_dir), &opts)?;
             println!("initialised {}", dir.data_dir.display());
             println!("CA fingerprint: {}", out.ca_fingerprint);
-            println!("admin token:    {} (also in {})", out.admin_token, DataDir::new(&dir.data_dir).admin_token().display());
-            println!("start with:     cairn-controller run --data-dir {}", dir.data_dir.display());
+            println!(
+                "admin token:    {} (also in {})",
+                out.admin_token,
+                DataDir::new(&dir.data_dir).admin_token().display()
+            );
+            println!(
+                "start with:     cairn-controller run --data-dir {}",
+                dir.data_dir.display()
+            );
             Ok(())
         }
         Command::Run { dir } => {
@@ -170,7 +191,16 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
             running.wait().await;
             Ok(())
         }
-        Command::Token { command: TokenCommand::Create { dir, ttl, uses, description, quiet } } => {
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    dir,
+                    ttl,
+                    uses,
+                    description,
+                    quiet,
+                },
+        } => {
             let req = crate::api::tokens_request(ttl.as_secs(), uses, description);
             crate::api::check_token_request(&req).map_err(CliError::Usage)?;
             let data = DataDir::new(&dir.data_dir);
@@ -181,10 +211,19 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
                 let cfg = ControllerConfig::load(&data.config()).map_err(CliError::Other)?;
                 println!("token:      {}", created.token);
                 println!("ca-sha256:  {}", created.ca_sha256);
-                println!("expires:    in {} ({} use{})", humantime::format_duration(ttl), created.uses, if created.uses == 1 { "" } else { "s" });
+                println!(
+                    "expires:    in {} ({} use{})",
+                    humantime::format_duration(ttl),
+                    created.uses,
+                    if created.uses == 1 { "" } else { "s" }
+                );
                 println!(
                     "join with:  cairn-agent join --controller {}:{} --token {} --ca-sha256 {}",
-                    cfg.certificates.server_names.first().map(String::as_str).unwrap_or("CONTROLLER"),
+                    cfg.certificates
+                        .server_names
+                        .first()
+                        .map(String::as_str)
+                        .unwrap_or("CONTROLLER"),
                     cfg.link.listen.port(),
                     created.token,
                     created.ca_sha256
@@ -192,27 +231,52 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Token { command: TokenCommand::List { dir } } => {
+        Command::Token {
+            command: TokenCommand::List { dir },
+        } => {
             let data = DataDir::new(&dir.data_dir);
             let store = open_store_or_api(&data)?;
             let Some(store) = store else {
-                return Err(CliError::Unavailable("the controller is running; list tokens with GET /api/v1/join-tokens".into()));
+                return Err(CliError::Unavailable(
+                    "the controller is running; list tokens with GET /api/v1/join-tokens".into(),
+                ));
             };
             let now = cairn_shared::time::now_ms();
             println!("{:<10} {:>6} {:>10}  DESCRIPTION", "ID", "USES", "EXPIRES");
-            for t in TokenStore::new(store).list().map_err(|e| CliError::Other(e.to_string()))? {
-                let exp = if t.expires_ms <= now { "expired".to_string() } else { format!("{}s", (t.expires_ms - now) / 1000) };
-                println!("{:<10} {:>6} {:>10}  {}", t.id, format!("{}/{}", t.uses, t.max_uses), exp, t.description);
+            for t in TokenStore::new(store)
+                .list()
+                .map_err(|e| CliError::Other(e.to_string()))?
+            {
+                let exp = if t.expires_ms <= now {
+                    "expired".to_string()
+                } else {
+                    format!("{}s", (t.expires_ms - now) / 1000)
+                };
+                println!(
+                    "{:<10} {:>6} {:>10}  {}",
+                    t.id,
+                    format!("{}/{}", t.uses, t.max_uses),
+                    exp,
+                    t.description
+                );
             }
             Ok(())
         }
-        Command::Dev { data_dir, api_port, link_port } => crate::dev::run(data_dir, api_port, link_port).await,
+        Command::Dev {
+            data_dir,
+            api_port,
+            link_port,
+        } => crate::dev::run(data_dir, api_port, link_port).await,
     }
 }
 
 /// The names a server certificate gets when none are given: this host's name and loopback.
 pub fn default_server_names() -> Vec<String> {
-    let mut v = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut v = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
         let h = h.trim();
         if !h.is_empty() && !v.iter().any(|x| x == h) && h.len() <= 253 {
@@ -225,7 +289,10 @@ pub fn default_server_names() -> Vec<String> {
 /// Opens the store directly if no controller holds it; `None` if one is running.
 fn open_store_or_api(data: &DataDir) -> Result<Option<Store>, CliError> {
     if !data.config().exists() {
-        return Err(CliError::Other(format!("{} is not initialised; run `cairn-controller init` first", data.root().display())));
+        return Err(CliError::Other(format!(
+            "{} is not initialised; run `cairn-controller init` first",
+            data.root().display()
+        )));
     }
     match Store::open(&data.state()) {
         Ok(s) => Ok(Some(s)),
@@ -236,13 +303,21 @@ fn open_store_or_api(data: &DataDir) -> Result<Option<Store>, CliError> {
 
 /// Creates a token in the store if the controller is stopped, or through its API if it
 /// is running (sled allows one process at a time).
-async fn create_token(data: &DataDir, req: crate::api::CreateToken) -> Result<crate::api::CreatedTokenView, CliError> {
+async fn create_token(
+    data: &DataDir,
+    req: crate::api::CreateToken,
+) -> Result<crate::api::CreatedTokenView, CliError> {
     let cfg = ControllerConfig::load(&data.config()).map_err(CliError::Other)?;
     match open_store_or_api(data)? {
         Some(store) => {
             let pki = pki::Pki::load(data, &cfg)?;
             let created = TokenStore::new(store)
-                .create(req.ttl_secs * 1000, req.uses, req.description, cairn_shared::time::now_ms())
+                .create(
+                    req.ttl_secs * 1000,
+                    req.uses,
+                    req.description,
+                    cairn_shared::time::now_ms(),
+                )
                 .await
                 .map_err(|e| CliError::Other(e.to_string()))?;
             Ok(crate::api::CreatedTokenView {
@@ -254,8 +329,9 @@ async fn create_token(data: &DataDir, req: crate::api::CreateToken) -> Result<cr
             })
         }
         None => {
-            let admin = std::fs::read_to_string(data.admin_token())
-                .map_err(|e| CliError::Other(format!("cannot read {}: {e}", data.admin_token().display())))?;
+            let admin = std::fs::read_to_string(data.admin_token()).map_err(|e| {
+                CliError::Other(format!("cannot read {}: {e}", data.admin_token().display()))
+            })?;
             let mut addr = cfg.api.listen;
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -270,9 +346,13 @@ async fn create_token(data: &DataDir, req: crate::api::CreateToken) -> Result<cr
             if !resp.status().is_success() {
                 let status = resp.status();
                 let body = resp.text().await.unwrap_or_default();
-                return Err(CliError::Other(format!("the controller refused: {status} {body}")));
+                return Err(CliError::Other(format!(
+                    "the controller refused: {status} {body}"
+                )));
             }
-            resp.json().await.map_err(|e| CliError::Other(format!("unexpected answer from the controller: {e}")))
+            resp.json()
+                .await
+                .map_err(|e| CliError::Other(format!("unexpected answer from the controller: {e}")))
         }
     }
 }

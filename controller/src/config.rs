@@ -45,7 +45,14 @@ impl DataDir {
     }
     /// Every file `init` creates; `init` refuses to overwrite any of them without `--force`.
     pub fn init_files(&self) -> Vec<PathBuf> {
-        vec![self.config(), self.ca_cert(), self.ca_key(), self.server_cert(), self.server_key(), self.admin_token()]
+        vec![
+            self.config(),
+            self.ca_cert(),
+            self.ca_key(),
+            self.server_cert(),
+            self.server_key(),
+            self.admin_token(),
+        ]
     }
 }
 
@@ -159,7 +166,10 @@ impl ControllerConfig {
             return Err("hosts.missed_heartbeats must be at least 1".into());
         }
         if h.lost_after_ms <= h.heartbeat_interval_ms * u64::from(h.missed_heartbeats) {
-            return Err("hosts.lost_after_ms must be longer than missed_heartbeats × heartbeat_interval_ms".into());
+            return Err(
+                "hosts.lost_after_ms must be longer than missed_heartbeats × heartbeat_interval_ms"
+                    .into(),
+            );
         }
         if self.link.max_frame_bytes < 64 * 1024 || self.link.max_frame_bytes > 64 * 1024 * 1024 {
             return Err("link.max_frame_bytes must be between 65536 and 67108864".into());
@@ -174,10 +184,16 @@ impl ControllerConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e} (run `cairn-controller init` first)", path.display()))?;
-        let cfg: ControllerConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        cfg.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "cannot read {}: {e} (run `cairn-controller init` first)",
+                path.display()
+            )
+        })?;
+        let cfg: ControllerConfig =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        cfg.validate()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(cfg)
     }
 
@@ -192,15 +208,22 @@ mod tests {
 
     fn sample() -> ControllerConfig {
         ControllerConfig {
-            api: ApiConfig { listen: "127.0.0.1:7080".parse().unwrap() },
-            link: LinkConfig { listen: "127.0.0.1:7443".parse().unwrap(), max_frame_bytes: default_max_frame() },
+            api: ApiConfig {
+                listen: "127.0.0.1:7080".parse().unwrap(),
+            },
+            link: LinkConfig {
+                listen: "127.0.0.1:7443".parse().unwrap(),
+                max_frame_bytes: default_max_frame(),
+            },
             hosts: HostsConfig::default(),
             certificates: CertificatesConfig {
                 server_names: vec!["localhost".into()],
                 agent_cert_ttl_secs: default_agent_ttl(),
                 server_cert_ttl_secs: default_server_ttl(),
             },
-            auth: AuthConfig { admin_token_sha256: "0".repeat(64) },
+            auth: AuthConfig {
+                admin_token_sha256: "0".repeat(64),
+            },
         }
     }
 

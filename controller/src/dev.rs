@@ -44,7 +44,12 @@ pub async fn run(data_dir: PathBuf, api_port: u16, link_port: u16) -> Result<(),
     } else {
         let token = app
             .tokens
-            .create(60_000, 1, "dev mode local agent".into(), cairn_shared::time::now_ms())
+            .create(
+                60_000,
+                1,
+                "dev mode local agent".into(),
+                cairn_shared::time::now_ms(),
+            )
             .await
             .map_err(|e| CliError::Other(e.to_string()))?;
         let opts = JoinOptions {
@@ -56,17 +61,24 @@ pub async fn run(data_dir: PathBuf, api_port: u16, link_port: u16) -> Result<(),
             hostname: sysinfo::System::host_name().unwrap_or_else(|| "localhost".into()),
             force: false,
         };
-        enrol::join(&opts).await.map_err(|e| CliError::Other(format!("enrolling the local agent: {e}")))?
+        enrol::join(&opts)
+            .await
+            .map_err(|e| CliError::Other(format!("enrolling the local agent: {e}")))?
     };
     let host = state.config.host_id.clone();
-    let facts = Arc::new(HostFactsSource::new(state.config.labels.clone(), agent_dir.root().to_path_buf()).await);
+    let facts = Arc::new(
+        HostFactsSource::new(state.config.labels.clone(), agent_dir.root().to_path_buf()).await,
+    );
     let shutdown = running.shutdown_token();
     let agent_stop = tokio_util::sync::CancellationToken::new();
     let agent = tokio::spawn(link::run(
         state,
         facts,
         None,
-        LinkOptions { state_dir: Some(agent_dir), ..LinkOptions::default() },
+        LinkOptions {
+            state_dir: Some(agent_dir),
+            ..LinkOptions::default()
+        },
         agent_stop.clone(),
     ));
 

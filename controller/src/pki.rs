@@ -9,17 +9,24 @@ use cairn_shared::fsutil;
 use cairn_shared::identity::{self, Ca, CertAndKey, Fingerprint};
 
 use crate::auth;
-use crate::config::{ApiConfig, AuthConfig, CertificatesConfig, ControllerConfig, DataDir, HostsConfig, LinkConfig};
+use crate::config::{
+    ApiConfig, AuthConfig, CertificatesConfig, ControllerConfig, DataDir, HostsConfig, LinkConfig,
+};
 
 /// Lifetime of the CA: long, because replacing it means re-enrolling every host.
 const CA_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("{path} already exists; pass --force to overwrite (this invalidates every enrolled agent)")]
+    #[error(
+        "{path} already exists; pass --force to overwrite (this invalidates every enrolled agent)"
+    )]
     AlreadyInitialised { path: String },
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
     #[error("{0}")]
@@ -55,10 +62,13 @@ pub struct InitOutcome {
 pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<InitOutcome, PkiError> {
     if !opts.force {
         if let Some(existing) = dir.init_files().into_iter().find(|p| p.exists()) {
-            return Err(PkiError::AlreadyInitialised { path: existing.display().to_string() });
+            return Err(PkiError::AlreadyInitialised {
+                path: existing.display().to_string(),
+            });
         }
     }
-    fsutil::create_private_dir(dir.root()).map_err(io(format!("creating {}", dir.root().display())))?;
+    fsutil::create_private_dir(dir.root())
+        .map_err(io(format!("creating {}", dir.root().display())))?;
     if opts.force && dir.state().exists() {
         // A new CA orphans every host in the old store; start the store afresh too.
         std::fs::remove_dir_all(dir.state()).map_err(io("removing the old state store"))?;
@@ -69,31 +79,56 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<InitOutcome, PkiError> 
         agent_cert_ttl_secs: opts.agent_cert_ttl.as_secs(),
         server_cert_ttl_secs: 365 * 24 * 3600,
     };
-    let server = ca.issue_server(&certificates.server_names, Duration::from_secs(certificates.server_cert_ttl_secs))?;
+    let server = ca.issue_server(
+        &certificates.server_names,
+        Duration::from_secs(certificates.server_cert_ttl_secs),
+    )?;
     let admin_token = auth::new_admin_token();
     let config = ControllerConfig {
-        api: ApiConfig { listen: opts.api_listen },
-        link: LinkConfig { listen: opts.link_listen, max_frame_bytes: cairn_shared::framing::MAX_FRAME_LEN },
+        api: ApiConfig {
+            listen: opts.api_listen,
+        },
+        link: LinkConfig {
+            listen: opts.link_listen,
+            max_frame_bytes: cairn_shared::framing::MAX_FRAME_LEN,
+        },
         hosts: opts.hosts.clone(),
         certificates,
-        auth: AuthConfig { admin_token_sha256: auth::digest_hex(&admin_token) },
+        auth: AuthConfig {
+            admin_token_sha256: auth::digest_hex(&admin_token),
+        },
     };
     config.validate().map_err(PkiError::Config)?;
 
     // Secrets first, the config last: a config file means a complete data directory.
     fsutil::write_secret(&dir.ca_key(), ca_key_pem.as_bytes()).map_err(io("writing ca.key"))?;
-    fsutil::write_atomic(&dir.ca_cert(), identity::cert_pem(ca.cert_der()).as_bytes(), 0o644)
-        .map_err(io("writing ca.crt"))?;
+    fsutil::write_atomic(
+        &dir.ca_cert(),
+        identity::cert_pem(ca.cert_der()).as_bytes(),
+        0o644,
+    )
+    .map_err(io("writing ca.crt"))?;
     write_server(dir, &server)?;
-    fsutil::write_secret(&dir.admin_token(), format!("{admin_token}\n").as_bytes()).map_err(io("writing admin.token"))?;
-    fsutil::write_secret(&dir.config(), config.to_toml().as_bytes()).map_err(io("writing config.toml"))?;
-    Ok(InitOutcome { ca_fingerprint: ca.fingerprint(), admin_token, config })
+    fsutil::write_secret(&dir.admin_token(), format!("{admin_token}\n").as_bytes())
+        .map_err(io("writing admin.token"))?;
+    fsutil::write_secret(&dir.config(), config.to_toml().as_bytes())
+        .map_err(io("writing config.toml"))?;
+    Ok(InitOutcome {
+        ca_fingerprint: ca.fingerprint(),
+        admin_token,
+        config,
+    })
 }
 
 fn write_server(dir: &DataDir, server: &CertAndKey) -> Result<(), PkiError> {
-    fsutil::write_secret(&dir.server_key(), server.key_pem.as_bytes()).map_err(io("writing controller.key"))?;
-    fsutil::write_atomic(&dir.server_cert(), identity::cert_pem(&server.cert_der).as_bytes(), 0o644)
-        .map_err(io("writing controller.crt"))
+    fsutil::write_secret(&dir.server_key(), server.key_pem.as_bytes())
+        .map_err(io("writing controller.key"))?;
+    fsutil::write_atomic(
+        &dir.server_cert(),
+        identity::cert_pem(&server.cert_der).as_bytes(),
+        0o644,
+    )
+    .map_err(io("writing controller.crt"))
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
@@ -114,19 +149,28 @@ impl Pki {
         let ca_der = identity::parse_cert_pem(&read(&dir.ca_cert())?)?.to_vec();
         let ca = Ca::load(ca_der, &read(&dir.ca_key())?)?;
         let cert_der = identity::parse_cert_pem(&read(&dir.server_cert())?)?.to_vec();
-        let mut server = CertAndKey { cert_der, key_pem: read(&dir.server_key())? };
+        let mut server = CertAndKey {
+            cert_der,
+            key_pem: read(&dir.server_key())?,
+        };
         let info = identity::cert_info(&server.cert_der)?;
         let now = cairn_shared::time::now_ms() as i64 / 1000;
         let lifetime = (info.not_after_unix - info.not_before_unix).max(1);
         if info.not_after_unix - now < lifetime / 3 {
-            tracing::info!(not_after = info.not_after_unix, "renewing the controller's server certificate");
+            tracing::info!(
+                not_after = info.not_after_unix,
+                "renewing the controller's server certificate"
+            );
             server = ca.issue_server(
                 &config.certificates.server_names,
                 Duration::from_secs(config.certificates.server_cert_ttl_secs),
             )?;
             write_server(dir, &server)?;
         }
-        Ok(Pki { ca: Arc::new(ca), server })
+        Ok(Pki {
+            ca: Arc::new(ca),
+            server,
+        })
     }
 }
 
@@ -151,18 +195,33 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::new(tmp.path().join("data"));
         let out = init(&dir, &opts()).unwrap();
-        for p in [dir.ca_key(), dir.server_key(), dir.admin_token(), dir.config()] {
+        for p in [
+            dir.ca_key(),
+            dir.server_key(),
+            dir.admin_token(),
+            dir.config(),
+        ] {
             let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", p.display());
         }
         let err = init(&dir, &opts()).unwrap_err().to_string();
         assert!(err.contains("already exists; pass --force"), "{err}");
         let cfg = ControllerConfig::load(&dir.config()).unwrap();
-        assert!(auth::matches_digest(&out.admin_token, &cfg.auth.admin_token_sha256));
+        assert!(auth::matches_digest(
+            &out.admin_token,
+            &cfg.auth.admin_token_sha256
+        ));
         let pki = Pki::load(&dir, &cfg).unwrap();
         assert_eq!(pki.ca.fingerprint(), out.ca_fingerprint);
 
-        let again = init(&dir, &InitOptions { force: true, ..opts() }).unwrap();
+        let again = init(
+            &dir,
+            &InitOptions {
+                force: true,
+                ..opts()
+            },
+        )
+        .unwrap();
         assert_ne!(again.ca_fingerprint, out.ca_fingerprint);
         assert_ne!(again.admin_token, out.admin_token);
     }

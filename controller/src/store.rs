@@ -17,14 +17,20 @@ const SCHEMA_KEY: &[u8] = b"schema_version";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the state store at {path} is in use by another process (is a controller already running?)")]
+    #[error(
+        "the state store at {path} is in use by another process (is a controller already running?)"
+    )]
     Locked { path: String },
     #[error("state store: {0}")]
     Sled(#[from] sled::Error),
     #[error("the state store has schema version {found}, this controller understands {SCHEMA_VERSION}; use a matching cairn-controller")]
     SchemaMismatch { found: u32 },
     #[error("corrupt record {tree}/{key}: {detail}")]
-    Corrupt { tree: &'static str, key: String, detail: String },
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        detail: String,
+    },
 }
 
 /// Handle to the store; cheap to clone.
@@ -51,15 +57,22 @@ impl Tree {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).flush_every_ms(Some(200)).open().map_err(|e| match e {
-            // sled wraps the flock failure in an error of its own words.
-            sled::Error::Io(ref io)
-                if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") =>
-            {
-                StoreError::Locked { path: path.display().to_string() }
-            }
-            other => StoreError::Sled(other),
-        })?;
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(Some(200))
+            .open()
+            .map_err(|e| match e {
+                // sled wraps the flock failure in an error of its own words.
+                sled::Error::Io(ref io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    StoreError::Locked {
+                        path: path.display().to_string(),
+                    }
+                }
+                other => StoreError::Sled(other),
+            })?;
         let meta = db.open_tree(META)?;
         match meta.get(SCHEMA_KEY)? {
             None => {
@@ -67,7 +80,9 @@ impl Store {
                 db.flush()?;
             }
             Some(v) => {
-                let found = <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).unwrap_or(u32::MAX);
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(u32::MAX);
                 if found != SCHEMA_VERSION {
                     return Err(StoreError::SchemaMismatch { found });
                 }
@@ -81,8 +96,11 @@ impl Store {
     }
 
     pub fn put<T: Serialize>(&self, t: Tree, key: &str, value: &T) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value)
-            .map_err(|e| StoreError::Corrupt { tree: t.name(), key: key.into(), detail: e.to_string() })?;
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+            tree: t.name(),
+            key: key.into(),
+            detail: e.to_string(),
+        })?;
         self.tree(t)?.insert(key.as_bytes(), bytes)?;
         Ok(())
     }
@@ -92,7 +110,11 @@ impl Store {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
-                .map_err(|e| StoreError::Corrupt { tree: t.name(), key: key.into(), detail: e.to_string() }),
+                .map_err(|e| StoreError::Corrupt {
+                    tree: t.name(),
+                    key: key.into(),
+                    detail: e.to_string(),
+                }),
         }
     }
 
@@ -109,7 +131,9 @@ impl Store {
             let (k, v) = item?;
             match serde_json::from_slice(&v) {
                 Ok(r) => out.push(r),
-                Err(e) => tracing::error!(tree = t.name(), key = %String::from_utf8_lossy(&k), error = %e, "skipping corrupt record"),
+                Err(e) => {
+                    tracing::error!(tree = t.name(), key = %String::from_utf8_lossy(&k), error = %e, "skipping corrupt record")
+                }
             }
         }
         Ok(out)
@@ -143,7 +167,10 @@ mod tests {
         {
             let s = Store::open(tmp.path()).unwrap();
             assert_eq!(s.get::<u32>(Tree::Hosts, "a").unwrap(), Some(42));
-            s.db.open_tree(META).unwrap().insert(SCHEMA_KEY, &99u32.to_be_bytes()).unwrap();
+            s.db.open_tree(META)
+                .unwrap()
+                .insert(SCHEMA_KEY, &99u32.to_be_bytes())
+                .unwrap();
             s.flush_blocking().unwrap();
         }
         let err = Store::open(tmp.path()).unwrap_err().to_string();
@@ -155,7 +182,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let s = Store::open(tmp.path()).unwrap();
         s.put(Tree::Hosts, "a", &1u32).unwrap();
-        s.tree(Tree::Hosts).unwrap().insert("b", &b"{not json"[..]).unwrap();
+        s.tree(Tree::Hosts)
+            .unwrap()
+            .insert("b", &b"{not json"[..])
+            .unwrap();
         assert_eq!(s.all::<u32>(Tree::Hosts).unwrap(), vec![1]);
         assert!(s.get::<u32>(Tree::Hosts, "b").is_err());
     }

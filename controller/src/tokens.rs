@@ -53,7 +53,10 @@ impl TokenRefusal {
 
 /// Splits `ID.SECRET`, checking the shape of both halves.
 pub fn split_token(token: &str) -> Result<(&str, &str), TokenRefusal> {
-    let (id, secret) = token.trim().split_once('.').ok_or(TokenRefusal::Malformed)?;
+    let (id, secret) = token
+        .trim()
+        .split_once('.')
+        .ok_or(TokenRefusal::Malformed)?;
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
     if !hex(id, 8) || !hex(secret, 32) {
         return Err(TokenRefusal::Malformed);
@@ -70,10 +73,17 @@ impl JoinToken {
             return Err(TokenRefusal::Unknown);
         }
         if now_ms >= self.expires_ms {
-            return Err(TokenRefusal::Expired { id: self.id.clone(), ago_s: (now_ms - self.expires_ms) / 1000 });
+            return Err(TokenRefusal::Expired {
+                id: self.id.clone(),
+                ago_s: (now_ms - self.expires_ms) / 1000,
+            });
         }
         if self.uses >= self.max_uses {
-            return Err(TokenRefusal::UsedUp { id: self.id.clone(), uses: self.uses, max: self.max_uses });
+            return Err(TokenRefusal::UsedUp {
+                id: self.id.clone(),
+                uses: self.uses,
+                max: self.max_uses,
+            });
         }
         Ok(())
     }
@@ -103,10 +113,19 @@ pub struct TokenStore {
 
 impl TokenStore {
     pub fn new(store: Store) -> Self {
-        TokenStore { store, consume_lock: Mutex::new(()) }
+        TokenStore {
+            store,
+            consume_lock: Mutex::new(()),
+        }
     }
 
-    pub async fn create(&self, ttl_ms: u64, max_uses: u32, description: String, now_ms: u64) -> Result<CreatedToken, StoreError> {
+    pub async fn create(
+        &self,
+        ttl_ms: u64,
+        max_uses: u32,
+        description: String,
+        now_ms: u64,
+    ) -> Result<CreatedToken, StoreError> {
         let id = auth::random_secret(4);
         let secret = auth::random_secret(16);
         let record = JoinToken {
@@ -121,15 +140,26 @@ impl TokenStore {
         };
         self.store.put(Tree::JoinTokens, &id, &record)?;
         self.store.flush().await?;
-        Ok(CreatedToken { token: format!("{id}.{secret}"), record })
+        Ok(CreatedToken {
+            token: format!("{id}.{secret}"),
+            record,
+        })
     }
 
     /// Checks the token and counts one use by `host`, durably, before returning.
-    pub async fn consume(&self, token: &str, host: &HostId, now_ms: u64) -> Result<JoinToken, ConsumeError> {
+    pub async fn consume(
+        &self,
+        token: &str,
+        host: &HostId,
+        now_ms: u64,
+    ) -> Result<JoinToken, ConsumeError> {
         let (id, secret) = split_token(token)?;
         let record = {
             let _guard = self.consume_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let mut record: JoinToken = self.store.get(Tree::JoinTokens, id)?.ok_or(TokenRefusal::Unknown)?;
+            let mut record: JoinToken = self
+                .store
+                .get(Tree::JoinTokens, id)?
+                .ok_or(TokenRefusal::Unknown)?;
             record.check(secret, now_ms)?;
             record.uses += 1;
             record.used_by.push(host.clone());
@@ -161,24 +191,41 @@ mod tests {
     async fn tokens_expire_and_run_out() {
         let tmp = tempfile::tempdir().unwrap();
         let ts = TokenStore::new(Store::open(tmp.path()).unwrap());
-        let t = ts.create(60_000, 2, "two hosts".into(), 1_000).await.unwrap();
+        let t = ts
+            .create(60_000, 2, "two hosts".into(), 1_000)
+            .await
+            .unwrap();
         let (h1, h2, h3) = (HostId::generate(), HostId::generate(), HostId::generate());
         ts.consume(&t.token, &h1, 2_000).await.unwrap();
         let r = ts.consume(&t.token, &h2, 3_000).await.unwrap();
         assert_eq!((r.uses, r.used_by.clone()), (2, vec![h1, h2]));
-        let err = ts.consume(&t.token, &h3, 4_000).await.unwrap_err().to_string();
+        let err = ts
+            .consume(&t.token, &h3, 4_000)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("used up (2 of 2 uses)"), "{err}");
 
         let t2 = ts.create(1_000, 5, String::new(), 10_000).await.unwrap();
-        let err = ts.consume(&t2.token, &h3, 16_000).await.unwrap_err().to_string();
+        let err = ts
+            .consume(&t2.token, &h3, 16_000)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("expired 5 s ago"), "{err}");
 
         // A right id with a wrong secret looks exactly like an unknown token.
         let (id, _) = split_token(&t2.token).unwrap();
         let forged = format!("{id}.{}", "0".repeat(32));
         let err = ts.consume(&forged, &h3, 10_500).await.unwrap_err();
-        assert!(matches!(err, ConsumeError::Refused(TokenRefusal::Unknown)), "{err}");
-        assert!(matches!(ts.consume("garbage", &h3, 0).await, Err(ConsumeError::Refused(TokenRefusal::Malformed))));
+        assert!(
+            matches!(err, ConsumeError::Refused(TokenRefusal::Unknown)),
+            "{err}"
+        );
+        assert!(matches!(
+            ts.consume("garbage", &h3, 0).await,
+            Err(ConsumeError::Refused(TokenRefusal::Malformed))
+        ));
     }
 
     #[tokio::test]
@@ -189,7 +236,9 @@ mod tests {
         let mut tasks = vec![];
         for _ in 0..20 {
             let (ts, tok) = (ts.clone(), t.token.clone());
-            tasks.push(tokio::spawn(async move { ts.consume(&tok, &HostId::generate(), 1).await.is_ok() }));
+            tasks.push(tokio::spawn(async move {
+                ts.consume(&tok, &HostId::generate(), 1).await.is_ok()
+            }));
         }
         let mut ok = 0;
         for t in tasks {

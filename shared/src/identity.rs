@@ -194,9 +194,18 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, IdentityError> {
 
 /// Whether `key_pem` is the private key of the certificate's public key.
 pub fn cert_matches_key(cert_der: &[u8], key_pem: &str) -> bool {
-    let Ok(key) = parse_key_pem(key_pem) else { return false };
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else { return false };
-    cert.tbs_certificate.subject_pki.subject_public_key.data.as_ref() == key.public_key_raw()
+    let Ok(key) = parse_key_pem(key_pem) else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else {
+        return false;
+    };
+    cert.tbs_certificate
+        .subject_pki
+        .subject_public_key
+        .data
+        .as_ref()
+        == key.public_key_raw()
 }
 
 /// The host id named by a client certificate.

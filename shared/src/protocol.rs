@@ -254,8 +254,13 @@ pub fn describe_connection_error(err: &quinn::ConnectionError) -> String {
     use quinn::ConnectionError as E;
     match err {
         E::ApplicationClosed(c) => {
-            let code = CloseCode::from_u64(c.error_code.into_inner()).map(CloseCode::as_str).unwrap_or("unknown");
-            format!("closed by peer ({code}): {}", String::from_utf8_lossy(&c.reason))
+            let code = CloseCode::from_u64(c.error_code.into_inner())
+                .map(CloseCode::as_str)
+                .unwrap_or("unknown");
+            format!(
+                "closed by peer ({code}): {}",
+                String::from_utf8_lossy(&c.reason)
+            )
         }
         E::LocallyClosed => "closed locally".into(),
         E::TimedOut => "timed out: no packets from the peer within the idle timeout".into(),

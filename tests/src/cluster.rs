@@ -30,20 +30,36 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A free UDP port on 127.0.0.1.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
     let err = out.try_clone().expect("log file");
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-    cmd.env("RUST_LOG", std::env::var("CAIRN_TEST_LOG").unwrap_or_else(|_| "info".into()));
-    cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("CAIRN_TEST_LOG").unwrap_or_else(|_| "info".into()),
+    );
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))
 }
 
 fn kill9(child: &mut Option<Child>) {
@@ -76,7 +92,12 @@ pub struct ControllerOptions {
 
 impl Default for ControllerOptions {
     fn default() -> Self {
-        ControllerOptions { heartbeat: "500ms", missed: 3, lost_after: "60s", agent_cert_ttl: "30d" }
+        ControllerOptions {
+            heartbeat: "500ms",
+            missed: 3,
+            lost_after: "60s",
+            agent_cert_ttl: "30d",
+        }
     }
 }
 
@@ -92,11 +113,25 @@ impl Controller {
             .args(["--server-name", "localhost", "--server-name", "127.0.0.1"])
             .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
             .args(["--link-listen", &format!("127.0.0.1:{link_port}")])
-            .args(["--heartbeat-interval", opts.heartbeat, "--missed-heartbeats", &opts.missed.to_string()])
-            .args(["--lost-after", opts.lost_after, "--agent-cert-ttl", opts.agent_cert_ttl])
+            .args([
+                "--heartbeat-interval",
+                opts.heartbeat,
+                "--missed-heartbeats",
+                &opts.missed.to_string(),
+            ])
+            .args([
+                "--lost-after",
+                opts.lost_after,
+                "--agent-cert-ttl",
+                opts.agent_cert_ttl,
+            ])
             .output()
             .expect("run init");
-        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let ca_sha256 = stdout
             .lines()
@@ -104,7 +139,10 @@ impl Controller {
             .expect("fingerprint in init output")
             .trim()
             .to_string();
-        let admin_token = std::fs::read_to_string(dir.join("admin.token")).expect("admin token").trim().to_string();
+        let admin_token = std::fs::read_to_string(dir.join("admin.token"))
+            .expect("admin token")
+            .trim()
+            .to_string();
         Controller {
             log: root.join("controller.log"),
             dir,
@@ -127,7 +165,13 @@ impl Controller {
         let url = format!("{}/healthz", self.api);
         wait_for("controller /healthz", Duration::from_secs(20), || {
             let (http, url) = (http.clone(), url.clone());
-            async move { http.get(&url).send().await.map(|r| r.status().is_success()).unwrap_or(false) }
+            async move {
+                http.get(&url)
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+            }
         })
         .await;
     }
@@ -140,7 +184,9 @@ impl Controller {
     /// Sends SIGTERM and waits for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("controller running");
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
         c.wait().expect("wait")
     }
 
@@ -161,8 +207,20 @@ impl Controller {
     /// Creates a join token through the CLI (which goes through the API while the
     /// controller runs).
     pub fn token(&self, ttl: &str, uses: u32) -> String {
-        let out = self.cli(&["token", "create", "--ttl", ttl, "--uses", &uses.to_string(), "--quiet"]);
-        assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self.cli(&[
+            "token",
+            "create",
+            "--ttl",
+            ttl,
+            "--uses",
+            &uses.to_string(),
+            "--quiet",
+        ]);
+        assert!(
+            out.status.success(),
+            "token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -218,7 +276,11 @@ impl Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("----- controller log ({}) -----\n{}", self.log.display(), self.log_text());
+            eprintln!(
+                "----- controller log ({}) -----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
         }
         kill9(&mut self.child);
     }
@@ -243,9 +305,23 @@ impl Agent {
     }
 
     /// Runs `cairn-agent join` and returns its output (success or not).
-    pub fn join(&self, controller: &Controller, token: &str, ca_sha256: &str, extra: &[&str]) -> Output {
+    pub fn join(
+        &self,
+        controller: &Controller,
+        token: &str,
+        ca_sha256: &str,
+        extra: &[&str],
+    ) -> Output {
         Command::new(bin("cairn-agent"))
-            .args(["join", "--controller", &controller.link.to_string(), "--token", token, "--ca-sha256", ca_sha256])
+            .args([
+                "join",
+                "--controller",
+                &controller.link.to_string(),
+                "--token",
+                token,
+                "--ca-sha256",
+                ca_sha256,
+            ])
             .arg("--state-dir")
             .arg(&self.state_dir)
             .args(["--hostname", &self.name])
@@ -257,7 +333,11 @@ impl Agent {
     /// Joins and asserts success; returns the host id.
     pub fn join_ok(&self, controller: &Controller, token: &str, extra: &[&str]) -> String {
         let out = self.join(controller, token, &controller.ca_sha256, extra);
-        assert!(out.status.success(), "join failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "join failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         self.host_id()
     }
 
@@ -287,7 +367,9 @@ impl Agent {
 
     /// Whether the process has exited, and with what status.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn log_text(&self) -> String {
@@ -315,7 +397,10 @@ where
         if check().await {
             return start.elapsed();
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -25,7 +25,9 @@ pub fn require_docker() -> bool {
     match docker_available() {
         Ok(_) => true,
         Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true but the Docker Engine is not reachable ({e}); Docker tests must run in CI")
+            panic!(
+                "CI=true but the Docker Engine is not reachable ({e}); Docker tests must run in CI"
+            )
         }
         Err(e) => {
             eprintln!("skipping: no Docker Engine ({e})");
@@ -36,8 +38,16 @@ pub fn require_docker() -> bool {
 
 /// Runs `docker ARGS`, panicking with its stderr on failure; returns stdout.
 pub fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("run docker");
-    assert!(out.status.success(), "docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 

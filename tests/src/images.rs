@@ -25,7 +25,10 @@ struct BuildLock(PathBuf);
 
 impl BuildLock {
     fn acquire(tag: &str) -> Self {
-        let safe: String = tag.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        let safe: String = tag
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
         let path = std::env::temp_dir().join(format!("cairn-image-lock-{safe}"));
         let start = Instant::now();
         loop {
@@ -59,7 +62,7 @@ pub fn ensure_image(tag: &str, cmd: &str, build: impl FnOnce(&Path)) -> String {
     }
     let root = tempfile::tempdir().expect("temp dir");
     build(root.path());
-    let tar = Command::new("tar")
+    let mut tar = Command::new("tar")
         .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
         .arg(root.path())
         .args(["-c", "."])
@@ -68,30 +71,54 @@ pub fn ensure_image(tag: &str, cmd: &str, build: impl FnOnce(&Path)) -> String {
         .expect("run tar");
     let out = Command::new("docker")
         .args(["import", "-c", &format!("CMD {cmd}"), "-", tag])
-        .stdin(tar.stdout.expect("tar stdout"))
+        .stdin(tar.stdout.take().expect("tar stdout"))
         .output()
         .expect("run docker import");
-    assert!(out.status.success(), "docker import {tag}: {}", String::from_utf8_lossy(&out.stderr));
+    let tar_status = tar.wait().expect("wait for tar");
+    assert!(
+        tar_status.success(),
+        "tar of the root file system failed: {tar_status}"
+    );
+    assert!(
+        out.status.success(),
+        "docker import {tag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     tag.to_string()
 }
 
 /// Fills `root` with Debian's static busybox, a link per applet, and minimal /etc.
 pub fn busybox_rootfs(root: &Path) {
     let busybox = Path::new("/bin/busybox");
-    assert!(busybox.exists(), "/bin/busybox missing: install Debian's busybox-static (apt-get install busybox-static)");
-    let list = Command::new(busybox).arg("--list").output().expect("busybox --list");
+    assert!(
+        busybox.exists(),
+        "/bin/busybox missing: install Debian's busybox-static (apt-get install busybox-static)"
+    );
+    let list = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
     let bin = root.join("bin");
     for d in ["bin", "tmp", "etc", "proc", "sys", "dev", "root", "var/tmp"] {
         std::fs::create_dir_all(root.join(d)).expect("mkdir");
     }
     std::fs::copy(busybox, bin.join("busybox")).expect("copy busybox");
-    for applet in String::from_utf8_lossy(&list.stdout).lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
+    for applet in String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox")
+    {
         let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
     }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n").expect("passwd");
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .expect("passwd");
     std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").expect("group");
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).expect("chmod tmp");
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+        .expect("chmod tmp");
 }
 
 /// The busybox test image (built on first use).

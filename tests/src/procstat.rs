@@ -34,7 +34,12 @@ pub fn sample(pid: u32) -> Option<Sample> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    Some(Sample { at: Instant::now(), cpu_ticks: utime + stime, rss_kib: kib("VmRSS:"), peak_rss_kib: kib("VmHWM:") })
+    Some(Sample {
+        at: Instant::now(),
+        cpu_ticks: utime + stime,
+        rss_kib: kib("VmRSS:"),
+        peak_rss_kib: kib("VmHWM:"),
+    })
 }
 
 /// CPU use between two samples, as a percentage of one core.

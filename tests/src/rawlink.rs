@@ -13,8 +13,14 @@ pub fn endpoint() -> quinn::Endpoint {
 }
 
 /// Connects with `config`; returns the connection or the handshake error text.
-pub async fn connect(ep: &quinn::Endpoint, addr: SocketAddr, config: quinn::ClientConfig) -> Result<quinn::Connection, String> {
-    let connecting = ep.connect_with(config, addr, CONTROLLER_SERVER_NAME).map_err(|e| e.to_string())?;
+pub async fn connect(
+    ep: &quinn::Endpoint,
+    addr: SocketAddr,
+    config: quinn::ClientConfig,
+) -> Result<quinn::Connection, String> {
+    let connecting = ep
+        .connect_with(config, addr, CONTROLLER_SERVER_NAME)
+        .map_err(|e| e.to_string())?;
     match tokio::time::timeout(Duration::from_secs(10), connecting).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(cairn_shared::protocol::describe_connection_error(&e)),
@@ -24,13 +30,21 @@ pub async fn connect(ep: &quinn::Endpoint, addr: SocketAddr, config: quinn::Clie
 
 /// Opens the control stream, sends `bytes` raw, and waits for the controller to close
 /// the connection; returns the close code and reason.
-pub async fn send_raw_and_wait_close(conn: &quinn::Connection, bytes: &[u8]) -> (Option<CloseCode>, String) {
+pub async fn send_raw_and_wait_close(
+    conn: &quinn::Connection,
+    bytes: &[u8],
+) -> (Option<CloseCode>, String) {
     if let Ok((mut send, _recv)) = conn.open_bi().await {
         let _ = send.write_all(bytes).await;
         let _ = tokio::time::timeout(Duration::from_secs(15), conn.closed()).await;
     }
-    let err = conn.close_reason().expect("the controller should have closed the connection");
-    application_close(&err).unwrap_or((None, cairn_shared::protocol::describe_connection_error(&err)))
+    let err = conn
+        .close_reason()
+        .expect("the controller should have closed the connection");
+    application_close(&err).unwrap_or((
+        None,
+        cairn_shared::protocol::describe_connection_error(&err),
+    ))
 }
 
 /// A client configuration presenting `cert_der`/`key_pem` and trusting `ca_der`.

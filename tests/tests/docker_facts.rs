@@ -1,4 +1,5 @@
 //! The agent's Docker facts come from a real Docker Engine.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::path::PathBuf;
 
@@ -16,8 +17,17 @@ async fn facts_list_labelled_containers_and_images_from_the_engine() {
     let image = busybox_image();
     let instance = format!("test-{}", std::process::id());
     let id = docker(&[
-        "run", "-d", "--label", &format!("cairn.instance={instance}"), "--label", "cairn.owner=alice",
-        "--label", "other=ignored", &image, "sleep", "300",
+        "run",
+        "-d",
+        "--label",
+        &format!("cairn.instance={instance}"),
+        "--label",
+        "cairn.owner=alice",
+        "--label",
+        "other=ignored",
+        &image,
+        "sleep",
+        "300",
     ]);
     let _guard = ContainerGuard(id.clone());
     let unlabelled = docker(&["run", "-d", &image, "sleep", "300"]);
@@ -25,22 +35,44 @@ async fn facts_list_labelled_containers_and_images_from_the_engine() {
 
     let tmp = tempfile::tempdir().unwrap();
     let facts = HostFactsSource::new(Default::default(), PathBuf::from(tmp.path())).await;
-    let RuntimeFacts::Docker(d) = facts.runtime().await else { panic!("Docker should be available") };
+    let RuntimeFacts::Docker(d) = facts.runtime().await else {
+        panic!("Docker should be available")
+    };
     RuntimeFacts::Docker(d.clone()).validate().unwrap();
     assert!(!d.engine_version.is_empty());
     assert!(!d.data_root.is_empty());
-    let c = d.containers.iter().find(|c| c.id == id).expect("labelled container listed");
+    let c = d
+        .containers
+        .iter()
+        .find(|c| c.id == id)
+        .expect("labelled container listed");
     assert_eq!(c.state, "running");
     assert_eq!(c.labels.get("cairn.instance"), Some(&instance));
-    assert_eq!(c.labels.get("cairn.owner").map(String::as_str), Some("alice"));
-    assert!(!c.labels.contains_key("other"), "only cairn.* labels are reported");
-    assert!(d.containers.iter().all(|c| c.id != unlabelled), "unlabelled containers are not reported");
-    assert!(d.images.iter().any(|i| i.tags.contains(&image)), "{image} not in {:?}", d.images);
+    assert_eq!(
+        c.labels.get("cairn.owner").map(String::as_str),
+        Some("alice")
+    );
+    assert!(
+        !c.labels.contains_key("other"),
+        "only cairn.* labels are reported"
+    );
+    assert!(
+        d.containers.iter().all(|c| c.id != unlabelled),
+        "unlabelled containers are not reported"
+    );
+    assert!(
+        d.images.iter().any(|i| i.tags.contains(&image)),
+        "{image} not in {:?}",
+        d.images
+    );
     assert!(d.image_count as usize >= d.images.len());
 
     let cap = facts.capacity().await;
     assert!(cap.cpus > 0 && cap.memory_total_bytes > 0);
-    assert!(cap.docker_disk.is_some_and(|x| x.total_bytes > 0), "{cap:?}");
+    assert!(
+        cap.docker_disk.is_some_and(|x| x.total_bytes > 0),
+        "{cap:?}"
+    );
     assert!(cap.state_disk.is_some_and(|x| x.total_bytes > 0), "{cap:?}");
     cap.validate().unwrap();
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListImagesOptionsBuilder};
 use bollard::Docker;
-use cairn_shared::resources::{ContainerInfo, DockerFacts, ImageInfo, RuntimeFacts, MAX_CONTAINERS, MAX_IMAGES};
+use cairn_shared::resources::{
+    ContainerInfo, DockerFacts, ImageInfo, RuntimeFacts, MAX_CONTAINERS, MAX_IMAGES,
+};
 use tokio::sync::Mutex;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,11 +35,17 @@ fn engine_address() -> String {
     std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
 }
 
-async fn bounded<T, E: std::fmt::Display>(what: &str, f: impl std::future::Future<Output = Result<T, E>>) -> Result<T, String> {
+async fn bounded<T, E: std::fmt::Display>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
     match tokio::time::timeout(CALL_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: no answer within {} s", CALL_TIMEOUT.as_secs())),
+        Err(_) => Err(format!(
+            "{what}: no answer within {} s",
+            CALL_TIMEOUT.as_secs()
+        )),
     }
 }
 
@@ -78,7 +86,12 @@ impl Default for DockerProbe {
 
 impl DockerProbe {
     pub fn new() -> Self {
-        DockerProbe { conn: Mutex::new(Conn { docker: None, data_root: None }) }
+        DockerProbe {
+            conn: Mutex::new(Conn {
+                docker: None,
+                data_root: None,
+            }),
+        }
     }
 
     async fn client(&self) -> Result<Docker, String> {
@@ -107,7 +120,9 @@ impl DockerProbe {
             Ok(f) => RuntimeFacts::Docker(f),
             Err(e) => {
                 self.conn.lock().await.docker = None;
-                RuntimeFacts::Unavailable { error: clip(&format!("Docker Engine at {}: {e}", engine_address()), 4000) }
+                RuntimeFacts::Unavailable {
+                    error: clip(&format!("Docker Engine at {}: {e}", engine_address()), 4000),
+                }
             }
         }
     }
@@ -115,9 +130,16 @@ impl DockerProbe {
     async fn collect(&self) -> Result<DockerFacts, String> {
         let docker = self.client().await?;
         let version = bounded("version", docker.version()).await?;
-        let images = bounded("listing images", docker.list_images(Some(ListImagesOptionsBuilder::new().all(false).build()))).await?;
-        let containers =
-            bounded("listing containers", docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).build()))).await?;
+        let images = bounded(
+            "listing images",
+            docker.list_images(Some(ListImagesOptionsBuilder::new().all(false).build())),
+        )
+        .await?;
+        let containers = bounded(
+            "listing containers",
+            docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).build())),
+        )
+        .await?;
         let data_root = self.conn.lock().await.data_root.clone();
 
         let image_count = images.len().min(u32::MAX as usize) as u32;
@@ -126,7 +148,13 @@ impl DockerProbe {
             .take(MAX_IMAGES)
             .map(|i| ImageInfo {
                 id: clip(&i.id, 128),
-                tags: i.repo_tags.iter().filter(|t| *t != "<none>:<none>").take(64).map(|t| clip(t, 512)).collect(),
+                tags: i
+                    .repo_tags
+                    .iter()
+                    .filter(|t| *t != "<none>:<none>")
+                    .take(64)
+                    .map(|t| clip(t, 512))
+                    .collect(),
                 size_bytes: i.size.max(0) as u64,
                 created_unix: i.created,
             })
@@ -147,7 +175,14 @@ impl DockerProbe {
                 }
                 Some(ContainerInfo {
                     id: clip(&c.id.unwrap_or_default(), 128),
-                    name: clip(c.names.unwrap_or_default().first().map(|n| n.trim_start_matches('/')).unwrap_or_default(), 256),
+                    name: clip(
+                        c.names
+                            .unwrap_or_default()
+                            .first()
+                            .map(|n| n.trim_start_matches('/'))
+                            .unwrap_or_default(),
+                        256,
+                    ),
                     image: clip(&c.image.unwrap_or_default(), 512),
                     state: clip(&c.state.map(|s| s.to_string()).unwrap_or_default(), 32),
                     labels,
@@ -158,7 +193,12 @@ impl DockerProbe {
         Ok(DockerFacts {
             engine_version: clip(version.version.as_deref().unwrap_or_default(), 64),
             api_version: clip(version.api_version.as_deref().unwrap_or_default(), 64),
-            data_root: clip(&data_root.map(|p| p.display().to_string()).unwrap_or_default(), 4096),
+            data_root: clip(
+                &data_root
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                4096,
+            ),
             images,
             image_count,
             containers,
@@ -179,7 +219,11 @@ mod tests {
     #[tokio::test]
     async fn unreachable_engine_is_reported_not_raised() {
         // Point the probe at a socket that does not exist by way of a fresh client.
-        let err = match Docker::connect_with_unix("/nonexistent/docker.sock", 2, bollard::API_DEFAULT_VERSION) {
+        let err = match Docker::connect_with_unix(
+            "/nonexistent/docker.sock",
+            2,
+            bollard::API_DEFAULT_VERSION,
+        ) {
             Ok(d) => bounded("version", d.version()).await.err(),
             Err(e) => Some(e.to_string()),
         };

@@ -4,7 +4,9 @@
 //! and certificate, to load the controller the way a large pool would. They never
 //! stand in for Docker in functional tests.
 
-use cairn_shared::resources::{Capacity, DiskUsage, DockerFacts, HostFacts, ImageInfo, RuntimeFacts};
+use cairn_shared::resources::{
+    Capacity, DiskUsage, DockerFacts, HostFacts, ImageInfo, RuntimeFacts,
+};
 
 use super::FactsSource;
 
@@ -40,8 +42,14 @@ impl FactsSource for HollowFacts {
             memory_total_bytes: 64 * GIB,
             memory_available_bytes: 60 * GIB,
             load_average: [0.1, 0.1, 0.1],
-            docker_disk: Some(DiskUsage { total_bytes: 500 * GIB, free_bytes: 400 * GIB }),
-            state_disk: Some(DiskUsage { total_bytes: 500 * GIB, free_bytes: 400 * GIB }),
+            docker_disk: Some(DiskUsage {
+                total_bytes: 500 * GIB,
+                free_bytes: 400 * GIB,
+            }),
+            state_disk: Some(DiskUsage {
+                total_bytes: 500 * GIB,
+                free_bytes: 400 * GIB,
+            }),
         }
     }
 
@@ -51,7 +59,12 @@ impl FactsSource for HollowFacts {
             api_version: "1.41".into(),
             data_root: "/var/lib/docker".into(),
             images: (0..3)
-                .map(|i| ImageInfo { id: format!("sha256:{i:064x}"), tags: vec![format!("hollow/image:{i}")], size_bytes: GIB, created_unix: 0 })
+                .map(|i| ImageInfo {
+                    id: format!("sha256:{i:064x}"),
+                    tags: vec![format!("hollow/image:{i}")],
+                    size_bytes: GIB,
+                    created_unix: 0,
+                })
                 .collect(),
             image_count: 3,
             containers: vec![],

@@ -36,14 +36,20 @@ pub struct HostFactsSource {
 
 impl std::fmt::Debug for HostFactsSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostFactsSource").field("labels", &self.labels).finish_non_exhaustive()
+        f.debug_struct("HostFactsSource")
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
     }
 }
 
 impl HostFactsSource {
     /// `state_dir` is the agent's state directory, whose file system is reported.
     pub async fn new(labels: BTreeMap<String, String>, state_dir: PathBuf) -> Self {
-        HostFactsSource { labels, system: system::SystemProbe::new(state_dir), docker: docker::DockerProbe::new() }
+        HostFactsSource {
+            labels,
+            system: system::SystemProbe::new(state_dir),
+            docker: docker::DockerProbe::new(),
+        }
     }
 }
 

@@ -43,22 +43,38 @@ pub struct SystemProbe {
 
 impl SystemProbe {
     pub fn new(state_dir: PathBuf) -> Self {
-        let system = System::new_with_specifics(RefreshKind::nothing().with_cpu(CpuRefreshKind::nothing()));
+        let system =
+            System::new_with_specifics(RefreshKind::nothing().with_cpu(CpuRefreshKind::nothing()));
         let cpus = system.cpus().len().max(1) as u32;
-        let disks = Disks::new_with_refreshed_list_specifics(DiskRefreshKind::nothing().with_storage());
+        let disks =
+            Disks::new_with_refreshed_list_specifics(DiskRefreshKind::nothing().with_storage());
         let state_dir = std::fs::canonicalize(&state_dir).unwrap_or(state_dir);
-        SystemProbe { state_dir, cpus, inner: Mutex::new(Inner { system, disks, disks_listed: Instant::now() }) }
+        SystemProbe {
+            state_dir,
+            cpus,
+            inner: Mutex::new(Inner {
+                system,
+                disks,
+                disks_listed: Instant::now(),
+            }),
+        }
     }
 
     /// Capacity now; `docker_root` is Docker's data root if known.
     pub fn capacity(&self, docker_root: Option<&Path>) -> Capacity {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.system.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
+        inner
+            .system
+            .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
         if inner.disks_listed.elapsed() > DISK_LIST_TTL {
-            inner.disks.refresh_specifics(true, DiskRefreshKind::nothing().with_storage());
+            inner
+                .disks
+                .refresh_specifics(true, DiskRefreshKind::nothing().with_storage());
             inner.disks_listed = Instant::now();
         } else {
-            inner.disks.refresh_specifics(false, DiskRefreshKind::nothing().with_storage());
+            inner
+                .disks
+                .refresh_specifics(false, DiskRefreshKind::nothing().with_storage());
         }
         let mounts: Vec<(PathBuf, DiskUsage)> = inner
             .disks
@@ -66,7 +82,13 @@ impl SystemProbe {
             .iter()
             .map(|d| {
                 let total = d.total_space();
-                (d.mount_point().to_path_buf(), DiskUsage { total_bytes: total, free_bytes: d.available_space().min(total) })
+                (
+                    d.mount_point().to_path_buf(),
+                    DiskUsage {
+                        total_bytes: total,
+                        free_bytes: d.available_space().min(total),
+                    },
+                )
             })
             .collect();
         let load = System::load_average();
@@ -98,17 +120,30 @@ mod tests {
     use super::*;
 
     fn u(t: u64) -> DiskUsage {
-        DiskUsage { total_bytes: t, free_bytes: t / 2 }
+        DiskUsage {
+            total_bytes: t,
+            free_bytes: t / 2,
+        }
     }
 
     #[test]
     fn picks_the_longest_mount_prefix() {
-        let mounts = vec![(PathBuf::from("/"), u(1)), (PathBuf::from("/var"), u(2)), (PathBuf::from("/var/lib/docker"), u(3))];
+        let mounts = vec![
+            (PathBuf::from("/"), u(1)),
+            (PathBuf::from("/var"), u(2)),
+            (PathBuf::from("/var/lib/docker"), u(3)),
+        ];
         assert_eq!(disk_for(&mounts, Path::new("/var/lib/docker")), Some(u(3)));
-        assert_eq!(disk_for(&mounts, Path::new("/var/lib/cairn-agent")), Some(u(2)));
+        assert_eq!(
+            disk_for(&mounts, Path::new("/var/lib/cairn-agent")),
+            Some(u(2))
+        );
         assert_eq!(disk_for(&mounts, Path::new("/home/x")), Some(u(1)));
         // Path::starts_with compares components: /var/libx is not under /var/lib.
-        let mounts = vec![(PathBuf::from("/"), u(1)), (PathBuf::from("/var/lib"), u(4))];
+        let mounts = vec![
+            (PathBuf::from("/"), u(1)),
+            (PathBuf::from("/var/lib"), u(4)),
+        ];
         assert_eq!(disk_for(&mounts, Path::new("/var/libx")), Some(u(1)));
         assert_eq!(disk_for(&[], Path::new("/")), None);
     }

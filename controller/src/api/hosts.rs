@@ -16,5 +16,8 @@ pub async fn list(State(app): State<Arc<App>>) -> Json<Vec<HostView>> {
 
 pub async fn get(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<HostView>> {
     let id = HostId::parse(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    app.registry.get(&id).map(Json).ok_or_else(|| ApiError::not_found(format!("no host {id}")))
+    app.registry
+        .get(&id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no host {id}")))
 }

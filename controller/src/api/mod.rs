@@ -10,7 +10,11 @@ pub use tokens::{check as check_token_request, CreateToken, CreatedTokenView};
 
 /// A token request as the CLI builds it.
 pub fn tokens_request(ttl_secs: u64, uses: u32, description: String) -> CreateToken {
-    CreateToken { ttl_secs, uses, description }
+    CreateToken {
+        ttl_secs,
+        uses,
+        description,
+    }
 }
 
 use std::sync::Arc;
@@ -36,7 +40,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     pub fn not_found(what: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", what)
@@ -46,7 +54,11 @@ impl ApiError {
     }
     pub fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "internal error in API handler");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the controller's log")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the controller's log",
+        )
     }
 }
 
@@ -63,10 +75,18 @@ struct ErrorDetail<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code, message: &self.message } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: &self.message,
+            },
+        };
         let mut resp = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"cairn\""));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"cairn\""),
+            );
         }
         resp
     }
@@ -98,7 +118,11 @@ struct Health {
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> Json<Health> {
-    Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION"), hosts: app.registry.count_by_state() })
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+        hosts: app.registry.count_by_state(),
+    })
 }
 
 /// Requires `Authorization: Bearer <admin token>`.
@@ -110,9 +134,20 @@ async fn require_admin(State(app): State<Arc<App>>, req: Request, next: Next) ->
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match presented {
-        None => ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "missing bearer token (Authorization: Bearer <token>)")
-            .into_response(),
-        Some(t) if auth::matches_digest(t, &app.config.auth.admin_token_sha256) => next.run(req).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "invalid or revoked token").into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "missing bearer token (Authorization: Bearer <token>)",
+        )
+        .into_response(),
+        Some(t) if auth::matches_digest(t, &app.config.auth.admin_token_sha256) => {
+            next.run(req).await
+        }
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "invalid or revoked token",
+        )
+        .into_response(),
     }
 }

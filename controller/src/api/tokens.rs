@@ -90,7 +90,12 @@ pub async fn create(
     check(&req).map_err(ApiError::bad_request)?;
     let created = app
         .tokens
-        .create(req.ttl_secs * 1000, req.uses, req.description, cairn_shared::time::now_ms())
+        .create(
+            req.ttl_secs * 1000,
+            req.uses,
+            req.description,
+            cairn_shared::time::now_ms(),
+        )
         .await
         .map_err(ApiError::internal)?;
     Ok((
@@ -106,7 +111,13 @@ pub async fn create(
 }
 
 pub async fn list(State(app): State<Arc<App>>) -> ApiResult<Json<Vec<TokenView>>> {
-    let mut tokens: Vec<TokenView> = app.tokens.list().map_err(ApiError::internal)?.into_iter().map(Into::into).collect();
+    let mut tokens: Vec<TokenView> = app
+        .tokens
+        .list()
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .map(Into::into)
+        .collect();
     tokens.sort_by_key(|t| t.created_ms);
     Ok(Json(tokens))
 }

@@ -47,7 +47,13 @@ pub struct HostRecord {
 }
 
 impl HostRecord {
-    pub fn new(id: HostId, hostname: String, join_token: String, cert_not_after_unix: i64, now_ms: u64) -> Self {
+    pub fn new(
+        id: HostId,
+        hostname: String,
+        join_token: String,
+        cert_not_after_unix: i64,
+        now_ms: u64,
+    ) -> Self {
         HostRecord {
             id,
             hostname,
@@ -141,7 +147,9 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("thresholds", &self.thresholds).finish_non_exhaustive()
+        f.debug_struct("Registry")
+            .field("thresholds", &self.thresholds)
+            .finish_non_exhaustive()
     }
 }
 
@@ -151,9 +159,23 @@ impl Registry {
         let records: Vec<HostRecord> = store.all(Tree::Hosts)?;
         let hosts = records
             .into_iter()
-            .map(|record| (record.id.clone(), Entry { record, conn: None, dirty: false }))
+            .map(|record| {
+                (
+                    record.id.clone(),
+                    Entry {
+                        record,
+                        conn: None,
+                        dirty: false,
+                    },
+                )
+            })
             .collect();
-        Ok(Registry { hosts: Mutex::new(hosts), store, thresholds, generation: AtomicU64::new(1) })
+        Ok(Registry {
+            hosts: Mutex::new(hosts),
+            store,
+            thresholds,
+            generation: AtomicU64::new(1),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, Entry>> {
@@ -169,7 +191,14 @@ impl Registry {
     /// Adds a newly enrolled host, durably.
     pub async fn enrolled(&self, record: HostRecord) -> Result<(), RegistryError> {
         self.store.put(Tree::Hosts, record.id.as_str(), &record)?;
-        self.lock().insert(record.id.clone(), Entry { record, conn: None, dirty: false });
+        self.lock().insert(
+            record.id.clone(),
+            Entry {
+                record,
+                conn: None,
+                dirty: false,
+            },
+        );
         self.store.flush().await?;
         Ok(())
     }
@@ -193,9 +222,14 @@ impl Registry {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         {
             let mut hosts = self.lock();
-            let entry = hosts.get_mut(id).ok_or_else(|| RegistryError::UnknownHost(id.clone()))?;
+            let entry = hosts
+                .get_mut(id)
+                .ok_or_else(|| RegistryError::UnknownHost(id.clone()))?;
             if let Some((_, old)) = entry.conn.take() {
-                old.close(CloseCode::Replaced.into(), b"replaced by a newer connection of the same host");
+                old.close(
+                    CloseCode::Replaced.into(),
+                    b"replaced by a newer connection of the same host",
+                );
             }
             let r = &mut entry.record;
             r.remote_addr = Some(conn.remote_address().to_string());
@@ -204,7 +238,10 @@ impl Registry {
             r.facts = Some(facts);
             r.capacity = Some(capacity);
             r.runtime = Some(runtime);
-            if let Some(t) = r.liveness.apply(&Event::Connected, now_ms, &self.thresholds) {
+            if let Some(t) = r
+                .liveness
+                .apply(&Event::Connected, now_ms, &self.thresholds)
+            {
                 r.record(t);
             }
             entry.conn = Some((generation, conn));
@@ -226,7 +263,9 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let changed = {
             let mut hosts = self.lock();
-            let entry = hosts.get_mut(id).ok_or_else(|| RegistryError::UnknownHost(id.clone()))?;
+            let entry = hosts
+                .get_mut(id)
+                .ok_or_else(|| RegistryError::UnknownHost(id.clone()))?;
             if entry.conn.as_ref().map(|(g, _)| *g) != Some(generation) {
                 // A late heartbeat from a replaced connection: ignore it.
                 return Ok(());
@@ -234,7 +273,9 @@ impl Registry {
             let r = &mut entry.record;
             r.capacity = Some(capacity);
             r.runtime = Some(runtime);
-            let t = r.liveness.apply(&Event::Heartbeat, now_ms, &self.thresholds);
+            let t = r
+                .liveness
+                .apply(&Event::Heartbeat, now_ms, &self.thresholds);
             entry.dirty = true;
             match t {
                 Some(t) => {
@@ -253,15 +294,25 @@ impl Registry {
     }
 
     /// Records the end of connection `generation` (ignored if a newer one replaced it).
-    pub async fn disconnected(&self, id: &HostId, generation: u64, reason: &str, now_ms: u64) -> Result<(), RegistryError> {
+    pub async fn disconnected(
+        &self,
+        id: &HostId,
+        generation: u64,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), RegistryError> {
         {
             let mut hosts = self.lock();
-            let Some(entry) = hosts.get_mut(id) else { return Ok(()) };
+            let Some(entry) = hosts.get_mut(id) else {
+                return Ok(());
+            };
             if entry.conn.as_ref().map(|(g, _)| *g) != Some(generation) {
                 return Ok(());
             }
             entry.conn = None;
-            let ev = Event::Disconnected { reason: reason.to_owned() };
+            let ev = Event::Disconnected {
+                reason: reason.to_owned(),
+            };
             if let Some(t) = entry.record.liveness.apply(&ev, now_ms, &self.thresholds) {
                 entry.record.record(t);
             }
@@ -278,7 +329,11 @@ impl Registry {
         {
             let mut hosts = self.lock();
             for (id, entry) in hosts.iter_mut() {
-                if let Some(t) = entry.record.liveness.apply(&Event::Tick, now_ms, &self.thresholds) {
+                if let Some(t) = entry
+                    .record
+                    .liveness
+                    .apply(&Event::Tick, now_ms, &self.thresholds)
+                {
                     entry.record.record(t.clone());
                     entry.dirty = false;
                     self.store.put(Tree::Hosts, id.as_str(), &entry.record)?;
@@ -304,10 +359,16 @@ impl Registry {
         Ok(n)
     }
 
-    pub async fn cert_renewed(&self, id: &HostId, not_after_unix: i64) -> Result<(), RegistryError> {
+    pub async fn cert_renewed(
+        &self,
+        id: &HostId,
+        not_after_unix: i64,
+    ) -> Result<(), RegistryError> {
         {
             let mut hosts = self.lock();
-            let entry = hosts.get_mut(id).ok_or_else(|| RegistryError::UnknownHost(id.clone()))?;
+            let entry = hosts
+                .get_mut(id)
+                .ok_or_else(|| RegistryError::UnknownHost(id.clone()))?;
             entry.record.cert_not_after_unix = not_after_unix;
             self.store.put(Tree::Hosts, id.as_str(), &entry.record)?;
         }

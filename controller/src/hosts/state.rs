@@ -48,7 +48,9 @@ pub struct Thresholds {
 impl Thresholds {
     pub fn from_config(c: &crate::config::HostsConfig) -> Self {
         Thresholds {
-            unreachable_after_ms: c.heartbeat_interval_ms.saturating_mul(u64::from(c.missed_heartbeats)),
+            unreachable_after_ms: c
+                .heartbeat_interval_ms
+                .saturating_mul(u64::from(c.missed_heartbeats)),
             lost_after_ms: c.lost_after_ms,
         }
     }
@@ -91,14 +93,24 @@ pub struct Liveness {
 
 impl Liveness {
     pub fn enrolled(now_ms: u64) -> Self {
-        Liveness { state: HostState::Joining, since_ms: now_ms, last_seen_ms: now_ms, connected: false }
+        Liveness {
+            state: HostState::Joining,
+            since_ms: now_ms,
+            last_seen_ms: now_ms,
+            connected: false,
+        }
     }
 
     fn go(&mut self, to: HostState, now_ms: u64, reason: String) -> Option<Transition> {
         if self.state == to {
             return None;
         }
-        let t = Transition { at_ms: now_ms, from: self.state, to, reason };
+        let t = Transition {
+            at_ms: now_ms,
+            from: self.state,
+            to,
+            reason,
+        };
         self.state = to;
         self.since_ms = now_ms;
         Some(t)
@@ -123,7 +135,11 @@ impl Liveness {
             Event::Disconnected { reason } => {
                 self.connected = false;
                 match self.state {
-                    HostState::Active => self.go(HostState::Unreachable, now_ms, format!("link lost: {reason}")),
+                    HostState::Active => self.go(
+                        HostState::Unreachable,
+                        now_ms,
+                        format!("link lost: {reason}"),
+                    ),
                     _ => None,
                 }
             }
@@ -135,14 +151,19 @@ impl Liveness {
                         self.go(
                             HostState::Unreachable,
                             now_ms,
-                            format!("no heartbeat for {:.1} s (more than {missed}× the threshold)", silent as f64 / 1000.0),
+                            format!(
+                                "no heartbeat for {:.1} s (more than {missed}× the threshold)",
+                                silent as f64 / 1000.0
+                            ),
                         )
                     }
-                    HostState::Unreachable | HostState::Joining if silent > th.lost_after_ms => self.go(
-                        HostState::Lost,
-                        now_ms,
-                        format!("not seen for {} s", silent / 1000),
-                    ),
+                    HostState::Unreachable | HostState::Joining if silent > th.lost_after_ms => {
+                        self.go(
+                            HostState::Lost,
+                            now_ms,
+                            format!("not seen for {} s", silent / 1000),
+                        )
+                    }
                     _ => None,
                 }
             }
@@ -154,10 +175,17 @@ impl Liveness {
 mod tests {
     use super::*;
 
-    const TH: Thresholds = Thresholds { unreachable_after_ms: 15_000, lost_after_ms: 300_000 };
+    const TH: Thresholds = Thresholds {
+        unreachable_after_ms: 15_000,
+        lost_after_ms: 300_000,
+    };
 
     fn states(l: &mut Liveness, script: &[(u64, Event)]) -> Vec<HostState> {
-        script.iter().filter_map(|(t, e)| l.apply(e, *t, &TH)).map(|t| t.to).collect()
+        script
+            .iter()
+            .filter_map(|(t, e)| l.apply(e, *t, &TH))
+            .map(|t| t.to)
+            .collect()
     }
 
     #[test]
@@ -169,17 +197,25 @@ mod tests {
                 (1_000, Event::Connected),
                 (6_000, Event::Heartbeat),
                 (11_000, Event::Tick),
-                (21_000, Event::Tick),        // 15 s since 6 s: not yet more than
-                (21_001, Event::Tick),        // now it is
-                (30_000, Event::Heartbeat),   // still connected (a stall, not a drop)
-                (31_000, Event::Disconnected { reason: "closed".into() }),
+                (21_000, Event::Tick),      // 15 s since 6 s: not yet more than
+                (21_001, Event::Tick),      // now it is
+                (30_000, Event::Heartbeat), // still connected (a stall, not a drop)
+                (
+                    31_000,
+                    Event::Disconnected {
+                        reason: "closed".into(),
+                    },
+                ),
                 (200_000, Event::Tick),
                 (330_001, Event::Tick),
                 (400_000, Event::Connected),
             ],
         );
         use HostState::*;
-        assert_eq!(got, vec![Active, Unreachable, Active, Unreachable, Lost, Active]);
+        assert_eq!(
+            got,
+            vec![Active, Unreachable, Active, Unreachable, Lost, Active]
+        );
     }
 
     #[test]
@@ -195,22 +231,51 @@ mod tests {
     fn joining_host_that_never_connects_is_lost() {
         let mut l = Liveness::enrolled(0);
         assert_eq!(l.apply(&Event::Tick, 299_999, &TH), None);
-        assert_eq!(l.apply(&Event::Tick, 300_001, &TH).map(|t| t.to), Some(HostState::Lost));
+        assert_eq!(
+            l.apply(&Event::Tick, 300_001, &TH).map(|t| t.to),
+            Some(HostState::Lost)
+        );
     }
 
     #[test]
     fn disconnect_records_reason_and_time() {
         let mut l = Liveness::enrolled(0);
         l.apply(&Event::Connected, 10, &TH);
-        let t = l.apply(&Event::Disconnected { reason: "agent shutting down".into() }, 99, &TH).unwrap();
-        assert_eq!(t, Transition { at_ms: 99, from: HostState::Active, to: HostState::Unreachable, reason: "link lost: agent shutting down".into() });
+        let t = l
+            .apply(
+                &Event::Disconnected {
+                    reason: "agent shutting down".into(),
+                },
+                99,
+                &TH,
+            )
+            .unwrap();
+        assert_eq!(
+            t,
+            Transition {
+                at_ms: 99,
+                from: HostState::Active,
+                to: HostState::Unreachable,
+                reason: "link lost: agent shutting down".into()
+            }
+        );
         assert_eq!(l.since_ms, 99);
     }
 
     #[test]
     fn same_events_same_result() {
         let script: Vec<(u64, Event)> = (0..200u64)
-            .map(|i| (i * 997, match i % 7 { 0 => Event::Connected, 3 => Event::Disconnected { reason: "r".into() }, 5 => Event::Heartbeat, _ => Event::Tick }))
+            .map(|i| {
+                (
+                    i * 997,
+                    match i % 7 {
+                        0 => Event::Connected,
+                        3 => Event::Disconnected { reason: "r".into() },
+                        5 => Event::Heartbeat,
+                        _ => Event::Tick,
+                    },
+                )
+            })
             .collect();
         let a = states(&mut Liveness::enrolled(0), &script);
         let b = states(&mut Liveness::enrolled(0), &script);

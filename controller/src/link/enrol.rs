@@ -7,10 +7,12 @@ use std::time::Duration;
 use cairn_shared::framing::{self, FrameError};
 use cairn_shared::identity;
 use cairn_shared::ids::HostId;
-use cairn_shared::protocol::{peek_version, CloseCode, EnrolRequest, EnrolResponse, RefusalCode, PROTOCOL_VERSION};
+use cairn_shared::protocol::{
+    peek_version, CloseCode, EnrolRequest, EnrolResponse, RefusalCode, PROTOCOL_VERSION,
+};
 use cairn_shared::validate::Validate;
 
-use super::{refuse, FIRST_FRAME_TIMEOUT};
+use super::first_frame;
 use crate::app::App;
 use crate::hosts::HostRecord;
 use crate::tokens::ConsumeError;
@@ -19,20 +21,10 @@ use crate::tokens::ConsumeError;
 const MAX_ENROL_FRAME: u32 = 64 * 1024;
 
 pub async fn serve(app: Arc<App>, conn: quinn::Connection) {
-    let stream = tokio::time::timeout(FIRST_FRAME_TIMEOUT, conn.accept_bi()).await;
-    let (mut send, mut recv) = match stream {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "enrolment connection ended before a request");
-            return;
-        }
-        Err(_) => return refuse(&conn, CloseCode::ProtocolViolation, "no enrolment request within 10 s"),
-    };
-    let payload = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, framing::read_payload(&mut recv, MAX_ENROL_FRAME)).await {
-        Ok(Ok(Some(p))) => p,
-        Ok(Ok(None)) => return refuse(&conn, CloseCode::ProtocolViolation, "enrolment stream closed without a request"),
-        Ok(Err(e)) => return refuse(&conn, e.close_code(), &format!("bad enrolment request: {e}")),
-        Err(_) => return refuse(&conn, CloseCode::ProtocolViolation, "no enrolment request within 10 s"),
+    let Some((mut send, _recv, payload)) =
+        first_frame(&conn, MAX_ENROL_FRAME, "enrolment request").await
+    else {
+        return;
     };
     let response = decide(&app, &payload, conn.remote_address()).await;
     let refused = matches!(response, EnrolResponse::Refused { .. });
@@ -67,10 +59,18 @@ async fn decide(app: &App, payload: &[u8], remote: std::net::SocketAddr) -> Enro
     }
     let req: EnrolRequest = match postcard::from_bytes(payload) {
         Ok(r) => r,
-        Err(e) => return refusal(RefusalCode::BadRequest, format!("garbled enrolment request: {}", FrameError::from(e))),
+        Err(e) => {
+            return refusal(
+                RefusalCode::BadRequest,
+                format!("garbled enrolment request: {}", FrameError::from(e)),
+            )
+        }
     };
     if let Err(e) = req.validate() {
-        return refusal(RefusalCode::BadRequest, format!("invalid enrolment request: {e}"));
+        return refusal(
+            RefusalCode::BadRequest,
+            format!("invalid enrolment request: {e}"),
+        );
     }
     let now = cairn_shared::time::now_ms();
     let host_id = HostId::generate();
@@ -78,23 +78,46 @@ async fn decide(app: &App, payload: &[u8], remote: std::net::SocketAddr) -> Enro
     let ttl = Duration::from_secs(app.config.certificates.agent_cert_ttl_secs);
     let cert_der = match app.pki.ca.sign_host(&req.csr_der, &host_id, ttl) {
         Ok(c) => c,
-        Err(e) => return refusal(RefusalCode::BadRequest, format!("certificate request rejected: {e}")),
+        Err(e) => {
+            return refusal(
+                RefusalCode::BadRequest,
+                format!("certificate request rejected: {e}"),
+            )
+        }
     };
     let token = match app.tokens.consume(&req.token, &host_id, now).await {
         Ok(t) => t,
         Err(ConsumeError::Refused(r)) => return refusal(r.code(), r.to_string()),
         Err(ConsumeError::Store(e)) => {
             tracing::error!(error = %e, "token store failed during enrolment");
-            return refusal(RefusalCode::Internal, "the controller could not record the enrolment; see its log");
+            return refusal(
+                RefusalCode::Internal,
+                "the controller could not record the enrolment; see its log",
+            );
         }
     };
-    let not_after = identity::cert_info(&cert_der).map(|i| i.not_after_unix).unwrap_or_default();
+    let not_after = identity::cert_info(&cert_der)
+        .map(|i| i.not_after_unix)
+        .unwrap_or_default();
     let hostname: String = req.hostname.chars().filter(|c| !c.is_control()).collect();
-    let record = HostRecord::new(host_id.clone(), hostname.clone(), token.id.clone(), not_after, now);
+    let record = HostRecord::new(
+        host_id.clone(),
+        hostname.clone(),
+        token.id.clone(),
+        not_after,
+        now,
+    );
     if let Err(e) = app.registry.enrolled(record).await {
         tracing::error!(error = %e, "could not store the new host");
-        return refusal(RefusalCode::Internal, "the controller could not record the enrolment; see its log");
+        return refusal(
+            RefusalCode::Internal,
+            "the controller could not record the enrolment; see its log",
+        );
     }
     tracing::info!(host = %host_id, %hostname, %remote, token = %token.id, "host enrolled");
-    EnrolResponse::Accepted { host_id, cert_der, ca_der: app.pki.ca.cert_der().to_vec() }
+    EnrolResponse::Accepted {
+        host_id,
+        cert_der,
+        ca_der: app.pki.ca.cert_der().to_vec(),
+    }
 }

@@ -57,3 +57,53 @@ pub(crate) fn refuse(conn: &quinn::Connection, code: CloseCode, reason: &str) {
     tracing::warn!(code = code.as_str(), %reason, "closing connection");
     conn.close(code.into(), reason.as_bytes());
 }
+
+/// Waits for the peer's first stream and the first frame on it. On failure the
+/// connection is closed with a reason naming `what` (or was already gone), and `None`
+/// is returned.
+pub(crate) async fn first_frame(
+    conn: &quinn::Connection,
+    max: u32,
+    what: &str,
+) -> Option<(quinn::SendStream, quinn::RecvStream, Vec<u8>)> {
+    let (send, mut recv) = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let reason = cairn_shared::protocol::describe_connection_error(&e);
+            tracing::info!(%reason, "peer left before its {what}");
+            return None;
+        }
+        Err(_) => {
+            refuse(
+                conn,
+                CloseCode::ProtocolViolation,
+                &format!("no {what} within 10 s"),
+            );
+            return None;
+        }
+    };
+    let read = cairn_shared::framing::read_payload(&mut recv, max);
+    match tokio::time::timeout(FIRST_FRAME_TIMEOUT, read).await {
+        Ok(Ok(Some(p))) => Some((send, recv, p)),
+        Ok(Ok(None)) => {
+            refuse(
+                conn,
+                CloseCode::ProtocolViolation,
+                &format!("stream closed before the {what}"),
+            );
+            None
+        }
+        Ok(Err(e)) => {
+            refuse(conn, e.close_code(), &format!("bad {what}: {e}"));
+            None
+        }
+        Err(_) => {
+            refuse(
+                conn,
+                CloseCode::ProtocolViolation,
+                &format!("no {what} within 10 s"),
+            );
+            None
+        }
+    }
+}

@@ -8,13 +8,13 @@ use cairn_shared::framing::{self, FrameError};
 use cairn_shared::identity;
 use cairn_shared::ids::HostId;
 use cairn_shared::protocol::{
-    describe_connection_error, peek_version, AgentMsg, AgentRequest, AgentResponse, CloseCode, Hello, RefusalCode,
-    Welcome, PROTOCOL_VERSION,
+    describe_connection_error, peek_version, AgentMsg, AgentRequest, AgentResponse, CloseCode,
+    Hello, RefusalCode, Welcome, PROTOCOL_VERSION,
 };
 use cairn_shared::validate::Validate;
 use tracing::Instrument;
 
-use super::{refuse, FIRST_FRAME_TIMEOUT};
+use super::{first_frame, refuse, FIRST_FRAME_TIMEOUT};
 use crate::app::App;
 
 /// Requests are small; bulk transfers will get their own framing.
@@ -30,7 +30,13 @@ pub async fn serve(app: Arc<App>, conn: quinn::Connection) {
     };
     let host = match identity::host_id_of(&certs[0]) {
         Ok(h) => h,
-        Err(e) => return refuse(&conn, CloseCode::Unauthenticated, &format!("client certificate does not name a host: {e}")),
+        Err(e) => {
+            return refuse(
+                &conn,
+                CloseCode::Unauthenticated,
+                &format!("client certificate does not name a host: {e}"),
+            )
+        }
     };
     if !app.registry.contains(&host) {
         return refuse(
@@ -39,21 +45,15 @@ pub async fn serve(app: Arc<App>, conn: quinn::Connection) {
             &format!("host {host} is not enrolled with this controller; enrol again with `cairn-agent join`"),
         );
     }
-    run(app, conn, host.clone()).instrument(tracing::info_span!("agent", %host)).await
+    run(app, conn, host.clone())
+        .instrument(tracing::info_span!("agent", %host))
+        .await
 }
 
 async fn run(app: Arc<App>, conn: quinn::Connection, host: HostId) {
     let max = app.config.link.max_frame_bytes;
-    let (mut send, mut recv) = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, conn.accept_bi()).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return tracing::info!(reason = %describe_connection_error(&e), "agent left before its hello"),
-        Err(_) => return refuse(&conn, CloseCode::ProtocolViolation, "no control stream within 10 s"),
-    };
-    let payload = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, framing::read_payload(&mut recv, max)).await {
-        Ok(Ok(Some(p))) => p,
-        Ok(Ok(None)) => return refuse(&conn, CloseCode::ProtocolViolation, "control stream closed before the hello"),
-        Ok(Err(e)) => return refuse(&conn, e.close_code(), &format!("bad hello: {e}")),
-        Err(_) => return refuse(&conn, CloseCode::ProtocolViolation, "no hello within 10 s"),
+    let Some((mut send, mut recv, payload)) = first_frame(&conn, max, "hello").await else {
+        return;
     };
     match peek_version(&payload) {
         Some(PROTOCOL_VERSION) => {}
@@ -68,13 +68,30 @@ async fn run(app: Arc<App>, conn: quinn::Connection, host: HostId) {
     }
     let hello: Hello = match postcard::from_bytes(&payload) {
         Ok(h) => h,
-        Err(e) => return refuse(&conn, CloseCode::Garbled, &format!("bad hello: {}", FrameError::from(e))),
+        Err(e) => {
+            return refuse(
+                &conn,
+                CloseCode::Garbled,
+                &format!("bad hello: {}", FrameError::from(e)),
+            )
+        }
     };
     if let Err(e) = hello.validate() {
         return refuse(&conn, CloseCode::Garbled, &format!("invalid hello: {e}"));
     }
     let now = cairn_shared::time::now_ms();
-    let generation = match app.registry.connected(&host, conn.clone(), hello.facts, hello.capacity, hello.runtime, now).await {
+    let generation = match app
+        .registry
+        .connected(
+            &host,
+            conn.clone(),
+            hello.facts,
+            hello.capacity,
+            hello.runtime,
+            now,
+        )
+        .await
+    {
         Ok(g) => g,
         Err(e) => return refuse(&conn, CloseCode::UnknownHost, &e.to_string()),
     };
@@ -95,7 +112,10 @@ async fn run(app: Arc<App>, conn: quinn::Connection, host: HostId) {
         r = control => r,
         r = requests => r,
     };
-    let _ = app.registry.disconnected(&host, generation, &reason, cairn_shared::time::now_ms()).await;
+    let _ = app
+        .registry
+        .disconnected(&host, generation, &reason, cairn_shared::time::now_ms())
+        .await;
     tracing::info!(%reason, "agent disconnected");
 }
 
@@ -121,7 +141,17 @@ async fn control_loop(
                     return format!("invalid heartbeat: {e}");
                 }
                 let AgentMsg::Heartbeat(hb) = m;
-                if let Err(e) = app.registry.heartbeat(host, generation, hb.capacity, hb.runtime, cairn_shared::time::now_ms()).await {
+                if let Err(e) = app
+                    .registry
+                    .heartbeat(
+                        host,
+                        generation,
+                        hb.capacity,
+                        hb.runtime,
+                        cairn_shared::time::now_ms(),
+                    )
+                    .await
+                {
                     tracing::error!(error = %e, "could not record heartbeat");
                 }
             }
@@ -132,7 +162,10 @@ async fn control_loop(
             Err(FrameError::Io(e)) => {
                 // Usually the connection going away; give quinn a moment to say why.
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                return conn.close_reason().map(|e| describe_connection_error(&e)).unwrap_or_else(|| format!("control stream error: {e}"));
+                return conn
+                    .close_reason()
+                    .map(|e| describe_connection_error(&e))
+                    .unwrap_or_else(|| format!("control stream error: {e}"));
             }
             Err(e) => {
                 let reason = e.to_string();
@@ -149,15 +182,27 @@ async fn serve_requests(app: Arc<App>, conn: quinn::Connection, host: HostId) ->
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 let (app, host) = (app.clone(), host.clone());
-                tokio::spawn(async move { handle_request(app, host, send, recv).await }.in_current_span());
+                tokio::spawn(
+                    async move { handle_request(app, host, send, recv).await }.in_current_span(),
+                );
             }
             Err(e) => return describe_connection_error(&e),
         }
     }
 }
 
-async fn handle_request(app: Arc<App>, host: HostId, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let req = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, framing::read::<_, AgentRequest>(&mut recv, MAX_REQUEST_FRAME)).await {
+async fn handle_request(
+    app: Arc<App>,
+    host: HostId,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let req = match tokio::time::timeout(
+        FIRST_FRAME_TIMEOUT,
+        framing::read::<_, AgentRequest>(&mut recv, MAX_REQUEST_FRAME),
+    )
+    .await
+    {
         Ok(Ok(Some(r))) => r,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
@@ -168,12 +213,18 @@ async fn handle_request(app: Arc<App>, host: HostId, mut send: quinn::SendStream
         Err(_) => return,
     };
     let response = match req.validate() {
-        Err(e) => AgentResponse::Refused { code: RefusalCode::BadRequest, message: e.to_string() },
+        Err(e) => AgentResponse::Refused {
+            code: RefusalCode::BadRequest,
+            message: e.to_string(),
+        },
         Ok(()) => match req {
             AgentRequest::RenewCertificate { csr_der } => renew(&app, &host, &csr_der).await,
         },
     };
-    if framing::write(&mut send, &response, MAX_REQUEST_FRAME).await.is_ok() {
+    if framing::write(&mut send, &response, MAX_REQUEST_FRAME)
+        .await
+        .is_ok()
+    {
         let _ = send.finish();
     }
 }
@@ -182,14 +233,22 @@ async fn renew(app: &App, host: &HostId, csr_der: &[u8]) -> AgentResponse {
     let ttl = Duration::from_secs(app.config.certificates.agent_cert_ttl_secs);
     match app.pki.ca.sign_host(csr_der, host, ttl) {
         Ok(cert_der) => {
-            let not_after = identity::cert_info(&cert_der).map(|i| i.not_after_unix).unwrap_or_default();
+            let not_after = identity::cert_info(&cert_der)
+                .map(|i| i.not_after_unix)
+                .unwrap_or_default();
             if let Err(e) = app.registry.cert_renewed(host, not_after).await {
                 tracing::error!(error = %e, "could not record renewed certificate");
-                return AgentResponse::Refused { code: RefusalCode::Internal, message: "could not record the renewal".into() };
+                return AgentResponse::Refused {
+                    code: RefusalCode::Internal,
+                    message: "could not record the renewal".into(),
+                };
             }
             tracing::info!(not_after, "renewed host certificate");
             AgentResponse::Certificate { cert_der }
         }
-        Err(e) => AgentResponse::Refused { code: RefusalCode::BadRequest, message: format!("certificate request rejected: {e}") },
+        Err(e) => AgentResponse::Refused {
+            code: RefusalCode::BadRequest,
+            message: format!("certificate request rejected: {e}"),
+        },
     }
 }

@@ -58,15 +58,23 @@ enum Cmd {
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::IdleAgent { seconds, interval } => idle_agent(seconds, &interval).await?,
-        Cmd::Heartbeats { agents, interval, seconds } => heartbeats(agents, &interval, seconds).await?,
+        Cmd::Heartbeats {
+            agents,
+            interval,
+            seconds,
+        } => heartbeats(agents, &interval, seconds).await?,
     };
     if let Some(p) = cli.json {
-        std::fs::write(&p, serde_json::to_vec_pretty(&result)?).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(&p, serde_json::to_vec_pretty(&result)?)
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
 }
@@ -82,7 +90,9 @@ struct Usage {
 }
 
 fn usage(samples: &[procstat::Sample]) -> Result<Usage> {
-    let (Some(first), Some(last)) = (samples.first(), samples.last()) else { bail!("no samples") };
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        bail!("no samples")
+    };
     Ok(Usage {
         cpu_pct: cpu_percent(first, last),
         rss_mib: samples.iter().map(|s| s.rss_kib).max().unwrap_or(0) as f64 / 1024.0,
@@ -92,26 +102,48 @@ fn usage(samples: &[procstat::Sample]) -> Result<Usage> {
 
 async fn idle_agent(seconds: u64, interval: &str) -> Result<serde_json::Value> {
     let tmp = tempfile::tempdir()?;
-    let opts = ControllerOptions { heartbeat: leak_str(interval), lost_after: "10m", ..Default::default() };
+    let opts = ControllerOptions {
+        heartbeat: leak_str(interval),
+        lost_after: "10m",
+        ..Default::default()
+    };
     let mut ctl = Controller::init(tmp.path(), &opts);
     ctl.start().await;
     let mut agent = Agent::new(tmp.path(), "idle");
     let id = agent.join_ok(&ctl, &ctl.token("5m", 1), &[]);
     agent.start();
-    ctl.wait_host_state(&id, "active", Duration::from_secs(30)).await;
+    ctl.wait_host_state(&id, "active", Duration::from_secs(30))
+        .await;
     // Let start-up settle before measuring.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (apid, cpid) = (agent.pid().context("agent pid")?, ctl.pid().context("controller pid")?);
+    let (apid, cpid) = (
+        agent.pid().context("agent pid")?,
+        ctl.pid().context("controller pid")?,
+    );
     let (a, c) = tokio::join!(
-        procstat::watch(apid, Duration::from_secs(seconds), Duration::from_millis(500)),
-        procstat::watch(cpid, Duration::from_secs(seconds), Duration::from_millis(500)),
+        procstat::watch(
+            apid,
+            Duration::from_secs(seconds),
+            Duration::from_millis(500)
+        ),
+        procstat::watch(
+            cpid,
+            Duration::from_secs(seconds),
+            Duration::from_millis(500)
+        ),
     );
     let (a, c) = (usage(&a)?, usage(&c)?);
     println!("idle agent over {seconds} s, heartbeat every {interval} (real Docker facts)");
     println!("| process    | CPU (% of one core) | RSS max (MiB) | peak RSS (MiB) |");
     println!("|------------|--------------------:|--------------:|---------------:|");
-    println!("| agent      | {:>19.3} | {:>13.1} | {:>14.1} |", a.cpu_pct, a.rss_mib, a.peak_rss_mib);
-    println!("| controller | {:>19.3} | {:>13.1} | {:>14.1} |", c.cpu_pct, c.rss_mib, c.peak_rss_mib);
+    println!(
+        "| agent      | {:>19.3} | {:>13.1} | {:>14.1} |",
+        a.cpu_pct, a.rss_mib, a.peak_rss_mib
+    );
+    println!(
+        "| controller | {:>19.3} | {:>13.1} | {:>14.1} |",
+        c.cpu_pct, c.rss_mib, c.peak_rss_mib
+    );
     Ok(json!({
         "bench": "idle-agent", "seconds": seconds, "interval": interval,
         "agent": {"cpu_pct": a.cpu_pct, "rss_mib": a.rss_mib, "peak_rss_mib": a.peak_rss_mib},
@@ -121,7 +153,11 @@ async fn idle_agent(seconds: u64, interval: &str) -> Result<serde_json::Value> {
 
 async fn heartbeats(n: usize, interval: &str, seconds: u64) -> Result<serde_json::Value> {
     let tmp = tempfile::tempdir()?;
-    let opts = ControllerOptions { heartbeat: leak_str(interval), lost_after: "10m", ..Default::default() };
+    let opts = ControllerOptions {
+        heartbeat: leak_str(interval),
+        lost_after: "10m",
+        ..Default::default()
+    };
     let mut ctl = Controller::init(tmp.path(), &opts);
     ctl.start().await;
     let token = ctl.token("1h", n as u32);
@@ -160,7 +196,13 @@ async fn heartbeats(n: usize, interval: &str, seconds: u64) -> Result<serde_json
     for (i, state) in states {
         let facts = Arc::new(HollowFacts::new(i));
         let lo = LinkOptions::default();
-        tokio::spawn(link::run(state, facts, Some(endpoint.clone()), lo, stop.clone()));
+        tokio::spawn(link::run(
+            state,
+            facts,
+            Some(endpoint.clone()),
+            lo,
+            stop.clone(),
+        ));
     }
     loop {
         let (_, health) = ctl.get_with("/healthz", None).await;
@@ -191,8 +233,14 @@ async fn heartbeats(n: usize, interval: &str, seconds: u64) -> Result<serde_json
     println!("{n} hollow agents, heartbeat every {interval}, {seconds} s window ({rate:.0} heartbeats/s)");
     println!("| process                 | CPU (% of one core) | RSS max (MiB) | peak RSS (MiB) |");
     println!("|-------------------------|--------------------:|--------------:|---------------:|");
-    println!("| controller              | {:>19.2} | {:>13.1} | {:>14.1} |", c.cpu_pct, c.rss_mib, c.peak_rss_mib);
-    println!("| hollow agents (1 proc)  | {:>19.2} | {:>13.1} | {:>14.1} |", h.cpu_pct, h.rss_mib, h.peak_rss_mib);
+    println!(
+        "| controller              | {:>19.2} | {:>13.1} | {:>14.1} |",
+        c.cpu_pct, c.rss_mib, c.peak_rss_mib
+    );
+    println!(
+        "| hollow agents (1 proc)  | {:>19.2} | {:>13.1} | {:>14.1} |",
+        h.cpu_pct, h.rss_mib, h.peak_rss_mib
+    );
     println!("enrolment: {enrol_secs:.1} s for {n}; all connected {connect_secs:.1} s later; active at end: {still_active}/{n}");
     Ok(json!({
         "bench": "heartbeats", "agents": n, "interval": interval, "seconds": seconds, "heartbeats_per_s": rate,

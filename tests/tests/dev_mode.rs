@@ -1,0 +1,121 @@
+//! The README's first command: `cairn-controller dev`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cairn_tests::cluster::{bin, free_tcp_port, free_udp_port, wait_for};
+use cairn_tests::docker::require_docker;
+
+#[test]
+fn dev_mode_without_docker_fails_with_one_actionable_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("cairn-controller"))
+        .args(["dev", "--data-dir"])
+        .arg(tmp.path().join("dev"))
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}/no-docker.sock", tmp.path().display()),
+        )
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: cannot reach the Docker Engine at unix://"),
+        "{err}"
+    );
+    assert!(
+        err.contains("start it (systemctl start docker) or point DOCKER_HOST at it"),
+        "{err}"
+    );
+    assert!(
+        !tmp.path().join("dev").exists(),
+        "nothing is created when Docker is missing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_runs_a_controller_and_a_local_agent() {
+    if !require_docker() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let api_port = free_tcp_port();
+    let run = || {
+        Command::new(bin("cairn-controller"))
+            .args(["dev", "--data-dir"])
+            .arg(&dir)
+            .args([
+                "--api-port",
+                &api_port.to_string(),
+                "--link-port",
+                &free_udp_port().to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let http = reqwest::Client::new();
+    let hosts = |token: String| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(format!("http://127.0.0.1:{api_port}/api/v1/hosts"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .ok()?;
+            r.json::<serde_json::Value>().await.ok()
+        }
+    };
+    for round in 0..2 {
+        // The second round reuses the data directory: no re-initialisation, same host.
+        let mut child = run();
+        let token_path = dir.join("admin.token");
+        wait_for("admin token", Duration::from_secs(30), || {
+            let p = token_path.clone();
+            async move { p.exists() }
+        })
+        .await;
+        let token = std::fs::read_to_string(&token_path)
+            .unwrap()
+            .trim()
+            .to_string();
+        wait_for("one active local host", Duration::from_secs(30), || {
+            let f = hosts(token.clone());
+            async move {
+                f.await.is_some_and(|v| {
+                    v.as_array().is_some_and(|a| {
+                        a.len() == 1
+                            && a[0]["state"] == "active"
+                            && a[0]["runtime"]["Docker"].is_object()
+                    })
+                })
+            }
+        })
+        .await;
+        let v = hosts(token.clone()).await.unwrap();
+        assert_eq!(v[0]["labels"]["dev"], "true", "round {round}: {v:#}");
+        // Ctrl-C: a clean stop.
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "round {round}: dev exited with {status}");
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+        assert!(
+            out.contains(&format!(
+                "API:          http://127.0.0.1:{api_port}/api/v1/hosts"
+            )),
+            "{out}"
+        );
+        assert_eq!(out.contains("initialised"), round == 0, "{out}");
+    }
+}
