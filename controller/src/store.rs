@@ -141,8 +141,16 @@ impl Store {
 
     /// Makes everything written so far durable. Called before acknowledging anything
     /// that must survive a crash (an enrolment, a state transition).
+    ///
+    /// sled 0.34's `flush_async` can deadlock when several flushes run at once
+    /// (spacejam/sled#1308), so the blocking flush runs on the blocking pool instead.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| {
+                StoreError::Sled(sled::Error::Io(std::io::Error::other(e.to_string())))
+            })??;
         Ok(())
     }
 
@@ -175,6 +183,30 @@ mod tests {
         }
         let err = Store::open(tmp.path()).unwrap_err().to_string();
         assert!(err.contains("schema version 99"), "{err}");
+    }
+
+    /// Regression: concurrent flushes once hung forever (sled's `flush_async`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_flushes_complete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..100u32 {
+            let s = s.clone();
+            tasks.spawn(async move {
+                s.put(Tree::Hosts, &i.to_string(), &i).unwrap();
+                s.flush().await.unwrap();
+            });
+        }
+        let all = async {
+            while let Some(r) = tasks.join_next().await {
+                r.unwrap()
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), all)
+            .await
+            .expect("flushes hung");
+        assert_eq!(s.all::<u32>(Tree::Hosts).unwrap().len(), 100);
     }
 
     #[test]

@@ -3,30 +3,52 @@
 //! Tests that need Docker start with `if !require_docker() { return; }`. On a
 //! developer's machine without Docker they print why they skipped; under `CI=true` a
 //! missing engine fails the test instead, so CI can never pass by skipping.
+//!
+//! The `docker` CLI is used rather than bollard so the helpers stay synchronous and
+//! usable from any test, async or not.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
-/// Whether `docker version` reaches a server.
-pub fn docker_available() -> Result<String, String> {
+/// The engine's version as `docker version` reports it, or why it could not.
+pub fn docker_server_version() -> Result<String, String> {
     let out = Command::new("docker")
         .args(["version", "--format", "{{.Server.Version}}"])
+        .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run the docker CLI: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // `docker version` prints the client part and fails when the server is missing;
+    // an empty server version is the same failure.
+    if out.status.success() && !version.is_empty() {
+        Ok(version)
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        let err = String::from_utf8_lossy(&out.stderr).trim().replace('\n', " ");
+        Err(if err.is_empty() {
+            format!("docker version exited with {}", out.status)
+        } else {
+            err
+        })
     }
+}
+
+/// Whether `docker version` reaches a server.
+pub fn docker_available() -> bool {
+    docker_server_version().is_ok()
+}
+
+/// Whether this run is CI, where skipping a Docker test is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
 /// True if Docker is there. If not: panics under `CI=true`, otherwise prints a skip
 /// line and returns false.
 pub fn require_docker() -> bool {
-    match docker_available() {
+    match docker_server_version() {
         Ok(_) => true,
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+        Err(e) if in_ci() => {
             panic!(
-                "CI=true but the Docker Engine is not reachable ({e}); Docker tests must run in CI"
+                "CI=true but the Docker Engine is not reachable: {e}. Docker tests must run in CI; start the engine (systemctl start docker) or set DOCKER_HOST"
             )
         }
         Err(e) => {
@@ -36,12 +58,13 @@ pub fn require_docker() -> bool {
     }
 }
 
-/// Runs `docker ARGS`, panicking with its stderr on failure; returns stdout.
+/// Runs `docker ARGS`, panicking with its stderr on failure; returns stdout, trimmed.
 pub fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
         .args(args)
+        .stdin(Stdio::null())
         .output()
-        .expect("run docker");
+        .unwrap_or_else(|e| panic!("cannot run docker {}: {e}", args.join(" ")));
     assert!(
         out.status.success(),
         "docker {}: {}",
@@ -51,12 +74,18 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Removes a container when dropped, so a failing test leaves none behind.
+/// Removes a container (by id or name) when dropped, so a failing test leaves none
+/// behind.
 #[derive(Debug)]
 pub struct ContainerGuard(pub String);
 
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.0])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }

@@ -2,46 +2,105 @@
 //! labels.
 //!
 //! Every call is bounded by a timeout and every failure becomes
-//! [`RuntimeFacts::Unavailable`] with the engine's own words, so a hung or stopped
+//! [`RuntimeFacts::Unavailable`] with the cause spelled out, so a hung or stopped
 //! engine shows up on the controller instead of stalling heartbeats. The client
-//! negotiates the API version, because hosts run engines older than bollard's default.
+//! negotiates the API version, because hosts run engines older than bollard's default,
+//! and is rebuilt after a failure, because the engine may have restarted.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Mutex as SyncMutex;
 use std::time::Duration;
 
+use bollard::models::{ContainerSummary, ImageSummary, SystemVersion};
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListImagesOptionsBuilder};
 use bollard::Docker;
 use cairn_shared::resources::{
-    ContainerInfo, DockerFacts, ImageInfo, RuntimeFacts, MAX_CONTAINERS, MAX_IMAGES,
+    ContainerInfo, DockerFacts, ImageInfo, RuntimeFacts, MAX_CONTAINERS, MAX_IMAGES, MAX_LABELS,
 };
 use tokio::sync::Mutex;
 
+use super::clip;
+
+/// Longest wait for any one engine call; a heartbeat needs at most a few of them.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Containers Cairn manages carry labels with this prefix; others are not reported.
 const LABEL_PREFIX: &str = "cairn.";
+const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
-fn clip(s: &str, n: usize) -> String {
-    if s.len() <= n {
-        return s.to_owned();
-    }
-    let mut end = n;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
+// Bounds from `Validate for RuntimeFacts` in cairn-shared.
+const MAX_ERROR: usize = 4096;
+const MAX_TEXT: usize = 512;
+const MAX_ID: usize = 128;
+const MAX_NAME: usize = 256;
+const MAX_STATE: usize = 32;
+const MAX_VERSION: usize = 64;
+const MAX_PATH: usize = 4096;
+const MAX_TAGS: usize = 64;
+const MAX_LABEL_KEY: usize = 128;
+
+/// Which engine to talk to.
+#[derive(Debug, Clone)]
+enum Endpoint {
+    /// `DOCKER_HOST`, or the local socket: what the `docker` CLI would use.
+    Defaults,
+    /// A given Unix socket; lets tests point at an engine that is not there.
+    #[cfg(test)]
+    Unix(String),
 }
 
-/// Where the engine is, in words for error messages.
-fn engine_address() -> String {
-    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
+impl Endpoint {
+    /// Where the engine is, in words for error messages.
+    fn address(&self) -> String {
+        match self {
+            Endpoint::Defaults => std::env::var("DOCKER_HOST")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| DEFAULT_HOST.into()),
+            #[cfg(test)]
+            Endpoint::Unix(path) => format!("unix://{path}"),
+        }
+    }
+
+    async fn connect(&self) -> Result<Docker, String> {
+        let docker = match self {
+            Endpoint::Defaults => Docker::connect_with_defaults(),
+            #[cfg(test)]
+            Endpoint::Unix(path) => Docker::connect_with_unix(
+                path,
+                CALL_TIMEOUT.as_secs(),
+                bollard::API_DEFAULT_VERSION,
+            ),
+        }
+        .map_err(|e| describe(&e))?;
+        bounded("negotiating the API version", docker.negotiate_version()).await
+    }
 }
 
-async fn bounded<T, E: std::fmt::Display>(
+/// An error and its causes on one line: hyper's "client error (Connect)" alone does
+/// not say that the socket refused the connection.
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text.replace(['\n', '\r'], " ")
+}
+
+/// Runs one engine call with [`CALL_TIMEOUT`], naming the call in the error.
+async fn bounded<T>(
     what: &str,
-    f: impl std::future::Future<Output = Result<T, E>>,
+    f: impl std::future::Future<Output = Result<T, bollard::errors::Error>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(CALL_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Ok(Err(e)) => Err(format!("{what}: {}", describe(&e))),
         Err(_) => Err(format!(
             "{what}: no answer within {} s",
             CALL_TIMEOUT.as_secs()
@@ -49,33 +108,44 @@ async fn bounded<T, E: std::fmt::Display>(
     }
 }
 
-async fn connect() -> Result<Docker, String> {
-    let docker = Docker::connect_with_defaults().map_err(|e| e.to_string())?;
-    bounded("negotiating the API version", docker.negotiate_version()).await
-}
-
 /// Checks that the Docker Engine answers; returns its version, or a one-line error
 /// saying what to do.
 pub async fn ping_docker() -> Result<String, String> {
+    let endpoint = Endpoint::Defaults;
     let fail = |e: String| {
         format!(
-            "cannot reach the Docker Engine at {}: {e} — start it (systemctl start docker) or point DOCKER_HOST at it",
-            engine_address()
+            "cannot reach the Docker Engine at {}: {e} — start it (systemctl start docker) or set DOCKER_HOST",
+            endpoint.address()
         )
     };
-    let docker = connect().await.map_err(fail)?;
+    let docker = endpoint.connect().await.map_err(fail)?;
     let v = bounded("version", docker.version()).await.map_err(fail)?;
     Ok(v.version.unwrap_or_else(|| "unknown".into()))
 }
 
-struct Conn {
-    docker: Option<Docker>,
-    data_root: Option<PathBuf>,
+/// Docker's data root as the engine reported it, and as a real path on this host.
+#[derive(Debug, Clone)]
+struct DataRoot {
+    reported: String,
+    resolved: PathBuf,
 }
 
 /// A lazily (re)connecting Docker client.
 pub struct DockerProbe {
-    conn: Mutex<Conn>,
+    endpoint: Endpoint,
+    /// Async lock: held across connecting, so concurrent callers share one attempt.
+    client: Mutex<Option<Docker>>,
+    /// Sync lock, never held across an await: capacity reads it without waiting on
+    /// a connection attempt.
+    data_root: SyncMutex<Option<DataRoot>>,
+}
+
+impl std::fmt::Debug for DockerProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerProbe")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for DockerProbe {
@@ -85,43 +155,78 @@ impl Default for DockerProbe {
 }
 
 impl DockerProbe {
+    /// A probe for the engine the `docker` CLI would use; does not connect yet.
     pub fn new() -> Self {
+        Self::with_endpoint(Endpoint::Defaults)
+    }
+
+    fn with_endpoint(endpoint: Endpoint) -> Self {
         DockerProbe {
-            conn: Mutex::new(Conn {
-                docker: None,
-                data_root: None,
-            }),
+            endpoint,
+            client: Mutex::new(None),
+            data_root: SyncMutex::new(None),
         }
     }
 
-    async fn client(&self) -> Result<Docker, String> {
-        let mut c = self.conn.lock().await;
-        if let Some(d) = &c.docker {
-            return Ok(d.clone());
-        }
-        let d = connect().await?;
-        if let Ok(info) = bounded("info", d.info()).await {
-            c.data_root = info.docker_root_dir.map(PathBuf::from);
-        }
-        c.docker = Some(d.clone());
-        Ok(d)
-    }
-
-    /// Docker's data root, once known.
-    pub async fn data_root(&self) -> Option<PathBuf> {
+    /// Connects and learns the data root now, if the engine answers; a failure is
+    /// left for [`DockerProbe::facts`] to report.
+    pub async fn warm_up(&self) {
         let _ = self.client().await;
-        self.conn.lock().await.data_root.clone()
+    }
+
+    /// Docker's data root resolved to a real path, once known. Never waits on the
+    /// engine.
+    pub fn data_root(&self) -> Option<PathBuf> {
+        self.cached_root().map(|r| r.resolved)
+    }
+
+    fn cached_root(&self) -> Option<DataRoot> {
+        self.data_root
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The connected client, connecting first if needed. The data root is asked for
+    /// on each new connection (it only changes when the engine restarts with a new
+    /// config) and while it is unknown.
+    async fn client(&self) -> Result<Docker, String> {
+        let (docker, fresh) = {
+            let mut slot = self.client.lock().await;
+            match &*slot {
+                Some(d) => (d.clone(), false),
+                None => {
+                    let d = self.endpoint.connect().await?;
+                    *slot = Some(d.clone());
+                    (d, true)
+                }
+            }
+        };
+        if fresh || self.cached_root().is_none() {
+            let info = bounded("info", docker.info()).await?;
+            if let Some(reported) = info.docker_root_dir.filter(|r| !r.is_empty()) {
+                let resolved =
+                    std::fs::canonicalize(&reported).unwrap_or_else(|_| PathBuf::from(&reported));
+                *self.data_root.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(DataRoot { reported, resolved });
+            }
+        }
+        Ok(docker)
     }
 
     /// The engine's facts now. On failure the client is dropped so the next call
-    /// reconnects (the engine may have restarted).
+    /// reconnects. The data root is kept: the disk under it is still worth
+    /// reporting while the engine is down.
     pub async fn facts(&self) -> RuntimeFacts {
         match self.collect().await {
             Ok(f) => RuntimeFacts::Docker(f),
             Err(e) => {
-                self.conn.lock().await.docker = None;
+                *self.client.lock().await = None;
                 RuntimeFacts::Unavailable {
-                    error: clip(&format!("Docker Engine at {}: {e}", engine_address()), 4000),
+                    error: clip(
+                        &format!("Docker Engine at {}: {e}", self.endpoint.address()),
+                        MAX_ERROR,
+                    ),
                 }
             }
         }
@@ -135,98 +240,261 @@ impl DockerProbe {
             docker.list_images(Some(ListImagesOptionsBuilder::new().all(false).build())),
         )
         .await?;
+        // Docker's label filter matches whole keys only, not a prefix, so all
+        // containers are listed and the `cairn.*` ones picked here.
         let containers = bounded(
             "listing containers",
             docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).build())),
         )
         .await?;
-        let data_root = self.conn.lock().await.data_root.clone();
+        let data_root = self.cached_root().map(|r| r.reported);
+        Ok(docker_facts(
+            &version,
+            data_root.as_deref(),
+            images,
+            containers,
+        ))
+    }
+}
 
-        let image_count = images.len().min(u32::MAX as usize) as u32;
-        let images = images
+/// Builds the report from the engine's answers, cut to the shared bounds.
+fn docker_facts(
+    version: &SystemVersion,
+    data_root: Option<&str>,
+    images: Vec<ImageSummary>,
+    containers: Vec<ContainerSummary>,
+) -> DockerFacts {
+    let image_count = u32::try_from(images.len()).unwrap_or(u32::MAX);
+    DockerFacts {
+        engine_version: clip(version.version.as_deref().unwrap_or_default(), MAX_VERSION),
+        api_version: clip(
+            version.api_version.as_deref().unwrap_or_default(),
+            MAX_VERSION,
+        ),
+        data_root: clip(data_root.unwrap_or_default(), MAX_PATH),
+        images: images
             .into_iter()
             .take(MAX_IMAGES)
-            .map(|i| ImageInfo {
-                id: clip(&i.id, 128),
-                tags: i
-                    .repo_tags
-                    .iter()
-                    .filter(|t| *t != "<none>:<none>")
-                    .take(64)
-                    .map(|t| clip(t, 512))
-                    .collect(),
-                size_bytes: i.size.max(0) as u64,
-                created_unix: i.created,
-            })
-            .collect();
-        let containers = containers
+            .map(image_info)
+            .collect(),
+        image_count,
+        containers: containers
             .into_iter()
-            .filter_map(|c| {
-                let labels: std::collections::BTreeMap<String, String> = c
-                    .labels
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|(k, _)| k.starts_with(LABEL_PREFIX))
-                    .take(cairn_shared::resources::MAX_LABELS)
-                    .map(|(k, v)| (clip(&k, 128), clip(&v, 512)))
-                    .collect();
-                if labels.is_empty() {
-                    return None;
-                }
-                Some(ContainerInfo {
-                    id: clip(&c.id.unwrap_or_default(), 128),
-                    name: clip(
-                        c.names
-                            .unwrap_or_default()
-                            .first()
-                            .map(|n| n.trim_start_matches('/'))
-                            .unwrap_or_default(),
-                        256,
-                    ),
-                    image: clip(&c.image.unwrap_or_default(), 512),
-                    state: clip(&c.state.map(|s| s.to_string()).unwrap_or_default(), 32),
-                    labels,
-                })
-            })
+            .filter_map(container_info)
             .take(MAX_CONTAINERS)
-            .collect();
-        Ok(DockerFacts {
-            engine_version: clip(version.version.as_deref().unwrap_or_default(), 64),
-            api_version: clip(version.api_version.as_deref().unwrap_or_default(), 64),
-            data_root: clip(
-                &data_root
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                4096,
-            ),
-            images,
-            image_count,
-            containers,
-        })
+            .collect(),
     }
+}
+
+fn image_info(i: ImageSummary) -> ImageInfo {
+    ImageInfo {
+        id: clip(&i.id, MAX_ID),
+        tags: i
+            .repo_tags
+            .iter()
+            // What the engine shows for an untagged image; not a tag anyone can use.
+            .filter(|t| *t != "<none>:<none>")
+            .take(MAX_TAGS)
+            .map(|t| clip(t, MAX_TEXT))
+            .collect(),
+        size_bytes: u64::try_from(i.size).unwrap_or(0),
+        created_unix: i.created,
+    }
+}
+
+/// The container's report, or `None` if it has no `cairn.*` label.
+fn container_info(c: ContainerSummary) -> Option<ContainerInfo> {
+    // Sorted first, so a container with too many labels always loses the same ones.
+    // A key longer than the bound is dropped rather than cut: a cut key would be a
+    // different label.
+    let labels: BTreeMap<String, String> = c
+        .labels
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(LABEL_PREFIX) && k.len() <= MAX_LABEL_KEY)
+        .collect::<BTreeMap<_, _>>()
+        .into_iter()
+        .take(MAX_LABELS)
+        .map(|(k, v)| {
+            let v = clip(&v, MAX_TEXT);
+            (k, v)
+        })
+        .collect();
+    if labels.is_empty() {
+        return None;
+    }
+    let name = c
+        .names
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    Some(ContainerInfo {
+        id: clip(&c.id.unwrap_or_default(), MAX_ID),
+        name: clip(name.trim_start_matches('/'), MAX_NAME),
+        image: clip(&c.image.unwrap_or_default(), MAX_TEXT),
+        state: clip(
+            &c.state.map(|s| s.to_string()).unwrap_or_default(),
+            MAX_STATE,
+        ),
+        labels,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bollard::models::ContainerSummaryStateEnum;
+    use cairn_shared::validate::Validate;
+
+    fn image(i: usize, tags: Vec<String>) -> ImageSummary {
+        ImageSummary {
+            id: format!("sha256:{i:064x}"),
+            repo_tags: tags,
+            size: 1000,
+            created: 1_700_000_000,
+            ..Default::default()
+        }
+    }
+
+    fn container(labels: &[(&str, &str)]) -> ContainerSummary {
+        ContainerSummary {
+            id: Some("c0ffee".into()),
+            names: Some(vec!["/web-1".into()]),
+            image: Some("busybox:1".into()),
+            state: Some(ContainerSummaryStateEnum::RUNNING),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
 
     #[test]
-    fn clip_respects_char_boundaries() {
-        assert_eq!(clip("héllo", 2), "h");
-        assert_eq!(clip("abc", 10), "abc");
+    fn converts_images_and_cairn_containers() {
+        let version = SystemVersion {
+            version: Some("20.10.24".into()),
+            api_version: Some("1.41".into()),
+            ..Default::default()
+        };
+        let images = vec![
+            image(1, vec!["a:1".into(), "<none>:<none>".into()]),
+            image(2, vec!["<none>:<none>".into()]),
+        ];
+        let containers = vec![
+            container(&[("cairn.instance", "i-1"), ("com.example", "x")]),
+            container(&[("com.example", "x")]),
+            container(&[]),
+        ];
+        let f = docker_facts(&version, Some("/var/lib/docker"), images, containers);
+        assert_eq!(f.engine_version, "20.10.24");
+        assert_eq!(f.api_version, "1.41");
+        assert_eq!(f.data_root, "/var/lib/docker");
+        assert_eq!(f.image_count, 2);
+        assert_eq!(f.images[0].tags, vec!["a:1".to_string()]);
+        assert!(f.images[1].tags.is_empty());
+        assert_eq!(f.containers.len(), 1, "only cairn-labelled containers");
+        let c = &f.containers[0];
+        assert_eq!(c.name, "web-1");
+        assert_eq!(c.state, "running");
+        assert_eq!(
+            c.labels,
+            BTreeMap::from([("cairn.instance".to_string(), "i-1".to_string())])
+        );
+        RuntimeFacts::Docker(f).validate().unwrap();
+    }
+
+    #[test]
+    fn oversized_answers_are_cut_to_the_bounds() {
+        let long = "é".repeat(5000);
+        let version = SystemVersion {
+            version: Some(long.clone()),
+            api_version: Some(long.clone()),
+            ..Default::default()
+        };
+        // One image and one container with everything too long, then many small ones
+        // to hit the list caps (kept small: thousands of big ones would take GiBs).
+        let images: Vec<_> =
+            std::iter::once(image(0, (0..100).map(|t| format!("{long}:{t}")).collect()))
+                .chain((1..MAX_IMAGES + 10).map(|i| image(i, vec![format!("x:{i}")])))
+                .collect();
+        let mut huge = container(&[]);
+        huge.id = Some(long.clone());
+        huge.names = Some(vec![format!("/{long}")]);
+        huge.image = Some(long.clone());
+        huge.labels = Some(
+            (0..200)
+                .map(|i| (format!("cairn.l{i:03}"), long.clone()))
+                .chain([(format!("cairn.{long}"), "v".to_string())])
+                .collect(),
+        );
+        let containers: Vec<_> = std::iter::once(huge)
+            .chain((0..MAX_CONTAINERS + 5).map(|_| container(&[("cairn.instance", "i")])))
+            .collect();
+        let f = docker_facts(&version, Some(&long), images, containers);
+        assert_eq!(f.image_count as usize, MAX_IMAGES + 10);
+        assert_eq!(f.images.len(), MAX_IMAGES);
+        assert_eq!(f.images[0].tags.len(), MAX_TAGS);
+        assert_eq!(f.containers.len(), MAX_CONTAINERS);
+        let c = &f.containers[0];
+        assert_eq!(c.labels.len(), MAX_LABELS);
+        // The first labels in key order are the ones kept; the over-long key is gone.
+        assert!(c.labels.contains_key("cairn.l000"));
+        assert!(c.labels.keys().all(|k| k.len() <= MAX_LABEL_KEY));
+        RuntimeFacts::Docker(f).validate().unwrap();
+    }
+
+    #[test]
+    fn describe_includes_causes_on_one_line() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("client error (Connect)")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused\n(os error 111)",
+        ));
+        assert_eq!(
+            describe(&e),
+            "client error (Connect): Connection refused (os error 111)"
+        );
     }
 
     #[tokio::test]
     async fn unreachable_engine_is_reported_not_raised() {
-        // Point the probe at a socket that does not exist by way of a fresh client.
-        let err = match Docker::connect_with_unix(
-            "/nonexistent/docker.sock",
-            2,
-            bollard::API_DEFAULT_VERSION,
-        ) {
-            Ok(d) => bounded("version", d.version()).await.err(),
-            Err(e) => Some(e.to_string()),
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("docker.sock");
+        let probe = DockerProbe::with_endpoint(Endpoint::Unix(socket.display().to_string()));
+        probe.warm_up().await;
+        assert_eq!(probe.data_root(), None);
+        let facts = probe.facts().await;
+        let RuntimeFacts::Unavailable { error } = &facts else {
+            panic!("expected Unavailable, got {facts:?}");
         };
-        assert!(err.is_some());
+        assert!(error.contains("docker.sock"), "{error}");
+        facts.validate().unwrap();
+
+        // A socket nobody listens on: connecting fails with a cause, not a hang.
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        drop(listener);
+        let started = std::time::Instant::now();
+        let facts = probe.facts().await;
+        assert!(started.elapsed() < CALL_TIMEOUT * 3);
+        let RuntimeFacts::Unavailable { error } = &facts else {
+            panic!("expected Unavailable, got {facts:?}");
+        };
+        assert!(error.contains("refused"), "the cause is spelled out: {error}");
+        facts.validate().unwrap();
     }
 }

@@ -1,8 +1,10 @@
-//! A hollow host: invented facts for scale measurements.
+//! A hollow host: invented facts for scale measurements only.
 //!
 //! Hundreds of hollow agents run in one process, each with its own QUIC connection
-//! and certificate, to load the controller the way a large pool would. They never
-//! stand in for Docker in functional tests.
+//! and certificate, to load the controller the way a large pool would. The facts are
+//! fixed (16 CPUs, 64 GiB, three images, no containers) apart from the host name,
+//! `hollow-{index}`, which keeps the hosts apart. They never stand in for Docker in
+//! functional tests: nothing here touches the real host.
 
 use cairn_shared::resources::{
     Capacity, DiskUsage, DockerFacts, HostFacts, ImageInfo, RuntimeFacts,
@@ -19,6 +21,7 @@ pub struct HollowFacts {
 }
 
 impl HollowFacts {
+    /// Hollow host number `index`; each index gets its own host name.
     pub fn new(index: usize) -> Self {
         HollowFacts { index }
     }
@@ -69,5 +72,21 @@ impl FactsSource for HollowFacts {
             image_count: 3,
             containers: vec![],
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_shared::validate::Validate;
+
+    #[tokio::test]
+    async fn hollow_facts_are_valid_and_distinct() {
+        let (a, b) = (HollowFacts::new(0), HollowFacts::new(1));
+        assert_eq!(a.host_facts().hostname, "hollow-0");
+        assert_ne!(a.host_facts().hostname, b.host_facts().hostname);
+        a.host_facts().validate().unwrap();
+        a.capacity().await.validate().unwrap();
+        a.runtime().await.validate().unwrap();
     }
 }
