@@ -22,7 +22,9 @@ pub fn docker_server_version() -> Result<String, String> {
     if out.status.success() && !version.is_empty() {
         Ok(version)
     } else {
-        let err = String::from_utf8_lossy(&out.stderr).trim().replace('\n', " ");
+        let err = String::from_utf8_lossy(&out.stderr)
+            .trim()
+            .replace('\n', " ");
         Err(if err.is_empty() {
             format!("docker version exited with {}", out.status)
         } else {
@@ -48,7 +50,7 @@ pub fn require_docker() -> bool {
         Ok(_) => true,
         Err(e) if in_ci() => {
             panic!(
-                "CI=true but the Docker Engine is not reachable: {e}. Docker tests must run in CI; start the engine (systemctl start docker) or set DOCKER_HOST"
+                "CI=true but the Docker Engine is not reachable ({e}); Docker tests must run in CI: start the engine (systemctl start docker) or set DOCKER_HOST"
             )
         }
         Err(e) => {

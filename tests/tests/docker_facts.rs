@@ -15,10 +15,22 @@ async fn facts_list_labelled_containers_and_images_from_the_engine() {
         return;
     }
     let image = busybox_image();
-    let instance = format!("test-{}", std::process::id());
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let instance = format!("test-{}-{nonce:08x}", std::process::id());
+    // Guards first, by name: a `docker run` that fails after creating the container
+    // still leaves nothing behind.
+    let labelled_name = format!("cairn-facts-{instance}");
+    let unlabelled_name = format!("cairn-facts-plain-{instance}");
+    let _guard = ContainerGuard(labelled_name.clone());
+    let _guard2 = ContainerGuard(unlabelled_name.clone());
     let id = docker(&[
         "run",
         "-d",
+        "--name",
+        &labelled_name,
         "--label",
         &format!("cairn.instance={instance}"),
         "--label",
@@ -29,9 +41,15 @@ async fn facts_list_labelled_containers_and_images_from_the_engine() {
         "sleep",
         "300",
     ]);
-    let _guard = ContainerGuard(id.clone());
-    let unlabelled = docker(&["run", "-d", &image, "sleep", "300"]);
-    let _guard2 = ContainerGuard(unlabelled.clone());
+    let unlabelled = docker(&[
+        "run",
+        "-d",
+        "--name",
+        &unlabelled_name,
+        &image,
+        "sleep",
+        "300",
+    ]);
 
     let tmp = tempfile::tempdir().unwrap();
     let facts = HostFactsSource::new(Default::default(), PathBuf::from(tmp.path())).await;
@@ -46,6 +64,8 @@ async fn facts_list_labelled_containers_and_images_from_the_engine() {
         .iter()
         .find(|c| c.id == id)
         .expect("labelled container listed");
+    assert_eq!(c.name, labelled_name);
+    assert_eq!(c.image, image);
     assert_eq!(c.state, "running");
     assert_eq!(c.labels.get("cairn.instance"), Some(&instance));
     assert_eq!(

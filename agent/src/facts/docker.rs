@@ -64,6 +64,11 @@ impl Endpoint {
 
     async fn connect(&self) -> Result<Docker, String> {
         let docker = match self {
+            // Like the CLI, treat an empty DOCKER_HOST as unset; bollard would reject
+            // it as a URI without a scheme.
+            Endpoint::Defaults if std::env::var_os("DOCKER_HOST").is_some_and(|h| h.is_empty()) => {
+                Docker::connect_with_local_defaults()
+            }
             Endpoint::Defaults => Docker::connect_with_defaults(),
             #[cfg(test)]
             Endpoint::Unix(path) => Docker::connect_with_unix(
@@ -494,7 +499,10 @@ mod tests {
         let RuntimeFacts::Unavailable { error } = &facts else {
             panic!("expected Unavailable, got {facts:?}");
         };
-        assert!(error.contains("refused"), "the cause is spelled out: {error}");
+        assert!(
+            error.contains("refused"),
+            "the cause is spelled out: {error}"
+        );
         facts.validate().unwrap();
     }
 }
