@@ -28,7 +28,7 @@ fn dev_mode_without_docker_fails_with_one_actionable_line() {
         "{err}"
     );
     assert!(
-        err.contains("start it (systemctl start docker) or point DOCKER_HOST at it"),
+        err.contains("start it (systemctl start docker) or set DOCKER_HOST"),
         "{err}"
     );
     assert!(
