@@ -123,6 +123,11 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
         });
     }
     tasks.spawn(liveness_loop(app.clone(), shutdown.clone()));
+    tasks.spawn(server_cert_loop(
+        app.clone(),
+        endpoint.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(api = %api_addr, link = %link_addr, ca = %app.pki.ca.fingerprint(), hosts = app.registry.list().len(), "controller started");
     Ok(Running {
         app,
@@ -154,6 +159,32 @@ async fn liveness_loop(app: Arc<App>, shutdown: CancellationToken) {
             last_flush = tokio::time::Instant::now();
             if let Err(e) = app.registry.flush_dirty() {
                 tracing::error!(error = %e, "writing heartbeat data failed");
+            }
+        }
+    }
+}
+
+/// Renews the server certificate of a long-running controller before it expires and
+/// swaps it into the endpoint; existing connections keep their session.
+async fn server_cert_loop(app: Arc<App>, endpoint: quinn::Endpoint, shutdown: CancellationToken) {
+    let mut current = app.pki.server.clone();
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        match app.pki.renew_if_due(&current, &app.data_dir, &app.config) {
+            Ok(None) => {}
+            Ok(Some(renewed)) => match identity::server_config(app.pki.ca.cert_der(), &renewed) {
+                Ok(cfg) => {
+                    endpoint.set_server_config(Some(cfg));
+                    current = renewed;
+                }
+                Err(e) => tracing::error!(error = %e, "renewed server certificate is unusable"),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "server certificate renewal failed; will retry in an hour")
             }
         }
     }

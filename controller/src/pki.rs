@@ -144,7 +144,7 @@ pub struct Pki {
 
 impl Pki {
     /// Loads the CA and server certificate, renewing the latter if less than a third of
-    /// its lifetime is left (or if it no longer names every configured server name).
+    /// its lifetime is left.
     pub fn load(dir: &DataDir, config: &ControllerConfig) -> Result<Self, PkiError> {
         let ca_der = identity::parse_cert_pem(&read(&dir.ca_cert())?)?.to_vec();
         let ca = Ca::load(ca_der, &read(&dir.ca_key())?)?;
@@ -153,24 +153,41 @@ impl Pki {
             cert_der,
             key_pem: read(&dir.server_key())?,
         };
-        let info = identity::cert_info(&server.cert_der)?;
+        let pki = Pki {
+            ca: Arc::new(ca),
+            server: server.clone(),
+        };
+        if let Some(renewed) = pki.renew_if_due(&server, dir, config)? {
+            server = renewed;
+        }
+        Ok(Pki { server, ..pki })
+    }
+
+    /// Issues and writes a new server certificate if less than a third of `current`'s
+    /// lifetime is left (the long-running controller calls this hourly). Returns the new
+    /// one, if any.
+    pub fn renew_if_due(
+        &self,
+        current: &CertAndKey,
+        dir: &DataDir,
+        config: &ControllerConfig,
+    ) -> Result<Option<CertAndKey>, PkiError> {
+        let info = identity::cert_info(&current.cert_der)?;
         let now = cairn_shared::time::now_ms() as i64 / 1000;
         let lifetime = (info.not_after_unix - info.not_before_unix).max(1);
-        if info.not_after_unix - now < lifetime / 3 {
-            tracing::info!(
-                not_after = info.not_after_unix,
-                "renewing the controller's server certificate"
-            );
-            server = ca.issue_server(
-                &config.certificates.server_names,
-                Duration::from_secs(config.certificates.server_cert_ttl_secs),
-            )?;
-            write_server(dir, &server)?;
+        if info.not_after_unix - now >= lifetime / 3 {
+            return Ok(None);
         }
-        Ok(Pki {
-            ca: Arc::new(ca),
-            server,
-        })
+        tracing::info!(
+            not_after = info.not_after_unix,
+            "renewing the controller's server certificate"
+        );
+        let server = self.ca.issue_server(
+            &config.certificates.server_names,
+            Duration::from_secs(config.certificates.server_cert_ttl_secs),
+        )?;
+        write_server(dir, &server)?;
+        Ok(Some(server))
     }
 }
 
