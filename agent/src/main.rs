@@ -73,13 +73,7 @@ fn system_hostname() -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    cairn_shared::process::init_logging();
     // One thread is plenty for a heartbeat every few seconds and keeps the idle
     // footprint small.
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -175,18 +169,7 @@ async fn run(state_dir: PathBuf) -> i32 {
 
 /// Cancels `token` on SIGINT or SIGTERM, so the agent says goodbye to the controller.
 async fn stop_on_signal(token: CancellationToken) {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
+    cairn_shared::process::shutdown_signal().await;
     tracing::info!("stopping");
     token.cancel();
 }

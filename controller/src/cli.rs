@@ -320,13 +320,10 @@ async fn create_token(
                 )
                 .await
                 .map_err(|e| CliError::Other(e.to_string()))?;
-            Ok(crate::api::CreatedTokenView {
-                token: created.token,
-                id: created.record.id,
-                expires_ms: created.record.expires_ms,
-                uses: created.record.max_uses,
-                ca_sha256: pki.ca.fingerprint().to_string(),
-            })
+            Ok(crate::api::CreatedTokenView::new(
+                created,
+                &pki.ca.fingerprint(),
+            ))
         }
         None => {
             let admin = std::fs::read_to_string(data.admin_token()).map_err(|e| {

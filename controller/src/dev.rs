@@ -103,16 +103,5 @@ pub async fn run(data_dir: PathBuf, api_port: u16, link_port: u16) -> Result<(),
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn wait_for_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
+    cairn_shared::process::shutdown_signal().await
 }

@@ -5,6 +5,7 @@
 //! * [`identity`] — the private CA, certificates, and the rustls/quinn configs built on them.
 //! * [`ids`] — validated identifiers (hosts, join tokens).
 //! * [`resources`] — host facts and capacity reported by agents.
+//! * [`process`] — logging set-up and shutdown signals for the binaries.
 //! * [`backoff`] — reconnect back-off with jitter, as a pure state machine.
 //! * [`fsutil`] — atomic, private file writes for keys and configs.
 //! * [`validate`] — bounds checks every input crosses before it is trusted.
@@ -15,6 +16,7 @@ pub mod framing;
 pub mod fsutil;
 pub mod identity;
 pub mod ids;
+pub mod process;
 pub mod protocol;
 pub mod resources;
 pub mod time;

@@ -43,6 +43,22 @@ pub struct CreatedTokenView {
     pub ca_sha256: String,
 }
 
+impl CreatedTokenView {
+    /// The view of a freshly created token, with the CA fingerprint a joining host pins.
+    pub fn new(
+        created: crate::tokens::CreatedToken,
+        ca: &cairn_shared::identity::Fingerprint,
+    ) -> Self {
+        CreatedTokenView {
+            token: created.token,
+            id: created.record.id,
+            expires_ms: created.record.expires_ms,
+            uses: created.record.max_uses,
+            ca_sha256: ca.to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct TokenView {
     pub id: String,
@@ -100,13 +116,7 @@ pub async fn create(
         .map_err(ApiError::internal)?;
     Ok((
         StatusCode::CREATED,
-        Json(CreatedTokenView {
-            token: created.token,
-            id: created.record.id,
-            expires_ms: created.record.expires_ms,
-            uses: created.record.max_uses,
-            ca_sha256: app.pki.ca.fingerprint().to_string(),
-        }),
+        Json(CreatedTokenView::new(created, &app.pki.ca.fingerprint())),
     ))
 }
 
