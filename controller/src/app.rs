@@ -25,6 +25,7 @@ pub struct App {
     pub store: Store,
     pub registry: Registry,
     pub tokens: TokenStore,
+    pub blueprints: crate::blueprints::Catalog,
     /// The address agents should dial, for join commands.
     pub link_addr: SocketAddr,
 }
@@ -65,6 +66,7 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
     let store = Store::open(&data_dir.state())?;
     let registry = Registry::load(store.clone(), Thresholds::from_config(&config.hosts))?;
     let tokens = TokenStore::new(store.clone());
+    let blueprints = crate::blueprints::Catalog::new(store.clone());
 
     let server_config = identity::server_config(pki.ca.cert_der(), &pki.server)?;
     let endpoint =
@@ -100,6 +102,7 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
         store,
         registry,
         tokens,
+        blueprints,
         link_addr,
     });
     let shutdown = CancellationToken::new();

@@ -5,6 +5,7 @@
 //! * [`auth`] — admin and join token secrets.
 //! * [`store`] — sled, with a schema-version guard.
 //! * [`tokens`] — join tokens.
+//! * [`blueprints`] — blueprint specs, validation and revisions.
 //! * [`hosts`] — the host registry and its liveness state machine.
 //! * [`link`] — the QUIC server agents dial: enrolment and sessions.
 //! * [`api`] — the REST API.
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod blueprints;
 pub mod cli;
 pub mod config;
 pub mod dev;

@@ -44,6 +44,8 @@ pub struct Store {
 pub enum Tree {
     Hosts,
     JoinTokens,
+    Blueprints,
+    BlueprintRevisions,
 }
 
 impl Tree {
@@ -51,6 +53,8 @@ impl Tree {
         match self {
             Tree::Hosts => "hosts",
             Tree::JoinTokens => "join_tokens",
+            Tree::Blueprints => "blueprints",
+            Tree::BlueprintRevisions => "blueprint_revisions",
         }
     }
 }
@@ -135,6 +139,25 @@ impl Store {
                     tracing::error!(tree = t.name(), key = %String::from_utf8_lossy(&k), error = %e, "skipping corrupt record")
                 }
             }
+        }
+        Ok(out)
+    }
+
+    /// Records whose keys start with `prefix`, in key order.
+    pub fn scan_prefix<T: DeserializeOwned>(
+        &self,
+        t: Tree,
+        prefix: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = vec![];
+        for item in self.tree(t)?.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            out.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                tree: t.name(),
+                key,
+                detail: e.to_string(),
+            })?);
         }
         Ok(out)
     }

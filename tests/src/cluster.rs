@@ -239,6 +239,26 @@ impl Controller {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// Sends `method path` with an optional JSON body and the admin token; returns
+    /// status and JSON body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.api))
+            .bearer_auth(&self.admin_token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("API request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     /// The hosts as the API lists them.
     pub async fn hosts(&self) -> Vec<Value> {
         let (status, body) = self.get("/api/v1/hosts").await;

@@ -3,6 +3,7 @@
 //! Every error is `{"error": {"code": "...", "message": "..."}}` with a fitting HTTP
 //! status: `code` is for programs, `message` for people.
 
+mod blueprints;
 mod hosts;
 mod tokens;
 
@@ -23,7 +24,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
@@ -36,6 +37,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Field-level problems of an invalid request body.
+    pub fields: Vec<crate::blueprints::FieldError>,
 }
 
 impl ApiError {
@@ -44,6 +47,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            fields: vec![],
         }
     }
     pub fn not_found(what: impl Into<String>) -> Self {
@@ -71,6 +75,8 @@ struct ErrorBody<'a> {
 struct ErrorDetail<'a> {
     code: &'a str,
     message: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    fields: &'a [crate::blueprints::FieldError],
 }
 
 impl IntoResponse for ApiError {
@@ -79,6 +85,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code,
                 message: &self.message,
+                fields: &self.fields,
             },
         };
         let mut resp = (self.status, Json(body)).into_response();
@@ -101,6 +108,17 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/hosts/{id}", get(hosts::get))
         .route("/join-tokens", get(tokens::list).post(tokens::create))
         .route("/join-tokens/{id}", delete(tokens::revoke))
+        .route(
+            "/blueprints",
+            get(blueprints::list).post(blueprints::create),
+        )
+        .route(
+            "/blueprints/{name}",
+            get(blueprints::get).put(blueprints::update),
+        )
+        .route("/blueprints/{name}/revisions", get(blueprints::revisions))
+        .route("/blueprints/{name}/enable", post(blueprints::enable))
+        .route("/blueprints/{name}/disable", post(blueprints::disable))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_admin));
     Router::new()
         .route("/healthz", get(healthz))
