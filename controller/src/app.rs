@@ -26,6 +26,8 @@ pub struct App {
     pub registry: Registry,
     pub tokens: TokenStore,
     pub blueprints: crate::blueprints::Catalog,
+    pub accounts: crate::users::Accounts,
+    pub api_tokens: crate::users::ApiTokens,
     /// The address agents should dial, for join commands.
     pub link_addr: SocketAddr,
 }
@@ -67,6 +69,8 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
     let registry = Registry::load(store.clone(), Thresholds::from_config(&config.hosts))?;
     let tokens = TokenStore::new(store.clone());
     let blueprints = crate::blueprints::Catalog::new(store.clone());
+    let accounts = crate::users::Accounts::new(store.clone());
+    let api_tokens = crate::users::ApiTokens::new(store.clone());
 
     let server_config = identity::server_config(pki.ca.cert_der(), &pki.server)?;
     let endpoint =
@@ -103,6 +107,8 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
         registry,
         tokens,
         blueprints,
+        accounts,
+        api_tokens,
         link_addr,
     });
     let shutdown = CancellationToken::new();

@@ -5,6 +5,7 @@
 //! * [`auth`] — admin and join token secrets.
 //! * [`store`] — sled, with a schema-version guard.
 //! * [`tokens`] — join tokens.
+//! * [`users`] — accounts, API tokens, and the principal of a request.
 //! * [`blueprints`] — blueprint specs, validation and revisions.
 //! * [`hosts`] — the host registry and its liveness state machine.
 //! * [`link`] — the QUIC server agents dial: enrolment and sessions.
@@ -26,3 +27,4 @@ pub mod link;
 pub mod pki;
 pub mod store;
 pub mod tokens;
+pub mod users;

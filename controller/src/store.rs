@@ -46,6 +46,8 @@ pub enum Tree {
     JoinTokens,
     Blueprints,
     BlueprintRevisions,
+    Users,
+    ApiTokens,
 }
 
 impl Tree {
@@ -55,6 +57,8 @@ impl Tree {
             Tree::JoinTokens => "join_tokens",
             Tree::Blueprints => "blueprints",
             Tree::BlueprintRevisions => "blueprint_revisions",
+            Tree::Users => "users",
+            Tree::ApiTokens => "api_tokens",
         }
     }
 }

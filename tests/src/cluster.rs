@@ -247,16 +247,59 @@ impl Controller {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.api))
-            .bearer_auth(&self.admin_token);
+        self.request(Some(&self.admin_token), method, path, body)
+            .await
+    }
+
+    /// Sends a request with the given bearer token (or none).
+    pub async fn request(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.api));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
         let resp = req.send().await.expect("API request");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates a user with the admin token and logs in; returns the user's API token.
+    pub async fn user(&self, name: &str, role: &str) -> String {
+        let password = format!("{name}-password-1");
+        let (status, body) = self
+            .send(
+                reqwest::Method::POST,
+                "/api/v1/users",
+                Some(serde_json::json!({"name": name, "password": password, "role": role})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        self.login(name, &password).await.expect("login")
+    }
+
+    /// Logs in; returns the token, or the error body.
+    pub async fn login(&self, name: &str, password: &str) -> Result<String, Value> {
+        let (status, body) = self
+            .request(
+                None,
+                reqwest::Method::POST,
+                "/api/v1/login",
+                Some(serde_json::json!({"user": name, "password": password})),
+            )
+            .await;
+        if status == 200 {
+            Ok(body["token"].as_str().expect("token").to_string())
+        } else {
+            Err(body)
+        }
     }
 
     /// The hosts as the API lists them.

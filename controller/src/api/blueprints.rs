@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 
-use super::{ApiError, ApiResult};
+use super::{Admin, ApiError, ApiResult, Caller};
 use crate::app::App;
 use crate::blueprints::catalog::Revision;
 use crate::blueprints::{BlueprintInput, BlueprintRecord, CatalogError};
@@ -53,24 +53,36 @@ fn check_name(name: &str) -> ApiResult<()> {
     }
 }
 
-pub async fn list(State(app): State<Arc<App>>) -> ApiResult<Json<Vec<BlueprintRecord>>> {
-    Ok(Json(app.blueprints.list().map_err(ApiError::internal)?))
+/// Users see the enabled blueprints; admins see all.
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Caller(p): Caller,
+) -> ApiResult<Json<Vec<BlueprintRecord>>> {
+    let all = app.blueprints.list().map_err(ApiError::internal)?;
+    Ok(Json(
+        all.into_iter()
+            .filter(|b| p.is_admin() || b.spec.enabled)
+            .collect(),
+    ))
 }
 
 pub async fn get(
     State(app): State<Arc<App>>,
+    Caller(p): Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<BlueprintRecord>> {
     check_name(&name)?;
     app.blueprints
         .get(&name)
         .map_err(ApiError::internal)?
+        .filter(|b| p.is_admin() || b.spec.enabled)
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no blueprint named {name:?}")))
 }
 
 pub async fn create(
     State(app): State<Arc<App>>,
+    _: Admin,
     b: Result<Json<BlueprintInput>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<BlueprintRecord>)> {
     let input = body(b)?;
@@ -84,6 +96,7 @@ pub async fn create(
 
 pub async fn update(
     State(app): State<Arc<App>>,
+    _: Admin,
     Path(name): Path<String>,
     b: Result<Json<BlueprintInput>, JsonRejection>,
 ) -> ApiResult<Json<BlueprintRecord>> {
@@ -113,6 +126,7 @@ async fn set_enabled(
 
 pub async fn enable(
     State(app): State<Arc<App>>,
+    _: Admin,
     Path(name): Path<String>,
 ) -> ApiResult<Json<BlueprintRecord>> {
     set_enabled(app, name, true).await
@@ -120,6 +134,7 @@ pub async fn enable(
 
 pub async fn disable(
     State(app): State<Arc<App>>,
+    _: Admin,
     Path(name): Path<String>,
 ) -> ApiResult<Json<BlueprintRecord>> {
     set_enabled(app, name, false).await
@@ -127,6 +142,7 @@ pub async fn disable(
 
 pub async fn revisions(
     State(app): State<Arc<App>>,
+    _: Admin,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Vec<Revision>>> {
     check_name(&name)?;

@@ -5,7 +5,9 @@
 
 mod blueprints;
 mod hosts;
+mod session;
 mod tokens;
+mod users;
 
 pub use tokens::{check as check_token_request, CreateToken, CreatedTokenView};
 
@@ -20,7 +22,8 @@ pub fn tokens_request(ttl_secs: u64, uses: u32, description: String) -> CreateTo
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -30,6 +33,7 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::auth;
+use crate::users::{Principal, Role};
 
 /// An API error.
 #[derive(Debug)]
@@ -102,8 +106,18 @@ impl IntoResponse for ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 /// Builds the router.
+///
+/// Every `/api/v1` route except `login` passes [`authenticate`], which attaches the
+/// caller's [`Principal`]; handlers take [`Caller`] or [`Admin`] to say who may call them.
 pub fn router(app: Arc<App>) -> Router {
-    let admin = Router::new()
+    let api = Router::new()
+        .route("/me", get(session::me))
+        .route("/logout", post(session::logout))
+        .route("/tokens", get(session::list_tokens))
+        .route("/tokens/{id}", delete(session::revoke_token))
+        .route("/users", get(users::list).post(users::create))
+        .route("/users/{name}/disable", post(users::disable))
+        .route("/users/{name}/enable", post(users::enable))
         .route("/hosts", get(hosts::list))
         .route("/hosts/{id}", get(hosts::get))
         .route("/join-tokens", get(tokens::list).post(tokens::create))
@@ -119,13 +133,117 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/blueprints/{name}/revisions", get(blueprints::revisions))
         .route("/blueprints/{name}/enable", post(blueprints::enable))
         .route("/blueprints/{name}/disable", post(blueprints::disable))
-        .route_layer(middleware::from_fn_with_state(app.clone(), require_admin));
+        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
+        .route("/login", post(session::login));
     Router::new()
         .route("/healthz", get(healthz))
-        .nest("/api/v1", admin)
+        .nest("/api/v1", api)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(app)
+}
+
+/// The authenticated caller of a request, whoever it is.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+/// The authenticated caller, who must be an admin (403 otherwise).
+#[derive(Debug, Clone)]
+pub struct Admin(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Caller)
+            .ok_or_else(unauthenticated)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let p = parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(unauthenticated)?;
+        if p.is_admin() {
+            Ok(Admin(p))
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this needs an admin account",
+            ))
+        }
+    }
+}
+
+fn unauthenticated() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "missing bearer token (Authorization: Bearer <token>)",
+    )
+}
+
+/// Resolves the bearer token to a [`Principal`]: the bootstrap admin token from `init`,
+/// or a login token of an enabled account.
+async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = presented else {
+        return unauthenticated().into_response();
+    };
+    let principal = if auth::matches_digest(token, &app.config.auth.admin_token_sha256) {
+        Some(Principal {
+            user: None,
+            role: Role::Admin,
+            token_id: None,
+        })
+    } else {
+        match resolve_token(&app, token) {
+            Ok(p) => p,
+            Err(e) => return ApiError::internal(e).into_response(),
+        }
+    };
+    match principal {
+        Some(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "invalid, expired or revoked token, or disabled account",
+        )
+        .into_response(),
+    }
+}
+
+fn resolve_token(app: &App, token: &str) -> Result<Option<Principal>, crate::store::StoreError> {
+    let Some(rec) = app.api_tokens.check(token, cairn_shared::time::now_ms())? else {
+        return Ok(None);
+    };
+    let Some(user) = app.accounts.get(&rec.user)? else {
+        return Ok(None);
+    };
+    if user.disabled {
+        return Ok(None);
+    }
+    Ok(Some(Principal {
+        user: Some(user.name),
+        role: user.role,
+        token_id: Some(rec.id),
+    }))
 }
 
 #[derive(Serialize)]
@@ -141,31 +259,4 @@ async fn healthz(State(app): State<Arc<App>>) -> Json<Health> {
         version: env!("CARGO_PKG_VERSION"),
         hosts: app.registry.count_by_state(),
     })
-}
-
-/// Requires `Authorization: Bearer <admin token>`.
-async fn require_admin(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "missing bearer token (Authorization: Bearer <token>)",
-        )
-        .into_response(),
-        Some(t) if auth::matches_digest(t, &app.config.auth.admin_token_sha256) => {
-            next.run(req).await
-        }
-        Some(_) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "invalid or revoked token",
-        )
-        .into_response(),
-    }
 }

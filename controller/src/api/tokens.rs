@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiResult};
+use super::{Admin, ApiError, ApiResult};
 use crate::app::App;
 use crate::tokens::JoinToken;
 
@@ -100,6 +100,7 @@ pub fn check(req: &CreateToken) -> Result<(), String> {
 
 pub async fn create(
     State(app): State<Arc<App>>,
+    _: Admin,
     body: Result<Json<CreateToken>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<CreatedTokenView>)> {
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -120,7 +121,7 @@ pub async fn create(
     ))
 }
 
-pub async fn list(State(app): State<Arc<App>>) -> ApiResult<Json<Vec<TokenView>>> {
+pub async fn list(State(app): State<Arc<App>>, _: Admin) -> ApiResult<Json<Vec<TokenView>>> {
     let mut tokens: Vec<TokenView> = app
         .tokens
         .list()
@@ -132,7 +133,11 @@ pub async fn list(State(app): State<Arc<App>>) -> ApiResult<Json<Vec<TokenView>>
     Ok(Json(tokens))
 }
 
-pub async fn revoke(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn revoke(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     if id.len() != 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::bad_request("a token id is 8 hex digits"));
     }

@@ -1,0 +1,236 @@
+//! Local user accounts.
+//!
+//! Passwords are hashed with argon2id (the crate's default parameters) and a random
+//! salt; hashing runs on the blocking pool because it is meant to be slow.
+
+use std::sync::Mutex;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Store, StoreError, Tree};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    User,
+}
+
+/// A stored account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub password_hash: String,
+    pub disabled: bool,
+    pub created_ms: u64,
+}
+
+impl User {
+    /// The account without its hash, for the API.
+    pub fn public(&self) -> User {
+        User {
+            password_hash: String::new(),
+            ..self.clone()
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    #[error(
+        "user names are 1-32 characters of a-z, 0-9, '.', '_' and '-', starting with a letter"
+    )]
+    BadName,
+    #[error("passwords are 8-1024 characters")]
+    BadPassword,
+    #[error("a user named {0:?} already exists")]
+    Exists(String),
+    #[error("no user named {0:?}")]
+    NotFound(String),
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub fn valid_user_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.as_bytes()[0].is_ascii_lowercase()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-_".contains(&b))
+}
+
+async fn hash(password: String) -> Result<String, AccountsError> {
+    tokio::task::spawn_blocking(move || {
+        let salt_bytes: [u8; 16] = rand::random();
+        let salt =
+            SaltString::encode_b64(&salt_bytes).map_err(|e| AccountsError::Hash(e.to_string()))?;
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| AccountsError::Hash(e.to_string()))
+    })
+    .await
+    .map_err(|e| AccountsError::Hash(e.to_string()))?
+}
+
+/// Checks a password against a stored hash on the blocking pool.
+async fn verify(password: String, stored: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&stored).is_ok_and(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// The accounts.
+#[derive(Debug)]
+pub struct Accounts {
+    store: Store,
+    write: Mutex<()>,
+}
+
+impl Accounts {
+    pub fn new(store: Store) -> Self {
+        Accounts {
+            store,
+            write: Mutex::new(()),
+        }
+    }
+
+    pub async fn create(
+        &self,
+        name: &str,
+        password: &str,
+        role: Role,
+        now_ms: u64,
+    ) -> Result<User, AccountsError> {
+        if !valid_user_name(name) {
+            return Err(AccountsError::BadName);
+        }
+        if password.chars().count() < 8 || password.len() > 1024 {
+            return Err(AccountsError::BadPassword);
+        }
+        let password_hash = hash(password.to_string()).await?;
+        let user = User {
+            name: name.to_string(),
+            role,
+            password_hash,
+            disabled: false,
+            created_ms: now_ms,
+        };
+        {
+            let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+            if self.store.get::<User>(Tree::Users, name)?.is_some() {
+                return Err(AccountsError::Exists(name.to_string()));
+            }
+            self.store.put(Tree::Users, name, &user)?;
+        }
+        self.store.flush().await?;
+        Ok(user)
+    }
+
+    pub fn get(&self, name: &str) -> Result<Option<User>, StoreError> {
+        if !valid_user_name(name) {
+            return Ok(None);
+        }
+        self.store.get(Tree::Users, name)
+    }
+
+    pub fn list(&self) -> Result<Vec<User>, StoreError> {
+        let mut v: Vec<User> = self.store.all(Tree::Users)?;
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+
+    pub async fn set_disabled(&self, name: &str, disabled: bool) -> Result<User, AccountsError> {
+        let user = {
+            let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+            let mut u = self
+                .get(name)?
+                .ok_or_else(|| AccountsError::NotFound(name.to_string()))?;
+            u.disabled = disabled;
+            self.store.put(Tree::Users, name, &u)?;
+            u
+        };
+        self.store.flush().await?;
+        Ok(user)
+    }
+
+    /// The user, if `password` is theirs and the account is enabled. Every failure looks
+    /// the same to the caller, so a login form cannot be used to find account names.
+    pub async fn authenticate(
+        &self,
+        name: &str,
+        password: &str,
+    ) -> Result<Option<User>, StoreError> {
+        let Some(user) = self.get(name)? else {
+            // Spend the time a real check would, so response times do not reveal
+            // which names exist.
+            let _ = hash(password.to_string()).await;
+            return Ok(None);
+        };
+        let ok = verify(password.to_string(), user.password_hash.clone()).await;
+        Ok((ok && !user.disabled).then_some(user))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn passwords_are_hashed_and_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = Accounts::new(Store::open(tmp.path()).unwrap());
+        let u = a
+            .create("alice", "correct horse", Role::User, 1)
+            .await
+            .unwrap();
+        assert!(u.password_hash.starts_with("$argon2id$"));
+        assert!(!u.password_hash.contains("correct horse"));
+        assert!(a
+            .authenticate("alice", "correct horse")
+            .await
+            .unwrap()
+            .is_some());
+        assert!(a
+            .authenticate("alice", "wrong horse!")
+            .await
+            .unwrap()
+            .is_none());
+        assert!(a
+            .authenticate("bob", "correct horse")
+            .await
+            .unwrap()
+            .is_none());
+        a.set_disabled("alice", true).await.unwrap();
+        assert!(a
+            .authenticate("alice", "correct horse")
+            .await
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            a.create("alice", "another pass", Role::Admin, 2).await,
+            Err(AccountsError::Exists(_))
+        ));
+        assert!(matches!(
+            a.create("Alice", "another pass", Role::User, 2).await,
+            Err(AccountsError::BadName)
+        ));
+        assert!(matches!(
+            a.create("carol", "short", Role::User, 2).await,
+            Err(AccountsError::BadPassword)
+        ));
+        assert_eq!(a.list().unwrap()[0].public().password_hash, "");
+    }
+}
