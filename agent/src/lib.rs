@@ -3,10 +3,11 @@
 //! It enrols once with a join token ([`enrol`]), keeps its identity in a state
 //! directory ([`state`]), and then holds one mutually authenticated QUIC connection to
 //! the controller ([`link`]), over which it reports what it sees of its host
-//! ([`facts`]).
+//! ([`facts`]) and on which it receives the instances to run ([`runtime`]).
 #![forbid(unsafe_code)]
 
 pub mod enrol;
 pub mod facts;
 pub mod link;
+pub mod runtime;
 pub mod state;

@@ -24,7 +24,10 @@ use cairn_shared::protocol::{
 use tokio_util::sync::CancellationToken;
 
 use crate::facts::FactsSource;
+use crate::runtime::Workloads;
 use crate::state::{AgentState, StateDir};
+use cairn_shared::validate::Validate;
+use cairn_shared::workload::{ControllerRequest, ControllerResponse};
 
 /// Settings of the link loop.
 #[derive(Debug, Clone)]
@@ -38,6 +41,18 @@ pub struct LinkOptions {
     /// The protocol version put in the Hello. Always [`PROTOCOL_VERSION`] except in
     /// tests of version mismatch.
     pub protocol_version: u32,
+    /// The instances of this host; `None` for an agent that only reports facts.
+    pub workloads: Option<WorkloadsHandle>,
+}
+
+/// Shared handle to the supervisor, as the link sees it.
+#[derive(Clone)]
+pub struct WorkloadsHandle(pub Arc<dyn Workloads>);
+
+impl std::fmt::Debug for WorkloadsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkloadsHandle")
+    }
 }
 
 impl Default for LinkOptions {
@@ -48,6 +63,7 @@ impl Default for LinkOptions {
             backoff_max: Duration::from_secs(30),
             renew_fraction: 1.0 / 3.0,
             protocol_version: PROTOCOL_VERSION,
+            workloads: None,
         }
     }
 }
@@ -265,6 +281,36 @@ async fn converse<F: FactsSource>(
             .max(Duration::from_secs(1)),
     );
     let mut seq = 0u64;
+
+    // The control stream is read by a task of its own: a frame read is not
+    // cancel-safe, so it must not sit in the select below.
+    let (msg_tx, mut msg_rx) = tokio::sync::mpsc::channel::<Result<ControllerMsg, String>>(16);
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = framing::read::<_, ControllerMsg>(&mut recv, framing::MAX_FRAME_LEN).await;
+            let end = !matches!(r, Ok(Some(_)));
+            let item = match r {
+                Ok(Some(m)) => Ok(m),
+                Ok(None) => Err("controller closed the control stream".to_string()),
+                Err(e) => Err(format!("control stream: {e}")),
+            };
+            if msg_tx.send(item).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    let _reader_guard = AbortOnDrop(reader);
+
+    let workloads = opts.workloads.clone();
+    if let Some(w) = &workloads {
+        let full = AgentMsg::Instances {
+            full: true,
+            reports: w.0.snapshot(),
+        };
+        if let Err(e) = framing::write(&mut send, &full, framing::MAX_FRAME_LEN).await {
+            return lost(conn, true, format!("sending instance reports: {e}"));
+        }
+    }
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return SessionEnd::Shutdown,
@@ -280,15 +326,93 @@ async fn converse<F: FactsSource>(
                     return lost(conn, true, format!("sending heartbeat: {e}"));
                 }
             }
-            msg = framing::read::<_, ControllerMsg>(&mut recv, framing::MAX_FRAME_LEN) => match msg {
-                Ok(Some(ControllerMsg::Noop)) => {}
-                Ok(None) => return lost(conn, true, "controller closed the control stream".into()),
-                Err(e) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
-                    return lost(conn, true, format!("control stream: {e}"));
+            _ = wait_changed(&workloads) => {
+                if let Some(w) = &workloads {
+                    let reports = w.0.drain();
+                    if !reports.is_empty() {
+                        let m = AgentMsg::Instances { full: false, reports };
+                        if let Err(e) = framing::write(&mut send, &m, framing::MAX_FRAME_LEN).await {
+                            return lost(conn, true, format!("sending instance reports: {e}"));
+                        }
+                    }
                 }
+            }
+            stream = conn.accept_bi() => match stream {
+                Ok((s, r)) => {
+                    let w = workloads.clone();
+                    tokio::spawn(async move { serve_request(w, s, r).await });
+                }
+                Err(e) => return classify(&e, true),
+            },
+            msg = msg_rx.recv() => match msg {
+                Some(Ok(ControllerMsg::Noop)) => {}
+                Some(Ok(ControllerMsg::Desired(update))) => {
+                    if let Err(e) = update.validate() {
+                        tracing::warn!(error = %e, "ignoring invalid desired state");
+                        continue;
+                    }
+                    let applied = workloads.as_ref().map(|w| w.0.apply(update)).unwrap_or(true);
+                    if !applied {
+                        tracing::info!("missed a desired-state version; asking for the full set");
+                        if let Err(e) = framing::write(&mut send, &AgentMsg::ResyncDesired, framing::MAX_FRAME_LEN).await {
+                            return lost(conn, true, format!("asking for resync: {e}"));
+                        }
+                    }
+                }
+                Some(Err(reason)) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+                    return lost(conn, true, reason);
+                }
+                None => return lost(conn, true, "control stream reader ended".into()),
             },
         }
+    }
+}
+
+/// Resolves when the supervisor has queued reports (never, without one). Dropping it
+/// unresolved loses nothing: tokio hands an unconsumed notification on.
+async fn wait_changed(workloads: &Option<WorkloadsHandle>) {
+    match workloads {
+        Some(w) => w.0.changed().notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Answers one request the controller opened a stream for.
+async fn serve_request(
+    workloads: Option<WorkloadsHandle>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let req = match framing::read::<_, ControllerRequest>(&mut recv, 64 * 1024).await {
+        Ok(Some(r)) => r,
+        _ => return,
+    };
+    let resp = match (req, workloads) {
+        (ControllerRequest::Logs { instance, tail }, Some(w)) => {
+            match w.0.logs(instance, tail.min(100_000)).await {
+                Ok(text) => ControllerResponse::Logs { text },
+                Err(message) => ControllerResponse::Error { message },
+            }
+        }
+        (_, None) => ControllerResponse::Error {
+            message: "this agent runs no instances".into(),
+        },
+    };
+    if framing::write(&mut send, &resp, framing::MAX_FRAME_LEN)
+        .await
+        .is_ok()
+    {
+        let _ = send.finish();
     }
 }
 

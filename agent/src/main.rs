@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use cairn_agent::enrol::{self, JoinOptions};
 use cairn_agent::facts::HostFactsSource;
-use cairn_agent::link::{self, LinkError, LinkOptions};
+use cairn_agent::link::{self, LinkError, LinkOptions, WorkloadsHandle};
+use cairn_agent::runtime::docker::DockerRuntime;
+use cairn_agent::runtime::Supervisor;
 use cairn_agent::state::{AgentState, StateDir};
 use cairn_shared::identity::Fingerprint;
 use clap::{Parser, Subcommand};
@@ -150,8 +152,13 @@ async fn run(state_dir: PathBuf) -> i32 {
     let facts = Arc::new(HostFactsSource::new(state.config.labels.clone(), state_dir).await);
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
+    // Instances keep running when the agent stops; the supervisor adopts them again
+    // when it starts.
+    let supervisor = Supervisor::new(DockerRuntime::new());
+    tokio::spawn(supervisor.clone().run(shutdown.clone()));
     let opts = LinkOptions {
         state_dir: Some(dir),
+        workloads: Some(WorkloadsHandle(supervisor)),
         ..LinkOptions::default()
     };
     match link::run(state, facts, None, opts, shutdown).await {

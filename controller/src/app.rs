@@ -28,6 +28,7 @@ pub struct App {
     pub blueprints: crate::blueprints::Catalog,
     pub accounts: crate::users::Accounts,
     pub api_tokens: crate::users::ApiTokens,
+    pub instances: crate::instances::Instances,
     /// The address agents should dial, for join commands.
     pub link_addr: SocketAddr,
 }
@@ -71,6 +72,7 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
     let blueprints = crate::blueprints::Catalog::new(store.clone());
     let accounts = crate::users::Accounts::new(store.clone());
     let api_tokens = crate::users::ApiTokens::new(store.clone());
+    let instances = crate::instances::Instances::load(store.clone(), config.instances.clone())?;
 
     let server_config = identity::server_config(pki.ca.cert_der(), &pki.server)?;
     let endpoint =
@@ -109,6 +111,7 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
         blueprints,
         accounts,
         api_tokens,
+        instances,
         link_addr,
     });
     let shutdown = CancellationToken::new();
@@ -161,9 +164,11 @@ async fn liveness_loop(app: Arc<App>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => break,
         }
-        if let Err(e) = app.registry.tick(cairn_shared::time::now_ms()).await {
+        let now = cairn_shared::time::now_ms();
+        if let Err(e) = app.registry.tick(now).await {
             tracing::error!(error = %e, "liveness update failed");
         }
+        app.instances.tick(&app, now).await;
         if last_flush.elapsed() >= Duration::from_secs(10) {
             last_flush = tokio::time::Instant::now();
             if let Err(e) = app.registry.flush_dirty() {

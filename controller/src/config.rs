@@ -65,6 +65,35 @@ pub struct ControllerConfig {
     pub hosts: HostsConfig,
     pub certificates: CertificatesConfig,
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub instances: InstancesConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InstancesConfig {
+    /// How long an app may take to answer after its container starts.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout_ms: u64,
+    /// Most unfinished instances one user may have, over all blueprints.
+    #[serde(default = "default_max_per_user")]
+    pub max_per_user: u32,
+}
+
+fn default_start_timeout() -> u64 {
+    120_000
+}
+fn default_max_per_user() -> u32 {
+    10
+}
+
+impl Default for InstancesConfig {
+    fn default() -> Self {
+        InstancesConfig {
+            start_timeout_ms: default_start_timeout(),
+            max_per_user: default_max_per_user(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -224,6 +253,7 @@ mod tests {
             auth: AuthConfig {
                 admin_token_sha256: "0".repeat(64),
             },
+            instances: InstancesConfig::default(),
         }
     }
 

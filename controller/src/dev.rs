@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use cairn_agent::enrol::{self, JoinOptions};
 use cairn_agent::facts::{self, HostFactsSource};
-use cairn_agent::link::{self, LinkOptions};
+use cairn_agent::link::{self, LinkOptions, WorkloadsHandle};
+use cairn_agent::runtime::docker::DockerRuntime;
+use cairn_agent::runtime::Supervisor;
 use cairn_agent::state::{AgentState, StateDir};
 
 use crate::app;
@@ -71,12 +73,15 @@ pub async fn run(data_dir: PathBuf, api_port: u16, link_port: u16) -> Result<(),
     );
     let shutdown = running.shutdown_token();
     let agent_stop = tokio_util::sync::CancellationToken::new();
+    let supervisor = Supervisor::new(DockerRuntime::new());
+    tokio::spawn(supervisor.clone().run(agent_stop.clone()));
     let agent = tokio::spawn(link::run(
         state,
         facts,
         None,
         LinkOptions {
             state_dir: Some(agent_dir),
+            workloads: Some(WorkloadsHandle(supervisor)),
             ..LinkOptions::default()
         },
         agent_stop.clone(),

@@ -7,6 +7,7 @@
 //! * [`tokens`] — join tokens.
 //! * [`users`] — accounts, API tokens, and the principal of a request.
 //! * [`blueprints`] — blueprint specs, validation and revisions.
+//! * [`instances`] — instance lifecycle, placement, desired state per host.
 //! * [`hosts`] — the host registry and its liveness state machine.
 //! * [`link`] — the QUIC server agents dial: enrolment and sessions.
 //! * [`api`] — the REST API.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod hosts;
+pub mod instances;
 pub mod link;
 pub mod pki;
 pub mod store;

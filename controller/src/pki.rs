@@ -94,6 +94,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<InitOutcome, PkiError> 
         },
         hosts: opts.hosts.clone(),
         certificates,
+        instances: Default::default(),
         auth: AuthConfig {
             admin_token_sha256: auth::digest_hex(&admin_token),
         },

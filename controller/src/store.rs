@@ -48,6 +48,7 @@ pub enum Tree {
     BlueprintRevisions,
     Users,
     ApiTokens,
+    Instances,
 }
 
 impl Tree {
@@ -59,6 +60,7 @@ impl Tree {
             Tree::BlueprintRevisions => "blueprint_revisions",
             Tree::Users => "users",
             Tree::ApiTokens => "api_tokens",
+            Tree::Instances => "instances",
         }
     }
 }

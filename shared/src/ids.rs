@@ -82,6 +82,64 @@ impl fmt::Debug for HostId {
     }
 }
 
+/// An instance's identity: `i-` followed by 16 lowercase hex digits.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    pub fn generate() -> Self {
+        let n: u64 = rand::rng().random();
+        InstanceId(format!("i-{n:016x}"))
+    }
+
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        let ok = s.len() == 18
+            && s.starts_with("i-")
+            && s[2..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if ok {
+            Ok(InstanceId(s.to_owned()))
+        } else {
+            Err(IdError {
+                kind: "instance",
+                value: s.chars().take(64).collect(),
+                expected: "\"i-\" and 16 lowercase hex digits",
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for InstanceId {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        InstanceId::parse(&s)
+    }
+}
+
+impl From<InstanceId> for String {
+    fn from(id: InstanceId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +165,14 @@ mod tests {
         ] {
             assert!(HostId::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn instance_ids() {
+        let id = InstanceId::generate();
+        assert_eq!(InstanceId::parse(id.as_str()), Ok(id));
+        assert!(InstanceId::parse("i-xyz").is_err());
+        assert!(InstanceId::parse("h-0123456789abcdef").is_err());
     }
 
     #[test]

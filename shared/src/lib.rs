@@ -8,6 +8,7 @@
 //! * [`process`] — logging set-up and shutdown signals for the binaries.
 //! * [`backoff`] — reconnect back-off with jitter, as a pure state machine.
 //! * [`fsutil`] — atomic, private file writes for keys and configs.
+//! * [`workload`] — desired instances and instance reports on the link.
 //! * [`validate`] — bounds checks every input crosses before it is trusted.
 #![forbid(unsafe_code)]
 
@@ -21,3 +22,4 @@ pub mod protocol;
 pub mod resources;
 pub mod time;
 pub mod validate;
+pub mod workload;

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::HostId;
 use crate::resources::{Capacity, HostFacts, RuntimeFacts};
 use crate::validate::{self, Invalid, Validate};
+use crate::workload::{DesiredUpdate, InstanceReport};
 
 /// The link protocol version spoken by this build.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -195,8 +196,18 @@ pub struct Welcome {
 
 /// Messages from the agent on the control stream, after the Hello.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// Boxing the heartbeat would cost an allocation per message for nothing: messages
+// are decoded, handled and dropped one at a time.
+#[allow(clippy::large_enum_variant)]
 pub enum AgentMsg {
     Heartbeat(Heartbeat),
+    /// Phases of instances: all of them when `full`, else the ones that changed.
+    Instances {
+        full: bool,
+        reports: Vec<InstanceReport>,
+    },
+    /// The agent missed a desired-state version; send the full set.
+    ResyncDesired,
 }
 
 impl Validate for AgentMsg {
@@ -206,6 +217,11 @@ impl Validate for AgentMsg {
                 h.capacity.validate()?;
                 h.runtime.validate()
             }
+            AgentMsg::Instances { reports, .. } => {
+                validate::max_items("reports", reports, crate::workload::MAX_DESIRED)?;
+                reports.iter().try_for_each(Validate::validate)
+            }
+            AgentMsg::ResyncDesired => Ok(()),
         }
     }
 }
@@ -219,11 +235,12 @@ pub struct Heartbeat {
 }
 
 /// Messages from the controller on the control stream, after the Welcome.
-/// (Desired state arrives here in later protocol revisions.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControllerMsg {
-    /// Nothing to do; keeps the stream's shape open for later variants.
+    /// Nothing to do.
     Noop,
+    /// What this host should run.
+    Desired(DesiredUpdate),
 }
 
 /// A request from the agent on a stream of its own.

@@ -5,6 +5,7 @@
 
 mod blueprints;
 mod hosts;
+mod instances;
 mod session;
 mod tokens;
 mod users;
@@ -118,6 +119,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/users", get(users::list).post(users::create))
         .route("/users/{name}/disable", post(users::disable))
         .route("/users/{name}/enable", post(users::enable))
+        .route("/instances", get(instances::list).post(instances::launch))
+        .route(
+            "/instances/{id}",
+            get(instances::get).delete(instances::stop),
+        )
+        .route("/instances/{id}/extend", post(instances::extend))
+        .route("/instances/{id}/logs", get(instances::logs))
         .route("/hosts", get(hosts::list))
         .route("/hosts/{id}", get(hosts::get))
         .route("/join-tokens", get(tokens::list).post(tokens::create))

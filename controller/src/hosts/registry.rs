@@ -130,10 +130,13 @@ pub enum RegistryError {
     Store(#[from] StoreError),
 }
 
+/// Sends messages down a host's control stream (a writer task owns the stream).
+pub type ControlSender = tokio::sync::mpsc::UnboundedSender<cairn_shared::protocol::ControllerMsg>;
+
 struct Entry {
     record: HostRecord,
     /// The live connection and its generation number.
-    conn: Option<(u64, quinn::Connection)>,
+    conn: Option<(u64, quinn::Connection, ControlSender)>,
     dirty: bool,
 }
 
@@ -214,18 +217,23 @@ impl Registry {
         &self,
         id: &HostId,
         conn: quinn::Connection,
-        facts: HostFacts,
-        capacity: Capacity,
-        runtime: RuntimeFacts,
+        tx: ControlSender,
+        hello: cairn_shared::protocol::Hello,
         now_ms: u64,
     ) -> Result<u64, RegistryError> {
+        let cairn_shared::protocol::Hello {
+            facts,
+            capacity,
+            runtime,
+            ..
+        } = hello;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         {
             let mut hosts = self.lock();
             let entry = hosts
                 .get_mut(id)
                 .ok_or_else(|| RegistryError::UnknownHost(id.clone()))?;
-            if let Some((_, old)) = entry.conn.take() {
+            if let Some((_, old, _)) = entry.conn.take() {
                 old.close(
                     CloseCode::Replaced.into(),
                     b"replaced by a newer connection of the same host",
@@ -244,7 +252,7 @@ impl Registry {
             {
                 r.record(t);
             }
-            entry.conn = Some((generation, conn));
+            entry.conn = Some((generation, conn, tx));
             entry.dirty = false;
             self.store.put(Tree::Hosts, id.as_str(), &entry.record)?;
         }
@@ -266,7 +274,7 @@ impl Registry {
             let entry = hosts
                 .get_mut(id)
                 .ok_or_else(|| RegistryError::UnknownHost(id.clone()))?;
-            if entry.conn.as_ref().map(|(g, _)| *g) != Some(generation) {
+            if entry.conn.as_ref().map(|(g, _, _)| *g) != Some(generation) {
                 // A late heartbeat from a replaced connection: ignore it.
                 return Ok(());
             }
@@ -306,7 +314,7 @@ impl Registry {
             let Some(entry) = hosts.get_mut(id) else {
                 return Ok(());
             };
-            if entry.conn.as_ref().map(|(g, _)| *g) != Some(generation) {
+            if entry.conn.as_ref().map(|(g, _, _)| *g) != Some(generation) {
                 return Ok(());
             }
             entry.conn = None;
@@ -376,6 +384,22 @@ impl Registry {
         Ok(())
     }
 
+    /// Queues a message for a host's control stream; false if it is not connected.
+    pub fn send(&self, id: &HostId, msg: cairn_shared::protocol::ControllerMsg) -> bool {
+        self.lock()
+            .get(id)
+            .and_then(|e| e.conn.as_ref())
+            .is_some_and(|(_, _, tx)| tx.send(msg).is_ok())
+    }
+
+    /// The live connection of a host, for requests to its agent.
+    pub fn connection(&self, id: &HostId) -> Option<quinn::Connection> {
+        self.lock()
+            .get(id)
+            .and_then(|e| e.conn.as_ref())
+            .map(|(_, c, _)| c.clone())
+    }
+
     pub fn list(&self) -> Vec<HostView> {
         let hosts = self.lock();
         let mut out: Vec<HostView> = hosts.values().map(|e| HostView::from(&e.record)).collect();
@@ -398,7 +422,7 @@ impl Registry {
     /// Closes every live connection (controller shutdown).
     pub fn close_all(&self, code: CloseCode, reason: &str) {
         for e in self.lock().values_mut() {
-            if let Some((_, c)) = e.conn.take() {
+            if let Some((_, c, _)) = e.conn.take() {
                 c.close(code.into(), reason.as_bytes());
             }
         }

@@ -9,7 +9,7 @@ use cairn_shared::identity;
 use cairn_shared::ids::HostId;
 use cairn_shared::protocol::{
     describe_connection_error, peek_version, AgentMsg, AgentRequest, AgentResponse, CloseCode,
-    Hello, RefusalCode, Welcome, PROTOCOL_VERSION,
+    ControllerMsg, Hello, RefusalCode, Welcome, PROTOCOL_VERSION,
 };
 use cairn_shared::validate::Validate;
 use tracing::Instrument;
@@ -80,16 +80,12 @@ async fn run(app: Arc<App>, conn: quinn::Connection, host: HostId) {
         return refuse(&conn, CloseCode::Garbled, &format!("invalid hello: {e}"));
     }
     let now = cairn_shared::time::now_ms();
+    // Messages for the agent queue here until the Welcome is written; a writer task
+    // then owns the send side, so nobody else ever interleaves bytes into it.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ControllerMsg>();
     let generation = match app
         .registry
-        .connected(
-            &host,
-            conn.clone(),
-            hello.facts,
-            hello.capacity,
-            hello.runtime,
-            now,
-        )
+        .connected(&host, conn.clone(), tx, hello, now)
         .await
     {
         Ok(g) => g,
@@ -105,6 +101,26 @@ async fn run(app: Arc<App>, conn: quinn::Connection, host: HostId) {
         tracing::info!(error = %e, "could not send welcome");
     }
     tracing::info!(remote = %conn.remote_address(), "agent connected");
+    let writer_conn = conn.clone();
+    let writer = tokio::spawn(
+        async move {
+            while let Some(msg) = rx.recv().await {
+                if let Err(e) = framing::write(&mut send, &msg, max).await {
+                    tracing::debug!(error = %e, "control stream write failed");
+                    writer_conn.close(
+                        CloseCode::ProtocolViolation.into(),
+                        b"control stream write failed",
+                    );
+                    break;
+                }
+            }
+        }
+        .in_current_span(),
+    );
+    app.instances.host_connected(&app, &host);
+    app.instances
+        .schedule(&app, cairn_shared::time::now_ms())
+        .await;
 
     let requests = serve_requests(app.clone(), conn.clone(), host.clone());
     let control = control_loop(&app, &conn, &host, generation, &mut recv, max);
@@ -112,6 +128,7 @@ async fn run(app: Arc<App>, conn: quinn::Connection, host: HostId) {
         r = control => r,
         r = requests => r,
     };
+    writer.abort();
     let _ = app
         .registry
         .disconnected(&host, generation, &reason, cairn_shared::time::now_ms())
@@ -134,13 +151,12 @@ async fn control_loop(
             return describe_connection_error(&e);
         }
         match msg {
-            Ok(Some(AgentMsg::Heartbeat(hb))) => {
-                let m = AgentMsg::Heartbeat(hb);
+            Ok(Some(m @ AgentMsg::Heartbeat(_))) => {
                 if let Err(e) = m.validate() {
                     refuse(conn, CloseCode::Garbled, &format!("invalid heartbeat: {e}"));
                     return format!("invalid heartbeat: {e}");
                 }
-                let AgentMsg::Heartbeat(hb) = m;
+                let AgentMsg::Heartbeat(hb) = m else { continue };
                 if let Err(e) = app
                     .registry
                     .heartbeat(
@@ -155,6 +171,24 @@ async fn control_loop(
                     tracing::error!(error = %e, "could not record heartbeat");
                 }
             }
+            Ok(Some(m @ AgentMsg::Instances { .. })) => {
+                if let Err(e) = m.validate() {
+                    refuse(
+                        conn,
+                        CloseCode::Garbled,
+                        &format!("invalid instance reports: {e}"),
+                    );
+                    return format!("invalid instance reports: {e}");
+                }
+                let AgentMsg::Instances { reports, full } = m else {
+                    continue;
+                };
+                tracing::debug!(count = reports.len(), full, "instance reports");
+                app.instances
+                    .on_reports(app, host, reports, cairn_shared::time::now_ms())
+                    .await;
+            }
+            Ok(Some(AgentMsg::ResyncDesired)) => app.instances.sync_host(app, host, true),
             Ok(None) => {
                 refuse(conn, CloseCode::ProtocolViolation, "control stream closed");
                 return "control stream closed by agent".into();

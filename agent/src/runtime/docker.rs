@@ -1,0 +1,301 @@
+//! [`ContainerRuntime`] on the Docker Engine.
+//!
+//! Containers join one Cairn-managed bridge network with inter-container traffic
+//! off, publish no ports on the host, get hard memory (no swap) and CPU limits, and
+//! carry `cairn.*` labels so a restarted agent adopts them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, InspectContainerOptions, InspectNetworkOptions,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StartContainerOptions,
+};
+use bollard::Docker;
+use cairn_shared::ids::InstanceId;
+use cairn_shared::workload::{DesiredInstance, MAX_LOG_BYTES};
+use futures::StreamExt;
+
+use super::{labels, ContainerRuntime, ContainerState, Observed, RuntimeError};
+
+/// The Docker network instances run on, and its Linux bridge.
+pub const NETWORK: &str = "cairn";
+pub const BRIDGE: &str = "cairn0";
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn docker_err(what: &str, e: bollard::errors::Error) -> RuntimeError {
+    let msg = match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message,
+        other => other.to_string(),
+    };
+    RuntimeError(format!("{what}: {msg}"))
+}
+
+async fn bounded<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, bollard::errors::Error>>,
+) -> Result<T, RuntimeError> {
+    match tokio::time::timeout(CALL_TIMEOUT, f).await {
+        Ok(r) => r.map_err(|e| docker_err(what, e)),
+        Err(_) => Err(RuntimeError(format!(
+            "{what}: the Docker Engine did not answer within {} s",
+            CALL_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Docker, through bollard. Connects on first use (and again until it works), so an
+/// agent started before the engine comes up catches up by itself.
+#[derive(Debug, Default)]
+pub struct DockerRuntime {
+    client: tokio::sync::OnceCell<Docker>,
+}
+
+impl DockerRuntime {
+    pub fn new() -> Self {
+        DockerRuntime::default()
+    }
+
+    async fn docker(&self) -> Result<&Docker, RuntimeError> {
+        self.client
+            .get_or_try_init(|| async {
+                let docker = Docker::connect_with_defaults()
+                    .map_err(|e| docker_err("connecting to Docker", e))?;
+                bounded(
+                    "negotiating the Docker API version",
+                    docker.negotiate_version(),
+                )
+                .await
+            })
+            .await
+    }
+
+    fn name(id: &InstanceId) -> String {
+        format!("cairn-{id}")
+    }
+}
+
+impl ContainerRuntime for DockerRuntime {
+    async fn prepare(&self) -> Result<(), RuntimeError> {
+        match self
+            .docker()
+            .await?
+            .inspect_network(NETWORK, None::<InspectNetworkOptions>)
+            .await
+        {
+            Ok(net) => {
+                let icc = net
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.get("com.docker.network.bridge.enable_icc"))
+                    .map(String::as_str);
+                if icc != Some("false") {
+                    tracing::warn!(network = NETWORK, "the existing network lets containers talk to each other; recreate it to isolate instances");
+                }
+                Ok(())
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                let options = HashMap::from([
+                    (
+                        "com.docker.network.bridge.enable_icc".to_string(),
+                        "false".to_string(),
+                    ),
+                    (
+                        "com.docker.network.bridge.name".to_string(),
+                        BRIDGE.to_string(),
+                    ),
+                ]);
+                let req = NetworkCreateRequest {
+                    name: NETWORK.into(),
+                    driver: Some("bridge".into()),
+                    options: Some(options),
+                    labels: Some(HashMap::from([(
+                        "cairn.managed".to_string(),
+                        "true".to_string(),
+                    )])),
+                    ..Default::default()
+                };
+                match bounded(
+                    "creating the Cairn network",
+                    self.docker().await?.create_network(req),
+                )
+                .await
+                {
+                    Ok(_) => Ok(()),
+                    // Another agent on the same engine created it first.
+                    Err(e) if e.0.contains("already exists") => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(docker_err("inspecting the Cairn network", e)),
+        }
+    }
+
+    async fn list(&self) -> Result<BTreeMap<InstanceId, Observed>, RuntimeError> {
+        let filters = HashMap::from([("label".to_string(), vec![labels::INSTANCE.to_string()])]);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = bounded(
+            "listing containers",
+            self.docker().await?.list_containers(Some(opts)),
+        )
+        .await?;
+        let mut out = BTreeMap::new();
+        for c in containers {
+            let (Some(cid), Some(labels)) = (c.id, c.labels) else {
+                continue;
+            };
+            let Some(Ok(instance)) = labels.get(labels::INSTANCE).map(|s| InstanceId::parse(s))
+            else {
+                continue;
+            };
+            let state = match c.state.map(|s| s.to_string()).as_deref() {
+                Some("running") => ContainerState::Running,
+                Some("exited") | Some("dead") => {
+                    let info = bounded(
+                        "inspecting a container",
+                        self.docker()
+                            .await?
+                            .inspect_container(&cid, None::<InspectContainerOptions>),
+                    )
+                    .await?;
+                    let st = info.state.unwrap_or_default();
+                    ContainerState::Exited {
+                        exit_code: st.exit_code.unwrap_or(-1),
+                        oom_killed: st.oom_killed.unwrap_or(false),
+                    }
+                }
+                _ => ContainerState::Created,
+            };
+            out.insert(
+                instance,
+                Observed {
+                    container_id: cid,
+                    state,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    async fn create(&self, d: &DesiredInstance) -> Result<String, RuntimeError> {
+        let name = Self::name(&d.id);
+        let labels = HashMap::from([
+            (labels::INSTANCE.to_string(), d.id.to_string()),
+            (labels::OWNER.to_string(), d.owner.clone()),
+            (labels::BLUEPRINT.to_string(), d.blueprint.clone()),
+            (labels::REVISION.to_string(), d.revision.to_string()),
+        ]);
+        let memory = i64::try_from(d.memory_bytes).unwrap_or(i64::MAX);
+        let body = ContainerCreateBody {
+            image: Some(d.image.clone()),
+            cmd: d.command.clone(),
+            env: Some(d.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                memory: Some(memory),
+                // Swap equal to memory means no swap: an instance over its limit is
+                // OOM-killed and reported, not slowed to a crawl.
+                memory_swap: Some(memory),
+                nano_cpus: Some(i64::try_from(d.nano_cpus).unwrap_or(i64::MAX)),
+                network_mode: Some(NETWORK.into()),
+                security_opt: Some(vec!["no-new-privileges:true".into()]),
+                pids_limit: Some(4096),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+        let id = match bounded(
+            "creating the container",
+            self.docker().await?.create_container(Some(opts), body),
+        )
+        .await
+        {
+            Ok(r) => r.id,
+            // Created by an earlier attempt that did not get to report: reuse it.
+            Err(e) if e.0.contains("is already in use") => name.clone(),
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = bounded(
+            "starting the container",
+            self.docker()
+                .await?
+                .start_container(&id, None::<StartContainerOptions>),
+        )
+        .await
+        {
+            let _ = self.remove(&id).await;
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    async fn address(&self, instance: &InstanceId) -> Result<Option<IpAddr>, RuntimeError> {
+        let info = bounded(
+            "inspecting the container",
+            self.docker()
+                .await?
+                .inspect_container(&Self::name(instance), None::<InspectContainerOptions>),
+        )
+        .await?;
+        Ok(info
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|n| n.get(NETWORK).and_then(|e| e.ip_address.clone()))
+            .and_then(|ip| ip.parse().ok()))
+    }
+
+    async fn remove(&self, container_id: &str) -> Result<(), RuntimeError> {
+        let opts = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self
+            .docker()
+            .await?
+            .remove_container(container_id, Some(opts))
+            .await
+        {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(docker_err("removing the container", e)),
+        }
+    }
+
+    async fn logs(&self, instance: &InstanceId, tail: u32) -> Result<String, RuntimeError> {
+        let opts = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail(&tail.to_string())
+            .build();
+        let mut stream = self.docker().await?.logs(&Self::name(instance), Some(opts));
+        let mut out: Vec<u8> = vec![];
+        let collect = async {
+            while let Some(item) = stream.next().await {
+                let chunk = item.map_err(|e| docker_err("reading logs", e))?;
+                out.extend_from_slice(&chunk.into_bytes());
+                if out.len() > MAX_LOG_BYTES {
+                    // Keep the newest bytes.
+                    let cut = out.len() - MAX_LOG_BYTES;
+                    out.drain(..cut);
+                }
+            }
+            Ok::<(), RuntimeError>(())
+        };
+        tokio::time::timeout(CALL_TIMEOUT, collect)
+            .await
+            .map_err(|_| RuntimeError("reading logs: the Docker Engine did not answer".into()))??;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}

@@ -1,0 +1,61 @@
+//! Running instances on this host.
+//!
+//! * [`plan`] — the pure reconcile planner (desired + observed → actions).
+//! * [`docker`] — the Docker implementation of [`ContainerRuntime`] (bollard).
+//! * [`supervisor`] — the loop that applies desired state, executes plans, probes
+//!   apps until they answer, and queues reports for the link.
+
+pub mod docker;
+pub mod plan;
+pub mod supervisor;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+
+use cairn_shared::ids::InstanceId;
+use cairn_shared::workload::DesiredInstance;
+
+pub use plan::{ContainerState, Observed};
+pub use supervisor::{Supervisor, Workloads};
+
+/// Labels on every container Cairn manages; the agent adopts containers by them.
+pub mod labels {
+    pub const INSTANCE: &str = "cairn.instance";
+    pub const OWNER: &str = "cairn.owner";
+    pub const BLUEPRINT: &str = "cairn.blueprint";
+    pub const REVISION: &str = "cairn.revision";
+}
+
+/// A failed runtime operation, in the runtime's own words (shown to users).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RuntimeError(pub String);
+
+/// What the supervisor needs from a container runtime.
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// One-time set-up (the Cairn network).
+    fn prepare(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Every container with a Cairn instance label, by instance.
+    fn list(
+        &self,
+    ) -> impl Future<Output = Result<BTreeMap<InstanceId, Observed>, RuntimeError>> + Send;
+    /// Creates and starts the instance's container; returns its id.
+    fn create(
+        &self,
+        d: &DesiredInstance,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    /// The instance container's address on the Cairn network.
+    fn address(
+        &self,
+        instance: &InstanceId,
+    ) -> impl Future<Output = Result<Option<IpAddr>, RuntimeError>> + Send;
+    /// Stops and removes a container (idempotent).
+    fn remove(&self, container_id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// The last `tail` lines of the instance's output.
+    fn logs(
+        &self,
+        instance: &InstanceId,
+        tail: u32,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+}

@@ -1,0 +1,511 @@
+//! The instance manager: launches, placement, the desired state sent to each host,
+//! agent reports, lifetimes and time-outs.
+//!
+//! All instances live in memory behind one lock and in the store. Every change is
+//! written before anything depends on it; a change that alters what a host should run
+//! is followed by [`Instances::sync_host`], which sends that host the difference (the
+//! full set on connection or when the agent asks).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use cairn_shared::ids::{HostId, InstanceId};
+use cairn_shared::protocol::ControllerMsg;
+use cairn_shared::workload::{DesiredInstance, DesiredUpdate, InstanceReport, Probe};
+
+use super::state::{AppSecrets, Event, Instance, InstanceState};
+use crate::app::App;
+use crate::auth;
+use crate::blueprints::spec::{AppKind, BlueprintSpec};
+use crate::config::InstancesConfig;
+use crate::hosts::HostState;
+use crate::store::{Store, StoreError, Tree};
+use crate::users::Principal;
+
+const MIB: u64 = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("no blueprint named {0:?}")]
+    NoBlueprint(String),
+    #[error("{0}")]
+    Limit(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Default)]
+struct HostSync {
+    version: u64,
+    sent: BTreeMap<InstanceId, DesiredInstance>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    all: BTreeMap<InstanceId, Instance>,
+    hosts: HashMap<HostId, HostSync>,
+}
+
+/// All instances of this controller.
+#[derive(Debug)]
+pub struct Instances {
+    store: Store,
+    config: InstancesConfig,
+    inner: Mutex<Inner>,
+}
+
+/// The base path of an instance behind the controller's proxy.
+pub fn base_url(id: &InstanceId) -> String {
+    format!("/i/{id}/")
+}
+
+impl Instances {
+    pub fn load(store: Store, config: InstancesConfig) -> Result<Self, StoreError> {
+        let all = store
+            .all::<Instance>(Tree::Instances)?
+            .into_iter()
+            .map(|i| (i.id.clone(), i))
+            .collect();
+        Ok(Instances {
+            store,
+            config,
+            inner: Mutex::new(Inner {
+                all,
+                hosts: HashMap::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save(&self, i: &Instance) -> Result<(), StoreError> {
+        self.store.put(Tree::Instances, i.id.as_str(), i)
+    }
+
+    /// An instance the principal may see: their own, or any for an admin.
+    pub fn visible(&self, p: &Principal, id: &InstanceId) -> Option<Instance> {
+        self.lock()
+            .all
+            .get(id)
+            .filter(|i| p.is_admin() || i.owner == p.name())
+            .cloned()
+    }
+
+    pub fn get(&self, id: &InstanceId) -> Option<Instance> {
+        self.lock().all.get(id).cloned()
+    }
+
+    /// The principal's instances, or everyone's for an admin asking for `all`.
+    pub fn list(&self, p: &Principal, all: bool) -> Vec<Instance> {
+        let mut v: Vec<Instance> = self
+            .lock()
+            .all
+            .values()
+            .filter(|i| (all && p.is_admin()) || i.owner == p.name())
+            .cloned()
+            .collect();
+        v.sort_by_key(|i| std::cmp::Reverse(i.created_ms));
+        v
+    }
+
+    /// Creates an instance of `blueprint` for `p` and tries to place it.
+    pub async fn launch(
+        &self,
+        app: &App,
+        p: &Principal,
+        blueprint: &str,
+        now_ms: u64,
+    ) -> Result<Instance, LaunchError> {
+        let bp = app
+            .blueprints
+            .get(blueprint)?
+            .filter(|b| b.spec.enabled)
+            .ok_or_else(|| LaunchError::NoBlueprint(blueprint.to_string()))?;
+        let secrets = match bp.spec.app {
+            AppKind::Jupyter => AppSecrets {
+                jupyter_token: Some(auth::random_secret(24)),
+                rstudio_password: None,
+            },
+            AppKind::Rstudio => AppSecrets {
+                jupyter_token: None,
+                rstudio_password: Some(auth::random_secret(12)),
+            },
+            AppKind::Http => AppSecrets::default(),
+        };
+        let inst = {
+            let mut inner = self.lock();
+            let mine: Vec<&Instance> = inner
+                .all
+                .values()
+                .filter(|i| i.owner == p.name() && !i.state.is_terminal())
+                .collect();
+            let of_bp = mine.iter().filter(|i| i.blueprint == bp.spec.name).count();
+            if of_bp as u32 >= bp.spec.max_instances_per_user {
+                return Err(LaunchError::Limit(format!(
+                    "you already have {of_bp} instance(s) of {} and its limit is {}; stop one first",
+                    bp.spec.name, bp.spec.max_instances_per_user
+                )));
+            }
+            if mine.len() as u32 >= self.config.max_per_user {
+                return Err(LaunchError::Limit(format!(
+                    "you already have {} instances, the most one user may run; stop one first",
+                    mine.len()
+                )));
+            }
+            let inst = Instance::new(
+                InstanceId::generate(),
+                p.name().to_string(),
+                bp.spec.name.clone(),
+                bp.revision,
+                bp.spec.max_lifetime_secs * 1000,
+                secrets,
+                now_ms,
+            );
+            self.save(&inst)?;
+            inner.all.insert(inst.id.clone(), inst.clone());
+            inst
+        };
+        self.store.flush().await?;
+        tracing::info!(instance = %inst.id, user = %inst.owner, blueprint = %inst.blueprint, "instance queued");
+        self.schedule(app, now_ms).await;
+        Ok(self.get(&inst.id).unwrap_or(inst))
+    }
+
+    /// Places queued instances, oldest first, on the first host with room.
+    pub async fn schedule(&self, app: &App, now_ms: u64) {
+        let hosts: Vec<_> = app
+            .registry
+            .list()
+            .into_iter()
+            .filter(|h| h.state == HostState::Active && h.connected)
+            .collect();
+        let mut touched = vec![];
+        {
+            let mut inner = self.lock();
+            let mut queued: Vec<InstanceId> = inner
+                .all
+                .values()
+                .filter(|i| i.state == InstanceState::Queued)
+                .map(|i| i.id.clone())
+                .collect();
+            if queued.is_empty() {
+                return;
+            }
+            queued.sort_by_key(|id| inner.all.get(id).map(|i| i.created_ms));
+            // Reserved memory and CPU per host, from instances holding a place there.
+            let mut reserved: HashMap<HostId, (u64, u64)> = HashMap::new();
+            for i in inner.all.values().filter(|i| i.state.holds_host()) {
+                if let (Some(h), Some(spec)) = (&i.host, self.spec_of(app, i)) {
+                    let r = reserved.entry(h.clone()).or_default();
+                    r.0 += spec.memory_mib * MIB;
+                    r.1 += (spec.cpus * 1e9) as u64;
+                }
+            }
+            for id in queued {
+                let Some(inst) = inner.all.get(&id).cloned() else {
+                    continue;
+                };
+                let Some(spec) = self.spec_of(app, &inst) else {
+                    continue;
+                };
+                let (mem, cpu) = (spec.memory_mib * MIB, (spec.cpus * 1e9) as u64);
+                let fit = hosts.iter().find(|h| {
+                    let Some(cap) = &h.capacity else { return false };
+                    let (rm, rc) = reserved.get(&h.id).copied().unwrap_or_default();
+                    spec.placement
+                        .iter()
+                        .all(|(k, v)| h.labels.get(k) == Some(v))
+                        && rm + mem <= cap.memory_total_bytes
+                        && rc + cpu <= u64::from(cap.cpus) * 1_000_000_000
+                });
+                let Some(h) = fit else { continue };
+                let r = reserved.entry(h.id.clone()).or_default();
+                r.0 += mem;
+                r.1 += cpu;
+                if let Some(i) = inner.all.get_mut(&id) {
+                    if i.apply(Event::Scheduled(h.id.clone()), now_ms) {
+                        tracing::info!(instance = %id, host = %h.id, "instance scheduled");
+                        if let Err(e) = self.save(i) {
+                            tracing::error!(error = %e, "could not store the placement");
+                        }
+                        touched.push(h.id.clone());
+                    }
+                }
+            }
+        }
+        if !touched.is_empty() {
+            let _ = self.store.flush().await;
+            touched.dedup();
+            for h in touched {
+                self.sync_host(app, &h, false);
+            }
+        }
+    }
+
+    fn spec_of(&self, app: &App, i: &Instance) -> Option<BlueprintSpec> {
+        match app.blueprints.revision(&i.blueprint, i.revision) {
+            Ok(Some(r)) => Some(r.spec),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read blueprint revision");
+                None
+            }
+        }
+    }
+
+    fn desired_of(&self, app: &App, i: &Instance) -> Option<DesiredInstance> {
+        let spec = self.spec_of(app, i)?;
+        let base = base_url(&i.id);
+        let mut env: Vec<(String, String)> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.push(("CAIRN_INSTANCE".into(), i.id.to_string()));
+        env.push(("CAIRN_BASE_URL".into(), base.clone()));
+        if let Some(t) = &i.secrets.jupyter_token {
+            env.push(("JUPYTER_TOKEN".into(), t.clone()));
+        }
+        if let Some(p) = &i.secrets.rstudio_password {
+            env.push(("PASSWORD".into(), p.clone()));
+        }
+        let probe = match spec.app {
+            AppKind::Jupyter => Probe::Http { path: base },
+            AppKind::Http => Probe::Http { path: "/".into() },
+            AppKind::Rstudio => Probe::Tcp,
+        };
+        Some(DesiredInstance {
+            id: i.id.clone(),
+            owner: i.owner.clone(),
+            blueprint: i.blueprint.clone(),
+            revision: i.revision,
+            image: spec.image,
+            command: spec.command,
+            env,
+            memory_bytes: spec.memory_mib * MIB,
+            nano_cpus: (spec.cpus * 1e9) as u64,
+            app_port: spec.app_port,
+            probe,
+            start_timeout_ms: self.config.start_timeout_ms,
+            expect_existing: i.container_seen,
+        })
+    }
+
+    /// Sends `host` what changed in its desired instances (everything when `full`).
+    pub fn sync_host(&self, app: &App, host: &HostId, full: bool) {
+        let msg = {
+            let mut inner = self.lock();
+            let want: BTreeMap<InstanceId, DesiredInstance> = inner
+                .all
+                .values()
+                .filter(|i| i.host.as_ref() == Some(host) && i.state.desired_on_host())
+                .filter_map(|i| self.desired_of(app, i).map(|d| (i.id.clone(), d)))
+                .collect();
+            let sync = inner.hosts.entry(host.clone()).or_default();
+            let full = full || sync.version == 0;
+            let upsert: Vec<DesiredInstance> = if full {
+                want.values().cloned().collect()
+            } else {
+                want.iter()
+                    .filter(|(id, d)| sync.sent.get(*id) != Some(*d))
+                    .map(|(_, d)| d.clone())
+                    .collect()
+            };
+            let remove: Vec<InstanceId> = if full {
+                vec![]
+            } else {
+                sync.sent
+                    .keys()
+                    .filter(|id| !want.contains_key(*id))
+                    .cloned()
+                    .collect()
+            };
+            if !full && upsert.is_empty() && remove.is_empty() {
+                return;
+            }
+            sync.version += 1;
+            sync.sent = want;
+            ControllerMsg::Desired(DesiredUpdate {
+                version: sync.version,
+                full,
+                upsert,
+                remove,
+            })
+        };
+        if !app.registry.send(host, msg) {
+            // Not connected: the next connection starts with the full set.
+            self.lock().hosts.remove(host);
+        }
+    }
+
+    /// A host (re)connected: it gets its full set.
+    pub fn host_connected(&self, app: &App, host: &HostId) {
+        self.sync_host(app, host, true);
+    }
+
+    /// Applies what an agent reported. Reports about instances not placed on that host
+    /// are ignored (the agent removes containers nobody wants).
+    pub async fn on_reports(
+        &self,
+        app: &App,
+        host: &HostId,
+        reports: Vec<InstanceReport>,
+        now_ms: u64,
+    ) {
+        let mut changed = false;
+        let mut freed = false;
+        {
+            let mut inner = self.lock();
+            for r in reports {
+                let Some(i) = inner.all.get_mut(&r.id) else {
+                    continue;
+                };
+                if i.host.as_ref() != Some(host) {
+                    continue;
+                }
+                let was = i.state;
+                if i.apply(Event::Report(r.phase), now_ms) {
+                    tracing::info!(instance = %i.id, from = ?was, to = ?i.state, reason = ?i.state_reason, "instance state changed");
+                    if let Err(e) = self.save(i) {
+                        tracing::error!(error = %e, "could not store instance state");
+                    }
+                    changed = true;
+                    freed |= was.holds_host() && !i.state.holds_host();
+                }
+            }
+        }
+        if changed {
+            let _ = self.store.flush().await;
+            self.sync_host(app, host, false);
+        }
+        if freed {
+            self.schedule(app, now_ms).await;
+        }
+    }
+
+    /// Applies `event` to one instance the principal may act on.
+    async fn act(
+        &self,
+        app: &App,
+        id: &InstanceId,
+        event: Event,
+        now_ms: u64,
+    ) -> Result<Option<Instance>, StoreError> {
+        let (inst, host) = {
+            let mut inner = self.lock();
+            let Some(i) = inner.all.get_mut(id) else {
+                return Ok(None);
+            };
+            if i.apply(event, now_ms) {
+                self.save(i)?;
+            }
+            (i.clone(), i.host.clone())
+        };
+        self.store.flush().await?;
+        if let Some(h) = host {
+            self.sync_host(app, &h, false);
+        }
+        Ok(Some(inst))
+    }
+
+    /// Stops an instance (idempotent).
+    pub async fn stop(
+        &self,
+        app: &App,
+        id: &InstanceId,
+        reason: String,
+        now_ms: u64,
+    ) -> Result<Option<Instance>, StoreError> {
+        let r = self
+            .act(app, id, Event::StopRequested { reason }, now_ms)
+            .await?;
+        if r.as_ref().is_some_and(|i| i.state.is_terminal()) {
+            self.schedule(app, now_ms).await;
+        }
+        Ok(r)
+    }
+
+    /// Moves an instance's expiry.
+    pub async fn extend(
+        &self,
+        id: &InstanceId,
+        by_ms: u64,
+    ) -> Result<Option<Instance>, StoreError> {
+        let inst = {
+            let mut inner = self.lock();
+            let Some(i) = inner.all.get_mut(id) else {
+                return Ok(None);
+            };
+            if !i.state.is_terminal() {
+                i.expires_ms = i.expires_ms.saturating_add(by_ms);
+                self.save(i)?;
+            }
+            i.clone()
+        };
+        self.store.flush().await?;
+        Ok(Some(inst))
+    }
+
+    /// Time-driven work: lifetimes, start time-outs, lost hosts, waiting launches.
+    pub async fn tick(&self, app: &App, now_ms: u64) {
+        let lost: Vec<HostId> = app
+            .registry
+            .list()
+            .into_iter()
+            .filter(|h| h.state == HostState::Lost)
+            .map(|h| h.id)
+            .collect();
+        let watchdog = self.config.start_timeout_ms + 60_000;
+        let mut hosts = vec![];
+        {
+            let mut inner = self.lock();
+            for i in inner.all.values_mut().filter(|i| !i.state.is_terminal()) {
+                let event = if i.host.as_ref().is_some_and(|h| lost.contains(h)) {
+                    Some(Event::HostLost)
+                } else if now_ms >= i.expires_ms && i.state != InstanceState::Stopping {
+                    Some(Event::StopRequested {
+                        reason: "its lifetime ran out".into(),
+                    })
+                } else if matches!(
+                    i.state,
+                    InstanceState::Scheduled | InstanceState::Preparing | InstanceState::Starting
+                ) && i
+                    .transitions
+                    .last()
+                    .is_some_and(|t| now_ms.saturating_sub(t.at_ms) > watchdog)
+                {
+                    Some(Event::StartTimeout)
+                } else {
+                    None
+                };
+                if let Some(ev) = event {
+                    if i.apply(ev, now_ms) {
+                        tracing::info!(instance = %i.id, state = ?i.state, reason = ?i.state_reason, "instance state changed");
+                        if let Err(e) = self.save(i) {
+                            tracing::error!(error = %e, "could not store instance state");
+                        }
+                        if let Some(h) = &i.host {
+                            hosts.push(h.clone());
+                        }
+                    }
+                }
+            }
+        }
+        if !hosts.is_empty() {
+            let _ = self.store.flush().await;
+            hosts.sort();
+            hosts.dedup();
+            for h in hosts {
+                self.sync_host(app, &h, false);
+            }
+        }
+        self.schedule(app, now_ms).await;
+    }
+
+    /// The host and id to ask for an instance's logs.
+    pub fn location(&self, id: &InstanceId) -> Option<HostId> {
+        self.lock().all.get(id).and_then(|i| i.host.clone())
+    }
+}

@@ -1,0 +1,369 @@
+//! An instance's lifecycle as a deterministic state machine.
+//!
+//! ```text
+//! queued → scheduled → preparing → starting → running → stopping → stopped
+//!    └──────────┴───────────┴───────────┴──────────┴──────→ failed (with a reason)
+//! ```
+//!
+//! [`Instance::apply`] takes an [`Event`] and `now` and returns whether anything
+//! changed; every change is recorded as a timestamped [`Transition`]. No clock, no
+//! I/O: the manager feeds it agent reports, user actions and time.
+
+use serde::{Deserialize, Serialize};
+
+use cairn_shared::ids::{HostId, InstanceId};
+use cairn_shared::workload::InstancePhase;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    Queued,
+    Scheduled,
+    Preparing,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl InstanceState {
+    /// No further transitions.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, InstanceState::Stopped | InstanceState::Failed)
+    }
+
+    /// Holds a place on a host (counts against its reserved capacity).
+    pub fn holds_host(self) -> bool {
+        matches!(
+            self,
+            InstanceState::Scheduled
+                | InstanceState::Preparing
+                | InstanceState::Starting
+                | InstanceState::Running
+                | InstanceState::Stopping
+        )
+    }
+
+    /// The host should be running it.
+    pub fn desired_on_host(self) -> bool {
+        matches!(
+            self,
+            InstanceState::Scheduled
+                | InstanceState::Preparing
+                | InstanceState::Starting
+                | InstanceState::Running
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    pub state: InstanceState,
+    pub at_ms: u64,
+    pub reason: Option<String>,
+}
+
+/// Per-app secrets, shown only to the owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AppSecrets {
+    pub jupyter_token: Option<String>,
+    pub rstudio_password: Option<String>,
+}
+
+/// An instance as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: InstanceId,
+    pub owner: String,
+    pub blueprint: String,
+    pub revision: u32,
+    pub state: InstanceState,
+    pub state_reason: Option<String>,
+    pub host: Option<HostId>,
+    /// `IP:PORT` of the app on the host's Cairn network, once running.
+    pub address: Option<String>,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub secrets: AppSecrets,
+    pub transitions: Vec<Transition>,
+    /// A container for it was seen on the host (so a missing one means it vanished).
+    #[serde(default)]
+    pub container_seen: bool,
+}
+
+/// What can happen to an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Placed on a host.
+    Scheduled(HostId),
+    /// The agent reported a phase.
+    Report(InstancePhase),
+    /// The owner or an admin asked to stop it.
+    StopRequested { reason: String },
+    /// Its host is gone for good.
+    HostLost,
+    /// It took too long to start.
+    StartTimeout,
+}
+
+impl Instance {
+    pub fn new(
+        id: InstanceId,
+        owner: String,
+        blueprint: String,
+        revision: u32,
+        lifetime_ms: u64,
+        secrets: AppSecrets,
+        now_ms: u64,
+    ) -> Self {
+        Instance {
+            id,
+            owner,
+            blueprint,
+            revision,
+            state: InstanceState::Queued,
+            state_reason: None,
+            host: None,
+            address: None,
+            created_ms: now_ms,
+            expires_ms: now_ms.saturating_add(lifetime_ms),
+            secrets,
+            transitions: vec![Transition {
+                state: InstanceState::Queued,
+                at_ms: now_ms,
+                reason: None,
+            }],
+            container_seen: false,
+        }
+    }
+
+    fn go(&mut self, to: InstanceState, reason: Option<String>, now_ms: u64) -> bool {
+        if self.state == to {
+            return false;
+        }
+        self.state = to;
+        self.state_reason = reason.clone();
+        self.transitions.push(Transition {
+            state: to,
+            at_ms: now_ms,
+            reason,
+        });
+        true
+    }
+
+    /// Applies an event; true if the instance changed.
+    pub fn apply(&mut self, event: Event, now_ms: u64) -> bool {
+        use InstanceState as S;
+        if self.state.is_terminal() {
+            return false;
+        }
+        match event {
+            Event::Scheduled(host) if self.state == S::Queued => {
+                self.host = Some(host.clone());
+                self.go(S::Scheduled, Some(format!("placed on host {host}")), now_ms)
+            }
+            Event::Scheduled(_) => false,
+            Event::StopRequested { reason } => match self.state {
+                S::Queued => self.go(S::Stopped, Some(reason), now_ms),
+                S::Stopping => false,
+                _ => self.go(S::Stopping, Some(reason), now_ms),
+            },
+            Event::HostLost => match self.state {
+                S::Stopping => self.go(S::Stopped, Some("host lost while stopping".into()), now_ms),
+                S::Queued => false,
+                _ => self.go(
+                    S::Failed,
+                    Some("the host running it was lost".into()),
+                    now_ms,
+                ),
+            },
+            Event::StartTimeout => match self.state {
+                S::Scheduled | S::Preparing | S::Starting => {
+                    self.go(S::Failed, Some("timed out while starting".into()), now_ms)
+                }
+                _ => false,
+            },
+            Event::Report(phase) => self.on_report(phase, now_ms),
+        }
+    }
+
+    fn on_report(&mut self, phase: InstancePhase, now_ms: u64) -> bool {
+        use InstanceState as S;
+        match phase {
+            // A stopping instance only cares about its container going away.
+            InstancePhase::Removed => match self.state {
+                S::Stopping => self.go(S::Stopped, self.state_reason.clone(), now_ms),
+                S::Queued => false,
+                _ => self.go(S::Failed, Some("its container was removed".into()), now_ms),
+            },
+            _ if self.state == S::Stopping => false,
+            InstancePhase::Preparing { detail } => match self.state {
+                S::Scheduled => self.go(S::Preparing, Some(detail), now_ms),
+                _ => false,
+            },
+            InstancePhase::Starting => match self.state {
+                S::Scheduled | S::Preparing => {
+                    self.container_seen = true;
+                    self.go(S::Starting, None, now_ms)
+                }
+                _ => false,
+            },
+            InstancePhase::Running { address } => match self.state {
+                S::Scheduled | S::Preparing | S::Starting => {
+                    self.container_seen = true;
+                    self.address = Some(address);
+                    self.go(S::Running, None, now_ms)
+                }
+                S::Running => {
+                    let changed = self.address.as_deref() != Some(address.as_str());
+                    self.address = Some(address);
+                    changed
+                }
+                _ => false,
+            },
+            InstancePhase::Exited {
+                exit_code,
+                oom_killed,
+            } => {
+                let reason = if oom_killed {
+                    "killed: out of memory (the blueprint's memory limit was reached)".to_string()
+                } else {
+                    format!("the container exited with code {exit_code}")
+                };
+                self.go(S::Failed, Some(reason), now_ms)
+            }
+            InstancePhase::Failed { reason } => self.go(S::Failed, Some(reason), now_ms),
+            InstancePhase::Missing => {
+                self.go(S::Failed, Some("container disappeared".into()), now_ms)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst() -> Instance {
+        Instance::new(
+            InstanceId::generate(),
+            "alice".into(),
+            "py".into(),
+            1,
+            3_600_000,
+            AppSecrets::default(),
+            0,
+        )
+    }
+
+    fn states(i: &Instance) -> Vec<InstanceState> {
+        i.transitions.iter().map(|t| t.state).collect()
+    }
+
+    #[test]
+    fn happy_path_records_every_state_with_time() {
+        use InstanceState::*;
+        let mut i = inst();
+        let h = HostId::generate();
+        assert!(i.apply(Event::Scheduled(h.clone()), 1));
+        assert!(i.apply(
+            Event::Report(InstancePhase::Preparing {
+                detail: "creating container".into()
+            }),
+            2
+        ));
+        assert!(i.apply(Event::Report(InstancePhase::Starting), 3));
+        assert!(i.apply(
+            Event::Report(InstancePhase::Running {
+                address: "10.0.0.2:8080".into()
+            }),
+            4
+        ));
+        assert!(i.apply(
+            Event::StopRequested {
+                reason: "stopped by alice".into()
+            },
+            5
+        ));
+        assert!(i.apply(Event::Report(InstancePhase::Removed), 6));
+        assert_eq!(
+            states(&i),
+            vec![Queued, Scheduled, Preparing, Starting, Running, Stopping, Stopped]
+        );
+        assert_eq!(
+            i.transitions.iter().map(|t| t.at_ms).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4, 5, 6]
+        );
+        assert_eq!(i.state_reason.as_deref(), Some("stopped by alice"));
+        assert!(
+            !i.apply(
+                Event::Report(InstancePhase::Running {
+                    address: "x".into()
+                }),
+                7
+            ),
+            "terminal"
+        );
+    }
+
+    #[test]
+    fn failures_carry_readable_reasons() {
+        let mut i = inst();
+        i.apply(Event::Scheduled(HostId::generate()), 1);
+        i.apply(
+            Event::Report(InstancePhase::Exited {
+                exit_code: 137,
+                oom_killed: true,
+            }),
+            2,
+        );
+        assert_eq!(i.state, InstanceState::Failed);
+        assert!(i.state_reason.as_deref().unwrap().contains("out of memory"));
+        let mut j = inst();
+        j.apply(Event::Scheduled(HostId::generate()), 1);
+        j.apply(
+            Event::Report(InstancePhase::Failed {
+                reason: "No such image: nope:1".into(),
+            }),
+            2,
+        );
+        assert_eq!(j.state_reason.as_deref(), Some("No such image: nope:1"));
+        let mut k = inst();
+        k.apply(Event::Scheduled(HostId::generate()), 1);
+        k.apply(Event::Report(InstancePhase::Missing), 2);
+        assert_eq!(k.state_reason.as_deref(), Some("container disappeared"));
+    }
+
+    #[test]
+    fn stop_while_queued_is_immediate_and_stop_is_idempotent() {
+        let mut i = inst();
+        assert!(i.apply(Event::StopRequested { reason: "r".into() }, 1));
+        assert_eq!(i.state, InstanceState::Stopped);
+        let mut j = inst();
+        j.apply(Event::Scheduled(HostId::generate()), 1);
+        assert!(j.apply(Event::StopRequested { reason: "r".into() }, 2));
+        assert!(!j.apply(
+            Event::StopRequested {
+                reason: "again".into()
+            },
+            3
+        ));
+        // Reports other than removal do not revive a stopping instance.
+        assert!(!j.apply(
+            Event::Report(InstancePhase::Running {
+                address: "a".into()
+            }),
+            4
+        ));
+        assert_eq!(j.state, InstanceState::Stopping);
+    }
+
+    #[test]
+    fn lost_hosts_fail_instances() {
+        let mut i = inst();
+        i.apply(Event::Scheduled(HostId::generate()), 1);
+        i.apply(Event::HostLost, 2);
+        assert_eq!(i.state, InstanceState::Failed);
+    }
+}

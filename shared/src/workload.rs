@@ -1,0 +1,126 @@
+//! Workloads on the link: what the controller wants a host to run, and what the host
+//! reports back about each instance.
+//!
+//! The controller sends [`DesiredUpdate`]s: the full set of instances for the host on
+//! every (re)connection, then changes, each with the next version number. An agent that
+//! sees a gap in versions asks for the full set again ([`crate::protocol::AgentMsg::ResyncDesired`]),
+//! so a lost message costs one round trip, never a wrong host.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::InstanceId;
+use crate::validate::{self, Invalid, Validate};
+
+/// How the agent decides an instance's app is up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Probe {
+    /// A TCP connection to the app port succeeds.
+    Tcp,
+    /// An HTTP request to `path` gets any HTTP response.
+    Http { path: String },
+}
+
+/// One instance the host should be running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredInstance {
+    pub id: InstanceId,
+    pub owner: String,
+    pub blueprint: String,
+    pub revision: u32,
+    pub image: String,
+    /// Command and arguments; `None` keeps the image's own.
+    pub command: Option<Vec<String>>,
+    pub env: Vec<(String, String)>,
+    pub memory_bytes: u64,
+    /// CPU limit in billionths of a CPU (Docker's NanoCpus).
+    pub nano_cpus: u64,
+    pub app_port: u16,
+    pub probe: Probe,
+    /// How long the app may take to answer before the instance fails.
+    pub start_timeout_ms: u64,
+    /// The controller has seen this instance's container before. If the agent finds no
+    /// container, it reports it missing instead of creating a new one: the user's
+    /// environment vanished, and silently replacing it would hide that.
+    pub expect_existing: bool,
+}
+
+/// A change to a host's desired instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredUpdate {
+    pub version: u64,
+    /// `upsert` is the complete set: everything else must go.
+    pub full: bool,
+    pub upsert: Vec<DesiredInstance>,
+    pub remove: Vec<InstanceId>,
+}
+
+/// Most instances in one update.
+pub const MAX_DESIRED: usize = 4096;
+
+impl Validate for DesiredUpdate {
+    fn validate(&self) -> Result<(), Invalid> {
+        validate::max_items("desired.upsert", &self.upsert, MAX_DESIRED)?;
+        validate::max_items("desired.remove", &self.remove, MAX_DESIRED)?;
+        for d in &self.upsert {
+            validate::max_len("desired.image", &d.image, 512)?;
+            validate::max_items("desired.env", &d.env, 256)?;
+            if let Some(c) = &d.command {
+                validate::max_items("desired.command", c, 64)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where an instance is, as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstancePhase {
+    /// Getting ready: pulling the image, creating the container.
+    Preparing { detail: String },
+    /// The container runs; the app does not answer yet.
+    Starting,
+    /// The app answers at `address` (`IP:PORT` on the host's Cairn network).
+    Running { address: String },
+    /// The container stopped by itself.
+    Exited { exit_code: i64, oom_killed: bool },
+    /// It could not be started; `reason` is for the user (e.g. Docker's message).
+    Failed { reason: String },
+    /// The container was removed because the instance is no longer desired.
+    Removed,
+    /// It was expected to exist, but there is no container.
+    Missing,
+}
+
+/// One instance's phase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    pub id: InstanceId,
+    pub phase: InstancePhase,
+}
+
+impl Validate for InstanceReport {
+    fn validate(&self) -> Result<(), Invalid> {
+        match &self.phase {
+            InstancePhase::Preparing { detail } => validate::max_len("report.detail", detail, 1024),
+            InstancePhase::Running { address } => validate::max_len("report.address", address, 64),
+            InstancePhase::Failed { reason } => validate::max_len("report.reason", reason, 4096),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A request from the controller to the agent, on a stream of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControllerRequest {
+    /// The last `tail` lines of an instance's output.
+    Logs { instance: InstanceId, tail: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControllerResponse {
+    Logs { text: String },
+    Error { message: String },
+}
+
+/// Most log bytes returned at once.
+pub const MAX_LOG_BYTES: usize = 512 * 1024;
