@@ -73,7 +73,7 @@ pub async fn run(data_dir: PathBuf, api_port: u16, link_port: u16) -> Result<(),
     );
     let shutdown = running.shutdown_token();
     let agent_stop = tokio_util::sync::CancellationToken::new();
-    let supervisor = Supervisor::new(DockerRuntime::new());
+    let supervisor = Supervisor::new(DockerRuntime::new(&state.config.host_id));
     tokio::spawn(supervisor.clone().run(agent_stop.clone()));
     let agent = tokio::spawn(link::run(
         state,

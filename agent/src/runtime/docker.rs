@@ -50,14 +50,19 @@ async fn bounded<T>(
 
 /// Docker, through bollard. Connects on first use (and again until it works), so an
 /// agent started before the engine comes up catches up by itself.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DockerRuntime {
     client: tokio::sync::OnceCell<Docker>,
+    /// This agent's host id, stamped on and filtered by [`labels::HOST`].
+    host: String,
 }
 
 impl DockerRuntime {
-    pub fn new() -> Self {
-        DockerRuntime::default()
+    pub fn new(host: &cairn_shared::ids::HostId) -> Self {
+        DockerRuntime {
+            client: tokio::sync::OnceCell::new(),
+            host: host.to_string(),
+        }
     }
 
     async fn docker(&self) -> Result<&Docker, RuntimeError> {
@@ -138,7 +143,13 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn list(&self) -> Result<BTreeMap<InstanceId, Observed>, RuntimeError> {
-        let filters = HashMap::from([("label".to_string(), vec![labels::INSTANCE.to_string()])]);
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                labels::INSTANCE.to_string(),
+                format!("{}={}", labels::HOST, self.host),
+            ],
+        )]);
         let opts = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
@@ -193,6 +204,7 @@ impl ContainerRuntime for DockerRuntime {
             (labels::OWNER.to_string(), d.owner.clone()),
             (labels::BLUEPRINT.to_string(), d.blueprint.clone()),
             (labels::REVISION.to_string(), d.revision.to_string()),
+            (labels::HOST.to_string(), self.host.clone()),
         ]);
         let memory = i64::try_from(d.memory_bytes).unwrap_or(i64::MAX);
         let body = ContainerCreateBody {

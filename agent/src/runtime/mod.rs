@@ -25,6 +25,10 @@ pub mod labels {
     pub const OWNER: &str = "cairn.owner";
     pub const BLUEPRINT: &str = "cairn.blueprint";
     pub const REVISION: &str = "cairn.revision";
+    /// The host id of the agent that owns the container. An agent adopts and cleans up
+    /// only its own, so two agents sharing one engine (tests, or a re-enrolled host
+    /// next to its old identity) never remove each other's instances.
+    pub const HOST: &str = "cairn.host";
 }
 
 /// A failed runtime operation, in the runtime's own words (shown to users).

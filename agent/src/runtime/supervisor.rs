@@ -128,7 +128,14 @@ impl<R: ContainerRuntime> Supervisor<R> {
         };
         let actions = {
             let st = self.lock();
-            plan::plan(&st.desired, &observed, &st.memory)
+            let mut actions = plan::plan(&st.desired, &observed, &st.memory);
+            if st.version.is_none() {
+                // Until the controller has said what this host should run, every
+                // container would look like an orphan: after a restart of the agent,
+                // removing them would destroy the instances it is meant to adopt.
+                actions.retain(|a| !matches!(a, Action::Remove { .. }));
+            }
+            actions
         };
         for action in actions {
             match action {
@@ -300,5 +307,104 @@ impl<R: ContainerRuntime> Workloads for Supervisor<R> {
 
     fn logs(&self, instance: InstanceId, tail: u32) -> BoxFuture<'_, Result<String, String>> {
         Box::pin(async move { self.runtime.logs(&instance, tail).await.map_err(|e| e.0) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{ContainerState, Observed};
+    use std::collections::BTreeMap as Map;
+
+    /// A runtime that only remembers containers.
+    #[derive(Default)]
+    struct Fake {
+        containers: Mutex<Map<InstanceId, Observed>>,
+        removed: Mutex<Vec<String>>,
+    }
+
+    impl ContainerRuntime for Fake {
+        async fn prepare(&self) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        async fn list(&self) -> Result<Map<InstanceId, Observed>, RuntimeError> {
+            Ok(self.containers.lock().unwrap().clone())
+        }
+        async fn create(&self, d: &DesiredInstance) -> Result<String, RuntimeError> {
+            let o = Observed {
+                container_id: format!("c-{}", d.id),
+                state: ContainerState::Running,
+            };
+            self.containers.lock().unwrap().insert(d.id.clone(), o);
+            Ok(format!("c-{}", d.id))
+        }
+        async fn address(&self, _: &InstanceId) -> Result<Option<std::net::IpAddr>, RuntimeError> {
+            Ok(None)
+        }
+        async fn remove(&self, container_id: &str) -> Result<(), RuntimeError> {
+            self.removed.lock().unwrap().push(container_id.to_string());
+            self.containers
+                .lock()
+                .unwrap()
+                .retain(|_, o| o.container_id != container_id);
+            Ok(())
+        }
+        async fn logs(&self, _: &InstanceId, _: u32) -> Result<String, RuntimeError> {
+            Ok(String::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_is_removed_before_the_controller_says_what_is_wanted() {
+        let fake = Fake::default();
+        let id = InstanceId::generate();
+        fake.containers.lock().unwrap().insert(
+            id.clone(),
+            Observed {
+                container_id: "adopt-me".into(),
+                state: ContainerState::Exited {
+                    exit_code: 0,
+                    oom_killed: false,
+                },
+            },
+        );
+        let sup = Supervisor::new(fake);
+        sup.pass().await;
+        tokio::task::yield_now().await;
+        assert!(sup.runtime.removed.lock().unwrap().is_empty());
+        // A delta before any full set is refused: the agent asks for a resync.
+        assert!(!sup.apply(DesiredUpdate {
+            version: 5,
+            full: false,
+            upsert: vec![],
+            remove: vec![]
+        }));
+        assert!(sup.apply(DesiredUpdate {
+            version: 5,
+            full: true,
+            upsert: vec![],
+            remove: vec![]
+        }));
+        sup.pass().await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            *sup.runtime.removed.lock().unwrap(),
+            vec!["adopt-me".to_string()]
+        );
+        // Versions must follow on.
+        assert!(!sup.apply(DesiredUpdate {
+            version: 7,
+            full: false,
+            upsert: vec![],
+            remove: vec![]
+        }));
+        assert!(sup.apply(DesiredUpdate {
+            version: 6,
+            full: false,
+            upsert: vec![],
+            remove: vec![]
+        }));
     }
 }

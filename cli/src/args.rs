@@ -1,0 +1,180 @@
+//! The command line: global flags, commands and their arguments (clap derive).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Cairn: launch personal Jupyter and RStudio environments, and run the service",
+    after_help = "The controller's URL and the token come from --url/--token, else CAIRN_URL/CAIRN_TOKEN, \
+                  else the config file written by `cairn login`; the URL defaults to http://127.0.0.1:7080.\n\
+                  Exit codes: 0 ok, 1 other failure, 2 bad usage, 3 not logged in, 4 forbidden, \
+                  5 not found, 6 conflict or limit reached, 7 invalid input, 69 controller unreachable."
+)]
+pub struct Cli {
+    /// The controller's URL [env: CAIRN_URL] [default: http://127.0.0.1:7080].
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// API token to use instead of the saved one [env: CAIRN_TOKEN].
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Print the API's JSON answer (pretty) instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Config file [env: CAIRN_CONFIG] [default: $XDG_CONFIG_HOME/cairn/config.toml or
+    /// ~/.config/cairn/config.toml].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Log in with a user name and password; saves the URL and a token in the config file.
+    Login {
+        /// User name (asked for on a terminal if not given).
+        #[arg(long, short)]
+        user: Option<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Revoke the saved token and remove it from the config file.
+    Logout,
+    /// Show who the token belongs to.
+    Whoami,
+    /// List and manage blueprints (creating and editing needs an admin).
+    #[command(visible_alias = "bp")]
+    Blueprints {
+        #[command(subcommand)]
+        command: Option<BlueprintsCommand>,
+    },
+    /// Launch an instance of a blueprint.
+    Launch {
+        /// The blueprint's name.
+        blueprint: String,
+        /// Wait until the instance is running (or has failed), showing its progress.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, e.g. 90s, 10m.
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// List instances: your own, or everyone's with --all (admins).
+    Ps {
+        /// Everyone's instances (admins only).
+        #[arg(long, short)]
+        all: bool,
+    },
+    /// Stop an instance.
+    Stop {
+        /// The instance's id (i-...).
+        id: String,
+    },
+    /// Print an instance's logs.
+    Logs {
+        /// The instance's id (i-...).
+        id: String,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<u32>,
+    },
+    /// List the hosts (admins).
+    Hosts,
+    /// List and manage user accounts (admins).
+    Users {
+        #[command(subcommand)]
+        command: Option<UsersCommand>,
+    },
+    /// Print a shell completion script, e.g. `cairn completions bash > /etc/bash_completion.d/cairn`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BlueprintsCommand {
+    /// List blueprints (the default).
+    Ls,
+    /// Show one blueprint.
+    Show { name: String },
+    /// Create a blueprint from a .toml or .json file (`-` reads standard input).
+    Create {
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Replace a blueprint's fields from a file, as a new revision.
+    Edit {
+        name: String,
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Hide a blueprint from users; running instances are not touched.
+    Disable { name: String },
+    /// Offer a disabled blueprint to users again.
+    Enable { name: String },
+    /// Show a blueprint's revisions.
+    History { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// List accounts (the default).
+    Ls,
+    /// Create an account; the password is asked for, or read with --password-stdin.
+    Create {
+        name: String,
+        /// Make the account an administrator.
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Disable an account: it can no longer log in, and its tokens stop working.
+    Disable { name: String },
+    /// Enable a disabled account.
+    Enable { name: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_anywhere_and_subcommands_default() {
+        let cli =
+            Cli::try_parse_from(["cairn", "blueprints", "--json", "--url", "http://h:1"]).unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.url.as_deref(), Some("http://h:1"));
+        assert!(matches!(cli.command, Command::Blueprints { command: None }));
+        let cli = Cli::try_parse_from(["cairn", "launch", "python", "--wait", "--timeout", "90s"])
+            .unwrap();
+        match cli.command {
+            Command::Launch {
+                blueprint,
+                wait,
+                timeout,
+            } => {
+                assert_eq!(blueprint, "python");
+                assert!(wait);
+                assert_eq!(timeout, Duration::from_secs(90));
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = Cli::try_parse_from(["cairn", "frobnicate"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+}

@@ -1,0 +1,426 @@
+//! `blueprints ls|show|create|edit|disable|enable|history`.
+//!
+//! Blueprint files are TOML (`.toml`) or JSON (`.json`), picked by extension; `-`
+//! reads standard input as JSON if it starts with `{`, else as TOML. Either way the
+//! body sent is the same JSON object, and the controller checks it field by field.
+
+use std::io::Read;
+use std::path::Path;
+
+use reqwest::Method;
+use serde_json::Value;
+
+use super::Ctx;
+use crate::client::parse;
+use crate::error::Error;
+use crate::model::{Blueprint, Revision};
+use crate::output::{self, Table};
+
+pub async fn list(ctx: &Ctx) -> Result<(), Error> {
+    let v = ctx.client.get(&["blueprints"]).await?;
+    ctx.emit(&v, || {
+        let bps: Vec<Blueprint> = parse(&v, "the blueprint list")?;
+        Ok(render_list(&bps))
+    })
+}
+
+pub async fn show(ctx: &Ctx, name: &str) -> Result<(), Error> {
+    let v = ctx.client.get(&["blueprints", name]).await?;
+    ctx.emit(&v, || {
+        let b: Blueprint = parse(&v, "the blueprint")?;
+        Ok(render_detail(&b, output::now_ms()))
+    })
+}
+
+pub async fn create(ctx: &Ctx, file: &Path) -> Result<(), Error> {
+    let body = read_blueprint_file(file)?;
+    let v = ctx
+        .client
+        .json(Method::POST, &["blueprints"], &[], Some(&body))
+        .await?;
+    ctx.emit(&v, || {
+        let b: Blueprint = parse(&v, "the new blueprint")?;
+        Ok(format!(
+            "created blueprint {} (revision {})\n",
+            output::clean(&b.name),
+            b.revision
+        ))
+    })
+}
+
+pub async fn edit(ctx: &Ctx, name: &str, file: &Path) -> Result<(), Error> {
+    let body = read_blueprint_file(file)?;
+    let v = ctx
+        .client
+        .json(Method::PUT, &["blueprints", name], &[], Some(&body))
+        .await?;
+    ctx.emit(&v, || {
+        let b: Blueprint = parse(&v, "the blueprint")?;
+        Ok(format!(
+            "updated blueprint {} (now revision {})\n",
+            output::clean(&b.name),
+            b.revision
+        ))
+    })
+}
+
+pub async fn set_enabled(ctx: &Ctx, name: &str, enabled: bool) -> Result<(), Error> {
+    let verb = if enabled { "enable" } else { "disable" };
+    let v = ctx.client.post(&["blueprints", name, verb], None).await?;
+    ctx.emit(&v, || {
+        let b: Blueprint = parse(&v, "the blueprint")?;
+        Ok(format!(
+            "blueprint {} {verb}d (revision {})\n",
+            output::clean(&b.name),
+            b.revision
+        ))
+    })
+}
+
+pub async fn history(ctx: &Ctx, name: &str) -> Result<(), Error> {
+    let v = ctx.client.get(&["blueprints", name, "revisions"]).await?;
+    ctx.emit(&v, || {
+        let revs: Vec<Revision> = parse(&v, "the revisions")?;
+        Ok(render_history(&revs, output::now_ms()))
+    })
+}
+
+/// Reads a blueprint file (`-`: standard input) into the JSON body to send.
+pub fn read_blueprint_file(path: &Path) -> Result<Value, Error> {
+    let text = if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(Error::io("reading the blueprint from standard input"))?;
+        s
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?
+    };
+    parse_blueprint(path, &text)
+}
+
+/// The kinds of blueprint file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Toml,
+    Json,
+}
+
+/// Parses a blueprint file's text into a JSON object; the format comes from the
+/// extension of `path` (for `-`, from the text).
+pub fn parse_blueprint(path: &Path, text: &str) -> Result<Value, Error> {
+    let shown = path.display();
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    let format = match ext.as_deref() {
+        Some("toml") => Format::Toml,
+        Some("json") => Format::Json,
+        _ if path == Path::new("-") => {
+            if text.trim_start().starts_with('{') {
+                Format::Json
+            } else {
+                Format::Toml
+            }
+        }
+        _ => {
+            return Err(Error::Input(format!(
+                "{shown}: cannot tell the format from the name; use a .toml or .json file"
+            )))
+        }
+    };
+    let value: Value = match format {
+        Format::Json => serde_json::from_str(text)
+            .map_err(|e| Error::Input(format!("{shown}: invalid JSON: {e}")))?,
+        Format::Toml => toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let (line, col) = line_col(text, s.start);
+                    format!("line {line}, column {col}: ")
+                })
+                .unwrap_or_default();
+            Error::Input(format!(
+                "{shown}: invalid TOML: {at}{}",
+                crate::error::one_line(e.message())
+            ))
+        })?,
+    };
+    if !value.is_object() {
+        return Err(Error::Input(format!(
+            "{shown}: a blueprint is a table of fields (a JSON object)"
+        )));
+    }
+    Ok(value)
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+fn cpus(c: Option<f64>) -> String {
+    c.map_or_else(|| "-".into(), |c| format!("{c}"))
+}
+
+fn memory(mib: Option<u64>) -> String {
+    mib.map_or_else(
+        || "-".into(),
+        |m| output::bytes(m.saturating_mul(1024 * 1024)),
+    )
+}
+
+fn lifetime(secs: Option<u64>) -> String {
+    secs.map_or_else(
+        || "-".into(),
+        |s| output::duration_ms(s.saturating_mul(1000)),
+    )
+}
+
+fn status(enabled: bool) -> String {
+    if enabled { "enabled" } else { "disabled" }.into()
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.into()
+    }
+}
+
+/// The `blueprints ls` table.
+pub fn render_list(bps: &[Blueprint]) -> String {
+    if bps.is_empty() {
+        return "no blueprints\n".into();
+    }
+    let mut t = Table::new(&[
+        "NAME",
+        "REV",
+        "APP",
+        "IMAGE",
+        "CPUS",
+        "MEMORY",
+        "LIFETIME",
+        "STATUS",
+        "DESCRIPTION",
+    ]);
+    for b in bps {
+        t.row(vec![
+            b.name.clone(),
+            b.revision.to_string(),
+            or_dash(&b.app),
+            b.image.clone(),
+            cpus(b.cpus),
+            memory(b.memory_mib),
+            lifetime(b.max_lifetime_secs),
+            status(b.enabled),
+            output::truncate(&output::clean(&b.description), 40),
+        ]);
+    }
+    t.render()
+}
+
+fn pairs(map: &std::collections::BTreeMap<String, String>) -> String {
+    if map.is_empty() {
+        return "-".into();
+    }
+    map.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `blueprints show`.
+pub fn render_detail(b: &Blueprint, now_ms: u64) -> String {
+    let app = match b.app_port {
+        Some(p) => format!("{} on port {p}", or_dash(&b.app)),
+        None => or_dash(&b.app),
+    };
+    let command = match &b.command {
+        Some(c) => serde_json::to_string(c).unwrap_or_default(),
+        None => "(the image's own)".into(),
+    };
+    output::key_values(&[
+        ("name", b.name.clone()),
+        (
+            "revision",
+            format!(
+                "{} (saved {})",
+                b.revision,
+                output::ago(now_ms, b.updated_ms)
+            ),
+        ),
+        ("status", status(b.enabled)),
+        ("description", b.description.clone()),
+        ("image", b.image.clone()),
+        ("app", app),
+        ("command", command),
+        ("cpus", cpus(b.cpus)),
+        ("memory", memory(b.memory_mib)),
+        ("max lifetime", lifetime(b.max_lifetime_secs)),
+        (
+            "max per user",
+            b.max_instances_per_user
+                .map_or_else(|| "-".into(), |n| n.to_string()),
+        ),
+        ("env", pairs(&b.env)),
+        ("placement", pairs(&b.placement)),
+    ])
+}
+
+/// `blueprints history`, newest first.
+pub fn render_history(revs: &[Revision], now_ms: u64) -> String {
+    let mut t = Table::new(&[
+        "REV", "SAVED", "STATUS", "APP", "IMAGE", "CPUS", "MEMORY", "LIFETIME",
+    ]);
+    let mut revs: Vec<&Revision> = revs.iter().collect();
+    revs.sort_by_key(|r| std::cmp::Reverse(r.revision));
+    for r in revs {
+        let s = &r.spec;
+        t.row(vec![
+            r.revision.to_string(),
+            output::ago(now_ms, r.saved_ms),
+            status(s.enabled),
+            or_dash(&s.app),
+            s.image.clone(),
+            cpus(s.cpus),
+            memory(s.memory_mib),
+            lifetime(s.max_lifetime_secs),
+        ]);
+    }
+    t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const TOML: &str = r#"
+name = "python"
+description = "Python course"
+image = "jupyter/base-notebook:2024-01-01"
+app = "jupyter"
+memory_mib = 512
+cpus = 1.5
+command = ["start-notebook.sh", "--debug"]
+enabled = true
+
+[env]
+COURSE = "intro"
+
+[placement]
+zone = "a"
+"#;
+
+    const JSON: &str = r#"{
+  "name": "python", "description": "Python course",
+  "image": "jupyter/base-notebook:2024-01-01", "app": "jupyter",
+  "memory_mib": 512, "cpus": 1.5, "command": ["start-notebook.sh", "--debug"],
+  "enabled": true, "env": {"COURSE": "intro"}, "placement": {"zone": "a"}
+}"#;
+
+    #[test]
+    fn toml_and_json_files_give_the_same_body() {
+        let a = parse_blueprint(Path::new("bp.toml"), TOML).unwrap();
+        let b = parse_blueprint(Path::new("bp.JSON"), JSON).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a["memory_mib"], json!(512));
+        assert!(a["memory_mib"].is_u64(), "integers stay integers");
+        assert_eq!(a["cpus"], json!(1.5));
+        // Standard input: the format is told from the text.
+        assert_eq!(parse_blueprint(Path::new("-"), TOML).unwrap(), a);
+        assert_eq!(parse_blueprint(Path::new("-"), JSON).unwrap(), a);
+    }
+
+    #[test]
+    fn bad_files_are_invalid_input_with_a_position() {
+        let e = parse_blueprint(Path::new("bp.toml"), "name = \"x\"\nimage = [\n").unwrap_err();
+        assert_eq!(e.exit_code(), 7);
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("bp.toml: invalid TOML: line 2, column "),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "{msg}");
+        let e = parse_blueprint(Path::new("bp.json"), "{\"name\": }").unwrap_err();
+        assert!(e.to_string().starts_with("bp.json: invalid JSON: "), "{e}");
+        let e = parse_blueprint(Path::new("bp.yaml"), "name: x").unwrap_err();
+        assert!(e.to_string().contains("use a .toml or .json file"), "{e}");
+        let e = parse_blueprint(Path::new("bp.json"), "[1, 2]").unwrap_err();
+        assert!(e.to_string().contains("JSON object"), "{e}");
+    }
+
+    fn sample() -> Blueprint {
+        serde_json::from_value(json!({"revision":2,"created_ms":1000,"updated_ms":50_000,"name":"python",
+            "description":"A rather long description of the Python course for beginners","image":"img:1",
+            "command":null,"env":{"A":"1","B":"2"},"app":"jupyter","app_port":8888,"memory_mib":512,
+            "cpus":1.5,"max_lifetime_secs":5400,"max_instances_per_user":1,"placement":{},"enabled":true}))
+        .unwrap()
+    }
+
+    #[test]
+    fn list_renders_a_table() {
+        let mut off = sample();
+        off.name = "r".into();
+        off.enabled = false;
+        off.app = "rstudio".into();
+        off.description = String::new();
+        off.memory_mib = Some(4096);
+        off.cpus = Some(2.0);
+        off.max_lifetime_secs = Some(30 * 86_400);
+        assert_eq!(
+            render_list(&[sample(), off]),
+            "NAME     REV   APP       IMAGE   CPUS   MEMORY    LIFETIME   STATUS     DESCRIPTION\n\
+             python   2     jupyter   img:1   1.5    512 MiB   1h30m      enabled    A rather long description of the Python…\n\
+             r        2     rstudio   img:1   2      4.0 GiB   30d        disabled\n"
+        );
+        assert_eq!(render_list(&[]), "no blueprints\n");
+    }
+
+    #[test]
+    fn show_renders_every_field() {
+        let text = render_detail(&sample(), 110_000);
+        assert!(text.contains("revision:      2 (saved 1m ago)\n"), "{text}");
+        assert!(
+            text.contains("app:           jupyter on port 8888\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("command:       (the image's own)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("env:           A=1\n               B=2\n"),
+            "{text}"
+        );
+        assert!(text.contains("placement:     -\n"), "{text}");
+    }
+
+    #[test]
+    fn history_is_newest_first() {
+        let revs: Vec<Revision> = (1..=3)
+            .map(|n| Revision {
+                revision: n,
+                saved_ms: u64::from(n) * 1000,
+                spec: sample(),
+            })
+            .collect();
+        let text = render_history(&revs, 10_000);
+        let firsts: Vec<&str> = text
+            .lines()
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(firsts, ["REV", "3", "2", "1"]);
+        assert!(text.lines().nth(1).unwrap().contains("7s ago"));
+    }
+}

@@ -1,0 +1,91 @@
+//! `hosts`: the hosts of the controller, with their state and capacity (admins).
+
+use super::Ctx;
+use crate::client::parse;
+use crate::error::Error;
+use crate::model::Host;
+use crate::output::{self, Table};
+
+pub async fn list(ctx: &Ctx) -> Result<(), Error> {
+    let v = ctx.client.get(&["hosts"]).await?;
+    ctx.emit(&v, || {
+        let hosts: Vec<Host> = parse(&v, "the host list")?;
+        Ok(render(&hosts, output::now_ms()))
+    })
+}
+
+/// The `hosts` table. MEM is the total and, in brackets, what is available.
+pub fn render(hosts: &[Host], now_ms: u64) -> String {
+    if hosts.is_empty() {
+        return "no hosts; enrol one with `cairn-agent join` (see `cairn-controller token create`)\n"
+            .into();
+    }
+    let mut t = Table::new(&[
+        "ID",
+        "HOSTNAME",
+        "STATE",
+        "CPUS",
+        "MEM",
+        "LAST SEEN",
+        "LABELS",
+    ]);
+    for h in hosts {
+        let (cpus, mem) = match &h.capacity {
+            Some(c) => (
+                c.cpus.to_string(),
+                format!(
+                    "{} ({} free)",
+                    output::bytes(c.memory_total_bytes),
+                    output::bytes(c.memory_available_bytes)
+                ),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        let labels = if h.labels.is_empty() {
+            "-".to_string()
+        } else {
+            h.labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        t.row(vec![
+            h.id.clone(),
+            h.hostname.clone(),
+            h.state.clone(),
+            cpus,
+            mem,
+            output::ago(now_ms, h.last_seen_ms),
+            labels,
+        ]);
+    }
+    t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn hosts_render_with_human_units_and_ages() {
+        let hosts: Vec<Host> = serde_json::from_value(json!([
+            {"id":"h-0123456789abcdef","hostname":"node1","state":"active","state_since_ms":1,
+             "state_reason":"hello","last_seen_ms":99_000,"connected":true,"enrolled_ms":1,
+             "labels":{"gpu":"true","zone":"a"},"facts":null,
+             "capacity":{"cpus":2,"memory_total_bytes":25_769_803_776u64,"memory_available_bytes":8_270_000_000u64,
+                         "load_average":[0.1,0.2,0.3],"docker_disk":null,"state_disk":null},
+             "runtime":null,"cert_not_after_unix":0,"remote_addr":"127.0.0.1:5000","transitions":[]},
+            {"id":"h-fedcba9876543210","hostname":"node2","state":"joining","last_seen_ms":0,
+             "labels":{},"capacity":null}
+        ]))
+        .unwrap();
+        assert_eq!(
+            render(&hosts, 100_000),
+            "ID                   HOSTNAME   STATE     CPUS   MEM                     LAST SEEN   LABELS\n\
+             h-0123456789abcdef   node1      active    2      24 GiB (7.7 GiB free)   1s ago      gpu=true,zone=a\n\
+             h-fedcba9876543210   node2      joining   -      -                       never       -\n"
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! `users ls|create|disable|enable`: local accounts (admins).
+
+use serde_json::json;
+
+use super::{prompt, Ctx};
+use crate::client::parse;
+use crate::error::Error;
+use crate::model::User;
+use crate::output::{self, Table};
+
+pub async fn list(ctx: &Ctx) -> Result<(), Error> {
+    let v = ctx.client.get(&["users"]).await?;
+    ctx.emit(&v, || {
+        let users: Vec<User> = parse(&v, "the user list")?;
+        Ok(render(&users, output::now_ms()))
+    })
+}
+
+pub async fn create(ctx: &Ctx, name: &str, admin: bool, password_stdin: bool) -> Result<(), Error> {
+    // Ask for the password before anything goes over the wire.
+    let password = prompt::get_password(password_stdin, true)?;
+    let role = if admin { "admin" } else { "user" };
+    let v = ctx
+        .client
+        .post(
+            &["users"],
+            Some(&json!({"name": name, "password": password, "role": role})),
+        )
+        .await?;
+    ctx.emit(&v, || {
+        let u: User = parse(&v, "the new user")?;
+        Ok(format!(
+            "created user {} ({})\n",
+            output::clean(&u.name),
+            output::clean(&u.role)
+        ))
+    })
+}
+
+pub async fn set_disabled(ctx: &Ctx, name: &str, disabled: bool) -> Result<(), Error> {
+    let verb = if disabled { "disable" } else { "enable" };
+    let v = ctx.client.post(&["users", name, verb], None).await?;
+    ctx.emit(&v, || {
+        let u: User = parse(&v, "the user")?;
+        Ok(format!("user {} {verb}d\n", output::clean(&u.name)))
+    })
+}
+
+/// The `users ls` table.
+pub fn render(users: &[User], now_ms: u64) -> String {
+    if users.is_empty() {
+        return "no users; create one with `cairn users create NAME`\n".into();
+    }
+    let mut t = Table::new(&["NAME", "ROLE", "STATUS", "CREATED"]);
+    for u in users {
+        t.row(vec![
+            u.name.clone(),
+            u.role.clone(),
+            if u.disabled { "disabled" } else { "enabled" }.into(),
+            output::ago(now_ms, u.created_ms),
+        ]);
+    }
+    t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_render_as_a_table() {
+        let users: Vec<User> = serde_json::from_value(json!([
+            {"name":"alice","role":"user","disabled":false,"created_ms":40_000},
+            {"name":"root","role":"admin","disabled":true,"created_ms":3_700_000}
+        ]))
+        .unwrap();
+        assert_eq!(
+            render(&users, 3_760_000),
+            "NAME    ROLE    STATUS     CREATED\n\
+             alice   user    enabled    1h2m ago\n\
+             root    admin   disabled   1m ago\n"
+        );
+    }
+}
