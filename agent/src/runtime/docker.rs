@@ -84,8 +84,25 @@ impl DockerRuntime {
     }
 }
 
-impl ContainerRuntime for DockerRuntime {
-    async fn prepare(&self) -> Result<(), RuntimeError> {
+impl DockerRuntime {
+    /// The Cairn network and the isolation rules around it.
+    async fn prepare_all(&self) -> Result<(), RuntimeError> {
+        self.ensure_network().await?;
+        // Without the rules an instance could reach the host's services. Refusing to
+        // run anything would make a laptop without root useless for trying Cairn, so
+        // this is loud rather than fatal.
+        let isolation = tokio::task::spawn_blocking(|| super::isolation::install(BRIDGE))
+            .await
+            .map_err(|e| RuntimeError(e.to_string()))?;
+        if let Err(e) = isolation {
+            tracing::error!(error = %e, "instances are NOT fenced off from this host: installing packet filter rules failed");
+        }
+        Ok(())
+    }
+}
+
+impl DockerRuntime {
+    async fn ensure_network(&self) -> Result<(), RuntimeError> {
         match self
             .docker()
             .await?
@@ -140,6 +157,12 @@ impl ContainerRuntime for DockerRuntime {
             }
             Err(e) => Err(docker_err("inspecting the Cairn network", e)),
         }
+    }
+}
+
+impl ContainerRuntime for DockerRuntime {
+    async fn prepare(&self) -> Result<(), RuntimeError> {
+        DockerRuntime::prepare_all(self).await
     }
 
     async fn list(&self) -> Result<BTreeMap<InstanceId, Observed>, RuntimeError> {

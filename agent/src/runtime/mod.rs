@@ -2,10 +2,13 @@
 //!
 //! * [`plan`] — the pure reconcile planner (desired + observed → actions).
 //! * [`docker`] — the Docker implementation of [`ContainerRuntime`] (bollard).
+//! * [`isolation`] — packet filter rules that keep instances off the host and the
+//!   cloud metadata address.
 //! * [`supervisor`] — the loop that applies desired state, executes plans, probes
 //!   apps until they answer, and queues reports for the link.
 
 pub mod docker;
+pub mod isolation;
 pub mod plan;
 pub mod supervisor;
 
