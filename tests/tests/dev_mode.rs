@@ -101,6 +101,9 @@ async fn dev_mode_runs_a_controller_and_a_local_agent() {
         .await;
         let v = hosts(token.clone()).await.unwrap();
         assert_eq!(v[0]["labels"]["dev"], "true", "round {round}: {v:#}");
+        if round == 0 {
+            check_seeded_content(api_port, &dir).await;
+        }
         // Ctrl-C: a clean stop.
         Command::new("kill")
             .args(["-INT", &child.id().to_string()])
@@ -118,4 +121,95 @@ async fn dev_mode_runs_a_controller_and_a_local_agent() {
         );
         assert_eq!(out.contains("initialised"), round == 0, "{out}");
     }
+}
+
+/// The development admin can log in with the password dev mode wrote, and the seeded
+/// example blueprint launches and serves its page.
+async fn check_seeded_content(api_port: u16, dir: &std::path::Path) {
+    let login = std::fs::read_to_string(dir.join("dev-login.txt")).unwrap();
+    let password = login
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .unwrap()
+        .to_string();
+    let base = format!("http://127.0.0.1:{api_port}/api/v1");
+    let http = reqwest::Client::new();
+    let r: serde_json::Value = http
+        .post(format!("{base}/login"))
+        .json(&serde_json::json!({"user": "dev", "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = r["token"].as_str().expect("dev login").to_string();
+    let bps: serde_json::Value = http
+        .get(format!("{base}/blueprints"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        bps.as_array().unwrap().iter().any(|b| b["name"] == "hello"),
+        "{bps}"
+    );
+    let inst: serde_json::Value = http
+        .post(format!("{base}/instances"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"blueprint": "hello"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = inst["id"].as_str().unwrap().to_string();
+    let url = format!("{base}/instances/{id}");
+    let mut address = String::new();
+    for _ in 0..600 {
+        let i: serde_json::Value = http
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_ne!(i["state"], "failed", "{i:#}");
+        if i["state"] == "running" {
+            address = i["address"].as_str().unwrap().to_string();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!address.is_empty(), "hello never reached running");
+    let page = reqwest::get(format!("http://{address}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Hello from Cairn"), "{page}");
+    http.delete(&url).bearer_auth(&token).send().await.unwrap();
+    for _ in 0..300 {
+        let i: serde_json::Value = http
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if i["state"] == "stopped" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("hello did not stop");
 }

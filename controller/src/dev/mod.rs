@@ -16,6 +16,8 @@ use cairn_agent::runtime::docker::DockerRuntime;
 use cairn_agent::runtime::Supervisor;
 use cairn_agent::state::{AgentState, StateDir};
 
+mod examples;
+
 use crate::app;
 use crate::cli::CliError;
 use crate::config::{DataDir, HostsConfig};
@@ -68,6 +70,7 @@ pub async fn run(data_dir: PathBuf, api_port: u16, link_port: u16) -> Result<(),
             .map_err(|e| CliError::Other(format!("enrolling the local agent: {e}")))?
     };
     let host = state.config.host_id.clone();
+    let seeded = seed(&app, &data_dir).await;
     let facts = Arc::new(
         HostFactsSource::new(state.config.labels.clone(), agent_dir.root().to_path_buf()).await,
     );
@@ -92,6 +95,22 @@ pub async fn run(data_dir: PathBuf, api_port: u16, link_port: u16) -> Result<(),
     println!("  API:          http://{api_addr}/api/v1/hosts");
     println!("  admin token:  {}", data.admin_token().display());
     println!("  try:          curl -H \"Authorization: Bearer $(cat {})\" http://{api_addr}/api/v1/hosts", data.admin_token().display());
+    match &seeded {
+        Ok(s) => {
+            println!(
+                "  log in:       cairn login --url http://{api_addr} --user {}   (password in {})",
+                s.user,
+                s.login_file.display()
+            );
+            if s.hello {
+                println!("  launch:       cairn launch hello --wait");
+            }
+            for note in &s.notes {
+                println!("  note:         {note}");
+            }
+        }
+        Err(e) => println!("  note:         could not seed the example content: {e}"),
+    }
     println!("  stop:         Ctrl-C");
     println!();
 
@@ -109,4 +128,80 @@ pub async fn run(data_dir: PathBuf, api_port: u16, link_port: u16) -> Result<(),
 /// Resolves on SIGINT or SIGTERM.
 pub async fn wait_for_signal() {
     cairn_shared::process::shutdown_signal().await
+}
+
+/// What [`seed`] set up.
+struct Seeded {
+    user: String,
+    login_file: PathBuf,
+    hello: bool,
+    notes: Vec<String>,
+}
+
+/// Creates the development admin account and the example blueprint on first run.
+async fn seed(app: &crate::app::App, data_dir: &std::path::Path) -> Result<Seeded, String> {
+    let user = "dev".to_string();
+    let login_file = data_dir.join("dev-login.txt");
+    let now = cairn_shared::time::now_ms();
+    if app
+        .accounts
+        .get(&user)
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
+        let password = crate::auth::random_secret(12);
+        app.accounts
+            .create(&user, &password, crate::users::Role::Admin, now)
+            .await
+            .map_err(|e| e.to_string())?;
+        cairn_shared::fsutil::write_secret(
+            &login_file,
+            format!("user: {user}\npassword: {password}\n").as_bytes(),
+        )
+        .map_err(|e| format!("writing {}: {e}", login_file.display()))?;
+    }
+    let mut notes = vec![];
+    let docker = async {
+        let d = bollard::Docker::connect_with_defaults().map_err(|e| e.to_string())?;
+        d.negotiate_version().await.map_err(|e| e.to_string())
+    };
+    let image = match docker.await {
+        Ok(d) => examples::ensure_hello_image(&d).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &image {
+        notes.push(e.clone());
+    }
+    let hello = image.is_ok();
+    if hello
+        && app
+            .blueprints
+            .get("hello")
+            .map_err(|e| e.to_string())?
+            .is_none()
+    {
+        let input = crate::blueprints::BlueprintInput {
+            name: Some("hello".into()),
+            description: Some(
+                "A tiny web page served from your own container (works offline).".into(),
+            ),
+            image: Some(examples::HELLO_IMAGE.into()),
+            app: Some("http".into()),
+            app_port: Some(8080),
+            memory_mib: Some(64),
+            cpus: Some(0.5),
+            max_lifetime_secs: Some(3600),
+            ..Default::default()
+        };
+        app.blueprints
+            .create(&input, now)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+    }
+    Ok(Seeded {
+        user,
+        login_file,
+        hello,
+        notes,
+    })
 }
