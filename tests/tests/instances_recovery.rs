@@ -308,3 +308,126 @@ async fn lifetimes_run_out_on_time() {
     assert!(late < 1500, "stopping began {late} ms after expiry");
     assert!(start.elapsed() < Duration::from_secs(15));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launches_wait_in_the_queue_until_a_fitting_host_appears() {
+    if !require_docker() {
+        return;
+    }
+    let image = busybox_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let (ctl, _agent, _host, alice, _cleanup) = setup(tmp.path()).await;
+    let mut bp = blueprint("zoned", &image, 3600);
+    bp["placement"] = json!({"zone": "b"});
+    assert_eq!(
+        ctl.send(Method::POST, "/api/v1/blueprints", Some(bp))
+            .await
+            .0,
+        201
+    );
+    let (_, inst) = ctl
+        .request(
+            Some(&alice),
+            Method::POST,
+            "/api/v1/instances",
+            Some(json!({"blueprint": "zoned"})),
+        )
+        .await;
+    let id = inst["id"].as_str().unwrap().to_string();
+    // No host has zone=b: it stays queued.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, i) = ctl
+        .request(
+            Some(&alice),
+            Method::GET,
+            &format!("/api/v1/instances/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(i["state"], "queued", "{i:#}");
+
+    // A host with zone=b joins: the instance is placed there and runs.
+    let mut second = Agent::new(tmp.path(), "zone-b");
+    let b = second.join_ok(&ctl, &ctl.token("5m", 1), &["--label", "zone=b"]);
+    let _cleanup_b = Cleanup(b.clone());
+    second.start();
+    wait_for(
+        "placed on the new host and running",
+        Duration::from_secs(60),
+        || {
+            let (ctl, alice, id, b) = (&ctl, &alice, &id, &b);
+            async move {
+                let (_, i) = ctl
+                    .request(
+                        Some(alice),
+                        Method::GET,
+                        &format!("/api/v1/instances/{id}"),
+                        None,
+                    )
+                    .await;
+                i["state"] == "running" && i["host"] == b.as_str()
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_extend_lifetimes() {
+    if !require_docker() {
+        return;
+    }
+    let image = busybox_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let (ctl, _agent, _host, alice, _cleanup) = setup(tmp.path()).await;
+    assert_eq!(
+        ctl.send(
+            Method::POST,
+            "/api/v1/blueprints",
+            Some(blueprint("short", &image, 4))
+        )
+        .await
+        .0,
+        201
+    );
+    let (_, inst) = ctl
+        .request(
+            Some(&alice),
+            Method::POST,
+            "/api/v1/instances",
+            Some(json!({"blueprint": "short"})),
+        )
+        .await;
+    let id = inst["id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/instances/{id}/extend");
+    // Users cannot extend; admins can.
+    assert_eq!(
+        ctl.request(
+            Some(&alice),
+            Method::POST,
+            &path,
+            Some(json!({"seconds": 60}))
+        )
+        .await
+        .0,
+        403
+    );
+    let (status, i) = ctl
+        .send(Method::POST, &path, Some(json!({"seconds": 60})))
+        .await;
+    assert_eq!(status, 200, "{i}");
+    assert!(i["time_left_secs"].as_u64().unwrap() > 55, "{i}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (_, i) = ctl
+        .request(
+            Some(&alice),
+            Method::GET,
+            &format!("/api/v1/instances/{id}"),
+            None,
+        )
+        .await;
+    assert!(
+        i["state"] == "running" || i["state"] == "starting",
+        "extended instance stopped: {i:#}"
+    );
+}

@@ -63,7 +63,8 @@ pub fn install(bridge: &str) -> Result<(), String> {
         .write(true)
         .open(LOCK)
         .map_err(|e| format!("cannot open {LOCK}: {e}"))?;
-    lock.lock().map_err(|e| format!("cannot lock {LOCK}: {e}"))?;
+    lock.lock()
+        .map_err(|e| format!("cannot lock {LOCK}: {e}"))?;
     fresh_chain("CAIRN-INPUT")?;
     iptables(&[
         "-A",

@@ -193,12 +193,21 @@ impl<R: ContainerRuntime> Supervisor<R> {
     /// Waits until the app answers (→ Running) or the start timeout passes (→ Failed).
     /// Gives up quietly if the instance stops being desired or its container exits.
     async fn probe(&self, d: &DesiredInstance) {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(d.start_timeout_ms);
+        let start = tokio::time::Instant::now();
+        let deadline = start + Duration::from_millis(d.start_timeout_ms);
+        // Most apps answer within milliseconds of their container starting, so the
+        // first retries come fast and then back off; launch latency is what users feel.
+        let mut delay = Duration::from_millis(2);
+        let mut ip = None;
+        let mut last_exit_check = start;
         loop {
             if !self.lock().desired.contains_key(&d.id) {
                 return;
             }
-            if let Ok(Some(ip)) = self.runtime.address(&d.id).await {
+            if ip.is_none() {
+                ip = self.runtime.address(&d.id).await.ok().flatten();
+            }
+            if let Some(ip) = ip {
                 let addr = std::net::SocketAddr::new(ip, d.app_port);
                 if answers(addr, &d.probe).await {
                     self.report(
@@ -210,14 +219,19 @@ impl<R: ContainerRuntime> Supervisor<R> {
                     return;
                 }
             }
-            if matches!(
-                self.runtime
+            if last_exit_check.elapsed() >= Duration::from_millis(500) {
+                last_exit_check = tokio::time::Instant::now();
+                let state = self
+                    .runtime
                     .list()
                     .await
-                    .map(|o| o.get(&d.id).map(|x| x.state.clone())),
-                Ok(Some(super::ContainerState::Exited { .. })) | Ok(None)
-            ) {
-                return; // the next pass reports the exit (or absence)
+                    .map(|o| o.get(&d.id).map(|x| x.state.clone()));
+                if matches!(
+                    state,
+                    Ok(Some(super::ContainerState::Exited { .. })) | Ok(None)
+                ) {
+                    return; // the next pass reports the exit (or absence)
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 self.report(
@@ -232,7 +246,8 @@ impl<R: ContainerRuntime> Supervisor<R> {
                 );
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(200));
         }
     }
 }

@@ -267,6 +267,13 @@ impl Instances {
         env.push(("CAIRN_BASE_URL".into(), base.clone()));
         if let Some(t) = &i.secrets.jupyter_token {
             env.push(("JUPYTER_TOKEN".into(), t.clone()));
+            // Jupyter has no environment variable for its base URL; the Jupyter
+            // Docker Stacks images pass NOTEBOOK_ARGS to the server, and Cairn's own
+            // images read CAIRN_BASE_URL.
+            env.push((
+                "NOTEBOOK_ARGS".into(),
+                format!("--ServerApp.base_url={base}"),
+            ));
         }
         if let Some(p) = &i.secrets.rstudio_password {
             env.push(("PASSWORD".into(), p.clone()));

@@ -2,6 +2,8 @@
 //!
 //! * `idle-agent` — resident memory and CPU of an idle real agent (and its
 //!   controller) over a window.
+//! * `launch` — time from `POST /instances` to `running`, beside `docker run` plus
+//!   waiting for the port, interleaved in one run.
 //! * `heartbeats` — controller CPU and memory while N hollow agents (the real link and
 //!   protocol, fake host facts, one QUIC connection and certificate each, all in this
 //!   process) heartbeat at the configured interval.
@@ -44,6 +46,11 @@ enum Cmd {
         #[arg(long, default_value = "5s")]
         interval: String,
     },
+    /// Launch latency of Cairn beside plain `docker run`.
+    Launch {
+        #[arg(long, default_value_t = 50)]
+        count: usize,
+    },
     /// Controller cost of many agents' heartbeats.
     Heartbeats {
         #[arg(long, default_value_t = 1000)]
@@ -71,6 +78,7 @@ async fn main() -> Result<()> {
             interval,
             seconds,
         } => heartbeats(agents, &interval, seconds).await?,
+        Cmd::Launch { count } => launch(count).await?,
     };
     if let Some(p) = cli.json {
         std::fs::write(&p, serde_json::to_vec_pretty(&result)?)
@@ -248,4 +256,154 @@ async fn heartbeats(n: usize, interval: &str, seconds: u64) -> Result<serde_json
         "hollow_process": {"cpu_pct": h.cpu_pct, "rss_mib": h.rss_mib},
         "enrol_secs": enrol_secs, "connect_secs": connect_secs, "active_at_end": still_active,
     }))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Polls a TCP connect to `addr` every millisecond until it succeeds.
+async fn wait_port(addr: &str, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    bail!("{addr} did not answer within {timeout:?}")
+}
+
+fn docker_cli(args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new("docker").args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+async fn launch(count: usize) -> Result<serde_json::Value> {
+    use reqwest::Method;
+    let image = cairn_tests::images::busybox_image();
+    let tmp = tempfile::tempdir()?;
+    let mut ctl = Controller::init(tmp.path(), &ControllerOptions::default());
+    ctl.start().await;
+    let mut agent = Agent::new(tmp.path(), "bench");
+    let host = agent.join_ok(&ctl, &ctl.token("5m", 1), &[]);
+    agent.start();
+    ctl.wait_host_state(&host, "active", Duration::from_secs(30))
+        .await;
+    let cmd = [
+        "sh",
+        "-c",
+        "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www",
+    ];
+    let bp = json!({"name": "bench", "image": image, "app": "http", "app_port": 8080, "memory_mib": 64, "cpus": 0.5, "command": cmd});
+    let (s, b) = ctl.send(Method::POST, "/api/v1/blueprints", Some(bp)).await;
+    if s != 201 {
+        bail!("creating the blueprint: {b}");
+    }
+    let token = ctl.user("bench", "user").await;
+    let mut cairn = vec![];
+    let mut plain = vec![];
+    for round in 0..count {
+        // Cairn: request accepted → the agent reports the app answering.
+        let t0 = Instant::now();
+        let (s, inst) = ctl
+            .request(
+                Some(&token),
+                Method::POST,
+                "/api/v1/instances",
+                Some(json!({"blueprint": "bench"})),
+            )
+            .await;
+        if s != 201 {
+            bail!("launch {round}: {inst}");
+        }
+        let id = inst["id"].as_str().context("id")?.to_string();
+        let path = format!("/api/v1/instances/{id}");
+        loop {
+            let (_, i) = ctl.request(Some(&token), Method::GET, &path, None).await;
+            match i["state"].as_str() {
+                Some("running") => break,
+                Some("failed") => bail!("instance failed: {i}"),
+                _ => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!("launch {round} did not reach running");
+            }
+        }
+        cairn.push(t0.elapsed().as_secs_f64() * 1000.0);
+        ctl.request(Some(&token), Method::DELETE, &path, None).await;
+        loop {
+            let (_, i) = ctl.request(Some(&token), Method::GET, &path, None).await;
+            if i["state"] == "stopped" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // Plain Docker on the same network and limits: run, find the address, wait for the port.
+        let t0 = Instant::now();
+        let name = format!("bench-plain-{}", std::process::id());
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "cairn",
+            "--memory",
+            "64m",
+            "--cpus",
+            "0.5",
+            &image,
+        ];
+        args.extend(cmd);
+        docker_cli(&args)?;
+        let ip = docker_cli(&[
+            "inspect",
+            "--format",
+            "{{.NetworkSettings.Networks.cairn.IPAddress}}",
+            &name,
+        ])?;
+        wait_port(&format!("{ip}:8080"), Duration::from_secs(60)).await?;
+        plain.push(t0.elapsed().as_secs_f64() * 1000.0);
+        docker_cli(&["rm", "-f", &name])?;
+    }
+    agent.kill9();
+    cairn.sort_by(f64::total_cmp);
+    plain.sort_by(f64::total_cmp);
+    let (c50, c95, p50, p95) = (
+        percentile(&cairn, 0.5),
+        percentile(&cairn, 0.95),
+        percentile(&plain, 0.5),
+        percentile(&plain, 0.95),
+    );
+    println!("launch to running, {count} launches each, interleaved (image present, same limits and network)");
+    println!("| path                               | p50 (ms) | p95 (ms) |");
+    println!("|------------------------------------|---------:|---------:|");
+    println!("| cairn: POST /instances → running   | {c50:>8.1} | {c95:>8.1} |");
+    println!("| docker run + wait for port         | {p50:>8.1} | {p95:>8.1} |");
+    println!(
+        "| ratio cairn / docker               | {:>8.2} | {:>8.2} |",
+        c50 / p50,
+        c95 / p95
+    );
+    println!(
+        "added by cairn: p50 {:+.1} ms, p95 {:+.1} ms",
+        c50 - p50,
+        c95 - p95
+    );
+    Ok(json!({"bench": "launch", "count": count,
+        "cairn_ms": {"p50": c50, "p95": c95}, "docker_run_ms": {"p50": p50, "p95": p95},
+        "ratio": {"p50": c50 / p50, "p95": c95 / p95}}))
 }
