@@ -387,6 +387,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// How long the agent waits for an instance's app to accept a tunnel connection.
+const TUNNEL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Answers one request the controller opened a stream for.
 async fn serve_request(
     workloads: Option<WorkloadsHandle>,
@@ -404,6 +407,11 @@ async fn serve_request(
                 Err(message) => ControllerResponse::Error { message },
             }
         }
+        (ControllerRequest::Tunnel { instance }, Some(w)) => {
+            use tracing::Instrument;
+            let span = tracing::debug_span!("tunnel", %instance);
+            return tunnel(&w, instance, send, recv).instrument(span).await;
+        }
         (_, None) => ControllerResponse::Error {
             message: "this agent runs no instances".into(),
         },
@@ -413,6 +421,64 @@ async fn serve_request(
         .is_ok()
     {
         let _ = send.finish();
+    }
+}
+
+/// Connects a proxy stream to a running instance's app and copies bytes both ways
+/// until both directions are finished.
+async fn tunnel(
+    workloads: &WorkloadsHandle,
+    instance: cairn_shared::ids::InstanceId,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let refuse = |message: String| ControllerResponse::Error { message };
+    let tcp = match workloads.0.app_address(&instance) {
+        None => Err(refuse(format!(
+            "instance {instance} is not running on this host"
+        ))),
+        Some(addr) => {
+            match tokio::time::timeout(TUNNEL_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+                .await
+            {
+                Ok(Ok(s)) => Ok(s),
+                Ok(Err(e)) => Err(refuse(format!("cannot connect to the app at {addr}: {e}"))),
+                Err(_) => Err(refuse(format!(
+                    "the app at {addr} did not accept a connection within {} s",
+                    TUNNEL_CONNECT_TIMEOUT.as_secs()
+                ))),
+            }
+        }
+    };
+    let mut tcp = match tcp {
+        Ok(s) => s,
+        Err(resp) => {
+            if framing::write(&mut send, &resp, framing::MAX_FRAME_LEN)
+                .await
+                .is_ok()
+            {
+                let _ = send.finish();
+            }
+            return;
+        }
+    };
+    // Small writes (WebSocket frames, keystrokes in a terminal) must not wait for
+    // Nagle's algorithm.
+    let _ = tcp.set_nodelay(true);
+    if framing::write(
+        &mut send,
+        &ControllerResponse::TunnelOpen,
+        framing::MAX_FRAME_LEN,
+    )
+    .await
+    .is_err()
+    {
+        return;
+    }
+    let mut quic = tokio::io::join(recv, send);
+    match tokio::io::copy_bidirectional(&mut quic, &mut tcp).await {
+        Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
+        Err(e) => tracing::debug!(error = %e, "tunnel ended"),
     }
 }
 

@@ -123,16 +123,28 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
         shutdown.clone(),
     ));
     {
-        let router = crate::api::router(app.clone());
+        let router = crate::api::routes(app.clone());
         let s = shutdown.clone();
-        tasks.spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { s.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "API server failed");
+        match &app.config.api.tls {
+            Some(files) => {
+                let root = app.data_dir.root();
+                let acceptor =
+                    crate::https::acceptor(root.join(&files.cert), root.join(&files.key))
+                        .map_err(|e| StartError::Config(e.to_string()))?;
+                tasks.spawn(crate::https::serve(listener, acceptor, router, s));
             }
-        });
+            None => {
+                let router = router.into_make_service_with_connect_info::<SocketAddr>();
+                tasks.spawn(async move {
+                    let served = axum::serve(listener, router)
+                        .with_graceful_shutdown(async move { s.cancelled().await })
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "API server failed");
+                    }
+                });
+            }
+        }
     }
     tasks.spawn(liveness_loop(app.clone(), shutdown.clone()));
     tasks.spawn(server_cert_loop(

@@ -39,9 +39,14 @@ pub enum Command {
         /// A DNS name or IP address for the server certificate (repeatable).
         #[arg(long = "server-name")]
         server_names: Vec<String>,
-        /// TCP address of the REST API.
+        /// TCP address of the REST API, the web UI and the proxy.
         #[arg(long, default_value = "127.0.0.1:7080")]
         api_listen: SocketAddr,
+        /// How browsers reach the API: `https` with the certificate `init` makes (signed
+        /// by the Cairn CA), `https:CERT.pem:KEY.pem` with your own, `behind-proxy` for
+        /// plain HTTP behind your own TLS terminator, or `http` (loopback only).
+        #[arg(long, default_value = "auto")]
+        web_tls: String,
         /// UDP address agents dial.
         #[arg(long, default_value = "0.0.0.0:7443")]
         link_listen: SocketAddr,
@@ -144,6 +149,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
             dir,
             server_names,
             api_listen,
+            web_tls,
             link_listen,
             heartbeat_interval,
             missed_heartbeats,
@@ -155,9 +161,11 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
             if names.is_empty() {
                 names = default_server_names();
             }
+            let web = pki::WebTls::parse(&web_tls, api_listen).map_err(CliError::Usage)?;
             let opts = InitOptions {
                 server_names: names,
                 api_listen,
+                web,
                 link_listen,
                 hosts: HostsConfig {
                     heartbeat_interval_ms: heartbeat_interval.as_millis() as u64,

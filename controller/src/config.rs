@@ -67,6 +67,29 @@ pub struct ControllerConfig {
     pub auth: AuthConfig,
     #[serde(default)]
     pub instances: InstancesConfig,
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// A WebSocket through the proxy (a kernel, a terminal) closes after this long with
+    /// no byte in either direction. Hours: a student reading is not gone.
+    #[serde(default = "default_ws_idle")]
+    pub websocket_idle_secs: u64,
+}
+
+fn default_ws_idle() -> u64 {
+    6 * 3600
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            websocket_idle_secs: default_ws_idle(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -99,8 +122,31 @@ impl Default for InstancesConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// TCP address of the REST API.
+    /// TCP address of the REST API, the web UI and the proxy.
     pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate chain and key (PEM; relative paths are in the
+    /// data directory). Without it, plain HTTP: for development on 127.0.0.1, or behind
+    /// a site's own TLS terminator (then set `behind_tls_proxy`).
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Browsers reach this plain-HTTP listener through an HTTPS terminator: cookies are
+    /// marked `Secure` and apps are told `X-Forwarded-Proto: https`.
+    #[serde(default)]
+    pub behind_tls_proxy: bool,
+}
+
+impl ApiConfig {
+    pub fn serves_https(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -239,6 +285,8 @@ mod tests {
         ControllerConfig {
             api: ApiConfig {
                 listen: "127.0.0.1:7080".parse().unwrap(),
+                tls: None,
+                behind_tls_proxy: false,
             },
             link: LinkConfig {
                 listen: "127.0.0.1:7443".parse().unwrap(),
@@ -250,6 +298,7 @@ mod tests {
                 agent_cert_ttl_secs: default_agent_ttl(),
                 server_cert_ttl_secs: default_server_ttl(),
             },
+            proxy: ProxyConfig::default(),
             auth: AuthConfig {
                 admin_token_sha256: "0".repeat(64),
             },

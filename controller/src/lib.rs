@@ -11,6 +11,9 @@
 //! * [`hosts`] — the host registry and its liveness state machine.
 //! * [`link`] — the QUIC server agents dial: enrolment and sessions.
 //! * [`api`] — the REST API.
+//! * [`https`] — TLS for the HTTP listener, with certificate reload.
+//! * [`web`] — the web UI: server-rendered pages for users and admins.
+//! * [`proxy`] — the reverse proxy to instances, over the agents' links.
 //! * [`app`] — wiring, start and graceful shutdown.
 //! * [`dev`] — development mode: a controller and a local agent in one process.
 //! * [`cli`] — the `cairn-controller` subcommands.
@@ -24,9 +27,12 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod hosts;
+pub mod https;
 pub mod instances;
 pub mod link;
 pub mod pki;
+pub mod proxy;
 pub mod store;
 pub mod tokens;
 pub mod users;
+pub mod web;

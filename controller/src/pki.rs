@@ -1,7 +1,7 @@
 //! The controller's own keys and certificates: created by `init`, loaded at start,
 //! and the server certificate renewed before it runs out.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use cairn_shared::identity::{self, Ca, CertAndKey, Fingerprint};
 use crate::auth;
 use crate::config::{
     ApiConfig, AuthConfig, CertificatesConfig, ControllerConfig, DataDir, HostsConfig, LinkConfig,
+    TlsFiles,
 };
 
 /// Lifetime of the CA: long, because replacing it means re-enrolling every host.
@@ -43,11 +44,54 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> PkiError {
 pub struct InitOptions {
     pub server_names: Vec<String>,
     pub api_listen: std::net::SocketAddr,
+    pub web: WebTls,
     pub link_listen: std::net::SocketAddr,
     pub hosts: HostsConfig,
     /// Lifetime of agents' client certificates.
     pub agent_cert_ttl: Duration,
     pub force: bool,
+}
+
+/// How browsers reach the API listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebTls {
+    /// Plain HTTP; allowed on loopback only.
+    Http,
+    /// Plain HTTP behind the site's own TLS terminator.
+    BehindProxy,
+    /// HTTPS with the server certificate `init` makes.
+    InitCert,
+    /// HTTPS with the admin's own certificate chain and key.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+impl WebTls {
+    /// Parses `--web-tls`; `auto` is plain HTTP on loopback and HTTPS elsewhere.
+    pub fn parse(s: &str, listen: std::net::SocketAddr) -> Result<Self, String> {
+        let t = match s {
+            "auto" if listen.ip().is_loopback() => WebTls::Http,
+            "auto" | "https" => WebTls::InitCert,
+            "http" => WebTls::Http,
+            "behind-proxy" => WebTls::BehindProxy,
+            other => match other.strip_prefix("https:").and_then(|r| r.split_once(':')) {
+                Some((c, k)) if !c.is_empty() && !k.is_empty() => WebTls::Files {
+                    cert: c.into(),
+                    key: k.into(),
+                },
+                _ => {
+                    return Err(format!(
+                        "--web-tls must be auto, http, https, https:CERT:KEY or behind-proxy, not {other:?}"
+                    ))
+                }
+            },
+        };
+        if t == WebTls::Http && !listen.ip().is_loopback() {
+            return Err(format!(
+                "refusing plain HTTP on {listen}: passwords and sessions would cross the network in the clear; use --web-tls https, https:CERT:KEY or behind-proxy"
+            ));
+        }
+        Ok(t)
+    }
 }
 
 /// What `init` produced, for printing.
@@ -87,6 +131,18 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<InitOutcome, PkiError> 
     let config = ControllerConfig {
         api: ApiConfig {
             listen: opts.api_listen,
+            tls: match &opts.web {
+                WebTls::InitCert => Some(TlsFiles {
+                    cert: "controller.crt".into(),
+                    key: "controller.key".into(),
+                }),
+                WebTls::Files { cert, key } => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                WebTls::Http | WebTls::BehindProxy => None,
+            },
+            behind_tls_proxy: opts.web == WebTls::BehindProxy,
         },
         link: LinkConfig {
             listen: opts.link_listen,
@@ -95,6 +151,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<InitOutcome, PkiError> 
         hosts: opts.hosts.clone(),
         certificates,
         instances: Default::default(),
+        proxy: Default::default(),
         auth: AuthConfig {
             admin_token_sha256: auth::digest_hex(&admin_token),
         },
@@ -201,11 +258,36 @@ mod tests {
         InitOptions {
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
             api_listen: "127.0.0.1:0".parse().unwrap(),
+            web: WebTls::Http,
             link_listen: "127.0.0.1:0".parse().unwrap(),
             hosts: HostsConfig::default(),
             agent_cert_ttl: Duration::from_secs(30 * 24 * 3600),
             force: false,
         }
+    }
+
+    #[test]
+    fn web_tls_choices_refuse_plain_http_off_loopback() {
+        let lo: std::net::SocketAddr = "127.0.0.1:7080".parse().unwrap();
+        let any: std::net::SocketAddr = "0.0.0.0:7080".parse().unwrap();
+        assert_eq!(WebTls::parse("auto", lo).unwrap(), WebTls::Http);
+        assert_eq!(WebTls::parse("auto", any).unwrap(), WebTls::InitCert);
+        assert_eq!(
+            WebTls::parse("behind-proxy", any).unwrap(),
+            WebTls::BehindProxy
+        );
+        assert_eq!(
+            WebTls::parse("https:/etc/c.pem:/etc/k.pem", any).unwrap(),
+            WebTls::Files {
+                cert: "/etc/c.pem".into(),
+                key: "/etc/k.pem".into()
+            }
+        );
+        assert!(WebTls::parse("http", any)
+            .unwrap_err()
+            .contains("refusing plain HTTP"));
+        assert!(WebTls::parse("https:", any).is_err());
+        assert!(WebTls::parse("tls", lo).is_err());
     }
 
     #[test]

@@ -399,9 +399,15 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
         t.max_idle_timeout(Some(idle));
     }
-    // Many requests and transfers may be in flight per agent.
-    t.max_concurrent_bidi_streams(256u32.into());
+    // Every proxied browser connection is a stream of its own, so a busy host carries
+    // thousands at once.
+    t.max_concurrent_bidi_streams(4096u32.into());
     t.max_concurrent_uni_streams(64u32.into());
+    // Windows large enough for a fast stream on a LAN, and a bound on what one peer
+    // can make the other buffer (quinn's default connection window is unlimited).
+    t.stream_receive_window((4u32 << 20).into());
+    t.receive_window((64u32 << 20).into());
+    t.send_window(64 << 20);
     Arc::new(t)
 }
 

@@ -114,12 +114,25 @@ impl Validate for InstanceReport {
 pub enum ControllerRequest {
     /// The last `tail` lines of an instance's output.
     Logs { instance: InstanceId, tail: u32 },
+    /// A byte tunnel to a running instance's app port, for the controller's proxy.
+    ///
+    /// The agent connects to the address it reported for the instance (it never
+    /// connects anywhere the controller names, so a controller bug cannot turn it
+    /// into an open relay), answers [`ControllerResponse::TunnelOpen`], and from then
+    /// on the stream carries raw bytes in both directions until either side finishes.
+    Tunnel { instance: InstanceId },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControllerResponse {
-    Logs { text: String },
-    Error { message: String },
+    Logs {
+        text: String,
+    },
+    /// The tunnel is connected; the stream is raw bytes from now on.
+    TunnelOpen,
+    Error {
+        message: String,
+    },
 }
 
 /// Most log bytes returned at once.

@@ -302,6 +302,51 @@ impl Controller {
         }
     }
 
+    /// Waits until instance `id` is in `state` (panics on an unexpected `failed`).
+    pub async fn wait_instance(
+        &self,
+        token: &str,
+        id: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> Value {
+        let start = Instant::now();
+        let mut last = Value::Null;
+        while start.elapsed() < timeout {
+            let (_, body) = self
+                .request(
+                    Some(token),
+                    reqwest::Method::GET,
+                    &format!("/api/v1/instances/{id}"),
+                    None,
+                )
+                .await;
+            if body["state"] == state {
+                return body;
+            }
+            if body["state"] == "failed" && state != "failed" {
+                panic!("instance {id} failed: {body:#}");
+            }
+            last = body;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("instance {id} not {state} after {timeout:?}: {last:#}");
+    }
+
+    /// Launches `blueprint` as the holder of `token`; returns the instance id.
+    pub async fn launch(&self, token: &str, blueprint: &str) -> String {
+        let (status, body) = self
+            .request(
+                Some(token),
+                reqwest::Method::POST,
+                "/api/v1/instances",
+                Some(serde_json::json!({ "blueprint": blueprint })),
+            )
+            .await;
+        assert_eq!(status, 201, "launch {blueprint}: {body}");
+        body["id"].as_str().expect("instance id").to_string()
+    }
+
     /// The hosts as the API lists them.
     pub async fn hosts(&self) -> Vec<Value> {
         let (status, body) = self.get("/api/v1/hosts").await;

@@ -91,3 +91,16 @@ impl Drop for ContainerGuard {
             .status();
     }
 }
+
+/// Removes the containers of the instances a test launched (`cairn-{id}`) when dropped,
+/// whatever happens.
+#[derive(Debug, Default)]
+pub struct InstanceContainers(pub Vec<String>);
+
+impl Drop for InstanceContainers {
+    fn drop(&mut self) {
+        for id in &self.0 {
+            drop(ContainerGuard(format!("cairn-{id}")));
+        }
+    }
+}

@@ -11,6 +11,8 @@
 //! killed test run is taken over instead of blocking every later run.
 //!
 //! [`busybox_image`] is the common case: Debian's static busybox and its applets.
+//! [`jupyter_image`] is a real JupyterLab (debootstrap, then pip in a chroot), for
+//! tests that must talk to the real thing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -118,6 +120,17 @@ pub fn ensure_image(tag: &str, build: impl FnOnce(&Path)) -> String {
 
 /// [`ensure_image`] with a given default command (the image's `CMD`, exec form).
 pub fn ensure_image_with_cmd(tag: &str, cmd: &[&str], build: impl FnOnce(&Path)) -> String {
+    let cmd = serde_json::to_string(cmd).expect("a list of strings is JSON");
+    ensure_image_with_changes(tag, &[format!("CMD {cmd}")], build)
+}
+
+/// [`ensure_image`] with the given `docker import -c` changes (Dockerfile lines such
+/// as `CMD [...]` or `ENV K=V`) instead of the default command.
+pub fn ensure_image_with_changes(
+    tag: &str,
+    changes: &[String],
+    build: impl FnOnce(&Path),
+) -> String {
     if image_exists(tag) {
         return tag.to_string();
     }
@@ -130,14 +143,13 @@ pub fn ensure_image_with_cmd(tag: &str, cmd: &[&str], build: impl FnOnce(&Path))
     }
     let root = tempfile::tempdir().expect("create a temporary directory for the root fs");
     build(root.path());
-    import(root.path(), tag, cmd);
+    import(root.path(), tag, changes);
     tag.to_string()
 }
 
-/// `tar -C root -c . | docker import -c 'CMD [...]' - tag`, with every file owned by
+/// `tar -C root -c . | docker import -c CHANGE... - tag`, with every file owned by
 /// root in the image whoever runs the tests.
-fn import(root: &Path, tag: &str, cmd: &[&str]) {
-    let cmd = serde_json::to_string(cmd).expect("a list of strings is JSON");
+fn import(root: &Path, tag: &str, changes: &[String]) {
     let mut tar = Command::new("tar")
         .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
         .arg(root)
@@ -146,10 +158,12 @@ fn import(root: &Path, tag: &str, cmd: &[&str]) {
         .spawn()
         .expect("run tar (is it installed?)");
     let tar_out = tar.stdout.take().expect("tar's stdout is piped");
-    let out = Command::new("docker")
-        .args(["import", "-c", &format!("CMD {cmd}"), "-", tag])
-        .stdin(tar_out)
-        .output();
+    let mut docker = Command::new("docker");
+    docker.arg("import");
+    for change in changes {
+        docker.args(["-c", change]);
+    }
+    let out = docker.args(["-", tag]).stdin(tar_out).output();
     // Reap tar before looking at docker's result, so no zombie is left either way.
     let tar_status = tar.wait().expect("wait for tar");
     let out = out.expect("run docker import");
@@ -257,6 +271,368 @@ pub fn busybox_image() -> String {
     ensure_image(BUSYBOX_TAG, busybox_rootfs)
 }
 
+/// The JupyterLab test image's tag; bump it when [`jupyter_rootfs`] changes.
+pub const JUPYTER_TAG: &str = "cairn-test/jupyterlab:1";
+
+/// The JupyterLab release in [`JUPYTER_TAG`]. Only it is pinned: its dependencies are
+/// whatever pip resolves on the day the image is built.
+pub const JUPYTERLAB_VERSION: &str = "4.6.6";
+
+/// The image's start script: JupyterLab on port 8888 under `CAIRN_BASE_URL`, with the
+/// token from `JUPYTER_TOKEN`. An empty token would switch authentication off, so
+/// the script refuses to start without one.
+pub const JUPYTER_START_SCRIPT: &str = r#"#!/bin/sh
+# Starts JupyterLab for Cairn: base URL from CAIRN_BASE_URL, token from JUPYTER_TOKEN.
+if [ -z "${JUPYTER_TOKEN:-}" ]; then
+    echo "cairn-jupyter: JUPYTER_TOKEN is not set; refusing to start without authentication" >&2
+    exit 64
+fi
+exec /opt/jupyter/bin/jupyter lab --ip=0.0.0.0 --port=8888 --no-browser --allow-root \
+    --ServerApp.base_url="${CAIRN_BASE_URL:-/}" \
+    --IdentityProvider.token="${JUPYTER_TOKEN}" \
+    --ServerApp.root_dir=/home/jovyan
+"#;
+
+/// Where the start script lives in the image; it is the image's `CMD`.
+const JUPYTER_START_PATH: &str = "/usr/local/bin/cairn-jupyter";
+
+/// The Debian release the JupyterLab image is made from (its python3 is 3.11).
+const DEBIAN_SUITE: &str = "bookworm";
+
+/// The mirror used when the machine's apt sources name none for [`DEBIAN_SUITE`].
+const DEFAULT_DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+
+/// The whole environment of commands run in the chroot, apart from the few build
+/// settings added to it: nothing of the caller's environment leaks in.
+const CHROOT_PATH: &str = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where the machine's CA bundle is copied inside the root, for pip, during the build.
+const BUILD_CA_IN_ROOT: &str = "/etc/ssl/certs/cairn-build-host-ca.crt";
+
+/// Host settings passed into the chroot when set, so a machine that reaches PyPI
+/// only through a proxy or an index mirror can still build the image.
+const FORWARDED_ENV: &[&str] = &[
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_TRUSTED_HOST",
+    "PIP_DEFAULT_TIMEOUT",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+];
+
+/// The JupyterLab test image, [`JUPYTER_TAG`], built on first use (a few minutes:
+/// debootstrap, then pip). Its `CMD` is [`JUPYTER_START_SCRIPT`].
+pub fn jupyter_image() -> String {
+    let changes = [
+        format!(
+            "CMD {}",
+            serde_json::to_string(&[JUPYTER_START_PATH]).expect("a list of strings is JSON")
+        ),
+        "ENV PATH=/opt/jupyter/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+            .to_string(),
+    ];
+    ensure_image_with_changes(JUPYTER_TAG, &changes, jupyter_rootfs)
+}
+
+/// Fills `root` with a minimal Debian [`DEBIAN_SUITE`] (debootstrap, from the mirror
+/// the machine's apt uses), a venv at `/opt/jupyter` with JupyterLab
+/// [`JUPYTERLAB_VERSION`], `/home/jovyan`, and the start script. Needs root and
+/// `debootstrap`. Panics naming the step that failed, with its stderr.
+pub fn jupyter_rootfs(root: &Path) {
+    // debootstrap mounts /proc and /sys in the root while it installs and unmounts
+    // them itself; this catches anything it leaves when killed, before the root is
+    // removed. pip needs no /proc, so nothing else is ever mounted.
+    let _unmount = UnmountUnder(root.to_path_buf());
+    let started = Instant::now();
+    let mirror = debian_mirror();
+    eprintln!("building {JUPYTER_TAG}: debootstrap {DEBIAN_SUITE} from {mirror}");
+    let mut debootstrap = Command::new("debootstrap");
+    debootstrap
+        .args([
+            "--variant=minbase",
+            "--include=python3,python3-venv,ca-certificates",
+            DEBIAN_SUITE,
+        ])
+        .arg(root)
+        .arg(&mirror);
+    if let Err(e) = run_step("debootstrap", &mut debootstrap) {
+        // debootstrap's own log says more than its stderr about a failed package.
+        let log = std::fs::read(root.join("debootstrap/debootstrap.log"))
+            .map(|l| format!("\n--- debootstrap/debootstrap.log (end) ---\n{}", tail(&l)))
+            .unwrap_or_default();
+        panic!("{e}{log}\n(is debootstrap installed? apt-get install debootstrap)");
+    }
+
+    let in_root = |p: &str| root.join(p.trim_start_matches('/'));
+    copy_into("/etc/resolv.conf", &in_root("/etc/resolv.conf"));
+    copy_into(
+        "/etc/ssl/certs/ca-certificates.crt",
+        &in_root(BUILD_CA_IN_ROOT),
+    );
+
+    eprintln!("building {JUPYTER_TAG}: pip install jupyterlab=={JUPYTERLAB_VERSION}");
+    chroot_step(
+        root,
+        "create the venv /opt/jupyter",
+        &["python3", "-m", "venv", "/opt/jupyter"],
+    );
+    chroot_step(
+        root,
+        &format!("pip install jupyterlab=={JUPYTERLAB_VERSION}"),
+        &[
+            "/opt/jupyter/bin/pip",
+            "install",
+            "--no-input",
+            &format!("jupyterlab=={JUPYTERLAB_VERSION}"),
+        ],
+    );
+    // traitlets takes `--Class.trait=value` for any class without complaint, so a
+    // misspelt option in the start script would be ignored at run time: check here.
+    chroot_step(
+        root,
+        "check the start script's options against jupyter_server",
+        &[
+            "/opt/jupyter/bin/python",
+            "-c",
+            "from jupyter_server.serverapp import ServerApp\n\
+             from jupyter_server.auth.identity import IdentityProvider\n\
+             s = set(ServerApp.class_trait_names())\n\
+             missing = [n for n in ('ip', 'port', 'open_browser', 'allow_root', 'base_url', 'root_dir') if n not in s]\n\
+             missing += [] if 'token' in IdentityProvider.class_trait_names() else ['IdentityProvider.token']\n\
+             assert not missing, f'jupyter_server lacks {missing}'\n\
+             from jupyter_server.serverapp import flags\n\
+             assert 'no-browser' in flags and 'allow-root' in flags, 'missing --no-browser or --allow-root'\n",
+        ],
+    );
+    chroot_step(root, "apt-get clean", &["apt-get", "clean"]);
+
+    std::fs::create_dir_all(in_root("/home/jovyan")).expect("create /home/jovyan");
+    let script = in_root(JUPYTER_START_PATH);
+    std::fs::create_dir_all(script.parent().expect("the script has a directory"))
+        .expect("create /usr/local/bin");
+    std::fs::write(&script, JUPYTER_START_SCRIPT).expect("write the start script");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the start script");
+
+    // Build-only files and caches. Docker supplies /etc/resolv.conf at run time.
+    std::fs::write(in_root("/etc/resolv.conf"), "").expect("empty /etc/resolv.conf");
+    remove_path(&in_root(BUILD_CA_IN_ROOT));
+    for dir in [
+        "/var/lib/apt/lists",
+        "/var/cache/apt",
+        "/root/.cache",
+        "/usr/share/doc",
+        "/usr/share/man",
+        "/usr/share/info",
+    ] {
+        remove_path(&in_root(dir));
+    }
+    for dir in [
+        "/var/lib/apt/lists/partial",
+        "/var/cache/apt/archives/partial",
+    ] {
+        std::fs::create_dir_all(in_root(dir)).expect("recreate an apt directory");
+    }
+    eprintln!(
+        "building {JUPYTER_TAG}: root file system ready after {} s; importing",
+        started.elapsed().as_secs()
+    );
+}
+
+/// The mirror for [`DEBIAN_SUITE`] in the machine's apt sources (one-line and deb822
+/// formats), or [`DEFAULT_DEBIAN_MIRROR`].
+fn debian_mirror() -> String {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        more.sort();
+        files.extend(more);
+    }
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .find_map(|text| mirror_in_sources(&text, DEBIAN_SUITE))
+        .unwrap_or_else(|| DEFAULT_DEBIAN_MIRROR.to_string())
+}
+
+/// The first `deb` source in `text` (one-line or deb822 format) that serves `suite`.
+fn mirror_in_sources(text: &str, suite: &str) -> Option<String> {
+    // One-line format: `deb [options] URI SUITE COMPONENTS...`.
+    for line in text.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("deb") {
+            continue;
+        }
+        let mut rest: Vec<&str> = words.collect();
+        if rest.first().is_some_and(|w| w.starts_with('[')) {
+            let Some(close) = rest.iter().position(|w| w.ends_with(']')) else {
+                continue;
+            };
+            rest.drain(..=close);
+        }
+        if let [uri, s, ..] = rest[..] {
+            if s == suite {
+                return Some(uri.to_string());
+            }
+        }
+    }
+    // deb822: stanzas separated by blank lines.
+    for stanza in text.split("\n\n") {
+        let field = |name: &str| {
+            stanza.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+        };
+        let is_deb = field("Types").is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
+        let serves = field("Suites").is_some_and(|s| s.split_whitespace().any(|s| s == suite));
+        if is_deb && serves {
+            if let Some(uri) =
+                field("URIs").and_then(|u| u.split_whitespace().next().map(str::to_string))
+            {
+                return Some(uri);
+            }
+        }
+    }
+    None
+}
+
+/// Runs `args` in `chroot root` with a clean environment plus the build settings.
+fn chroot_step(root: &Path, step: &str, args: &[&str]) {
+    let mut cmd = Command::new("env");
+    cmd.arg("-i").arg(CHROOT_PATH).args([
+        "HOME=/root",
+        "LANG=C.UTF-8",
+        "PIP_NO_CACHE_DIR=1",
+        "PIP_DISABLE_PIP_VERSION_CHECK=1",
+        "PIP_ROOT_USER_ACTION=ignore",
+    ]);
+    cmd.arg(format!("PIP_CERT={BUILD_CA_IN_ROOT}"));
+    for name in FORWARDED_ENV {
+        if let Ok(value) = std::env::var(name) {
+            cmd.arg(format!("{name}={value}"));
+        }
+    }
+    cmd.arg("chroot").arg(root).args(args);
+    if let Err(e) = run_step(step, &mut cmd) {
+        panic!("{e}");
+    }
+}
+
+/// Runs one build step; on failure, a message naming it with its exit status and
+/// the end of its stderr (or stdout, if stderr is empty).
+fn run_step(step: &str, cmd: &mut Command) -> Result<(), String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{JUPYTER_TAG} build step `{step}` could not start: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let (name, text) = if out.stderr.iter().all(u8::is_ascii_whitespace) {
+        ("stdout", &out.stdout)
+    } else {
+        ("stderr", &out.stderr)
+    };
+    Err(format!(
+        "{JUPYTER_TAG} build step `{step}` failed ({}); its {name} ends:\n{}",
+        out.status,
+        tail(text)
+    ))
+}
+
+/// The last few kilobytes of `bytes`, as text.
+fn tail(bytes: &[u8]) -> String {
+    const KEEP: usize = 8000;
+    let text = String::from_utf8_lossy(bytes);
+    match text.char_indices().rev().nth(KEEP) {
+        Some((at, _)) => format!("[...]{}", &text[at..]),
+        None => text.into_owned(),
+    }
+}
+
+fn copy_into(from: &str, to: &Path) {
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir)
+            .unwrap_or_else(|e| panic!("{JUPYTER_TAG} build: create {}: {e}", dir.display()));
+    }
+    // The target may be a symlink into the host's view of the root; replace it.
+    let _ = std::fs::remove_file(to);
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("{JUPYTER_TAG} build: copy {from} to {}: {e}", to.display()));
+}
+
+fn remove_path(path: &Path) {
+    let result = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(_) => Ok(()),
+    };
+    if let Err(e) = result {
+        panic!("{JUPYTER_TAG} build: remove {}: {e}", path.display());
+    }
+}
+
+/// Unmounts, lazily and innermost first, whatever is mounted below its path when
+/// dropped.
+#[derive(Debug)]
+struct UnmountUnder(PathBuf);
+
+impl Drop for UnmountUnder {
+    fn drop(&mut self) {
+        let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+            return;
+        };
+        let prefix = format!("{}/", self.0.display());
+        let mut points: Vec<String> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(unescape_mountinfo)
+            .filter(|p| p.starts_with(&prefix))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for point in points {
+            let _ = Command::new("umount")
+                .args(["-l", &point])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            let s = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(s, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +659,49 @@ mod tests {
                 assert_eq!(is_static_elf(&bytes), Some(true));
             }
         }
+    }
+
+    #[test]
+    fn finds_the_mirror_in_apt_sources() {
+        let deb822 = "Types: deb\n# a comment\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n";
+        assert_eq!(
+            mirror_in_sources(deb822, "bookworm").as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        let one_line = "# deb http://old.example/debian bookworm main\ndeb-src http://src.example/debian bookworm main\ndeb [arch=amd64 signed-by=/k.gpg] http://one.example/debian bookworm main\n";
+        assert_eq!(
+            mirror_in_sources(one_line, "bookworm").as_deref(),
+            Some("http://one.example/debian")
+        );
+        assert_eq!(mirror_in_sources(one_line, "trixie"), None);
+        assert_eq!(
+            mirror_in_sources(
+                "deb https://deb.nodesource.com/node_20.x nodistro main",
+                "bookworm"
+            ),
+            None
+        );
+        assert_eq!(unescape_mountinfo("/tmp/a\\040b/proc"), "/tmp/a b/proc");
+    }
+
+    #[test]
+    fn failed_build_steps_name_themselves_with_their_stderr() {
+        let err = run_step(
+            "the step",
+            Command::new("sh").args(["-c", "echo out; echo boom >&2; exit 3"]),
+        )
+        .unwrap_err();
+        assert!(err.contains("`the step` failed"), "{err}");
+        assert!(err.contains("stderr ends:\nboom"), "{err}");
+        assert!(!err.contains("out"), "{err}");
+        let err = run_step(
+            "quiet",
+            Command::new("sh").args(["-c", "echo only-out; exit 1"]),
+        )
+        .unwrap_err();
+        assert!(err.contains("stdout ends:\nonly-out"), "{err}");
+        assert!(run_step("fine", &mut Command::new("true")).is_ok());
+        assert_eq!(tail(&vec![b'x'; 9000]).len(), "[...]".len() + 8001);
     }
 
     #[test]

@@ -3,11 +3,15 @@
 //! * [`cluster`] — controllers and agents as real processes on loopback.
 //! * [`docker`] — whether a Docker Engine is reachable, and the CI rule that it must be.
 //! * [`images`] — small local images built without any registry, cached by tag.
+//! * [`jupyter`] — a minimal Jupyter client: run code in a kernel over HTTP and WebSocket.
 //! * [`procstat`] — CPU and memory of a process from /proc, for benchmarks.
 //! * [`rawlink`] — a hand-driven link client for negative protocol tests.
+//! * [`testapp`] — the image of the test app the proxy tests run.
 
 pub mod cluster;
 pub mod docker;
 pub mod images;
+pub mod jupyter;
 pub mod procstat;
 pub mod rawlink;
+pub mod testapp;

@@ -9,51 +9,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use cairn_tests::cluster::{wait_for, Agent, Controller, ControllerOptions};
-use cairn_tests::docker::require_docker;
+use cairn_tests::docker::{require_docker, InstanceContainers};
 use cairn_tests::images::busybox_image;
-
-/// Removes the containers of the instances a test made, whatever happens.
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for id in &self.0 {
-            let _ = std::process::Command::new("docker")
-                .args(["rm", "-f", &format!("cairn-{id}")])
-                .output();
-        }
-    }
-}
-
-async fn wait_state(
-    ctl: &Controller,
-    token: &str,
-    id: &str,
-    want: &str,
-    timeout: Duration,
-) -> Value {
-    let mut last = Value::Null;
-    let start = std::time::Instant::now();
-    while start.elapsed() < timeout {
-        let (_, body) = ctl
-            .request(
-                Some(token),
-                Method::GET,
-                &format!("/api/v1/instances/{id}"),
-                None,
-            )
-            .await;
-        if body["state"] == want {
-            return body;
-        }
-        if body["state"] == "failed" && want != "failed" {
-            panic!("instance failed: {body:#}");
-        }
-        last = body;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("instance {id} not {want} after {timeout:?}: {last:#}");
-}
 
 fn inspect(container: &str) -> Option<Value> {
     let out = std::process::Command::new("docker")
@@ -79,7 +36,7 @@ async fn launch_run_answer_stop_and_the_rules_around_it() {
     agent.start();
     ctl.wait_host_state(&host, "active", Duration::from_secs(20))
         .await;
-    let mut cleanup = Cleanup(vec![]);
+    let mut cleanup = InstanceContainers(vec![]);
 
     let web = json!({
         "name": "web", "image": image, "app": "http", "app_port": 8080, "memory_mib": 64, "cpus": 0.5,
@@ -107,7 +64,9 @@ async fn launch_run_answer_stop_and_the_rules_around_it() {
     assert_eq!(status, 201, "{inst}");
     let id = inst["id"].as_str().unwrap().to_string();
     cleanup.0.push(id.clone());
-    let running = wait_state(&ctl, &alice, &id, "running", Duration::from_secs(60)).await;
+    let running = ctl
+        .wait_instance(&alice, &id, "running", Duration::from_secs(60))
+        .await;
     let states: Vec<&str> = running["transitions"]
         .as_array()
         .unwrap()
@@ -225,7 +184,9 @@ async fn launch_run_answer_stop_and_the_rules_around_it() {
         )
         .await;
     assert_eq!(status, 202);
-    let stopped = wait_state(&ctl, &alice, &id, "stopped", Duration::from_secs(30)).await;
+    let stopped = ctl
+        .wait_instance(&alice, &id, "stopped", Duration::from_secs(30))
+        .await;
     let states: Vec<&str> = stopped["transitions"]
         .as_array()
         .unwrap()
@@ -267,7 +228,9 @@ async fn launch_run_answer_stop_and_the_rules_around_it() {
         .await;
     let gid = inst["id"].as_str().unwrap().to_string();
     cleanup.0.push(gid.clone());
-    let failed = wait_state(&ctl, &alice, &gid, "failed", Duration::from_secs(30)).await;
+    let failed = ctl
+        .wait_instance(&alice, &gid, "failed", Duration::from_secs(30))
+        .await;
     let reason = failed["state_reason"].as_str().unwrap();
     assert!(
         reason.contains("No such image") || reason.contains("not found"),
@@ -293,7 +256,9 @@ async fn launch_run_answer_stop_and_the_rules_around_it() {
         .await;
     let hid = inst["id"].as_str().unwrap().to_string();
     cleanup.0.push(hid.clone());
-    let failed = wait_state(&ctl, &alice, &hid, "failed", Duration::from_secs(60)).await;
+    let failed = ctl
+        .wait_instance(&alice, &hid, "failed", Duration::from_secs(60))
+        .await;
     assert!(
         failed["state_reason"]
             .as_str()

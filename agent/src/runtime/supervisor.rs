@@ -38,6 +38,9 @@ pub trait Workloads: Send + Sync + 'static {
     fn changed(&self) -> &Notify;
     /// An instance's recent output.
     fn logs(&self, instance: InstanceId, tail: u32) -> BoxFuture<'_, Result<String, String>>;
+    /// Where a running instance's app answers, as last reported; `None` unless it is
+    /// running. The proxy tunnel connects only to such addresses.
+    fn app_address(&self, instance: &InstanceId) -> Option<std::net::SocketAddr>;
 }
 
 #[derive(Default)]
@@ -322,6 +325,13 @@ impl<R: ContainerRuntime> Workloads for Supervisor<R> {
 
     fn logs(&self, instance: InstanceId, tail: u32) -> BoxFuture<'_, Result<String, String>> {
         Box::pin(async move { self.runtime.logs(&instance, tail).await.map_err(|e| e.0) })
+    }
+
+    fn app_address(&self, instance: &InstanceId) -> Option<std::net::SocketAddr> {
+        match self.lock().memory.reported.get(instance) {
+            Some(InstancePhase::Running { address }) => address.parse().ok(),
+            _ => None,
+        }
     }
 }
 

@@ -268,5 +268,10 @@ pub async fn logs(
             "agent_error",
             message,
         )),
+        ControllerResponse::TunnelOpen => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "agent_error",
+            "the agent answered a logs request with a tunnel",
+        )),
     }
 }

@@ -106,7 +106,7 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-/// Builds the router.
+/// Builds the API's router (`/healthz` and `/api/v1`).
 ///
 /// Every `/api/v1` route except `login` passes [`authenticate`], which attaches the
 /// caller's [`Principal`]; handlers take [`Caller`] or [`Admin`] to say who may call them.
@@ -146,9 +146,31 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .nest("/api/v1", api)
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(app)
+}
+
+/// Everything the HTTP listener serves: the API under `/api/v1`, the proxy under
+/// `/i/`, and the web UI everywhere else.
+pub fn routes(app: Arc<App>) -> Router {
+    Router::new()
+        .merge(router(app.clone()))
+        .merge(crate::proxy::router(crate::proxy::Proxy::new(app.clone())))
+        .merge(crate::web::router(app))
+        .fallback(fallback)
+}
+
+async fn fallback(req: Request) -> Response {
+    if req.uri().path().starts_with("/api/") {
+        ApiError::not_found("no such endpoint").into_response()
+    } else {
+        crate::web::error_page(
+            StatusCode::NOT_FOUND,
+            None,
+            "Not found",
+            "There is no page at this address.",
+        )
+    }
 }
 
 /// The authenticated caller of a request, whoever it is.
@@ -199,29 +221,29 @@ fn unauthenticated() -> ApiError {
     )
 }
 
-/// Resolves the bearer token to a [`Principal`]: the bootstrap admin token from `init`,
-/// or a login token of an enabled account.
+/// Resolves the request's token to a [`Principal`] and attaches it.
+///
+/// A session cookie is accepted only with the `X-Requested-With` header on requests
+/// that change something: a cross-site form cannot set that header, so the cookie
+/// alone cannot be used to act as the user (CSRF).
 async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(token) = presented else {
+    let Some(cred) = auth::credential(req.headers()) else {
         return unauthenticated().into_response();
     };
-    let principal = if auth::matches_digest(token, &app.config.auth.admin_token_sha256) {
-        Some(Principal {
-            user: None,
-            role: Role::Admin,
-            token_id: None,
-        })
-    } else {
-        match resolve_token(&app, token) {
-            Ok(p) => p,
-            Err(e) => return ApiError::internal(e).into_response(),
-        }
+    if matches!(cred, auth::Credential::Cookie(_))
+        && !req.method().is_safe()
+        && !req.headers().contains_key("x-requested-with")
+    {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "a request authenticated by the session cookie must carry X-Requested-With",
+        )
+        .into_response();
+    }
+    let principal = match principal_of(&app, cred.token()) {
+        Ok(p) => p,
+        Err(e) => return ApiError::internal(e).into_response(),
     };
     match principal {
         Some(p) => {
@@ -237,7 +259,16 @@ async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next)
     }
 }
 
-fn resolve_token(app: &App, token: &str) -> Result<Option<Principal>, crate::store::StoreError> {
+/// The principal a token stands for: the bootstrap admin token from `init`, or a
+/// login token of an enabled account. `None` for anything else.
+pub fn principal_of(app: &App, token: &str) -> Result<Option<Principal>, crate::store::StoreError> {
+    if auth::matches_digest(token, &app.config.auth.admin_token_sha256) {
+        return Ok(Some(Principal {
+            user: None,
+            role: Role::Admin,
+            token_id: None,
+        }));
+    }
     let Some(rec) = app.api_tokens.check(token, cairn_shared::time::now_ms())? else {
         return Ok(None);
     };

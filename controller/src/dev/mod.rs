@@ -30,6 +30,8 @@ pub async fn run(data_dir: PathBuf, api_port: u16, link_port: u16) -> Result<(),
         let opts = InitOptions {
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
             api_listen: ([127, 0, 0, 1], api_port).into(),
+            // Plain HTTP on loopback, so a browser opens it without a warning.
+            web: pki::WebTls::Http,
             link_listen: ([127, 0, 0, 1], link_port).into(),
             hosts: HostsConfig::default(),
             agent_cert_ttl: Duration::from_secs(30 * 24 * 3600),

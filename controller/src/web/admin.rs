@@ -1,0 +1,798 @@
+//! Admin pages: hosts with their capacity, every instance, blueprints (create, edit,
+//! enable/disable, revision history) and users.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use super::layout::{badge, bar, duration, message, mib, page};
+use super::user::{app_name, instance_table};
+use super::{error_page, AdminSession};
+use crate::app::App;
+use crate::blueprints::{BlueprintInput, BlueprintSpec, CatalogError, FieldError};
+use crate::users::{AccountsError, Role};
+use cairn_shared::resources::RuntimeFacts;
+
+fn now() -> u64 {
+    cairn_shared::time::now_ms()
+}
+
+/// `GET /admin/hosts`: state, capacity bars (reserved and used), labels, images,
+/// instances.
+pub async fn hosts(State(app): State<Arc<App>>, AdminSession(s): AdminSession) -> Response {
+    let hosts = app.registry.list();
+    let all = app.instances.list(&s.principal, true);
+    // Memory and CPU reserved by the live instances on each host.
+    let mut reserved: HashMap<String, (u64, f64, usize)> = HashMap::new();
+    let mut specs: HashMap<(String, u32), Option<BlueprintSpec>> = HashMap::new();
+    for i in all.iter().filter(|i| !i.state.is_terminal()) {
+        let Some(h) = &i.host else { continue };
+        let spec = specs
+            .entry((i.blueprint.clone(), i.revision))
+            .or_insert_with(|| {
+                app.blueprints
+                    .revision(&i.blueprint, i.revision)
+                    .ok()
+                    .flatten()
+                    .map(|r| r.spec)
+            });
+        let r = reserved.entry(h.to_string()).or_default();
+        if let Some(spec) = spec {
+            r.0 += spec.memory_mib * 1024 * 1024;
+            r.1 += spec.cpus;
+        }
+        r.2 += 1;
+    }
+    let body = html! {
+        @if hosts.is_empty() {
+            p { "No hosts have joined yet. Create a join token with "
+                code { "cairn-controller token create" } " and run "
+                code { "cairn-agent join" } " on a Docker host." }
+        }
+        div class="cards" {
+            @for h in &hosts {
+                @let (res_mem, res_cpu, count) = reserved.get(h.id.as_str()).copied().unwrap_or_default();
+                article class="card" aria-labelledby={ "h-" (h.id) } {
+                    h2 id={ "h-" (h.id) } { (h.hostname) }
+                    p { code { (h.id) } " " (badge(h.state.as_str())) }
+                    @if let Some(r) = &h.state_reason { p class="muted" { (r) } }
+                    @if let Some(c) = &h.capacity {
+                        (bar("Reserved", res_mem, c.memory_total_bytes,
+                            &format!("{} of {}", mib(res_mem), mib(c.memory_total_bytes))))
+                        (bar("Memory used", c.memory_total_bytes - c.memory_available_bytes, c.memory_total_bytes,
+                            &format!("{} free", mib(c.memory_available_bytes))))
+                        (bar("CPU reserved", (res_cpu * 100.0) as u64, c.cpus as u64 * 100,
+                            &format!("{res_cpu:.1} of {}", c.cpus)))
+                        (bar("Load", (c.load_average[0] * 100.0) as u64, c.cpus as u64 * 100,
+                            &format!("{:.2}", c.load_average[0])))
+                        @if let Some(d) = &c.docker_disk {
+                            (bar("Docker disk", d.total_bytes - d.free_bytes, d.total_bytes,
+                                &format!("{} free", mib(d.free_bytes))))
+                        }
+                    } @else {
+                        p class="muted" { "No report yet." }
+                    }
+                    ul class="facts" {
+                        li { (count) " instance(s)" }
+                        @match &h.runtime {
+                            Some(RuntimeFacts::Docker(d)) => {
+                                li { "Docker " (d.engine_version) }
+                                li { (d.image_count) " image(s)" }
+                            }
+                            Some(RuntimeFacts::Unavailable { error }) => { li { "Docker unavailable: " (error) } }
+                            None => {}
+                        }
+                        li { "seen " (duration(now().saturating_sub(h.last_seen_ms) / 1000)) " ago" }
+                    }
+                    @if !h.labels.is_empty() {
+                        ul class="facts" aria-label="Labels" {
+                            @for (k, v) in &h.labels { li { code { (k) "=" (v) } } }
+                        }
+                    }
+                    @if let Some(RuntimeFacts::Docker(d)) = &h.runtime {
+                        details {
+                            summary { "Images" }
+                            ul { @for img in &d.images {
+                                li { @if img.tags.is_empty() { code { (img.id.chars().take(19).collect::<String>()) } }
+                                     @else { code { (img.tags.join(", ")) } }
+                                     " " span class="muted" { (mib(img.size_bytes)) } }
+                            } }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page("Hosts", Some(&s.viewer), "/admin/hosts", body).into_response()
+}
+
+/// `GET /admin/instances`: everyone's instances.
+pub async fn instances(State(app): State<Arc<App>>, AdminSession(s): AdminSession) -> Response {
+    let list = app.instances.list(&s.principal, true);
+    let body = html! {
+        @if list.is_empty() { p { "No instances yet." } } @else { (instance_table(&list, true)) }
+    };
+    page("All instances", Some(&s.viewer), "/admin/instances", body).into_response()
+}
+
+/// `GET /admin/blueprints`.
+pub async fn blueprints(State(app): State<Arc<App>>, AdminSession(s): AdminSession) -> Response {
+    let list = app.blueprints.list().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot list blueprints");
+        vec![]
+    });
+    let body = html! {
+        p { a class="button" href="/admin/blueprints/new" { "New blueprint" } }
+        div class="table-wrap" {
+            table {
+                thead { tr {
+                    th scope="col" { "Name" } th scope="col" { "App" } th scope="col" { "Image" }
+                    th scope="col" { "Resources" } th scope="col" { "Lifetime" } th scope="col" { "Revision" }
+                    th scope="col" { "Status" } th scope="col" { span class="muted" { "Actions" } }
+                } }
+                tbody {
+                    @for b in &list {
+                        tr {
+                            td { a href={ "/admin/blueprints/" (b.spec.name) } { (b.spec.name) } }
+                            td { (app_name(b.spec.app)) }
+                            td { code { (b.spec.image) } }
+                            td { (b.spec.memory_mib) " MiB, " (b.spec.cpus) " CPU" }
+                            td { (duration(b.spec.max_lifetime_secs)) }
+                            td { (b.revision) }
+                            td { @if b.spec.enabled { (badge("enabled")) } @else { (badge("disabled")) } }
+                            td { (enable_form(&s.viewer.csrf, &b.spec.name, b.spec.enabled)) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page("Blueprints", Some(&s.viewer), "/admin/blueprints", body).into_response()
+}
+
+fn enable_form(csrf: &str, name: &str, enabled: bool) -> Markup {
+    html! {
+        form method="post" action={ "/admin/blueprints/" (name) "/enabled" } {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="enabled" value=(if enabled { "false" } else { "true" });
+            button type="submit" class="secondary" {
+                @if enabled { "Disable" } @else { "Enable" }
+                span class="skip-label" hidden { " " (name) }
+            }
+        }
+    }
+}
+
+/// The blueprint form's fields, as text, so a bad number comes back as typed.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct BlueprintForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    image: String,
+    #[serde(default)]
+    command: String,
+    #[serde(default)]
+    env: String,
+    #[serde(default)]
+    app: String,
+    #[serde(default)]
+    app_port: String,
+    #[serde(default)]
+    memory_mib: String,
+    #[serde(default)]
+    cpus: String,
+    #[serde(default)]
+    lifetime_hours: String,
+    #[serde(default)]
+    max_instances_per_user: String,
+    #[serde(default)]
+    placement: String,
+    #[serde(default)]
+    enabled: Option<String>,
+}
+
+impl BlueprintForm {
+    fn from_spec(b: &BlueprintSpec) -> Self {
+        let pairs = |m: &BTreeMap<String, String>| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        BlueprintForm {
+            csrf: String::new(),
+            name: b.name.clone(),
+            description: b.description.clone(),
+            image: b.image.clone(),
+            command: b.command.clone().unwrap_or_default().join("\n"),
+            env: pairs(&b.env),
+            app: serde_json::to_value(b.app)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            app_port: b.app_port.to_string(),
+            memory_mib: b.memory_mib.to_string(),
+            cpus: b.cpus.to_string(),
+            lifetime_hours: format!("{}", b.max_lifetime_secs as f64 / 3600.0),
+            max_instances_per_user: b.max_instances_per_user.to_string(),
+            placement: pairs(&b.placement),
+            enabled: b.enabled.then(|| "on".into()),
+        }
+    }
+
+    /// The API input, or field errors for what does not even parse.
+    fn input(&self) -> Result<BlueprintInput, Vec<FieldError>> {
+        let mut errors = vec![];
+        let mut bad = |field: &str, message: &str| {
+            errors.push(FieldError {
+                field: field.into(),
+                message: message.into(),
+            })
+        };
+        let int = |s: &str| s.trim().parse::<i64>().ok();
+        let pairs = |s: &str, field: &str, bad: &mut dyn FnMut(&str, &str)| {
+            let mut m = BTreeMap::new();
+            for line in s.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                match line.split_once('=') {
+                    Some((k, v)) => {
+                        m.insert(k.trim().to_string(), v.to_string());
+                    }
+                    None => bad(field, &format!("{line:?} is not KEY=VALUE")),
+                }
+            }
+            m
+        };
+        let env = pairs(&self.env, "env", &mut bad);
+        let placement = pairs(&self.placement, "placement", &mut bad);
+        let opt_int = |s: &str, field: &str, bad: &mut dyn FnMut(&str, &str)| {
+            if s.trim().is_empty() {
+                None
+            } else {
+                let v = int(s);
+                if v.is_none() {
+                    bad(field, "must be a whole number");
+                }
+                v
+            }
+        };
+        let app_port = opt_int(&self.app_port, "app_port", &mut bad);
+        let memory_mib = opt_int(&self.memory_mib, "memory_mib", &mut bad);
+        let max_instances_per_user = opt_int(
+            &self.max_instances_per_user,
+            "max_instances_per_user",
+            &mut bad,
+        );
+        let cpus = if self.cpus.trim().is_empty() {
+            None
+        } else {
+            let v = self.cpus.trim().parse::<f64>().ok();
+            if v.is_none() {
+                bad("cpus", "must be a number");
+            }
+            v
+        };
+        let lifetime = if self.lifetime_hours.trim().is_empty() {
+            None
+        } else {
+            match self.lifetime_hours.trim().parse::<f64>() {
+                Ok(h) if h.is_finite() => Some((h * 3600.0).round() as i64),
+                _ => {
+                    bad("max_lifetime_secs", "must be a number of hours");
+                    None
+                }
+            }
+        };
+        let command: Vec<String> = self
+            .command
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let text = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
+        Ok(BlueprintInput {
+            name: text(&self.name),
+            description: Some(self.description.trim().to_string()),
+            image: text(&self.image),
+            command: (!command.is_empty()).then_some(command),
+            env: Some(env),
+            app: text(&self.app),
+            app_port,
+            memory_mib,
+            cpus,
+            max_lifetime_secs: lifetime,
+            max_instances_per_user,
+            placement: Some(placement),
+            enabled: Some(self.enabled.is_some()),
+        })
+    }
+}
+
+fn field_error(errors: &[FieldError], field: &str) -> Option<String> {
+    let msgs: Vec<&str> = errors
+        .iter()
+        .filter(|e| e.field == field || e.field.starts_with(&format!("{field}.")))
+        .map(|e| e.message.as_str())
+        .collect();
+    (!msgs.is_empty()).then(|| msgs.join("; "))
+}
+
+/// One labelled input with its hint and error, wired for screen readers.
+fn field(name: &str, label: &str, hint: &str, input: Markup, errors: &[FieldError]) -> Markup {
+    let err = field_error(errors, name);
+    html! {
+        div {
+            label for=(name) { (label) @if !hint.is_empty() { " " span class="hint" id={ (name) "-hint" } { (hint) } } }
+            (input)
+            @if let Some(e) = err { p class="field-error" id={ (name) "-error" } { (e) } }
+        }
+    }
+}
+
+fn blueprint_form(
+    action: &str,
+    csrf: &str,
+    f: &BlueprintForm,
+    errors: &[FieldError],
+    new: bool,
+) -> Markup {
+    let invalid = |n: &str| field_error(errors, n).map(|_| "true");
+    let text = |n: &str, v: &str, required: bool| {
+        html! { input id=(n) name=(n) value=(v) required[required] aria-invalid=[invalid(n)]
+        aria-describedby={ (n) "-hint " (n) "-error" }; }
+    };
+    let apps = [
+        ("jupyter", "JupyterLab"),
+        ("rstudio", "RStudio"),
+        ("http", "Web app (HTTP)"),
+    ];
+    html! {
+        @if !errors.is_empty() { (message("error", "Please correct the fields marked below.")) }
+        form class="fields" method="post" action=(action) novalidate {
+            input type="hidden" name="csrf" value=(csrf);
+            @if new {
+                (field("name", "Name", "lower-case letters, digits and '-'", text("name", &f.name, true), errors))
+            } @else {
+                input type="hidden" name="name" value=(f.name);
+            }
+            (field("description", "Description", "", html! {
+                textarea id="description" name="description" rows="2" { (f.description) } }, errors))
+            (field("image", "Image", "e.g. registry.example.org/jupyter:2025", text("image", &f.image, true), errors))
+            (field("app", "App", "", html! {
+                select id="app" name="app" aria-invalid=[invalid("app")] {
+                    @for (v, l) in apps { option value=(v) selected[f.app == v] { (l) } }
+                } }, errors))
+            (field("app_port", "App port", "where the app listens in the container", text("app_port", &f.app_port, true), errors))
+            (field("memory_mib", "Memory (MiB)", "", text("memory_mib", &f.memory_mib, true), errors))
+            (field("cpus", "CPUs", "may be fractional, e.g. 0.5", text("cpus", &f.cpus, true), errors))
+            (field("max_lifetime_secs", "Maximum lifetime (hours)", "", html! {
+                input id="max_lifetime_secs" name="lifetime_hours" value=(f.lifetime_hours) aria-invalid=[invalid("max_lifetime_secs")]; }, errors))
+            (field("max_instances_per_user", "Instances per user", "", text("max_instances_per_user", &f.max_instances_per_user, false), errors))
+            (field("command", "Command", "one argument per line; empty keeps the image's", html! {
+                textarea id="command" name="command" rows="3" { (f.command) } }, errors))
+            (field("env", "Environment", "KEY=VALUE, one per line", html! {
+                textarea id="env" name="env" rows="3" aria-invalid=[invalid("env")] { (f.env) } }, errors))
+            (field("placement", "Placement labels", "KEY=VALUE, one per line; hosts must have all", html! {
+                textarea id="placement" name="placement" rows="2" aria-invalid=[invalid("placement")] { (f.placement) } }, errors))
+            div class="row" {
+                input id="enabled" name="enabled" type="checkbox" checked[f.enabled.is_some()];
+                label for="enabled" { "Enabled (users can launch it)" }
+            }
+            div { button type="submit" { @if new { "Create blueprint" } @else { "Save as a new revision" } } }
+        }
+    }
+}
+
+/// `GET /admin/blueprints/new`.
+pub async fn new_blueprint(AdminSession(s): AdminSession) -> Response {
+    let f = BlueprintForm {
+        app: "jupyter".into(),
+        app_port: "8888".into(),
+        memory_mib: "1024".into(),
+        cpus: "1".into(),
+        lifetime_hours: "1".into(),
+        max_instances_per_user: "1".into(),
+        enabled: Some("on".into()),
+        ..Default::default()
+    };
+    let body = blueprint_form("/admin/blueprints/new", &s.viewer.csrf, &f, &[], true);
+    page("New blueprint", Some(&s.viewer), "/admin/blueprints", body).into_response()
+}
+
+/// `POST /admin/blueprints/new`.
+pub async fn create_blueprint(
+    State(app): State<Arc<App>>,
+    AdminSession(s): AdminSession,
+    Form(f): Form<BlueprintForm>,
+) -> Result<Response, Response> {
+    s.check(&f.csrf)?;
+    let again = |errors: Vec<FieldError>| {
+        let body = blueprint_form("/admin/blueprints/new", &s.viewer.csrf, &f, &errors, true);
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            page("New blueprint", Some(&s.viewer), "/admin/blueprints", body),
+        )
+            .into_response()
+    };
+    let input = f.input().map_err(again)?;
+    match app.blueprints.create(&input, now()).await {
+        Ok(b) => {
+            tracing::info!(blueprint = %b.spec.name, by = %s.principal.name(), "blueprint created");
+            Ok(Redirect::to(&format!("/admin/blueprints/{}", b.spec.name)).into_response())
+        }
+        Err(CatalogError::Invalid(errors)) => Err(again(errors)),
+        Err(CatalogError::Exists(n)) => Err(again(vec![FieldError {
+            field: "name".into(),
+            message: format!("a blueprint named {n} already exists"),
+        }])),
+        Err(e) => Err(internal(&s, e)),
+    }
+}
+
+fn internal(s: &super::Session, e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "admin page failed");
+    error_page(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Some(&s.viewer),
+        "Something went wrong",
+        "The controller could not do that; see its log.",
+    )
+}
+
+fn edit_page(
+    app: &App,
+    s: &super::Session,
+    name: &str,
+    f: Option<&BlueprintForm>,
+    errors: &[FieldError],
+    status: StatusCode,
+) -> Response {
+    let record = match app.blueprints.get(name) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return error_page(
+                StatusCode::NOT_FOUND,
+                Some(&s.viewer),
+                "Not found",
+                "There is no such blueprint.",
+            )
+        }
+        Err(e) => return internal(s, e),
+    };
+    let revisions = app.blueprints.revisions(name).unwrap_or_default();
+    let form = f
+        .cloned()
+        .unwrap_or_else(|| BlueprintForm::from_spec(&record.spec));
+    let body = html! {
+        p { "Current revision " strong { (record.revision) } " " @if record.spec.enabled { (badge("enabled")) } @else { (badge("disabled")) } }
+        (enable_form(&s.viewer.csrf, name, record.spec.enabled))
+        (blueprint_form(&format!("/admin/blueprints/{name}"), &s.viewer.csrf, &form, errors, false))
+        section aria-labelledby="rev-h" {
+            h2 id="rev-h" { "Revision history" }
+            div class="table-wrap" {
+                table {
+                    thead { tr { th scope="col" { "Revision" } th scope="col" { "Saved" } th scope="col" { "Image" }
+                        th scope="col" { "Resources" } th scope="col" { "Enabled" } } }
+                    tbody {
+                        @for r in revisions.iter().rev() {
+                            tr {
+                                td { (r.revision) }
+                                td { (duration(now().saturating_sub(r.saved_ms) / 1000)) " ago" }
+                                td { code { (r.spec.image) } }
+                                td { (r.spec.memory_mib) " MiB, " (r.spec.cpus) " CPU, " (duration(r.spec.max_lifetime_secs)) }
+                                td { @if r.spec.enabled { "yes" } @else { "no" } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    (
+        status,
+        page(
+            &format!("Blueprint {name}"),
+            Some(&s.viewer),
+            "/admin/blueprints",
+            body,
+        ),
+    )
+        .into_response()
+}
+
+/// `GET /admin/blueprints/{name}`: the edit form and the revision history.
+pub async fn edit_blueprint(
+    State(app): State<Arc<App>>,
+    AdminSession(s): AdminSession,
+    Path(name): Path<String>,
+) -> Response {
+    edit_page(&app, &s, &name, None, &[], StatusCode::OK)
+}
+
+/// `POST /admin/blueprints/{name}`: a new revision.
+pub async fn save_blueprint(
+    State(app): State<Arc<App>>,
+    AdminSession(s): AdminSession,
+    Path(name): Path<String>,
+    Form(f): Form<BlueprintForm>,
+) -> Result<Response, Response> {
+    s.check(&f.csrf)?;
+    let input = f.input().map_err(|errors| {
+        edit_page(
+            &app,
+            &s,
+            &name,
+            Some(&f),
+            &errors,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+    })?;
+    match app.blueprints.update(&name, &input, now()).await {
+        Ok(b) => {
+            tracing::info!(blueprint = %name, revision = b.revision, by = %s.principal.name(), "blueprint saved");
+            Ok(Redirect::to(&format!("/admin/blueprints/{name}")).into_response())
+        }
+        Err(CatalogError::Invalid(errors)) => Err(edit_page(
+            &app,
+            &s,
+            &name,
+            Some(&f),
+            &errors,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )),
+        Err(CatalogError::NotFound(_)) => Err(error_page(
+            StatusCode::NOT_FOUND,
+            Some(&s.viewer),
+            "Not found",
+            "There is no such blueprint.",
+        )),
+        Err(e) => Err(internal(&s, e)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EnabledForm {
+    #[serde(default)]
+    csrf: String,
+    enabled: bool,
+}
+
+/// `POST /admin/blueprints/{name}/enabled`.
+pub async fn set_blueprint_enabled(
+    State(app): State<Arc<App>>,
+    AdminSession(s): AdminSession,
+    Path(name): Path<String>,
+    Form(f): Form<EnabledForm>,
+) -> Result<Response, Response> {
+    s.check(&f.csrf)?;
+    match app.blueprints.set_enabled(&name, f.enabled, now()).await {
+        Ok(_) => Ok(Redirect::to("/admin/blueprints").into_response()),
+        Err(CatalogError::NotFound(_)) => Err(error_page(
+            StatusCode::NOT_FOUND,
+            Some(&s.viewer),
+            "Not found",
+            "There is no such blueprint.",
+        )),
+        Err(e) => Err(internal(&s, e)),
+    }
+}
+
+/// `GET /admin/users`.
+pub async fn users(State(app): State<Arc<App>>, AdminSession(s): AdminSession) -> Response {
+    users_page(&app, &s, StatusCode::OK, None, None)
+}
+
+fn users_page(
+    app: &App,
+    s: &super::Session,
+    status: StatusCode,
+    error: Option<&str>,
+    notice: Option<&str>,
+) -> Response {
+    let list = app.accounts.list().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot list users");
+        vec![]
+    });
+    let body = html! {
+        @if let Some(e) = error { (message("error", e)) }
+        @if let Some(n) = notice { (message("notice", n)) }
+        div class="table-wrap" {
+            table {
+                thead { tr { th scope="col" { "User" } th scope="col" { "Role" } th scope="col" { "Status" }
+                    th scope="col" { "Created" } th scope="col" { span class="muted" { "Actions" } } } }
+                tbody {
+                    @for u in &list {
+                        tr {
+                            td { (u.name) }
+                            td { @if u.role == Role::Admin { "admin" } @else { "user" } }
+                            td { @if u.disabled { (badge("disabled")) } @else { (badge("active")) } }
+                            td { (duration(now().saturating_sub(u.created_ms) / 1000)) " ago" }
+                            td {
+                                form method="post" action={ "/admin/users/" (u.name) "/disabled" } {
+                                    input type="hidden" name="csrf" value=(s.viewer.csrf);
+                                    input type="hidden" name="disabled" value=(if u.disabled { "false" } else { "true" });
+                                    button type="submit" class="secondary" {
+                                        @if u.disabled { "Enable" } @else { "Disable" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Add a user" }
+        form class="fields" method="post" action="/admin/users" {
+            input type="hidden" name="csrf" value=(s.viewer.csrf);
+            div { label for="new-name" { "User name" } input id="new-name" name="name" required autocomplete="off"; }
+            div { label for="new-password" { "Initial password " span class="hint" { "at least 8 characters" } }
+                  input id="new-password" name="password" type="password" required autocomplete="new-password"; }
+            div { label for="new-role" { "Role" }
+                  select id="new-role" name="role" { option value="user" selected { "user" } option value="admin" { "admin" } } }
+            div { button type="submit" { "Add user" } }
+        }
+    };
+    (status, page("Users", Some(&s.viewer), "/admin/users", body)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NewUserForm {
+    #[serde(default)]
+    csrf: String,
+    name: String,
+    password: String,
+    role: String,
+}
+
+/// `POST /admin/users`.
+pub async fn create_user(
+    State(app): State<Arc<App>>,
+    AdminSession(s): AdminSession,
+    Form(f): Form<NewUserForm>,
+) -> Result<Response, Response> {
+    s.check(&f.csrf)?;
+    let role = match f.role.as_str() {
+        "admin" => Role::Admin,
+        "user" => Role::User,
+        _ => {
+            return Err(users_page(
+                &app,
+                &s,
+                StatusCode::BAD_REQUEST,
+                Some("Role must be user or admin."),
+                None,
+            ))
+        }
+    };
+    match app.accounts.create(&f.name, &f.password, role, now()).await {
+        Ok(u) => {
+            tracing::info!(user = %u.name, by = %s.principal.name(), "user created");
+            Ok(users_page(
+                &app,
+                &s,
+                StatusCode::OK,
+                None,
+                Some(&format!("Added {}.", u.name)),
+            ))
+        }
+        Err(
+            e @ (AccountsError::BadName | AccountsError::BadPassword | AccountsError::Exists(_)),
+        ) => Err(users_page(
+            &app,
+            &s,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(&e.to_string()),
+            None,
+        )),
+        Err(e) => Err(internal(&s, e)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DisabledForm {
+    #[serde(default)]
+    csrf: String,
+    disabled: bool,
+}
+
+/// `POST /admin/users/{name}/disabled`.
+pub async fn set_user_disabled(
+    State(app): State<Arc<App>>,
+    AdminSession(s): AdminSession,
+    Path(name): Path<String>,
+    Form(f): Form<DisabledForm>,
+) -> Result<Response, Response> {
+    s.check(&f.csrf)?;
+    if s.principal.user.as_deref() == Some(name.as_str()) && f.disabled {
+        return Err(users_page(
+            &app,
+            &s,
+            StatusCode::CONFLICT,
+            Some("You cannot disable your own account."),
+            None,
+        ));
+    }
+    match app.accounts.set_disabled(&name, f.disabled).await {
+        Ok(_) => Ok(Redirect::to("/admin/users").into_response()),
+        Err(AccountsError::NotFound(_)) => Err(error_page(
+            StatusCode::NOT_FOUND,
+            Some(&s.viewer),
+            "Not found",
+            "There is no such user.",
+        )),
+        Err(e) => Err(internal(&s, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_blueprint_form_parses_lines_and_reports_what_does_not() {
+        let f = BlueprintForm {
+            name: "py".into(),
+            image: "img:1".into(),
+            app: "http".into(),
+            app_port: "80".into(),
+            memory_mib: "256".into(),
+            cpus: "0.5".into(),
+            lifetime_hours: "1.5".into(),
+            command: "httpd\n-f\n\n".into(),
+            env: "A=1\nB=x=y\n".into(),
+            enabled: Some("on".into()),
+            ..Default::default()
+        };
+        let input = f.input().unwrap();
+        assert_eq!(input.max_lifetime_secs, Some(5400));
+        assert_eq!(input.command, Some(vec!["httpd".into(), "-f".into()]));
+        assert_eq!(input.env.unwrap()["B"], "x=y");
+        assert_eq!(input.enabled, Some(true));
+
+        let bad = BlueprintForm {
+            memory_mib: "lots".into(),
+            env: "NOEQUALS".into(),
+            ..f
+        };
+        let errors = bad.input().unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, vec!["env", "memory_mib"]);
+    }
+
+    #[test]
+    fn a_spec_round_trips_through_the_form() {
+        let input = BlueprintForm {
+            name: "py".into(),
+            description: "Python".into(),
+            image: "img:1".into(),
+            app: "jupyter".into(),
+            app_port: "8888".into(),
+            memory_mib: "512".into(),
+            cpus: "1".into(),
+            lifetime_hours: "2".into(),
+            max_instances_per_user: "1".into(),
+            placement: "zone=a".into(),
+            enabled: Some("on".into()),
+            ..Default::default()
+        }
+        .input()
+        .unwrap();
+        let spec = crate::blueprints::spec::validate(&input).unwrap();
+        let again = BlueprintForm::from_spec(&spec).input().unwrap();
+        assert_eq!(crate::blueprints::spec::validate(&again).unwrap(), spec);
+    }
+}

@@ -1,0 +1,353 @@
+//! The web UI: server-rendered pages (maud, checked at compile time) and one small
+//! script. No JavaScript build step, nothing fetched from elsewhere.
+//!
+//! * [`layout`] — the page shell, styles, script and shared pieces.
+//! * [`user`] — the catalogue, launching, my instances, one instance.
+//! * [`admin`] — hosts, all instances, blueprints, users.
+//! * [`pages`] — what the proxy shows instead of an app that is not there.
+//!
+//! A browser session is a login token in an `HttpOnly`, `SameSite=Lax` cookie. Every
+//! form that changes something carries a CSRF token derived from the session.
+
+// Handlers answer `Result<Response, Response>`: the error is a rendered page, built
+// and moved once per request, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
+pub mod admin;
+pub mod layout;
+pub mod pages;
+pub mod user;
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use maud::html;
+use serde::Deserialize;
+
+use crate::app::App;
+use crate::auth::{self, SESSION_COOKIE};
+use crate::users::Principal;
+use layout::{page, Viewer};
+
+/// The UI's routes.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(user::catalogue))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/launch", post(user::launch))
+        .route("/instances", get(user::my_instances))
+        .route("/instances/{id}", get(user::instance))
+        .route("/instances/{id}/stop", post(user::stop))
+        .route("/instances/{id}/extend", post(user::extend))
+        .route("/admin/hosts", get(admin::hosts))
+        .route("/admin/instances", get(admin::instances))
+        .route("/admin/blueprints", get(admin::blueprints))
+        .route(
+            "/admin/blueprints/new",
+            get(admin::new_blueprint).post(admin::create_blueprint),
+        )
+        .route(
+            "/admin/blueprints/{name}",
+            get(admin::edit_blueprint).post(admin::save_blueprint),
+        )
+        .route(
+            "/admin/blueprints/{name}/enabled",
+            post(admin::set_blueprint_enabled),
+        )
+        .route("/admin/users", get(admin::users).post(admin::create_user))
+        .route(
+            "/admin/users/{name}/disabled",
+            post(admin::set_user_disabled),
+        )
+        .route("/static/cairn.css", get(css))
+        .route("/static/cairn.js", get(js))
+        .with_state(app)
+}
+
+async fn css() -> Response {
+    static_file("text/css; charset=utf-8", layout::CSS)
+}
+
+async fn js() -> Response {
+    static_file("text/javascript; charset=utf-8", layout::JS)
+}
+
+fn static_file(kind: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A logged-in browser.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub principal: Principal,
+    pub viewer: Viewer,
+}
+
+impl Session {
+    /// Checks the form's CSRF token.
+    pub fn check(&self, csrf: &str) -> Result<(), Response> {
+        if !csrf.is_empty() && csrf == self.viewer.csrf {
+            Ok(())
+        } else {
+            Err(error_page(
+                StatusCode::FORBIDDEN,
+                Some(&self.viewer),
+                "This form has expired",
+                "Reload the page and try again.",
+            ))
+        }
+    }
+}
+
+impl FromRequestParts<Arc<App>> for Session {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Response> {
+        let to_login = || {
+            let next = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let q = serde_urlencoded_next(next);
+            Redirect::to(&format!("/login?next={q}")).into_response()
+        };
+        let Some(token) = auth::cookie(&parts.headers, SESSION_COOKIE) else {
+            return Err(to_login());
+        };
+        match crate::api::principal_of(app, token) {
+            Ok(Some(p)) => {
+                let viewer = Viewer::of(&p, auth::csrf_token(token));
+                Ok(Session {
+                    principal: p,
+                    viewer,
+                })
+            }
+            Ok(None) => Err(to_login()),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check a session");
+                Err(error_page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    None,
+                    "Something went wrong",
+                    "The controller could not read its store; see its log.",
+                ))
+            }
+        }
+    }
+}
+
+/// A session of an admin; others get a 403 page.
+#[derive(Debug, Clone)]
+pub struct AdminSession(pub Session);
+
+impl FromRequestParts<Arc<App>> for AdminSession {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Response> {
+        let s = Session::from_request_parts(parts, app).await?;
+        if s.principal.is_admin() {
+            Ok(AdminSession(s))
+        } else {
+            Err(error_page(
+                StatusCode::FORBIDDEN,
+                Some(&s.viewer),
+                "Admins only",
+                "This page is for administrators.",
+            ))
+        }
+    }
+}
+
+/// Percent-encodes a path for the `next` parameter.
+fn serde_urlencoded_next(next: &str) -> String {
+    next.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Only local paths are followed after login: never another site.
+fn safe_next(next: Option<&str>) -> &str {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
+        _ => "/",
+    }
+}
+
+/// A page with a heading, a sentence and a status.
+pub fn error_page(
+    status: StatusCode,
+    viewer: Option<&Viewer>,
+    title: &str,
+    text: &str,
+) -> Response {
+    let current = "";
+    (
+        status,
+        page(
+            title,
+            viewer,
+            current,
+            html! { (layout::message("error", text)) },
+        ),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginQuery {
+    next: Option<String>,
+}
+
+async fn login_form(Query(q): Query<LoginQuery>) -> Response {
+    login_page(StatusCode::OK, safe_next(q.next.as_deref()), None, "").into_response()
+}
+
+fn login_page(status: StatusCode, next: &str, error: Option<&str>, user: &str) -> Response {
+    let body = html! {
+        div class="login stack" {
+            @if let Some(e) = error { (layout::message("error", e)) }
+            form class="fields" method="post" action="/login" {
+                input type="hidden" name="next" value=(next);
+                div {
+                    label for="user" { "User name" }
+                    input id="user" name="user" autocomplete="username" required autofocus value=(user);
+                }
+                div {
+                    label for="password" { "Password" }
+                    input id="password" name="password" type="password" autocomplete="current-password" required;
+                }
+                div { button type="submit" { "Log in" } }
+            }
+        }
+    };
+    (status, page("Log in", None, "", body)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    user: String,
+    password: String,
+    #[serde(default)]
+    next: Option<String>,
+}
+
+async fn login(State(app): State<Arc<App>>, Form(f): Form<LoginForm>) -> Response {
+    let next = safe_next(f.next.as_deref()).to_string();
+    if f.user.len() > 64 || f.password.len() > 1024 {
+        return login_page(
+            StatusCode::BAD_REQUEST,
+            &next,
+            Some("User name or password too long."),
+            "",
+        );
+    }
+    let user = match app.accounts.authenticate(&f.user, &f.password).await {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            tracing::info!(user = %f.user, "web login failed");
+            return login_page(
+                StatusCode::UNAUTHORIZED,
+                &next,
+                Some("Wrong user name or password, or the account is disabled."),
+                &f.user,
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "login failed");
+            return error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                None,
+                "Something went wrong",
+                "The controller could not check the password; see its log.",
+            );
+        }
+    };
+    let now = cairn_shared::time::now_ms();
+    let (token, rec) = match app.api_tokens.issue(&user.name, "web session", now).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot issue a session");
+            return error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                None,
+                "Something went wrong",
+                "The controller could not start a session; see its log.",
+            );
+        }
+    };
+    tracing::info!(user = %user.name, token = %rec.id, "web login");
+    let max_age = rec.expires_ms.saturating_sub(now) / 1000;
+    let cookie = session_cookie(&app, &token, max_age);
+    let mut resp = Redirect::to(&next).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+fn session_cookie(app: &App, value: &str, max_age: u64) -> String {
+    let secure = if app.config.api.serves_https() || app.config.api.behind_tls_proxy {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(
+    State(app): State<Arc<App>>,
+    s: Session,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, Response> {
+    s.check(&f.csrf)?;
+    if let Some(id) = &s.principal.token_id {
+        if let Err(e) = app.api_tokens.revoke(id).await {
+            tracing::error!(error = %e, "cannot revoke a session");
+        }
+    }
+    let mut resp = Redirect::to("/login").into_response();
+    if let Ok(v) = HeaderValue::from_str(&session_cookie(&app, "", 0)) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_paths_are_followed_after_login() {
+        assert_eq!(safe_next(Some("/instances/x")), "/instances/x");
+        assert_eq!(safe_next(Some("//evil.example/")), "/");
+        assert_eq!(safe_next(Some("https://evil.example/")), "/");
+        assert_eq!(safe_next(Some("/\\evil.example")), "/");
+        assert_eq!(safe_next(None), "/");
+        assert_eq!(serde_urlencoded_next("/i/x/?a=1&b"), "/i/x/%3Fa%3D1%26b");
+    }
+}

@@ -1,0 +1,345 @@
+//! What every user sees: the catalogue of blueprints, launching, their instances, and
+//! one instance with live progress, time left, logs and Stop.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use cairn_shared::ids::InstanceId;
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use super::layout::{self, badge, duration, message, page};
+use super::{error_page, AdminSession, Session};
+use crate::app::App;
+use crate::blueprints::catalog::BlueprintRecord;
+use crate::blueprints::AppKind;
+use crate::instances::{Instance, LaunchError};
+
+pub fn app_name(kind: AppKind) -> &'static str {
+    match kind {
+        AppKind::Jupyter => "JupyterLab",
+        AppKind::Rstudio => "RStudio",
+        AppKind::Http => "Web app",
+    }
+}
+
+fn now() -> u64 {
+    cairn_shared::time::now_ms()
+}
+
+fn time_left(i: &Instance) -> u64 {
+    if i.state.is_terminal() {
+        0
+    } else {
+        i.expires_ms.saturating_sub(now()) / 1000
+    }
+}
+
+/// `GET /`: the blueprints one may launch.
+pub async fn catalogue(State(app): State<Arc<App>>, s: Session) -> Response {
+    catalogue_page(&app, &s, StatusCode::OK, None)
+}
+
+fn catalogue_page(app: &App, s: &Session, status: StatusCode, error: Option<&str>) -> Response {
+    let blueprints: Vec<BlueprintRecord> = match app.blueprints.list() {
+        Ok(v) => v.into_iter().filter(|b| b.spec.enabled).collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list blueprints");
+            vec![]
+        }
+    };
+    let mine: Vec<Instance> = app
+        .instances
+        .list(&s.principal, false)
+        .into_iter()
+        .filter(|i| !i.state.is_terminal())
+        .collect();
+    let body = html! {
+        @if let Some(e) = error { (message("error", e)) }
+        @if !mine.is_empty() {
+            section aria-labelledby="running-h" {
+                h2 id="running-h" { "Your running environments" }
+                (instance_table(&mine, false))
+            }
+        }
+        section aria-labelledby="catalogue-h" {
+            h2 id="catalogue-h" { "Launch an environment" }
+            @if blueprints.is_empty() {
+                p class="muted" { "No blueprints are available yet. An administrator adds them under Blueprints." }
+            }
+            div class="cards" {
+                @for b in &blueprints {
+                    article class="card" aria-labelledby={ "bp-" (b.spec.name) } {
+                        h2 id={ "bp-" (b.spec.name) } { (b.spec.name) }
+                        p { (b.spec.description) }
+                        ul class="facts" {
+                            li { (app_name(b.spec.app)) }
+                            li { (b.spec.memory_mib) " MiB memory" }
+                            li { (b.spec.cpus) " CPU" }
+                            li { "up to " (duration(b.spec.max_lifetime_secs)) }
+                        }
+                        form method="post" action="/launch" {
+                            input type="hidden" name="csrf" value=(s.viewer.csrf);
+                            input type="hidden" name="blueprint" value=(b.spec.name);
+                            button type="submit" aria-label={ "Launch " (b.spec.name) } { "Launch" }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    (status, page("Catalogue", Some(&s.viewer), "/", body)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LaunchForm {
+    #[serde(default)]
+    csrf: String,
+    blueprint: String,
+}
+
+/// `POST /launch`: queue an instance and go to its page.
+pub async fn launch(
+    State(app): State<Arc<App>>,
+    s: Session,
+    Form(f): Form<LaunchForm>,
+) -> Result<Response, Response> {
+    s.check(&f.csrf)?;
+    match app
+        .instances
+        .launch(&app, &s.principal, &f.blueprint, now())
+        .await
+    {
+        Ok(i) => Ok(Redirect::to(&format!("/instances/{}", i.id)).into_response()),
+        Err(LaunchError::Limit(m)) => Err(catalogue_page(&app, &s, StatusCode::CONFLICT, Some(&m))),
+        Err(LaunchError::NoBlueprint(b)) => Err(catalogue_page(
+            &app,
+            &s,
+            StatusCode::NOT_FOUND,
+            Some(&format!("There is no enabled blueprint called {b}.")),
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "launch failed");
+            Err(catalogue_page(
+                &app,
+                &s,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Some("The launch failed inside the controller; see its log."),
+            ))
+        }
+    }
+}
+
+/// A table of instances; `owners` adds the owner and host columns (admin view).
+pub fn instance_table(list: &[Instance], owners: bool) -> Markup {
+    let now = now();
+    html! {
+        div class="table-wrap" {
+            table {
+                thead { tr {
+                    th scope="col" { "Instance" }
+                    th scope="col" { "Blueprint" }
+                    @if owners { th scope="col" { "Owner" } th scope="col" { "Host" } }
+                    th scope="col" { "State" }
+                    th scope="col" { "Age" }
+                    th scope="col" { "Time left" }
+                    th scope="col" { span class="muted" { "Actions" } }
+                } }
+                tbody {
+                    @for i in list {
+                        @let state = layout::state_name(i.state);
+                        tr {
+                            td { a href={ "/instances/" (i.id) } { code { (i.id) } } }
+                            td { (i.blueprint) " " span class="muted" { "r" (i.revision) } }
+                            @if owners {
+                                td { (i.owner) }
+                                td { @if let Some(h) = &i.host { code { (h) } } @else { span class="muted" { "—" } } }
+                            }
+                            td { (badge(state)) @if let Some(r) = &i.state_reason { @if i.state.is_terminal() { br; span class="muted" { (r) } } } }
+                            td { (duration(now.saturating_sub(i.created_ms) / 1000)) }
+                            td { @if i.state.is_terminal() { span class="muted" { "—" } } @else { (duration(time_left(i))) } }
+                            td {
+                                @if i.state == crate::instances::InstanceState::Running {
+                                    a class="button" href={ "/i/" (i.id) "/" } { "Open" } " "
+                                }
+                                a href={ "/instances/" (i.id) } { "Details" }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `GET /instances`: the user's instances, newest first.
+pub async fn my_instances(State(app): State<Arc<App>>, s: Session) -> Response {
+    let list = app.instances.list(&s.principal, false);
+    let body = html! {
+        @if list.is_empty() {
+            p { "You have no instances. " a href="/" { "Launch one from the catalogue." } }
+        } @else {
+            (instance_table(&list, false))
+        }
+    };
+    page("My instances", Some(&s.viewer), "/instances", body).into_response()
+}
+
+fn find(app: &App, s: &Session, id: &str) -> Result<Instance, Response> {
+    InstanceId::parse(id)
+        .ok()
+        .and_then(|id| app.instances.visible(&s.principal, &id))
+        .ok_or_else(|| {
+            error_page(
+                StatusCode::NOT_FOUND,
+                Some(&s.viewer),
+                "Not found",
+                "There is no such instance, or it is not yours.",
+            )
+        })
+}
+
+/// `GET /instances/{id}`: live progress, Open, time left, logs, Stop.
+pub async fn instance(
+    State(app): State<Arc<App>>,
+    s: Session,
+    Path(id): Path<String>,
+) -> Result<Response, Response> {
+    let i = find(&app, &s, &id)?;
+    let kind = app
+        .blueprints
+        .revision(&i.blueprint, i.revision)
+        .ok()
+        .flatten()
+        .map(|r| r.spec.app);
+    let state = layout::state_name(i.state);
+    let pct = layout::progress(i.state);
+    let running = i.state == crate::instances::InstanceState::Running;
+    let is_owner = s.principal.user.as_deref() == Some(i.owner.as_str());
+    let body = html! {
+        div class="stack" data-instance=(i.id) {
+            noscript { meta http-equiv="refresh" content="3"; }
+            div class="stack big-progress" role="status" aria-live="polite" {
+                p { span id="progress-text" {
+                    @if running { "Running — ready to open" }
+                    @else if i.state.is_terminal() { (state) }
+                    @else { (state) " — " (pct) "%" }
+                } " " span id="state" class={ "badge s-" (state) } { (state) } }
+                progress id="progress" max="100" value=(pct) aria-label="Launch progress" { (pct) "%" }
+                p id="reason" class="muted" hidden[i.state_reason.is_none()] { (i.state_reason.clone().unwrap_or_default()) }
+            }
+            div class="row" {
+                a id="open" class="button" href={ "/i/" (i.id) "/" }
+                    aria-disabled=(if running { "false" } else { "true" })
+                    tabindex=[(!running).then_some("-1")] { "Open " (kind.map(app_name).unwrap_or("app")) }
+                @if !i.state.is_terminal() {
+                    form id="stop" method="post" action={ "/instances/" (i.id) "/stop" } {
+                        input type="hidden" name="csrf" value=(s.viewer.csrf);
+                        button type="submit" class="danger" { "Stop" }
+                    }
+                }
+            }
+            dl class="props" {
+                dt { "Blueprint" } dd { (i.blueprint) " (revision " (i.revision) ")" }
+                dt { "Owner" } dd { (i.owner) }
+                dt { "Time left" } dd id="time-left" { (duration(time_left(&i))) }
+                dt { "Started" } dd { (duration(now().saturating_sub(i.created_ms) / 1000)) " ago" }
+                @if let Some(h) = &i.host { dt { "Host" } dd { code { (h) } } }
+                dt { "Address" } dd { code { "/i/" (i.id) "/" } }
+                @if is_owner {
+                    @if let Some(t) = &i.secrets.jupyter_token {
+                        dt { "Jupyter token" } dd { details { summary { "Show" } code { (t) } p class="hint" { "Not needed in this browser: Cairn adds it for you." } } }
+                    }
+                    @if let Some(p) = &i.secrets.rstudio_password {
+                        dt { "RStudio password" } dd { details { summary { "Show" } code { (p) } } }
+                    }
+                }
+            }
+            @if s.principal.is_admin() && !i.state.is_terminal() {
+                form class="row" method="post" action={ "/instances/" (i.id) "/extend" } {
+                    input type="hidden" name="csrf" value=(s.viewer.csrf);
+                    label for="hours" { "Extend by (hours)" }
+                    input id="hours" name="hours" type="number" min="1" max="720" value="1" style="width:6rem";
+                    button type="submit" class="secondary" { "Extend" }
+                }
+            }
+            section aria-labelledby="history-h" {
+                h2 id="history-h" { "History" }
+                ol {
+                    @for t in &i.transitions {
+                        li { (layout::state_name(t.state)) " — " (duration(now().saturating_sub(t.at_ms) / 1000)) " ago"
+                            @if let Some(r) = &t.reason { span class="muted" { " (" (r) ")" } } }
+                    }
+                }
+            }
+            section aria-labelledby="logs-h" {
+                h2 id="logs-h" { "Logs" }
+                button id="load-logs" type="button" class="secondary" { "Show the last 300 lines" }
+                pre id="logs" class="logs" hidden {}
+            }
+        }
+    };
+    Ok(page(
+        &format!("{} · {}", i.blueprint, i.id),
+        Some(&s.viewer),
+        "/instances",
+        body,
+    )
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /instances/{id}/stop`.
+pub async fn stop(
+    State(app): State<Arc<App>>,
+    s: Session,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfOnly>,
+) -> Result<Response, Response> {
+    s.check(&f.csrf)?;
+    let i = find(&app, &s, &id)?;
+    let reason = format!("stopped by {}", s.principal.name());
+    if let Err(e) = app.instances.stop(&app, &i.id, reason, now()).await {
+        tracing::error!(error = %e, "stop failed");
+    }
+    Ok(Redirect::to(&format!("/instances/{}", i.id)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ExtendForm {
+    #[serde(default)]
+    csrf: String,
+    hours: u64,
+}
+
+/// `POST /instances/{id}/extend` (admins).
+pub async fn extend(
+    State(app): State<Arc<App>>,
+    AdminSession(s): AdminSession,
+    Path(id): Path<String>,
+    Form(f): Form<ExtendForm>,
+) -> Result<Response, Response> {
+    s.check(&f.csrf)?;
+    let i = find(&app, &s, &id)?;
+    if !(1..=720).contains(&f.hours) {
+        return Err(error_page(
+            StatusCode::BAD_REQUEST,
+            Some(&s.viewer),
+            "Cannot extend",
+            "Choose between 1 and 720 hours.",
+        ));
+    }
+    if let Err(e) = app.instances.extend(&i.id, f.hours * 3_600_000).await {
+        tracing::error!(error = %e, "extend failed");
+    }
+    tracing::info!(instance = %i.id, by = %s.principal.name(), hours = f.hours, "lifetime extended");
+    Ok(Redirect::to(&format!("/instances/{}", i.id)).into_response())
+}
