@@ -94,13 +94,15 @@ pub async fn run(data_dir: PathBuf, api_port: u16, link_port: u16) -> Result<(),
 
     println!();
     println!("Cairn is running (development mode) — Docker Engine {engine}, local host {host}");
+    println!("  web UI:       http://{api_addr}/");
     println!("  API:          http://{api_addr}/api/v1/hosts");
     println!("  admin token:  {}", data.admin_token().display());
     println!("  try:          curl -H \"Authorization: Bearer $(cat {})\" http://{api_addr}/api/v1/hosts", data.admin_token().display());
     match &seeded {
         Ok(s) => {
             println!(
-                "  log in:       cairn login --url http://{api_addr} --user {}   (password in {})",
+                "  log in:       as {} in the web UI, or: cairn login --url http://{api_addr} --user {}   (password in {})",
+                s.user,
                 s.user,
                 s.login_file.display()
             );
