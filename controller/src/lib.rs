@@ -7,7 +7,8 @@
 //! * [`tokens`] — join tokens.
 //! * [`users`] — accounts, API tokens, and the principal of a request.
 //! * [`blueprints`] — blueprint specs, validation and revisions.
-//! * [`instances`] — instance lifecycle, placement, desired state per host.
+//! * [`instances`] — instance lifecycle, desired state per host.
+//! * [`scheduler`] — where instances go: the deterministic placement core.
 //! * [`hosts`] — the host registry and its liveness state machine.
 //! * [`link`] — the QUIC server agents dial: enrolment and sessions.
 //! * [`api`] — the REST API.
@@ -32,6 +33,7 @@ pub mod instances;
 pub mod link;
 pub mod pki;
 pub mod proxy;
+pub mod scheduler;
 pub mod store;
 pub mod tokens;
 pub mod users;

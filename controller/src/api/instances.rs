@@ -50,6 +50,9 @@ pub struct InstanceView {
     pub time_left_secs: u64,
     pub transitions: Vec<Transition>,
     pub app: AppView,
+    /// Place in the launch queue (1 = next) while it waits for capacity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<usize>,
 }
 
 fn view(app: &App, i: Instance, viewer: &Principal) -> InstanceView {
@@ -63,6 +66,7 @@ fn view(app: &App, i: Instance, viewer: &Principal) -> InstanceView {
         .map(|r| r.spec.app);
     let now = cairn_shared::time::now_ms();
     InstanceView {
+        queue_position: app.instances.queue_position(&i.id),
         app: AppView {
             kind,
             url: base_url(&i.id),

@@ -19,6 +19,7 @@ use crate::auth;
 use crate::blueprints::spec::{AppKind, BlueprintSpec};
 use crate::config::InstancesConfig;
 use crate::hosts::HostState;
+use crate::scheduler::{HostSnapshot, Outcome, Request, Resources, Scheduler};
 use crate::store::{Store, StoreError, Tree};
 use crate::users::Principal;
 
@@ -44,6 +45,19 @@ struct HostSync {
 struct Inner {
     all: BTreeMap<InstanceId, Instance>,
     hosts: HashMap<HostId, HostSync>,
+    /// Reservations and the queue. Rebuilt from `all` on the first pass after start
+    /// (`primed`), then kept in step with every transition.
+    sched: Scheduler,
+    primed: bool,
+}
+
+/// Keeps the scheduler's books in step with one instance's transition.
+fn settle(sched: &mut Scheduler, i: &Instance, was: InstanceState) {
+    let left_host = was.holds_host() && !i.state.holds_host();
+    let left_queue = was == InstanceState::Queued && i.state != InstanceState::Queued;
+    if left_host || (left_queue && !i.state.holds_host()) {
+        sched.release(&i.id);
+    }
 }
 
 /// All instances of this controller.
@@ -71,7 +85,7 @@ impl Instances {
             config,
             inner: Mutex::new(Inner {
                 all,
-                hosts: HashMap::new(),
+                ..Default::default()
             }),
         })
     }
@@ -135,7 +149,8 @@ impl Instances {
             AppKind::Http => AppSecrets::default(),
         };
         let inst = {
-            let mut inner = self.lock();
+            let mut guard = self.lock();
+            let inner = &mut *guard;
             let mine: Vec<&Instance> = inner
                 .all
                 .values()
@@ -163,85 +178,108 @@ impl Instances {
                 secrets,
                 now_ms,
             );
+            let mut inst = inst;
+            let mut placed_on = None;
+            if inner.primed {
+                if let Outcome::Placed(h) = inner.sched.submit(request_of(&inst, &bp.spec)) {
+                    if inst.apply(Event::Scheduled(h.clone()), now_ms) {
+                        placed_on = Some(h);
+                    }
+                }
+            }
             self.save(&inst)?;
             inner.all.insert(inst.id.clone(), inst.clone());
-            inst
+            (inst, placed_on)
         };
+        let (inst, placed_on) = inst;
         self.store.flush().await?;
-        tracing::info!(instance = %inst.id, user = %inst.owner, blueprint = %inst.blueprint, "instance queued");
-        self.schedule(app, now_ms).await;
-        Ok(self.get(&inst.id).unwrap_or(inst))
+        match &placed_on {
+            Some(h) => {
+                tracing::info!(instance = %inst.id, user = %inst.owner, blueprint = %inst.blueprint, host = %h, "instance scheduled");
+                self.sync_host(app, h, false);
+            }
+            None => {
+                tracing::info!(instance = %inst.id, user = %inst.owner, blueprint = %inst.blueprint, "instance queued");
+                // Right after a start the scheduler's books are not built yet.
+                self.schedule(app, now_ms).await;
+                return Ok(self.get(&inst.id).unwrap_or(inst));
+            }
+        }
+        Ok(inst)
     }
 
-    /// Places queued instances, oldest first, on the first host with room.
+    /// Refreshes the scheduler's view of the hosts, rebuilds its books after a
+    /// start, and places what the queue can place now.
     pub async fn schedule(&self, app: &App, now_ms: u64) {
-        let hosts: Vec<_> = app
-            .registry
-            .list()
-            .into_iter()
-            .filter(|h| h.state == HostState::Active && h.connected)
-            .collect();
+        let snapshots: Vec<HostSnapshot> = app.registry.list().iter().map(snapshot).collect();
         let mut touched = vec![];
         {
             let mut inner = self.lock();
-            let mut queued: Vec<InstanceId> = inner
-                .all
-                .values()
-                .filter(|i| i.state == InstanceState::Queued)
-                .map(|i| i.id.clone())
-                .collect();
-            if queued.is_empty() {
-                return;
-            }
-            queued.sort_by_key(|id| inner.all.get(id).map(|i| i.created_ms));
-            // Reserved memory and CPU per host, from instances holding a place there.
-            let mut reserved: HashMap<HostId, (u64, u64)> = HashMap::new();
-            for i in inner.all.values().filter(|i| i.state.holds_host()) {
-                if let (Some(h), Some(spec)) = (&i.host, self.spec_of(app, i)) {
-                    let r = reserved.entry(h.clone()).or_default();
-                    r.0 += spec.memory_mib * MIB;
-                    r.1 += (spec.cpus * 1e9) as u64;
+            let inner = &mut *inner;
+            let known: Vec<HostId> = inner.sched.host_ids().cloned().collect();
+            for h in known {
+                if !snapshots.iter().any(|s| s.id == h) {
+                    inner.sched.remove_host(&h);
                 }
             }
-            for id in queued {
-                let Some(inst) = inner.all.get(&id).cloned() else {
-                    continue;
-                };
-                let Some(spec) = self.spec_of(app, &inst) else {
-                    continue;
-                };
-                let (mem, cpu) = (spec.memory_mib * MIB, (spec.cpus * 1e9) as u64);
-                let fit = hosts.iter().find(|h| {
-                    let Some(cap) = &h.capacity else { return false };
-                    let (rm, rc) = reserved.get(&h.id).copied().unwrap_or_default();
-                    spec.placement
-                        .iter()
-                        .all(|(k, v)| h.labels.get(k) == Some(v))
-                        && rm + mem <= cap.memory_total_bytes
-                        && rc + cpu <= u64::from(cap.cpus) * 1_000_000_000
-                });
-                let Some(h) = fit else { continue };
-                let r = reserved.entry(h.id.clone()).or_default();
-                r.0 += mem;
-                r.1 += cpu;
+            for snap in snapshots {
+                inner.sched.upsert_host(snap);
+            }
+            let mut placements = vec![];
+            if !inner.primed {
+                inner.primed = true;
+                let mut order: Vec<&Instance> = inner.all.values().collect();
+                order.sort_by_key(|i| (i.created_ms, i.id.clone()));
+                for i in order {
+                    let Some(spec) = self.spec_of(app, i) else {
+                        continue;
+                    };
+                    let req = request_of(i, &spec);
+                    if i.state.holds_host() {
+                        if let Some(h) = &i.host {
+                            inner.sched.restore(i.id.clone(), h, req.resources);
+                        }
+                    } else if i.state == InstanceState::Queued {
+                        if let Outcome::Placed(h) = inner.sched.submit(req) {
+                            placements.push((i.id.clone(), h));
+                        }
+                    }
+                }
+            }
+            placements.extend(inner.sched.drain());
+            for (id, h) in placements {
                 if let Some(i) = inner.all.get_mut(&id) {
-                    if i.apply(Event::Scheduled(h.id.clone()), now_ms) {
-                        tracing::info!(instance = %id, host = %h.id, "instance scheduled");
+                    if i.apply(Event::Scheduled(h.clone()), now_ms) {
+                        tracing::info!(instance = %id, host = %h, "instance scheduled");
                         if let Err(e) = self.save(i) {
                             tracing::error!(error = %e, "could not store the placement");
                         }
-                        touched.push(h.id.clone());
+                        touched.push(h);
+                    } else {
+                        // It left the queue some other way meanwhile.
+                        inner.sched.release(&id);
                     }
                 }
             }
         }
         if !touched.is_empty() {
             let _ = self.store.flush().await;
+            touched.sort();
             touched.dedup();
             for h in touched {
                 self.sync_host(app, &h, false);
             }
         }
+    }
+
+    /// An instance's place in the launch queue (1 = next), if it waits.
+    pub fn queue_position(&self, id: &InstanceId) -> Option<usize> {
+        self.lock().sched.position(id)
+    }
+
+    /// What the queue waits for, per pool, for the autoscaler.
+    pub fn shortfall(&self) -> BTreeMap<String, crate::scheduler::Shortfall> {
+        self.lock().sched.shortfall()
     }
 
     fn spec_of(&self, app: &App, i: &Instance) -> Option<BlueprintSpec> {
@@ -364,7 +402,8 @@ impl Instances {
         let mut changed = false;
         let mut freed = false;
         {
-            let mut inner = self.lock();
+            let mut guard = self.lock();
+            let inner = &mut *guard;
             for r in reports {
                 let Some(i) = inner.all.get_mut(&r.id) else {
                     continue;
@@ -374,6 +413,7 @@ impl Instances {
                 }
                 let was = i.state;
                 if i.apply(Event::Report(r.phase), now_ms) {
+                    settle(&mut inner.sched, i, was);
                     tracing::info!(instance = %i.id, from = ?was, to = ?i.state, reason = ?i.state_reason, "instance state changed");
                     if let Err(e) = self.save(i) {
                         tracing::error!(error = %e, "could not store instance state");
@@ -401,11 +441,14 @@ impl Instances {
         now_ms: u64,
     ) -> Result<Option<Instance>, StoreError> {
         let (inst, host) = {
-            let mut inner = self.lock();
+            let mut guard = self.lock();
+            let inner = &mut *guard;
             let Some(i) = inner.all.get_mut(id) else {
                 return Ok(None);
             };
+            let was = i.state;
             if i.apply(event, now_ms) {
+                settle(&mut inner.sched, i, was);
                 self.save(i)?;
             }
             (i.clone(), i.host.clone())
@@ -467,7 +510,8 @@ impl Instances {
         let watchdog = self.config.start_timeout_ms + 60_000;
         let mut hosts = vec![];
         {
-            let mut inner = self.lock();
+            let mut guard = self.lock();
+            let inner = &mut *guard;
             for i in inner.all.values_mut().filter(|i| !i.state.is_terminal()) {
                 let event = if i.host.as_ref().is_some_and(|h| lost.contains(h)) {
                     Some(Event::HostLost)
@@ -488,7 +532,9 @@ impl Instances {
                     None
                 };
                 if let Some(ev) = event {
+                    let was = i.state;
                     if i.apply(ev, now_ms) {
+                        settle(&mut inner.sched, i, was);
                         tracing::info!(instance = %i.id, state = ?i.state, reason = ?i.state_reason, "instance state changed");
                         if let Err(e) = self.save(i) {
                             tracing::error!(error = %e, "could not store instance state");
@@ -514,5 +560,46 @@ impl Instances {
     /// The host and id to ask for an instance's logs.
     pub fn location(&self, id: &InstanceId) -> Option<HostId> {
         self.lock().all.get(id).and_then(|i| i.host.clone())
+    }
+}
+
+/// The scheduler's request for an instance of `spec`.
+fn request_of(i: &Instance, spec: &BlueprintSpec) -> Request {
+    Request {
+        instance: i.id.clone(),
+        resources: Resources::new(spec.memory_mib * MIB, (spec.cpus * 1000.0).round() as u64),
+        labels: spec.placement.clone(),
+        image: spec.image.clone(),
+        strategy: None,
+        priority: 0,
+    }
+}
+
+/// The scheduler's view of a host from the registry.
+fn snapshot(h: &crate::hosts::HostView) -> HostSnapshot {
+    let images = match &h.runtime {
+        Some(cairn_shared::resources::RuntimeFacts::Docker(d)) => d
+            .images
+            .iter()
+            .flat_map(|i| i.tags.iter().cloned().chain([i.id.clone()]))
+            .collect(),
+        _ => Default::default(),
+    };
+    HostSnapshot {
+        id: h.id.clone(),
+        pool: h
+            .labels
+            .get("pool")
+            .cloned()
+            .unwrap_or_else(|| "default".into()),
+        schedulable: h.state == HostState::Active && h.connected && h.capacity.is_some(),
+        capacity: h
+            .capacity
+            .as_ref()
+            .map(|c| Resources::new(c.memory_total_bytes, u64::from(c.cpus) * 1000))
+            .unwrap_or_default(),
+        labels: h.labels.clone(),
+        images,
+        recent_failures: 0,
     }
 }

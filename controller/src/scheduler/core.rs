@@ -1,0 +1,655 @@
+//! The placement core: filter, score, reserve, queue. No I/O and no clock — it is fed
+//! host snapshots, requests and releases, and answers with decisions, so the same
+//! inputs always give the same placements.
+//!
+//! * **Filter**: the host is schedulable (active, connected, not draining or
+//!   quarantined); its *reserved* memory and CPU plus the request stay within its
+//!   capacity times the pool's over-commit ratio; it has every label the request
+//!   asks for; it is under its instance cap.
+//! * **Score**: bin-pack (fill busy hosts so idle ones can be removed) or spread;
+//!   a bonus when the host already has the image; whatever the [`Bonus`] extension
+//!   adds (data locality, later); a penalty per recent launch failure. Ties go to the
+//!   lowest host id.
+//! * **Queue**: a request that fits nowhere waits, by priority then arrival. Every
+//!   [`Scheduler::drain`] walks the queue in that order and places what fits
+//!   (smaller requests may pass a big one that fits nowhere yet, so one large
+//!   request cannot stall everyone); the [`Scheduler::shortfall`] of what waits
+//!   tells the autoscaler how much capacity is missing, per pool.
+//!
+//! Reservations are taken at placement, before any host reports usage, so two
+//! launches decided back to back never overbook a host.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use cairn_shared::ids::{HostId, InstanceId};
+
+/// Memory in bytes and CPU in thousandths of a core.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub memory: u64,
+    pub millicpus: u64,
+}
+
+impl Resources {
+    pub fn new(memory: u64, millicpus: u64) -> Self {
+        Resources { memory, millicpus }
+    }
+    fn add(self, o: Resources) -> Resources {
+        Resources {
+            memory: self.memory.saturating_add(o.memory),
+            millicpus: self.millicpus.saturating_add(o.millicpus),
+        }
+    }
+    fn sub(self, o: Resources) -> Resources {
+        Resources {
+            memory: self.memory.saturating_sub(o.memory),
+            millicpus: self.millicpus.saturating_sub(o.millicpus),
+        }
+    }
+}
+
+/// How a pool prefers to place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Fill the busiest host that fits, so idle hosts can be removed.
+    #[default]
+    Binpack,
+    /// Use the emptiest host, so one host's failure touches few users.
+    Spread,
+}
+
+/// Placement rules of a pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolPolicy {
+    /// Reservable memory is capacity × this (1.0 = no over-commit).
+    pub memory_overcommit: f64,
+    /// Reservable CPU is capacity × this.
+    pub cpu_overcommit: f64,
+    pub strategy: Strategy,
+    /// Most instances on one host; 0 = no limit.
+    pub max_instances_per_host: u32,
+}
+
+impl Default for PoolPolicy {
+    fn default() -> Self {
+        PoolPolicy {
+            memory_overcommit: 1.0,
+            cpu_overcommit: 1.0,
+            strategy: Strategy::Binpack,
+            max_instances_per_host: 0,
+        }
+    }
+}
+
+/// What the scheduler needs to know about a host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostSnapshot {
+    pub id: HostId,
+    pub pool: String,
+    /// Active, connected, neither draining nor quarantined.
+    pub schedulable: bool,
+    pub capacity: Resources,
+    pub labels: BTreeMap<String, String>,
+    /// Images present on the host (tags and digests).
+    pub images: BTreeSet<String>,
+    /// Launch failures in the recent past, for the score penalty.
+    pub recent_failures: u32,
+}
+
+/// A request to place one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub instance: InstanceId,
+    pub resources: Resources,
+    /// Labels the host must have.
+    pub labels: BTreeMap<String, String>,
+    pub image: String,
+    /// Overrides the pool's strategy (a blueprint may ask to spread).
+    pub strategy: Option<Strategy>,
+    /// Higher goes first.
+    pub priority: u8,
+}
+
+/// Extra score for a host, for what the core does not know about (cached datasets,
+/// the user's chunks). Deterministic implementations only.
+pub trait Bonus: Send + Sync {
+    fn bonus(&self, request: &Request, host: &HostSnapshot) -> i64;
+}
+
+/// No extra score.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoBonus;
+
+impl Bonus for NoBonus {
+    fn bonus(&self, _: &Request, _: &HostSnapshot) -> i64 {
+        0
+    }
+}
+
+/// Score weights; a full host scores [`FIT_SCALE`] for bin-packing.
+pub const FIT_SCALE: i64 = 1000;
+pub const IMAGE_BONUS: i64 = 200;
+pub const FAILURE_PENALTY: i64 = 150;
+
+/// The answer to a submitted request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Placed(HostId),
+    /// Waiting; `position` counts from 1.
+    Queued {
+        position: usize,
+    },
+}
+
+/// Capacity the queue is waiting for, per pool, for the autoscaler.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shortfall {
+    pub waiting: usize,
+    pub resources: Resources,
+}
+
+#[derive(Debug, Clone)]
+struct HostEntry {
+    snap: HostSnapshot,
+    reserved: Resources,
+    instances: u32,
+}
+
+/// The scheduler's whole state.
+pub struct Scheduler {
+    hosts: BTreeMap<HostId, HostEntry>,
+    placed: HashMap<InstanceId, (HostId, Resources)>,
+    /// Waiting requests by (priority descending, arrival).
+    queue: BTreeMap<(std::cmp::Reverse<u8>, u64), Request>,
+    queued: HashMap<InstanceId, (std::cmp::Reverse<u8>, u64)>,
+    seq: u64,
+    pools: HashMap<String, PoolPolicy>,
+    default_policy: PoolPolicy,
+    bonus: Box<dyn Bonus>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("hosts", &self.hosts.len())
+            .field("placed", &self.placed.len())
+            .field("queued", &self.queue.len())
+            .finish()
+    }
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Self::new(PoolPolicy::default())
+    }
+}
+
+impl Scheduler {
+    pub fn new(default_policy: PoolPolicy) -> Self {
+        Scheduler {
+            hosts: BTreeMap::new(),
+            placed: HashMap::new(),
+            queue: BTreeMap::new(),
+            queued: HashMap::new(),
+            seq: 0,
+            pools: HashMap::new(),
+            default_policy,
+            bonus: Box::new(NoBonus),
+        }
+    }
+
+    pub fn with_bonus(mut self, bonus: Box<dyn Bonus>) -> Self {
+        self.bonus = bonus;
+        self
+    }
+
+    pub fn set_pool_policy(&mut self, pool: &str, policy: PoolPolicy) {
+        self.pools.insert(pool.to_string(), policy);
+    }
+
+    fn policy(&self, pool: &str) -> &PoolPolicy {
+        self.pools.get(pool).unwrap_or(&self.default_policy)
+    }
+
+    /// Adds or refreshes a host. Its reservations are kept.
+    pub fn upsert_host(&mut self, snap: HostSnapshot) {
+        match self.hosts.get_mut(&snap.id) {
+            Some(e) => e.snap = snap,
+            None => {
+                // Placements restored before the host was known count from now on.
+                let (mut reserved, mut instances) = (Resources::default(), 0);
+                for (h, r) in self.placed.values() {
+                    if *h == snap.id {
+                        reserved = reserved.add(*r);
+                        instances += 1;
+                    }
+                }
+                self.hosts.insert(
+                    snap.id.clone(),
+                    HostEntry {
+                        snap,
+                        reserved,
+                        instances,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Forgets a host; its reservations go with it.
+    pub fn remove_host(&mut self, id: &HostId) {
+        self.hosts.remove(id);
+        self.placed.retain(|_, (h, _)| h != id);
+    }
+
+    pub fn host_ids(&self) -> impl Iterator<Item = &HostId> {
+        self.hosts.keys()
+    }
+
+    /// Records a placement made earlier (a restarted controller rebuilding its view).
+    pub fn restore(&mut self, instance: InstanceId, host: &HostId, resources: Resources) {
+        self.release(&instance);
+        if let Some(e) = self.hosts.get_mut(host) {
+            e.reserved = e.reserved.add(resources);
+            e.instances += 1;
+        }
+        self.placed.insert(instance, (host.clone(), resources));
+    }
+
+    /// Frees an instance's reservation, or takes it out of the queue.
+    pub fn release(&mut self, instance: &InstanceId) {
+        if let Some((host, res)) = self.placed.remove(instance) {
+            if let Some(e) = self.hosts.get_mut(&host) {
+                e.reserved = e.reserved.sub(res);
+                e.instances = e.instances.saturating_sub(1);
+            }
+        }
+        if let Some(key) = self.queued.remove(instance) {
+            self.queue.remove(&key);
+        }
+    }
+
+    /// Where an instance holds a reservation.
+    pub fn placement(&self, instance: &InstanceId) -> Option<&HostId> {
+        self.placed.get(instance).map(|(h, _)| h)
+    }
+
+    /// Reserved resources and instance count of a host.
+    pub fn reserved(&self, host: &HostId) -> Option<(Resources, u32)> {
+        self.hosts.get(host).map(|e| (e.reserved, e.instances))
+    }
+
+    /// Places the request now if it fits and nothing of its priority or higher waits;
+    /// otherwise queues it.
+    pub fn submit(&mut self, req: Request) -> Outcome {
+        self.release(&req.instance);
+        let blocked = self
+            .queue
+            .keys()
+            .next()
+            .is_some_and(|(std::cmp::Reverse(p), _)| *p >= req.priority);
+        if !blocked {
+            if let Some(h) = self.choose(&req) {
+                self.reserve(&req, &h);
+                return Outcome::Placed(h);
+            }
+        }
+        self.seq += 1;
+        let key = (std::cmp::Reverse(req.priority), self.seq);
+        self.queued.insert(req.instance.clone(), key);
+        self.queue.insert(key, req.clone());
+        let position = self.queue.range(..=key).count();
+        Outcome::Queued { position }
+    }
+
+    /// Places what waiting requests fit now, in queue order; returns the placements.
+    pub fn drain(&mut self) -> Vec<(InstanceId, HostId)> {
+        let mut out = vec![];
+        let keys: Vec<_> = self.queue.keys().copied().collect();
+        for key in keys {
+            let Some(req) = self.queue.get(&key).cloned() else {
+                continue;
+            };
+            if let Some(h) = self.choose(&req) {
+                self.queue.remove(&key);
+                self.queued.remove(&req.instance);
+                self.reserve(&req, &h);
+                out.push((req.instance, h));
+            }
+        }
+        out
+    }
+
+    /// 1-based position in the queue.
+    pub fn position(&self, instance: &InstanceId) -> Option<usize> {
+        let key = self.queued.get(instance)?;
+        Some(self.queue.range(..=*key).count())
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// What the queue waits for, per pool that could ever hold it (by labels); requests
+    /// no pool's labels match are counted under `""`.
+    pub fn shortfall(&self) -> BTreeMap<String, Shortfall> {
+        let mut out: BTreeMap<String, Shortfall> = BTreeMap::new();
+        for req in self.queue.values() {
+            let pool = self
+                .hosts
+                .values()
+                .find(|e| labels_match(&req.labels, &e.snap.labels))
+                .map(|e| e.snap.pool.clone())
+                .unwrap_or_default();
+            let s = out.entry(pool).or_default();
+            s.waiting += 1;
+            s.resources = s.resources.add(req.resources);
+        }
+        out
+    }
+
+    fn reserve(&mut self, req: &Request, host: &HostId) {
+        if let Some(e) = self.hosts.get_mut(host) {
+            e.reserved = e.reserved.add(req.resources);
+            e.instances += 1;
+        }
+        self.placed
+            .insert(req.instance.clone(), (host.clone(), req.resources));
+    }
+
+    /// Reservable capacity of a host under its pool's over-commit.
+    fn limit(&self, e: &HostEntry) -> Resources {
+        let p = self.policy(&e.snap.pool);
+        Resources {
+            memory: (e.snap.capacity.memory as f64 * p.memory_overcommit) as u64,
+            millicpus: (e.snap.capacity.millicpus as f64 * p.cpu_overcommit) as u64,
+        }
+    }
+
+    fn fits(&self, req: &Request, e: &HostEntry) -> bool {
+        let p = self.policy(&e.snap.pool);
+        let limit = self.limit(e);
+        let after = e.reserved.add(req.resources);
+        e.snap.schedulable
+            && after.memory <= limit.memory
+            && after.millicpus <= limit.millicpus
+            && (p.max_instances_per_host == 0 || e.instances < p.max_instances_per_host)
+            && labels_match(&req.labels, &e.snap.labels)
+    }
+
+    /// The score of a host that fits.
+    fn score(&self, req: &Request, e: &HostEntry) -> i64 {
+        let limit = self.limit(e);
+        let after = e.reserved.add(req.resources);
+        let frac = |used: u64, cap: u64| {
+            if cap == 0 {
+                1.0
+            } else {
+                used as f64 / cap as f64
+            }
+        };
+        let fill =
+            (frac(after.memory, limit.memory) + frac(after.millicpus, limit.millicpus)) / 2.0;
+        let fill = (fill * FIT_SCALE as f64).round() as i64;
+        let strategy = req.strategy.unwrap_or(self.policy(&e.snap.pool).strategy);
+        let mut score = match strategy {
+            Strategy::Binpack => fill,
+            Strategy::Spread => FIT_SCALE - fill,
+        };
+        if e.snap.images.contains(&req.image) {
+            score += IMAGE_BONUS;
+        }
+        score -= FAILURE_PENALTY * i64::from(e.snap.recent_failures);
+        score + self.bonus.bonus(req, &e.snap)
+    }
+
+    /// The best host for a request, if any fits. Ties go to the lowest host id
+    /// (hosts are visited in id order and only a strictly better score wins).
+    pub fn choose(&self, req: &Request) -> Option<HostId> {
+        let mut best: Option<(i64, &HostId)> = None;
+        for (id, e) in &self.hosts {
+            if !self.fits(req, e) {
+                continue;
+            }
+            let s = self.score(req, e);
+            if best.is_none_or(|(b, _)| s > b) {
+                best = Some((s, id));
+            }
+        }
+        best.map(|(_, id)| id.clone())
+    }
+}
+
+fn labels_match(want: &BTreeMap<String, String>, have: &BTreeMap<String, String>) -> bool {
+    want.iter().all(|(k, v)| have.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn host(n: u32, mem_gib: u64, cpus: u64) -> HostSnapshot {
+        HostSnapshot {
+            id: HostId::parse(&format!("h-{n:016x}")).unwrap(),
+            pool: "default".into(),
+            schedulable: true,
+            capacity: Resources::new(mem_gib * GIB, cpus * 1000),
+            labels: BTreeMap::new(),
+            images: BTreeSet::new(),
+            recent_failures: 0,
+        }
+    }
+
+    fn inst(n: u32) -> InstanceId {
+        InstanceId::parse(&format!("i-{n:016x}")).unwrap()
+    }
+
+    fn req(n: u32, mem_gib: u64) -> Request {
+        Request {
+            instance: inst(n),
+            resources: Resources::new(mem_gib * GIB, 500),
+            labels: BTreeMap::new(),
+            image: "img:1".into(),
+            strategy: None,
+            priority: 0,
+        }
+    }
+
+    fn placed(o: Outcome) -> HostId {
+        match o {
+            Outcome::Placed(h) => h,
+            other => panic!("not placed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn binpack_fills_one_host_before_the_next() {
+        let mut s = Scheduler::default();
+        s.upsert_host(host(1, 4, 8));
+        s.upsert_host(host(2, 4, 8));
+        let hosts: Vec<HostId> = (0..8).map(|i| placed(s.submit(req(i, 1)))).collect();
+        assert!(hosts[..4].iter().all(|h| *h == hosts[0]));
+        assert!(hosts[4..].iter().all(|h| *h != hosts[0]));
+        assert_eq!(s.submit(req(9, 1)), Outcome::Queued { position: 1 });
+    }
+
+    #[test]
+    fn spread_alternates() {
+        let mut s = Scheduler::new(PoolPolicy {
+            strategy: Strategy::Spread,
+            ..Default::default()
+        });
+        s.upsert_host(host(1, 4, 8));
+        s.upsert_host(host(2, 4, 8));
+        let hosts: Vec<HostId> = (0..4).map(|i| placed(s.submit(req(i, 1)))).collect();
+        assert_ne!(hosts[0], hosts[1]);
+        assert_eq!(hosts[0], hosts[2]);
+        assert_eq!(hosts[1], hosts[3]);
+        // A request may ask to bin-pack in a spread pool.
+        let mut r = req(10, 1);
+        r.strategy = Some(Strategy::Binpack);
+        let h = placed(s.submit(r));
+        assert_eq!(s.reserved(&h).unwrap().1, 3);
+    }
+
+    #[test]
+    fn constraints_and_unschedulable_hosts_filter() {
+        let mut s = Scheduler::default();
+        let mut gpu = host(1, 4, 8);
+        gpu.labels.insert("gpu".into(), "true".into());
+        s.upsert_host(gpu.clone());
+        let mut draining = host(2, 64, 64);
+        draining.schedulable = false;
+        draining.labels.insert("gpu".into(), "true".into());
+        s.upsert_host(draining);
+        s.upsert_host(host(3, 64, 64));
+        let mut r = req(1, 1);
+        r.labels.insert("gpu".into(), "true".into());
+        assert_eq!(placed(s.submit(r)), gpu.id);
+        let mut r = req(2, 1);
+        r.labels.insert("zone".into(), "b".into());
+        assert_eq!(s.submit(r), Outcome::Queued { position: 1 });
+    }
+
+    #[test]
+    fn overcommit_and_instance_caps() {
+        let mut s = Scheduler::new(PoolPolicy {
+            memory_overcommit: 1.5,
+            ..Default::default()
+        });
+        s.upsert_host(host(1, 4, 64));
+        for i in 0..6 {
+            placed(s.submit(req(i, 1)));
+        }
+        assert!(matches!(s.submit(req(7, 1)), Outcome::Queued { .. }));
+
+        let mut s = Scheduler::new(PoolPolicy {
+            max_instances_per_host: 2,
+            ..Default::default()
+        });
+        s.upsert_host(host(1, 64, 64));
+        placed(s.submit(req(1, 1)));
+        placed(s.submit(req(2, 1)));
+        assert!(matches!(s.submit(req(3, 1)), Outcome::Queued { .. }));
+    }
+
+    #[test]
+    fn image_bonus_and_failure_penalty_steer() {
+        let mut s = Scheduler::new(PoolPolicy {
+            strategy: Strategy::Spread,
+            ..Default::default()
+        });
+        let a = host(1, 8, 8);
+        let mut b = host(2, 8, 8);
+        b.images.insert("img:1".into());
+        s.upsert_host(a.clone());
+        s.upsert_host(b.clone());
+        assert_eq!(placed(s.submit(req(1, 1))), b.id);
+        b.recent_failures = 3;
+        s.upsert_host(b);
+        assert_eq!(placed(s.submit(req(2, 1))), a.id);
+    }
+
+    #[test]
+    fn no_overbooking_under_a_thousand_requests() {
+        let mut s = Scheduler::default();
+        for n in 0..10 {
+            s.upsert_host(host(n, 16, 16));
+        }
+        let mut per_host: HashMap<HostId, u64> = HashMap::new();
+        let mut queued = 0;
+        for i in 0..1000 {
+            // 1..4 GiB, a deterministic mix.
+            let r = req(i, 1 + u64::from(i % 4));
+            let mem = r.resources.memory;
+            match s.submit(r) {
+                Outcome::Placed(h) => *per_host.entry(h).or_default() += mem,
+                Outcome::Queued { .. } => queued += 1,
+            }
+        }
+        assert!(per_host.values().all(|m| *m <= 16 * GIB));
+        let total: u64 = per_host.values().sum();
+        assert!(total > 150 * GIB, "packed only {total} bytes");
+        assert_eq!(queued, s.queue_len());
+    }
+
+    #[test]
+    fn the_queue_is_fifo_per_priority_and_fills_when_capacity_appears() {
+        let mut s = Scheduler::default();
+        s.upsert_host(host(1, 2, 8));
+        placed(s.submit(req(1, 2)));
+        assert_eq!(s.submit(req(2, 1)), Outcome::Queued { position: 1 });
+        assert_eq!(s.submit(req(3, 1)), Outcome::Queued { position: 2 });
+        let mut urgent = req(4, 1);
+        urgent.priority = 5;
+        assert_eq!(s.submit(urgent), Outcome::Queued { position: 1 });
+        assert_eq!(s.position(&inst(2)), Some(2));
+        let short = s.shortfall();
+        assert_eq!(short["default"].waiting, 3);
+        assert_eq!(short["default"].resources.memory, 3 * GIB);
+
+        s.release(&inst(1));
+        let placed_now: Vec<InstanceId> = s.drain().into_iter().map(|(i, _)| i).collect();
+        assert_eq!(placed_now, vec![inst(4), inst(2)]);
+        assert_eq!(s.position(&inst(3)), Some(1));
+        // A new request waits behind the queue of its priority, even if it would fit.
+        s.upsert_host(host(2, 1, 8));
+        s.release(&inst(3));
+        assert_eq!(
+            placed(s.submit(req(5, 1))).to_string(),
+            host(2, 1, 8).id.to_string()
+        );
+    }
+
+    #[test]
+    fn a_large_request_does_not_stall_smaller_ones() {
+        let mut s = Scheduler::default();
+        s.upsert_host(host(1, 4, 8));
+        placed(s.submit(req(1, 2)));
+        assert!(matches!(s.submit(req(2, 8)), Outcome::Queued { .. }));
+        assert!(matches!(s.submit(req(3, 1)), Outcome::Queued { .. }));
+        let placed_now: Vec<InstanceId> = s.drain().into_iter().map(|(i, _)| i).collect();
+        assert_eq!(placed_now, vec![inst(3)]);
+        assert_eq!(s.position(&inst(2)), Some(1));
+    }
+
+    #[test]
+    fn the_same_input_gives_the_same_placements() {
+        let run = || {
+            let mut s = Scheduler::default();
+            for n in (0..20).rev() {
+                s.upsert_host(host(n, 8, 8));
+            }
+            (0..300)
+                .map(|i| s.submit(req(i, 1 + u64::from(i % 3))))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn placements_restored_before_their_host_appears_still_count() {
+        let mut s = Scheduler::default();
+        let h = host(1, 4, 8);
+        s.restore(inst(1), &h.id, Resources::new(3 * GIB, 100));
+        s.upsert_host(h.clone());
+        assert_eq!(s.reserved(&h.id).unwrap().1, 1);
+        assert!(matches!(s.submit(req(2, 2)), Outcome::Queued { .. }));
+    }
+
+    #[test]
+    fn restore_and_remove_keep_books_straight() {
+        let mut s = Scheduler::default();
+        let h = host(1, 4, 8);
+        s.upsert_host(h.clone());
+        s.restore(inst(1), &h.id, Resources::new(3 * GIB, 100));
+        assert!(matches!(s.submit(req(2, 2)), Outcome::Queued { .. }));
+        s.release(&inst(1));
+        assert_eq!(s.drain(), vec![(inst(2), h.id.clone())]);
+        s.remove_host(&h.id);
+        assert_eq!(s.placement(&inst(2)), None);
+    }
+}
