@@ -84,8 +84,11 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         tail: Option<u32>,
     },
-    /// List the hosts (admins).
-    Hosts,
+    /// List the hosts, or drain, undrain and remove one (admins).
+    Hosts {
+        #[command(subcommand)]
+        command: Option<HostsCommand>,
+    },
     /// List and manage user accounts (admins).
     Users {
         #[command(subcommand)]
@@ -121,6 +124,30 @@ pub enum BlueprintsCommand {
     Enable { name: String },
     /// Show a blueprint's revisions.
     History { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostsCommand {
+    /// List hosts with their state, standing and capacity (the default).
+    Ls,
+    /// Stop placing on a host; running instances finish, or are stopped at the deadline.
+    Drain {
+        /// The host's id (h-...).
+        id: String,
+        /// Stop what still runs after this long, e.g. `30m` or `2h`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        deadline: Option<std::time::Duration>,
+    },
+    /// Open a draining or drained host again.
+    Undrain {
+        /// The host's id (h-...).
+        id: String,
+    },
+    /// Remove a drained host from the pool; its agent is refused from then on.
+    Remove {
+        /// The host's id (h-...).
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

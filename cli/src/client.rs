@@ -165,6 +165,11 @@ impl Client {
         self.json(Method::POST, segments, &[], body).await
     }
 
+    /// `DELETE` with authentication, JSON answer.
+    pub async fn delete(&self, segments: &[&str]) -> Result<Value, Error> {
+        self.json(Method::DELETE, segments, &[], None).await
+    }
+
     /// Sends an authenticated `GET`; returns the body's bytes as they are.
     pub async fn bytes(
         &self,

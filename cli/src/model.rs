@@ -118,6 +118,34 @@ pub struct Host {
     pub connected: bool,
     pub labels: BTreeMap<String, String>,
     pub capacity: Option<Capacity>,
+    #[serde(default)]
+    pub pool: Option<HostPool>,
+}
+
+/// A host's standing in the pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct HostPool {
+    pub standing: HostStanding,
+    pub consecutive_failures: u32,
+    pub last_failure: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct HostStanding {
+    pub state: String,
+}
+
+impl Host {
+    /// `open`, `draining`, `quarantined`...
+    pub fn standing(&self) -> String {
+        self.pool
+            .as_ref()
+            .map(|p| p.standing.state.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "open".into())
+    }
 }
 
 /// One step in an instance's life.

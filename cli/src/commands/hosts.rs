@@ -1,4 +1,5 @@
-//! `hosts`: the hosts of the controller, with their state and capacity (admins).
+//! `hosts`: the hosts of the controller, with their state, standing and capacity, and
+//! the pool requests drain, undrain and remove (admins).
 
 use super::Ctx;
 use crate::client::parse;
@@ -14,6 +15,49 @@ pub async fn list(ctx: &Ctx) -> Result<(), Error> {
     })
 }
 
+/// `hosts drain ID [--deadline D]`.
+pub async fn drain(
+    ctx: &Ctx,
+    id: &str,
+    deadline: Option<std::time::Duration>,
+) -> Result<(), Error> {
+    let body = serde_json::json!({ "deadline_secs": deadline.map(|d| d.as_secs()) });
+    let v = ctx
+        .client
+        .post(&["hosts", id, "drain"], Some(&body))
+        .await?;
+    ctx.emit(&v, || {
+        let h: Host = parse(&v, "the host")?;
+        Ok(format!(
+            "host {} is {}\n",
+            output::clean(&h.id),
+            output::clean(&h.standing())
+        ))
+    })
+}
+
+/// `hosts undrain ID`.
+pub async fn pool(ctx: &Ctx, id: &str, verb: &str) -> Result<(), Error> {
+    let v = ctx.client.post(&["hosts", id, verb], None).await?;
+    ctx.emit(&v, || {
+        let h: Host = parse(&v, "the host")?;
+        Ok(format!(
+            "host {} is {}\n",
+            output::clean(&h.id),
+            output::clean(&h.standing())
+        ))
+    })
+}
+
+/// `hosts remove ID`.
+pub async fn remove(ctx: &Ctx, id: &str) -> Result<(), Error> {
+    let v = ctx.client.delete(&["hosts", id]).await?;
+    ctx.emit(&v, || {
+        let h: Host = parse(&v, "the host")?;
+        Ok(format!("host {} removed\n", output::clean(&h.id)))
+    })
+}
+
 /// The `hosts` table. MEM is the total and, in brackets, what is available.
 pub fn render(hosts: &[Host], now_ms: u64) -> String {
     if hosts.is_empty() {
@@ -24,6 +68,7 @@ pub fn render(hosts: &[Host], now_ms: u64) -> String {
         "ID",
         "HOSTNAME",
         "STATE",
+        "STANDING",
         "CPUS",
         "MEM",
         "LAST SEEN",
@@ -54,6 +99,7 @@ pub fn render(hosts: &[Host], now_ms: u64) -> String {
             h.id.clone(),
             h.hostname.clone(),
             h.state.clone(),
+            h.standing(),
             cpus,
             mem,
             output::ago(now_ms, h.last_seen_ms),

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::args::{BlueprintsCommand, Cli, Command, UsersCommand};
+use crate::args::{BlueprintsCommand, Cli, Command, HostsCommand, UsersCommand};
 use crate::client::Client;
 use crate::config::{self, ConfigFile, Inputs, Settings};
 use crate::error::Error;
@@ -96,7 +96,12 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Ps { all } => instances::ps(&ctx, all).await,
         Command::Stop { id } => instances::stop(&ctx, &id).await,
         Command::Logs { id, tail } => instances::logs(&ctx, &id, tail).await,
-        Command::Hosts => hosts::list(&ctx).await,
+        Command::Hosts { command } => match command.unwrap_or(HostsCommand::Ls) {
+            HostsCommand::Ls => hosts::list(&ctx).await,
+            HostsCommand::Drain { id, deadline } => hosts::drain(&ctx, &id, deadline).await,
+            HostsCommand::Undrain { id } => hosts::pool(&ctx, &id, "undrain").await,
+            HostsCommand::Remove { id } => hosts::remove(&ctx, &id).await,
+        },
         Command::Users { command } => match command.unwrap_or(UsersCommand::Ls) {
             UsersCommand::Ls => users::list(&ctx).await,
             UsersCommand::Create {

@@ -127,7 +127,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/instances/{id}/extend", post(instances::extend))
         .route("/instances/{id}/logs", get(instances::logs))
         .route("/hosts", get(hosts::list))
-        .route("/hosts/{id}", get(hosts::get))
+        .route("/hosts/{id}", get(hosts::get).delete(hosts::remove))
+        .route("/hosts/{id}/drain", post(hosts::drain))
+        .route("/hosts/{id}/undrain", post(hosts::undrain))
         .route("/join-tokens", get(tokens::list).post(tokens::create))
         .route("/join-tokens/{id}", delete(tokens::revoke))
         .route(

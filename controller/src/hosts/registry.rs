@@ -15,6 +15,7 @@ use cairn_shared::protocol::CloseCode;
 use cairn_shared::resources::{Capacity, HostFacts, RuntimeFacts};
 use serde::{Deserialize, Serialize};
 
+use super::pool::{PoolAction, PoolEvent, PoolRefusal, PoolState, QuarantinePolicy};
 use super::state::{Event, HostState, Liveness, Thresholds, Transition};
 use crate::store::{Store, StoreError, Tree};
 
@@ -44,6 +45,39 @@ pub struct HostRecord {
     pub cert_not_after_unix: i64,
     #[serde(default)]
     pub remote_addr: Option<String>,
+    /// Standing in the pool: open, draining, drained, removed, quarantined.
+    #[serde(default)]
+    pub pool: PoolState,
+    /// Changes of standing, newest last.
+    #[serde(default)]
+    pub pool_history: Vec<PoolNote>,
+}
+
+/// One change of a host's standing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PoolNote {
+    pub at_ms: u64,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+}
+
+impl Entry {
+    fn note(&mut self, actions: &[PoolAction], now_ms: u64) {
+        for a in actions {
+            if let PoolAction::Changed { from, to, reason } = a {
+                tracing::info!(host = %self.record.id, from, to, %reason, "host standing changed");
+                self.record.pool_history.push(PoolNote {
+                    at_ms: now_ms,
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        let extra = self.record.pool_history.len().saturating_sub(HISTORY);
+        self.record.pool_history.drain(..extra);
+    }
 }
 
 impl HostRecord {
@@ -67,6 +101,8 @@ impl HostRecord {
             runtime: None,
             cert_not_after_unix,
             remote_addr: None,
+            pool: PoolState::default(),
+            pool_history: vec![],
         }
     }
 
@@ -98,6 +134,8 @@ pub struct HostView {
     pub cert_not_after_unix: i64,
     pub remote_addr: Option<String>,
     pub transitions: Vec<Transition>,
+    pub pool: PoolState,
+    pub pool_history: Vec<PoolNote>,
 }
 
 impl From<&HostRecord> for HostView {
@@ -118,6 +156,8 @@ impl From<&HostRecord> for HostView {
             cert_not_after_unix: r.cert_not_after_unix,
             remote_addr: r.remote_addr.clone(),
             transitions: r.transitions.clone(),
+            pool: r.pool.clone(),
+            pool_history: r.pool_history.clone(),
         }
     }
 }
@@ -126,6 +166,8 @@ impl From<&HostRecord> for HostView {
 pub enum RegistryError {
     #[error("host {0} is not enrolled with this controller")]
     UnknownHost(HostId),
+    #[error(transparent)]
+    Refused(#[from] PoolRefusal),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -145,6 +187,7 @@ pub struct Registry {
     hosts: Mutex<HashMap<HostId, Entry>>,
     store: Store,
     thresholds: Thresholds,
+    quarantine: QuarantinePolicy,
     generation: AtomicU64,
 }
 
@@ -177,6 +220,7 @@ impl Registry {
             hosts: Mutex::new(hosts),
             store,
             thresholds,
+            quarantine: QuarantinePolicy::default(),
             generation: AtomicU64::new(1),
         })
     }
@@ -417,6 +461,77 @@ impl Registry {
             *m.entry(e.record.liveness.state).or_default() += 1;
         }
         m
+    }
+
+    /// Applies a pool event to one host: an admin request (`admin`, refusals
+    /// returned) or an observation (launch results). Returns what the caller must do.
+    pub async fn pool_event(
+        &self,
+        id: &HostId,
+        event: PoolEvent,
+        admin: bool,
+        now_ms: u64,
+    ) -> Result<Vec<PoolAction>, RegistryError> {
+        let actions = {
+            let mut hosts = self.lock();
+            let entry = hosts
+                .get_mut(id)
+                .ok_or_else(|| RegistryError::UnknownHost(id.clone()))?;
+            let before = entry.record.pool.clone();
+            let actions = if admin {
+                entry.record.pool.request(event, now_ms, &self.quarantine)?
+            } else {
+                entry.record.pool.apply(event, now_ms, &self.quarantine)
+            };
+            if entry.record.pool != before {
+                entry.note(&actions, now_ms);
+                self.store.put(Tree::Hosts, id.as_str(), &entry.record)?;
+            }
+            actions
+        };
+        self.store.flush().await?;
+        Ok(actions)
+    }
+
+    /// Advances every host's standing to `now_ms` (quarantines ending, drains
+    /// finishing); `instances` counts what still holds a place on each host.
+    pub async fn pool_tick(
+        &self,
+        now_ms: u64,
+        instances: &HashMap<HostId, u32>,
+    ) -> Result<Vec<(HostId, PoolAction)>, RegistryError> {
+        let mut out = vec![];
+        {
+            let mut hosts = self.lock();
+            for (id, entry) in hosts.iter_mut() {
+                let n = instances.get(id).copied().unwrap_or(0);
+                let before = entry.record.pool.clone();
+                let actions = entry.record.pool.apply(
+                    PoolEvent::Tick { instances: n },
+                    now_ms,
+                    &self.quarantine,
+                );
+                if entry.record.pool != before {
+                    entry.note(&actions, now_ms);
+                    self.store.put(Tree::Hosts, id.as_str(), &entry.record)?;
+                }
+                out.extend(actions.into_iter().map(|a| (id.clone(), a)));
+            }
+        }
+        if out
+            .iter()
+            .any(|(_, a)| matches!(a, PoolAction::Changed { .. }))
+        {
+            self.store.flush().await?;
+        }
+        Ok(out)
+    }
+
+    /// Whether a host was removed from the pool (its agent is refused).
+    pub fn is_removed(&self, id: &HostId) -> bool {
+        self.lock()
+            .get(id)
+            .is_some_and(|e| e.record.pool.standing == super::pool::Standing::Removed)
     }
 
     /// Closes every live connection (controller shutdown).

@@ -18,6 +18,7 @@ use crate::app::App;
 use crate::auth;
 use crate::blueprints::spec::{AppKind, BlueprintSpec};
 use crate::config::InstancesConfig;
+use crate::hosts::pool::{PoolAction, PoolEvent};
 use crate::hosts::HostState;
 use crate::scheduler::{HostSnapshot, Outcome, Request, Resources, Scheduler};
 use crate::store::{Store, StoreError, Tree};
@@ -401,6 +402,7 @@ impl Instances {
     ) {
         let mut changed = false;
         let mut freed = false;
+        let mut launches = vec![];
         {
             let mut guard = self.lock();
             let inner = &mut *guard;
@@ -414,6 +416,19 @@ impl Instances {
                 let was = i.state;
                 if i.apply(Event::Report(r.phase), now_ms) {
                     settle(&mut inner.sched, i, was);
+                    let launching = matches!(
+                        was,
+                        InstanceState::Scheduled
+                            | InstanceState::Preparing
+                            | InstanceState::Starting
+                    );
+                    if launching && i.state == InstanceState::Running {
+                        launches.push(PoolEvent::LaunchSucceeded);
+                    } else if launching && i.state == InstanceState::Failed {
+                        launches.push(PoolEvent::LaunchFailed {
+                            reason: i.state_reason.clone().unwrap_or_default(),
+                        });
+                    }
                     tracing::info!(instance = %i.id, from = ?was, to = ?i.state, reason = ?i.state_reason, "instance state changed");
                     if let Err(e) = self.save(i) {
                         tracing::error!(error = %e, "could not store instance state");
@@ -426,6 +441,15 @@ impl Instances {
         if changed {
             let _ = self.store.flush().await;
             self.sync_host(app, host, false);
+        }
+        for ev in launches {
+            let failed = matches!(ev, PoolEvent::LaunchFailed { .. });
+            match app.registry.pool_event(host, ev, false, now_ms).await {
+                // A quarantine changes where the queue can go.
+                Ok(actions) if failed && !actions.is_empty() => freed = true,
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "could not record a launch result"),
+            }
         }
         if freed {
             self.schedule(app, now_ms).await;
@@ -498,8 +522,30 @@ impl Instances {
         Ok(Some(inst))
     }
 
-    /// Time-driven work: lifetimes, start time-outs, lost hosts, waiting launches.
+    /// Time-driven work: lifetimes, start time-outs, lost hosts, host standings
+    /// (quarantines ending, drains finishing or reaching their deadline), waiting
+    /// launches.
     pub async fn tick(&self, app: &App, now_ms: u64) {
+        let counts: HashMap<HostId, u32> = {
+            let inner = self.lock();
+            let mut m = HashMap::new();
+            for i in inner.all.values().filter(|i| i.state.holds_host()) {
+                if let Some(h) = &i.host {
+                    *m.entry(h.clone()).or_insert(0) += 1;
+                }
+            }
+            m
+        };
+        match app.registry.pool_tick(now_ms, &counts).await {
+            Ok(actions) => {
+                for (host, a) in actions {
+                    if a == PoolAction::StopRemaining {
+                        self.stop_all_on(app, &host, now_ms).await;
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "host standing update failed"),
+        }
         let lost: Vec<HostId> = app
             .registry
             .list()
@@ -557,6 +603,25 @@ impl Instances {
         self.schedule(app, now_ms).await;
     }
 
+    /// Stops every instance still on a host whose drain deadline passed.
+    async fn stop_all_on(&self, app: &App, host: &HostId, now_ms: u64) {
+        let ids: Vec<InstanceId> = self
+            .lock()
+            .all
+            .values()
+            .filter(|i| i.host.as_ref() == Some(host) && !i.state.is_terminal())
+            .filter(|i| i.state != InstanceState::Stopping)
+            .map(|i| i.id.clone())
+            .collect();
+        for id in ids {
+            tracing::info!(instance = %id, %host, "stopping: the host's drain deadline passed");
+            let reason = "its host was drained and the deadline passed".to_string();
+            if let Err(e) = self.stop(app, &id, reason, now_ms).await {
+                tracing::error!(error = %e, "could not stop an instance on a drained host");
+            }
+        }
+    }
+
     /// The host and id to ask for an instance's logs.
     pub fn location(&self, id: &InstanceId) -> Option<HostId> {
         self.lock().all.get(id).and_then(|i| i.host.clone())
@@ -592,7 +657,10 @@ fn snapshot(h: &crate::hosts::HostView) -> HostSnapshot {
             .get("pool")
             .cloned()
             .unwrap_or_else(|| "default".into()),
-        schedulable: h.state == HostState::Active && h.connected && h.capacity.is_some(),
+        schedulable: h.state == HostState::Active
+            && h.connected
+            && h.capacity.is_some()
+            && h.pool.open(),
         capacity: h
             .capacity
             .as_ref()
@@ -600,6 +668,6 @@ fn snapshot(h: &crate::hosts::HostView) -> HostSnapshot {
             .unwrap_or_default(),
         labels: h.labels.clone(),
         images,
-        recent_failures: 0,
+        recent_failures: h.pool.consecutive_failures,
     }
 }

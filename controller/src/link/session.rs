@@ -38,7 +38,7 @@ pub async fn serve(app: Arc<App>, conn: quinn::Connection) {
             )
         }
     };
-    if !app.registry.contains(&host) {
+    if !app.registry.contains(&host) || app.registry.is_removed(&host) {
         return refuse(
             &conn,
             CloseCode::UnknownHost,
