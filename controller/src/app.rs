@@ -29,6 +29,7 @@ pub struct App {
     pub accounts: crate::users::Accounts,
     pub api_tokens: crate::users::ApiTokens,
     pub instances: crate::instances::Instances,
+    pub autoscaler: crate::autoscaler::Autoscaler,
     /// The address agents should dial, for join commands.
     pub link_addr: SocketAddr,
 }
@@ -73,6 +74,19 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
     let accounts = crate::users::Accounts::new(store.clone());
     let api_tokens = crate::users::ApiTokens::new(store.clone());
     let instances = crate::instances::Instances::load(store.clone(), config.instances.clone())?;
+    instances.configure_pools(&config.pools);
+    let mut policies = std::collections::HashMap::new();
+    for p in &config.pools {
+        if p.provider != "static" {
+            return Err(StartError::Config(format!(
+                "pool {}: provider {:?} is not available in this build (only \"static\")",
+                p.name, p.provider
+            )));
+        }
+        policies.insert(p.name.clone(), p.scaling(false));
+    }
+    let autoscaler =
+        crate::autoscaler::Autoscaler::new(Box::new(crate::autoscaler::StaticProvider), policies);
 
     let server_config = identity::server_config(pki.ca.cert_der(), &pki.server)?;
     let endpoint =
@@ -112,6 +126,7 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
         accounts,
         api_tokens,
         instances,
+        autoscaler,
         link_addr,
     });
     let shutdown = CancellationToken::new();
@@ -147,6 +162,11 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
         }
     }
     tasks.spawn(liveness_loop(app.clone(), shutdown.clone()));
+    tasks.spawn(crate::autoscaler::run(
+        app.clone(),
+        Duration::from_secs(10),
+        shutdown.clone(),
+    ));
     tasks.spawn(server_cert_loop(
         app.clone(),
         endpoint.clone(),

@@ -69,6 +69,102 @@ pub struct ControllerConfig {
     pub instances: InstancesConfig,
     #[serde(default)]
     pub proxy: ProxyConfig,
+    /// Host pools with their placement and scaling rules. Hosts belong to the pool
+    /// their `pool` label names (`default` without one).
+    #[serde(default)]
+    pub pools: Vec<PoolConfig>,
+}
+
+/// One pool's placement and autoscaling rules.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    /// `static`: hosts join by token; the autoscaler only drains and reopens them.
+    #[serde(default = "default_provider")]
+    pub provider: String,
+    #[serde(default)]
+    pub min_hosts: u32,
+    #[serde(default = "default_max_hosts")]
+    pub max_hosts: u32,
+    /// Free room kept for this many instances of the typical size.
+    #[serde(default = "default_headroom")]
+    pub headroom_instances: u32,
+    #[serde(default = "default_typical_mib")]
+    pub typical_memory_mib: u64,
+    #[serde(default = "default_one")]
+    pub typical_cpus: f64,
+    /// The size of a host the provider creates.
+    #[serde(default = "default_host_mib")]
+    pub host_memory_mib: u64,
+    #[serde(default = "default_host_cpus")]
+    pub host_cpus: f64,
+    /// An empty host idle this long is drained (if the headroom allows).
+    #[serde(default = "default_idle_cooldown")]
+    pub idle_cooldown_secs: u64,
+    /// Hosts older than this are drained and replaced.
+    #[serde(default)]
+    pub max_age_secs: Option<u64>,
+    #[serde(default = "default_one")]
+    pub memory_overcommit: f64,
+    #[serde(default = "default_one")]
+    pub cpu_overcommit: f64,
+    #[serde(default)]
+    pub strategy: crate::scheduler::Strategy,
+    /// Most instances per host; 0 = no limit.
+    #[serde(default)]
+    pub max_instances_per_host: u32,
+}
+
+fn default_provider() -> String {
+    "static".into()
+}
+fn default_max_hosts() -> u32 {
+    1000
+}
+fn default_headroom() -> u32 {
+    1
+}
+fn default_typical_mib() -> u64 {
+    1024
+}
+fn default_one() -> f64 {
+    1.0
+}
+fn default_host_mib() -> u64 {
+    8192
+}
+fn default_host_cpus() -> f64 {
+    4.0
+}
+fn default_idle_cooldown() -> u64 {
+    1800
+}
+
+impl PoolConfig {
+    pub fn placement(&self) -> crate::scheduler::PoolPolicy {
+        crate::scheduler::PoolPolicy {
+            memory_overcommit: self.memory_overcommit,
+            cpu_overcommit: self.cpu_overcommit,
+            strategy: self.strategy,
+            max_instances_per_host: self.max_instances_per_host,
+        }
+    }
+
+    pub fn scaling(&self, elastic: bool) -> crate::autoscaler::Policy {
+        use crate::scheduler::Resources;
+        let res = |mib: u64, cpus: f64| Resources::new(mib << 20, (cpus * 1000.0).round() as u64);
+        crate::autoscaler::Policy {
+            min_hosts: self.min_hosts,
+            max_hosts: self.max_hosts,
+            headroom_instances: self.headroom_instances,
+            typical: res(self.typical_memory_mib, self.typical_cpus),
+            host_size: res(self.host_memory_mib, self.host_cpus),
+            idle_cooldown_ms: self.idle_cooldown_secs * 1000,
+            max_age_ms: self.max_age_secs.map(|s| s * 1000),
+            elastic,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -298,6 +394,7 @@ mod tests {
                 agent_cert_ttl_secs: default_agent_ttl(),
                 server_cert_ttl_secs: default_server_ttl(),
             },
+            pools: vec![],
             proxy: ProxyConfig::default(),
             auth: AuthConfig {
                 admin_token_sha256: "0".repeat(64),

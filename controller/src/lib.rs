@@ -8,6 +8,7 @@
 //! * [`users`] — accounts, API tokens, and the principal of a request.
 //! * [`blueprints`] — blueprint specs, validation and revisions.
 //! * [`instances`] — instance lifecycle, desired state per host.
+//! * [`autoscaler`] — pool sizes: decisions (pure) and the provider behind them.
 //! * [`scheduler`] — where instances go: the deterministic placement core.
 //! * [`hosts`] — the host registry and its liveness state machine.
 //! * [`link`] — the QUIC server agents dial: enrolment and sessions.
@@ -23,6 +24,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod autoscaler;
 pub mod blueprints;
 pub mod cli;
 pub mod config;

@@ -152,6 +152,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<InitOutcome, PkiError> 
         certificates,
         instances: Default::default(),
         proxy: Default::default(),
+        pools: vec![],
         auth: AuthConfig {
             admin_token_sha256: auth::digest_hex(&admin_token),
         },

@@ -130,6 +130,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/hosts/{id}", get(hosts::get).delete(hosts::remove))
         .route("/hosts/{id}/drain", post(hosts::drain))
         .route("/hosts/{id}/undrain", post(hosts::undrain))
+        .route("/autoscaler", get(hosts::autoscaler))
         .route("/join-tokens", get(tokens::list).post(tokens::create))
         .route("/join-tokens/{id}", delete(tokens::revoke))
         .route(

@@ -273,9 +273,27 @@ impl Instances {
         }
     }
 
+    /// Sets each configured pool's placement rules.
+    pub fn configure_pools(&self, pools: &[crate::config::PoolConfig]) {
+        let mut inner = self.lock();
+        for p in pools {
+            inner.sched.set_pool_policy(&p.name, p.placement());
+        }
+    }
+
     /// An instance's place in the launch queue (1 = next), if it waits.
     pub fn queue_position(&self, id: &InstanceId) -> Option<usize> {
         self.lock().sched.position(id)
+    }
+
+    /// Reserved resources and instance count per host.
+    pub fn reservations(&self) -> HashMap<HostId, (Resources, u32)> {
+        let inner = self.lock();
+        inner
+            .sched
+            .host_ids()
+            .filter_map(|h| inner.sched.reserved(h).map(|r| (h.clone(), r)))
+            .collect()
     }
 
     /// What the queue waits for, per pool, for the autoscaler.

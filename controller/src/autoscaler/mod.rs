@@ -1,0 +1,233 @@
+//! The autoscaler: keeps each pool's hosts matched to demand, behind a [`Provider`].
+//!
+//! * [`policy`] — the decisions, a pure function of the pool and `now`.
+//! * [`Provider`] — how hosts come and go: [`StaticProvider`] (hosts join by token;
+//!   the autoscaler only drains and reopens them) now, OpenStack later.
+//!
+//! Every decision is logged with its reason and kept for admins
+//! (`GET /api/v1/autoscaler`).
+
+pub mod policy;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_shared::ids::HostId;
+use futures::future::BoxFuture;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::hosts::pool::PoolEvent;
+use crate::hosts::HostState;
+use crate::scheduler::Resources;
+pub use policy::{Decision, HostInfo, Policy};
+
+/// How hosts are made and unmade.
+pub trait Provider: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Whether it can create hosts at all.
+    fn elastic(&self) -> bool;
+    /// Asks for `count` new hosts in `pool`; they join by themselves.
+    fn create(&self, pool: &str, count: u32) -> BoxFuture<'_, Result<(), String>>;
+    /// Gives a removed host back.
+    fn destroy(&self, host: &HostId) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// Hosts joined by hand with a join token: nothing to create or destroy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StaticProvider;
+
+impl Provider for StaticProvider {
+    fn name(&self) -> &'static str {
+        "static"
+    }
+    fn elastic(&self) -> bool {
+        false
+    }
+    fn create(&self, _: &str, _: u32) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async {
+            Err("a static pool cannot create hosts; join more with `cairn-controller token create` and `cairn-agent join`".into())
+        })
+    }
+    fn destroy(&self, _: &HostId) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A decision as admins see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoggedDecision {
+    pub at_ms: u64,
+    pub pool: String,
+    pub action: String,
+    pub host: Option<HostId>,
+    pub count: Option<u32>,
+    pub reason: String,
+    /// What carrying it out gave: "ok" or the error.
+    pub outcome: String,
+}
+
+/// Most decisions kept for display.
+const LOG: usize = 200;
+
+/// The autoscaler's state between passes.
+pub struct Autoscaler {
+    provider: Box<dyn Provider>,
+    policies: HashMap<String, Policy>,
+    idle_since: Mutex<HashMap<HostId, u64>>,
+    log: Mutex<VecDeque<LoggedDecision>>,
+}
+
+impl std::fmt::Debug for Autoscaler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Autoscaler")
+            .field("provider", &self.provider.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Autoscaler {
+    pub fn new(provider: Box<dyn Provider>, policies: HashMap<String, Policy>) -> Self {
+        Autoscaler {
+            provider,
+            policies,
+            idle_since: Mutex::new(HashMap::new()),
+            log: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// The recent decisions, newest first.
+    pub fn decisions(&self) -> Vec<LoggedDecision> {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .cloned()
+            .collect()
+    }
+
+    fn record(&self, d: LoggedDecision) {
+        tracing::info!(pool = %d.pool, action = %d.action, host = ?d.host, count = ?d.count, reason = %d.reason, outcome = %d.outcome, "autoscaler decision");
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.push_back(d);
+        while log.len() > LOG {
+            log.pop_front();
+        }
+    }
+
+    /// One pass over every pool with a policy.
+    pub async fn pass(&self, app: &App, now_ms: u64) {
+        let hosts = app.registry.list();
+        let reserved = app.instances.reservations();
+        let shortfall = app.instances.shortfall();
+        for (pool, policy) in &self.policies {
+            let infos: Vec<HostInfo> = {
+                let mut idle = self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+                hosts
+                    .iter()
+                    .filter(|h| {
+                        h.labels
+                            .get("pool")
+                            .map(String::as_str)
+                            .unwrap_or("default")
+                            == pool
+                    })
+                    .map(|h| {
+                        let (res, n) = reserved.get(&h.id).copied().unwrap_or_default();
+                        let cap = h
+                            .capacity
+                            .as_ref()
+                            .map(|c| Resources::new(c.memory_total_bytes, u64::from(c.cpus) * 1000))
+                            .unwrap_or_default();
+                        let since = if n == 0 {
+                            Some(*idle.entry(h.id.clone()).or_insert(now_ms))
+                        } else {
+                            idle.remove(&h.id);
+                            None
+                        };
+                        HostInfo {
+                            id: h.id.clone(),
+                            live: h.state == HostState::Active && h.connected,
+                            standing: h.pool.standing.clone(),
+                            instances: n,
+                            free: Resources::new(
+                                cap.memory.saturating_sub(res.memory),
+                                cap.millicpus.saturating_sub(res.millicpus),
+                            ),
+                            joined_ms: h.enrolled_ms,
+                            idle_since_ms: since,
+                        }
+                    })
+                    .collect()
+            };
+            let waiting = shortfall.get(pool).cloned().unwrap_or_default();
+            for d in policy::decide(policy, &infos, &waiting, 0, now_ms) {
+                self.carry_out(app, pool, d, now_ms).await;
+            }
+        }
+    }
+
+    async fn carry_out(&self, app: &App, pool: &str, d: Decision, now_ms: u64) {
+        let event = |host: &HostId, ev: PoolEvent| {
+            let host = host.clone();
+            async move {
+                app.registry
+                    .pool_event(&host, ev, false, now_ms)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let (action, host, count, reason, result) = match d {
+            Decision::Create { count, reason } => {
+                let r = self.provider.create(pool, count).await;
+                ("create", None, Some(count), reason, r)
+            }
+            Decision::Undrain { host, reason } => {
+                let r = event(&host, PoolEvent::Undrain).await;
+                ("undrain", Some(host), None, reason, r)
+            }
+            Decision::Drain { host, reason } => {
+                let r = event(&host, PoolEvent::Drain { deadline_ms: None }).await;
+                ("drain", Some(host), None, reason, r)
+            }
+            Decision::Remove { host, reason } => {
+                let mut r = event(&host, PoolEvent::Remove).await;
+                if r.is_ok() {
+                    r = self.provider.destroy(&host).await;
+                }
+                ("remove", Some(host), None, reason, r)
+            }
+        };
+        self.record(LoggedDecision {
+            at_ms: now_ms,
+            pool: pool.to_string(),
+            action: action.into(),
+            host,
+            count,
+            reason,
+            outcome: match result {
+                Ok(()) => "ok".into(),
+                Err(e) => e,
+            },
+        });
+    }
+}
+
+/// Runs passes every `period` until `shutdown`.
+pub async fn run(app: Arc<App>, period: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        app.autoscaler
+            .pass(&app, cairn_shared::time::now_ms())
+            .await;
+    }
+}
