@@ -1,0 +1,502 @@
+//! The web UI in a real browser: headless Chromium driven over WebDriver
+//! (chromedriver) against a controller, an agent and the test app in Docker.
+//!
+//! Proves: an anonymous visitor is sent to the login page; a user logs in, sees the
+//! catalogue, launches a blueprint with one click, watches the instance page go to
+//! `running` on its own (the page's script polls the API), opens the app through the
+//! proxy, stops it and sees `stopped`, lists their instances and logs out; an admin
+//! sees the Hosts, Blueprints, one blueprint, Users and All instances pages. The login
+//! and catalogue pages pass basic accessibility checks (every visible form field has a
+//! label, one `h1`, a `main` landmark). Every page is saved as a PNG screenshot under
+//! `artifacts/browser/` for people to look at.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use cairn_tests::cluster::{free_tcp_port, wait_for, Agent, Controller, ControllerOptions};
+use cairn_tests::docker::{in_ci, require_docker, InstanceContainers};
+use cairn_tests::testapp::{testapp_image, PORT};
+
+/// Where Debian's `chromium` package puts the browser.
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// A controller with one agent and the test app blueprint `app`.
+async fn stack(tmp: &Path) -> (Controller, Agent) {
+    let image = testapp_image();
+    let mut ctl = Controller::init(tmp, &ControllerOptions::default());
+    ctl.start().await;
+    let mut agent = Agent::new(tmp, "docker-host");
+    let host = agent.join_ok(&ctl, &ctl.token("5m", 1), &[]);
+    agent.start();
+    ctl.wait_host_state(&host, "active", Duration::from_secs(20))
+        .await;
+    let bp = json!({
+        "name": "app", "image": image, "app": "http", "app_port": PORT,
+        "memory_mib": 256, "cpus": 1.0,
+        "description": "A small web app that says hello: the quickest way to try Cairn.",
+    });
+    let (status, body) = ctl.send(Method::POST, "/api/v1/blueprints", Some(bp)).await;
+    assert_eq!(status, 201, "{body}");
+    (ctl, agent)
+}
+
+/// The chromedriver binary: `chromedriver` on PATH, or Debian's path.
+fn find_chromedriver() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("chromedriver"))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| {
+        let p = PathBuf::from("/usr/bin/chromedriver");
+        p.is_file().then_some(p)
+    })
+}
+
+/// A chromedriver process in its own process group; the whole group (chromedriver
+/// and the browsers it started) is killed when this is dropped.
+struct Chromedriver {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Chromedriver {
+    /// Starts chromedriver on a free port, or returns `None` (after printing why)
+    /// when it or Chromium is not installed outside CI. Under `CI=true` a missing
+    /// browser is a failure.
+    async fn start(tmp: &Path) -> Option<Self> {
+        let missing = match find_chromedriver() {
+            Some(driver) if Path::new(CHROMIUM).is_file() => {
+                return Some(Self::spawn(&driver, tmp).await)
+            }
+            Some(_) => CHROMIUM.to_string(),
+            None => "chromedriver".to_string(),
+        };
+        assert!(
+            !in_ci(),
+            "CI=true but {missing} is not installed; the browser test must run in CI: \
+             apt-get install chromium chromium-driver"
+        );
+        eprintln!(
+            "skipping: {missing} is not installed (apt-get install chromium chromium-driver)"
+        );
+        None
+    }
+
+    async fn spawn(driver: &Path, tmp: &Path) -> Self {
+        use std::os::unix::process::CommandExt;
+        let port = free_tcp_port();
+        let log = tmp.join("chromedriver.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", driver.display()));
+        let me = Chromedriver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let http = reqwest::Client::new();
+        let status = format!("{}/status", me.url);
+        wait_for("chromedriver /status", Duration::from_secs(20), || {
+            let (http, status) = (http.clone(), status.clone());
+            async move {
+                let Ok(r) = http.get(&status).send().await else {
+                    return false;
+                };
+                r.json::<Value>()
+                    .await
+                    .ok()
+                    .is_some_and(|v| v["value"]["ready"] == true)
+            }
+        })
+        .await;
+        me
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- chromedriver log -----\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        // The process group: chromedriver and every browser process under it.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A browser session with numbered screenshots.
+struct Browser {
+    client: Client,
+    base: String,
+    shots: PathBuf,
+    n: u32,
+}
+
+impl Browser {
+    async fn connect(driver: &Chromedriver, base: &str, profile: &Path) -> Self {
+        let caps = json!({
+            "goog:chromeOptions": {
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu",
+                    "--disable-dev-shm-usage", "--window-size=1280,900",
+                    // In the test's temporary directory, so nothing is left in /tmp.
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+                "binary": CHROMIUM,
+            }
+        });
+        let Value::Object(caps) = caps else {
+            unreachable!()
+        };
+        let client = ClientBuilder::new(HttpConnector::new())
+            .capabilities(caps)
+            .connect(&driver.url)
+            .await
+            .expect("a WebDriver session in headless Chromium");
+        let shots = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("artifacts")
+            .join("browser");
+        std::fs::create_dir_all(&shots).unwrap();
+        let shots = shots.canonicalize().unwrap();
+        // Screenshots of an earlier run would mix with this one's.
+        for e in std::fs::read_dir(&shots).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "png") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Browser {
+            client,
+            base: base.to_string(),
+            shots,
+            n: 0,
+        }
+    }
+
+    async fn goto(&self, path: &str) {
+        self.client
+            .goto(&format!("{}{path}", self.base))
+            .await
+            .unwrap_or_else(|e| panic!("goto {path}: {e}"));
+    }
+
+    /// The current URL's path.
+    async fn path(&self) -> String {
+        self.client.current_url().await.unwrap().path().to_string()
+    }
+
+    /// Saves a screenshot as `NN-name.png`.
+    async fn shot(&mut self, name: &str) -> PathBuf {
+        self.n += 1;
+        let png = self.client.screenshot().await.expect("screenshot");
+        let file = self.shots.join(format!("{:02}-{name}.png", self.n));
+        std::fs::write(&file, png).unwrap();
+        file
+    }
+
+    /// Saves a screenshot and panics with `msg`.
+    async fn fail(&mut self, msg: String) -> ! {
+        let shot = self.shot("FAILED").await;
+        let url = self.client.current_url().await.map(|u| u.to_string());
+        panic!("{msg} (at {url:?}; screenshot {})", shot.display());
+    }
+
+    async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        match self.client.find(Locator::Css(css)).await {
+            Ok(e) => e,
+            Err(e) => {
+                let src = self.client.source().await.unwrap_or_default();
+                panic!("no element {css}: {e}\n----- page -----\n{src}");
+            }
+        }
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.find(css).await.text().await.unwrap()
+    }
+
+    async fn click(&self, css: &str) {
+        self.find(css)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    }
+
+    /// Waits until the URL's path satisfies `ok`.
+    async fn wait_path(&mut self, what: &str, timeout: Duration, ok: impl Fn(&str) -> bool) {
+        let start = Instant::now();
+        loop {
+            let path = self.path().await;
+            if ok(&path) {
+                return;
+            }
+            if start.elapsed() > timeout {
+                self.fail(format!("not at {what} after {timeout:?}: at {path}"))
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the element `css` (found afresh each time, so navigation in
+    /// between is fine) has the text `want`.
+    async fn wait_text(&mut self, css: &str, want: &str, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        let mut last = String::new();
+        loop {
+            if let Ok(el) = self.client.find(Locator::Css(css)).await {
+                if let Ok(t) = el.text().await {
+                    if t.trim() == want {
+                        return start.elapsed();
+                    }
+                    last = t;
+                }
+            }
+            if start.elapsed() > timeout {
+                self.fail(format!(
+                    "{css} did not read {want:?} within {timeout:?} (last {last:?})"
+                ))
+                .await;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Logs in through the form; lands wherever `next` says.
+    async fn log_in(&mut self, user: &str, password: &str) {
+        assert_eq!(self.path().await, "/login");
+        self.find("#user").await.send_keys(user).await.unwrap();
+        self.find("#password")
+            .await
+            .send_keys(password)
+            .await
+            .unwrap();
+        self.click("form.fields button[type=submit]").await;
+        self.wait_path("a page past the login", Duration::from_secs(10), |p| {
+            p != "/login"
+        })
+        .await;
+    }
+
+    /// The page's single `h1` text.
+    async fn h1(&self) -> String {
+        self.text("main h1").await
+    }
+
+    /// Basic accessibility: every visible form field has a `label[for]`, exactly one
+    /// `h1`, and a `main` landmark.
+    async fn check_accessibility(&self, page: &str) {
+        let report = self
+            .client
+            .execute(
+                r#"
+                const unlabelled = [];
+                for (const el of document.querySelectorAll("input, select, textarea")) {
+                  if ((el.getAttribute("type") || "").toLowerCase() === "hidden") continue;
+                  if (!el.id || !document.querySelector('label[for="' + CSS.escape(el.id) + '"]')) {
+                    unlabelled.push(el.outerHTML);
+                  }
+                }
+                return {
+                  unlabelled,
+                  fields: document.querySelectorAll("input:not([type=hidden]), select, textarea").length,
+                  h1: document.querySelectorAll("h1").length,
+                  main: document.querySelectorAll("main").length,
+                  lang: document.documentElement.lang,
+                };
+                "#,
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            report["unlabelled"],
+            json!([]),
+            "{page}: form fields without a label: {report:#}"
+        );
+        assert_eq!(report["h1"], 1, "{page}: not exactly one h1: {report:#}");
+        assert_eq!(report["main"], 1, "{page}: no single main: {report:#}");
+        assert_eq!(report["lang"], "en", "{page}: no lang: {report:#}");
+        println!("{page}: accessibility basics ok ({report})");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_logs_in_launches_opens_and_stops_an_app_and_an_admin_sees_the_admin_pages() {
+    if !require_docker() {
+        return;
+    }
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(driver) = Chromedriver::start(tmp.path()).await else {
+        return;
+    };
+    let (ctl, _agent) = stack(tmp.path()).await;
+    // Removes whatever the browser launched, however the test ends.
+    let mut cleanup = InstanceContainers(vec![]);
+    for (name, role) in [("alice", "user"), ("root1", "admin")] {
+        let (status, body) = ctl
+            .send(
+                Method::POST,
+                "/api/v1/users",
+                Some(json!({"name": name, "password": format!("{name}-password-1"), "role": role})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let setup = started.elapsed();
+    let mut b = Browser::connect(&driver, &ctl.api, &tmp.path().join("chromium-profile")).await;
+
+    // Anonymous: to the login page, which remembers where we were going.
+    b.goto("/").await;
+    assert_eq!(b.path().await, "/login");
+    assert_eq!(b.h1().await, "Log in");
+    b.check_accessibility("login").await;
+    b.shot("login").await;
+    b.log_in("alice", "alice-password-1").await;
+
+    // The catalogue with the blueprint's card.
+    assert_eq!(b.path().await, "/");
+    assert_eq!(b.h1().await, "Catalogue");
+    let card = b.text("article.card").await;
+    assert!(card.contains("app"), "{card}");
+    assert!(card.contains("says hello"), "{card}");
+    assert!(card.contains("256 MiB memory"), "{card}");
+    b.check_accessibility("catalogue").await;
+    b.shot("catalogue").await;
+
+    // Launch: straight to the instance page, which follows the launch by itself.
+    b.click(r#"button[aria-label="Launch app"]"#).await;
+    b.wait_path("an instance page", Duration::from_secs(10), |p| {
+        p.starts_with("/instances/")
+    })
+    .await;
+    let path = b.path().await;
+    let id = path.trim_start_matches("/instances/").to_string();
+    cleanup.0.push(id.clone());
+    b.shot("instance-launching").await;
+    let took = b
+        .wait_text("#state", "running", Duration::from_secs(60))
+        .await;
+    println!("instance {id} running {took:?} after the launch page loaded");
+    assert_eq!(b.text("#progress-text").await, "Running — ready to open");
+    let open = b.find("#open").await;
+    assert_eq!(
+        open.attr("aria-disabled").await.unwrap().as_deref(),
+        Some("false")
+    );
+    b.shot("instance-running").await;
+
+    // Open: the app through the proxy, with the session cookie.
+    b.click("#open").await;
+    b.wait_path("the proxied app", Duration::from_secs(10), |p| {
+        p == format!("/i/{id}/")
+    })
+    .await;
+    let hello = b
+        .client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("h1#hello"))
+        .await;
+    let hello = match hello {
+        Ok(h) => h,
+        Err(e) => b.fail(format!("no h1#hello in the proxied app: {e}")).await,
+    };
+    assert_eq!(hello.text().await.unwrap(), "Hello from the Cairn test app");
+    b.shot("app-through-proxy").await;
+
+    // Back to the instance page and Stop.
+    b.client.back().await.unwrap();
+    b.wait_path("the instance page", Duration::from_secs(10), |p| p == path)
+        .await;
+    b.wait_text("#state", "running", Duration::from_secs(10))
+        .await;
+    b.click("form#stop button[type=submit]").await;
+    b.wait_text("#state", "stopped", Duration::from_secs(30))
+        .await;
+    assert_eq!(b.path().await, path);
+    let open = b.find("#open").await;
+    assert_eq!(
+        open.attr("aria-disabled").await.unwrap().as_deref(),
+        Some("true"),
+        "Open still enabled on a stopped instance"
+    );
+    // The Stop form is hidden by the script, or absent if the page was rendered late.
+    for stop in b.client.find_all(Locator::Css("form#stop")).await.unwrap() {
+        assert!(
+            !stop.is_displayed().await.unwrap(),
+            "Stop still shown on a stopped instance"
+        );
+    }
+    b.shot("instance-stopped").await;
+
+    // My instances lists it, stopped.
+    b.goto("/instances").await;
+    assert_eq!(b.h1().await, "My instances");
+    let table = b.text("table").await;
+    assert!(table.contains(&id), "{table}");
+    assert!(table.contains("stopped"), "{table}");
+    b.shot("my-instances").await;
+
+    // Log out from the header.
+    b.click("form.logout button[type=submit]").await;
+    b.wait_path("the login page", Duration::from_secs(10), |p| p == "/login")
+        .await;
+    b.shot("logged-out").await;
+    // The session is gone: back to the login page.
+    b.goto("/instances").await;
+    assert_eq!(b.path().await, "/login");
+
+    // An admin: every admin page has its heading.
+    b.goto("/admin/hosts").await;
+    b.log_in("root1", "root1-password-1").await;
+    for (page, title, check) in [
+        ("/admin/hosts", "Hosts", "docker-host"),
+        ("/admin/blueprints", "Blueprints", "cairn-test/testapp"),
+        ("/admin/blueprints/app", "Blueprint app", "Revision history"),
+        ("/admin/users", "Users", "alice"),
+        ("/admin/instances", "All instances", id.as_str()),
+    ] {
+        if b.path().await != page {
+            b.goto(page).await;
+        }
+        assert_eq!(b.path().await, page);
+        assert_eq!(b.h1().await, title, "{page}");
+        let main = b.text("main").await;
+        assert!(main.contains(check), "{page} lacks {check:?}: {main}");
+        let name = page.trim_start_matches('/').replace('/', "-");
+        b.shot(&name).await;
+    }
+
+    b.client.close().await.unwrap();
+    println!(
+        "browser test: {:?} in all ({setup:?} setup); screenshots in {}",
+        started.elapsed(),
+        b.shots.display()
+    );
+}
