@@ -403,7 +403,7 @@ async fn a_user_logs_in_launches_opens_and_stops_an_app_and_an_admin_sees_the_ad
         .wait_text("#state", "running", Duration::from_secs(60))
         .await;
     println!("instance {id} running {took:?} after the launch page loaded");
-    assert_eq!(b.text("#progress-text").await, "Running — ready to open");
+    assert_eq!(b.text("#progress-text").await, "Ready to open");
     let open = b.find("#open").await;
     assert_eq!(
         open.attr("aria-disabled").await.unwrap().as_deref(),

@@ -11,7 +11,7 @@ use axum::Form;
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::layout::{badge, bar, duration, message, mib, page};
+use super::layout::{badge, bar, count as plural, duration, message, mib, page};
 use super::user::{app_name, instance_table};
 use super::{error_page, AdminSession};
 use crate::app::App;
@@ -55,14 +55,18 @@ pub async fn hosts(State(app): State<Arc<App>>, AdminSession(s): AdminSession) -
                 code { "cairn-controller token create" } " and run "
                 code { "cairn-agent join" } " on a Docker host." }
         }
-        div class="cards" {
+        div class="cards wide" {
             @for h in &hosts {
                 @let (res_mem, res_cpu, count) = reserved.get(h.id.as_str()).copied().unwrap_or_default();
                 article class="card" aria-labelledby={ "h-" (h.id) } {
                     h2 id={ "h-" (h.id) } { (h.hostname) }
-                    p { code { (h.id) } " " (badge(h.state.as_str())) }
+                    p { code { (h.id) } " " (badge(h.state.as_str()))
+                        @if !h.pool.open() { " " (badge(h.pool.standing.as_str())) } }
+                    @if let Some(f) = &h.pool.last_failure { @if h.pool.consecutive_failures > 0 {
+                        p class="muted" { (plural(h.pool.consecutive_failures, "launch", "launches")) " failed in a row; last: " (f) } } }
                     @if let Some(r) = &h.state_reason { p class="muted" { (r) } }
                     @if let Some(c) = &h.capacity {
+                        div class="bars" {
                         (bar("Reserved", res_mem, c.memory_total_bytes,
                             &format!("{} of {}", mib(res_mem), mib(c.memory_total_bytes))))
                         (bar("Memory used", c.memory_total_bytes - c.memory_available_bytes, c.memory_total_bytes,
@@ -75,15 +79,16 @@ pub async fn hosts(State(app): State<Arc<App>>, AdminSession(s): AdminSession) -
                             (bar("Docker disk", d.total_bytes - d.free_bytes, d.total_bytes,
                                 &format!("{} free", mib(d.free_bytes))))
                         }
+                        }
                     } @else {
                         p class="muted" { "No report yet." }
                     }
                     ul class="facts" {
-                        li { (count) " instance(s)" }
+                        li { (plural(count as u64, "instance", "instances")) }
                         @match &h.runtime {
                             Some(RuntimeFacts::Docker(d)) => {
                                 li { "Docker " (d.engine_version) }
-                                li { (d.image_count) " image(s)" }
+                                li { (plural(d.image_count, "image", "images")) }
                             }
                             Some(RuntimeFacts::Unavailable { error }) => { li { "Docker unavailable: " (error) } }
                             None => {}
@@ -478,8 +483,12 @@ fn edit_page(
         .cloned()
         .unwrap_or_else(|| BlueprintForm::from_spec(&record.spec));
     let body = html! {
-        p { "Current revision " strong { (record.revision) } " " @if record.spec.enabled { (badge("enabled")) } @else { (badge("disabled")) } }
-        (enable_form(&s.viewer.csrf, name, record.spec.enabled))
+        section class="availability" aria-labelledby="avail-h" {
+            h2 id="avail-h" { "Availability" }
+            p { "Revision " strong { (record.revision) } " is " @if record.spec.enabled { (badge("enabled")) ": users can launch it." } @else { (badge("disabled")) ": users cannot launch it; running instances are not affected." } }
+            (enable_form(&s.viewer.csrf, name, record.spec.enabled))
+        }
+        h2 { "Edit" }
         (blueprint_form(&format!("/admin/blueprints/{name}"), &s.viewer.csrf, &form, errors, false))
         section aria-labelledby="rev-h" {
             h2 id="rev-h" { "Revision history" }
@@ -622,6 +631,7 @@ fn users_page(
                             td { @if u.disabled { (badge("disabled")) } @else { (badge("active")) } }
                             td { (duration(now().saturating_sub(u.created_ms) / 1000)) " ago" }
                             td {
+                                @if s.principal.user.as_deref() != Some(u.name.as_str()) {
                                 form method="post" action={ "/admin/users/" (u.name) "/disabled" } {
                                     input type="hidden" name="csrf" value=(s.viewer.csrf);
                                     input type="hidden" name="disabled" value=(if u.disabled { "false" } else { "true" });
@@ -629,6 +639,7 @@ fn users_page(
                                         @if u.disabled { "Enable" } @else { "Disable" }
                                     }
                                 }
+                                } @else { span class="muted" { "you" } }
                             }
                         }
                     }

@@ -123,18 +123,26 @@ pub fn badge(state: &str) -> Markup {
     html! { span class={ "badge s-" (state) } { (state) } }
 }
 
-/// A labelled progress bar.
+/// `1 image`, `3 images`.
+pub fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// A labelled progress bar; several in a `.bars` container share one grid, so their
+/// bars line up.
 pub fn bar(label: &str, value: u64, max: u64, text: &str) -> Markup {
     let pct = value
         .saturating_mul(100)
         .checked_div(max)
         .unwrap_or(0)
         .min(100);
+    let over = value > max;
     html! {
         div class="bar" {
             span class="bar-label" { (label) }
-            progress max="100" value=(pct) aria-label=(label) { (pct) "%" }
-            span class="bar-text" { (text) }
+            progress class=[over.then_some("over")] max="100" value=(pct) aria-label=(label) { (pct) "%" }
+            span class="bar-text" { (text) @if over { " " span class="warn" { "(over capacity)" } } }
         }
     }
 }
@@ -144,7 +152,9 @@ pub fn duration(secs: u64) -> String {
     match secs {
         0..=59 => format!("{secs} s"),
         60..=3599 => format!("{} min", secs / 60),
+        3600..=86_399 if (secs % 3600) / 60 == 0 => format!("{} h", secs / 3600),
         3600..=86_399 => format!("{} h {} min", secs / 3600, (secs % 3600) / 60),
+        _ if (secs % 86_400) / 3600 == 0 => format!("{} d", secs / 86_400),
         _ => format!("{} d {} h", secs / 86_400, (secs % 86_400) / 3600),
     }
 }
@@ -165,6 +175,7 @@ pub const CSS: &str = r#"
 :root { --fg:#1b1f24; --muted:#4f5964; --bg:#f7f8fa; --card:#fff; --line:#d5dae0;
   --accent:#0b5cad; --accent-fg:#fff; --ok:#1a7f37; --warn:#9a6700; --bad:#b42318; }
 * { box-sizing: border-box; }
+[hidden] { display:none !important; }
 body { margin:0; font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
   color:var(--fg); background:var(--bg); }
 a { color:var(--accent); }
@@ -185,6 +196,7 @@ main:focus { outline:none; }
 h1 { font-size:1.6rem; margin:.5rem 0 1rem; }
 h2 { font-size:1.2rem; margin:1.5rem 0 .5rem; }
 .cards { display:grid; grid-template-columns:repeat(auto-fill, minmax(17rem, 1fr)); gap:1rem; }
+.cards.wide { grid-template-columns:repeat(auto-fill, minmax(min(100%, 28rem), 1fr)); }
 .card { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:1rem;
   display:flex; flex-direction:column; gap:.5rem; }
 .card h2 { margin:0; }
@@ -198,19 +210,27 @@ button.danger { background:var(--bad); border-color:var(--bad); }
 button[disabled], .button[aria-disabled=true] { opacity:.5; cursor:not-allowed; }
 .table-wrap { overflow-x:auto; background:var(--card); border:1px solid var(--line); border-radius:8px; }
 table { border-collapse:collapse; width:100%; }
-th, td { text-align:left; padding:.5rem .7rem; border-bottom:1px solid var(--line); vertical-align:top; }
+th, td { text-align:left; padding:.45rem .7rem; border-bottom:1px solid var(--line); vertical-align:middle; }
+td button, td .button { padding:.25rem .7rem; }
 th { font-size:.85rem; text-transform:uppercase; letter-spacing:.03em; color:var(--muted); }
 tr:last-child td { border-bottom:0; }
 td form { display:inline; }
 .badge { display:inline-block; padding:.05rem .5rem; border-radius:999px; font-size:.85rem; font-weight:600;
   background:#e6e9ee; color:#2b3440; }
-.s-running, .s-active { background:#dafbe1; color:#0f5323; }
+.s-running, .s-active, .s-enabled, .s-open { background:#dafbe1; color:#0f5323; }
+.s-disabled, .s-draining, .s-drained, .s-quarantined { background:#fff1e5; color:#8a3c00; }
+section.availability { margin:1rem 0; padding:.8rem 1rem; background:var(--card); border:1px solid var(--line); border-radius:8px; max-width:40rem; }
+section.availability h2 { margin-top:0; }
 .s-failed, .s-lost { background:#ffebe9; color:#8c1d13; }
 .s-queued, .s-scheduled, .s-preparing, .s-starting, .s-joining, .s-unreachable { background:#fff8c5; color:#6b4a00; }
 .msg { padding:.6rem .9rem; border-radius:6px; border:1px solid var(--line); background:#fff; }
 .msg.error { border-color:var(--bad); color:var(--bad); }
 .msg.notice { border-color:var(--ok); color:var(--ok); }
-.bar { display:grid; grid-template-columns:5.5rem 1fr auto; gap:.5rem; align-items:center; font-size:.9rem; }
+.bars { display:grid; grid-template-columns:max-content minmax(6rem, 1fr) max-content; gap:.35rem .6rem; align-items:center; font-size:.9rem; }
+.bar { display:contents; }
+.bar-label { white-space:nowrap; color:var(--muted); }
+progress.over { accent-color:var(--bad); }
+.warn { color:var(--bad); font-weight:600; }
 progress { width:100%; height:.8rem; accent-color:var(--accent); }
 .big-progress progress { height:1.2rem; }
 .stack { display:flex; flex-direction:column; gap:.8rem; }
@@ -230,7 +250,8 @@ dl.props dd { margin:0; }
 .muted { color:var(--muted); }
 @media (max-width: 40rem) {
   form.logout { margin-left:0; }
-  .bar { grid-template-columns:1fr; }
+  .bars { grid-template-columns:1fr; }
+  .bar-text { margin-bottom:.3rem; }
 }
 "#;
 
@@ -244,6 +265,7 @@ pub const JS: &str = r#"
   const id = el.dataset.instance;
   const api = "/api/v1/instances/" + id;
   const pct = { queued: 5, scheduled: 20, preparing: 40, starting: 70, running: 100, stopping: 100, stopped: 100, failed: 100 };
+  const terminal = (s) => s === "stopped" || s === "failed";
   const fmt = (s) => s < 60 ? s + " s" : s < 3600 ? Math.floor(s / 60) + " min" :
     Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
   function show(i) {
@@ -253,14 +275,27 @@ pub const JS: &str = r#"
     const bar = document.getElementById("progress");
     bar.value = pct[st] || 0; bar.textContent = (pct[st] || 0) + "%";
     document.getElementById("progress-text").textContent =
-      st === "running" ? "Running — ready to open" :
-      st === "failed" ? "Failed" : st === "stopped" ? "Stopped" :
+      st === "running" ? "Ready to open" :
+      st === "failed" ? "This instance failed" : st === "stopped" ? "This instance has ended" :
       st.charAt(0).toUpperCase() + st.slice(1) + " — " + (pct[st] || 0) + "%";
+    const done = terminal(st);
+    bar.hidden = done;
+    const hist = document.getElementById("history");
+    if (hist && Array.isArray(i.transitions)) {
+      hist.replaceChildren(...i.transitions.map((t) => {
+        const li = document.createElement("li");
+        const ago = Math.max(0, Math.round((Date.now() - t.at_ms) / 1000));
+        li.textContent = t.state + " — " + fmt(ago) + " ago";
+        if (t.reason) { const m = document.createElement("span"); m.className = "muted"; m.textContent = " (" + t.reason + ")"; li.appendChild(m); }
+        return li;
+      }));
+    }
     const reason = document.getElementById("reason");
     reason.textContent = i.state_reason || ""; reason.hidden = !i.state_reason;
     const left = document.getElementById("time-left");
-    if (left) left.textContent = fmt(i.time_left_secs);
+    if (left) left.textContent = done ? "—" : fmt(i.time_left_secs);
     const open = document.getElementById("open");
+    if (open) open.hidden = done;
     if (open) {
       const ready = st === "running";
       open.setAttribute("aria-disabled", ready ? "false" : "true");
@@ -268,7 +303,6 @@ pub const JS: &str = r#"
     }
     return st;
   }
-  const terminal = (s) => s === "stopped" || s === "failed";
   async function poll() {
     try {
       const r = await fetch(api, { headers: { "Accept": "application/json" } });

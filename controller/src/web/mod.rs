@@ -224,6 +224,7 @@ async fn login_form(Query(q): Query<LoginQuery>) -> Response {
 fn login_page(status: StatusCode, next: &str, error: Option<&str>, user: &str) -> Response {
     let body = html! {
         div class="login stack" {
+            p class="muted" { "Your notebooks and apps, a click away. Ask your course or group administrator for an account." }
             @if let Some(e) = error { (layout::message("error", e)) }
             form class="fields" method="post" action="/login" {
                 input type="hidden" name="next" value=(next);

@@ -224,15 +224,16 @@ pub async fn instance(
             noscript { meta http-equiv="refresh" content="3"; }
             div class="stack big-progress" role="status" aria-live="polite" {
                 p { span id="progress-text" {
-                    @if running { "Running — ready to open" }
-                    @else if i.state.is_terminal() { (state) }
+                    @if running { "Ready to open" }
+                    @else if i.state == crate::instances::InstanceState::Failed { "This instance failed" }
+                    @else if i.state.is_terminal() { "This instance has ended" }
                     @else { (state) " — " (pct) "%" }
                 } " " span id="state" class={ "badge s-" (state) } { (state) } }
-                progress id="progress" max="100" value=(pct) aria-label="Launch progress" { (pct) "%" }
+                progress id="progress" max="100" value=(pct) aria-label="Launch progress" hidden[i.state.is_terminal()] { (pct) "%" }
                 p id="reason" class="muted" hidden[i.state_reason.is_none()] { (i.state_reason.clone().unwrap_or_default()) }
             }
             div class="row" {
-                a id="open" class="button" href={ "/i/" (i.id) "/" }
+                a id="open" class="button" href={ "/i/" (i.id) "/" } hidden[i.state.is_terminal()]
                     aria-disabled=(if running { "false" } else { "true" })
                     tabindex=[(!running).then_some("-1")] { "Open " (kind.map(app_name).unwrap_or("app")) }
                 @if !i.state.is_terminal() {
@@ -245,7 +246,8 @@ pub async fn instance(
             dl class="props" {
                 dt { "Blueprint" } dd { (i.blueprint) " (revision " (i.revision) ")" }
                 dt { "Owner" } dd { (i.owner) }
-                dt { "Time left" } dd id="time-left" { (duration(time_left(&i))) }
+                dt { "Instance" } dd { code { (i.id) } }
+                dt { "Time left" } dd id="time-left" { @if i.state.is_terminal() { "—" } @else { (duration(time_left(&i))) } }
                 dt { "Started" } dd { (duration(now().saturating_sub(i.created_ms) / 1000)) " ago" }
                 @if let Some(h) = &i.host { dt { "Host" } dd { code { (h) } } }
                 dt { "Address" } dd { code { "/i/" (i.id) "/" } }
@@ -268,7 +270,7 @@ pub async fn instance(
             }
             section aria-labelledby="history-h" {
                 h2 id="history-h" { "History" }
-                ol {
+                ol id="history" {
                     @for t in &i.transitions {
                         li { (layout::state_name(t.state)) " — " (duration(now().saturating_sub(t.at_ms) / 1000)) " ago"
                             @if let Some(r) = &t.reason { span class="muted" { " (" (r) ")" } } }
@@ -282,13 +284,7 @@ pub async fn instance(
             }
         }
     };
-    Ok(page(
-        &format!("{} · {}", i.blueprint, i.id),
-        Some(&s.viewer),
-        "/instances",
-        body,
-    )
-    .into_response())
+    Ok(page(&i.blueprint, Some(&s.viewer), "/instances", body).into_response())
 }
 
 #[derive(Debug, Deserialize)]
