@@ -37,6 +37,18 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: sled::Db,
+    commits: std::sync::Arc<GroupCommit>,
+}
+
+/// Group commit: every write bumps `written`; a flush makes everything up to the
+/// `written` it saw durable. Callers that arrive while a flush runs wait for it and
+/// for at most one more, so a thousand concurrent launches cost a handful of fsyncs,
+/// not a thousand, and none is acknowledged before its own write is on disk.
+#[derive(Debug, Default)]
+struct GroupCommit {
+    written: std::sync::atomic::AtomicU64,
+    flushed: std::sync::atomic::AtomicU64,
+    running: tokio::sync::Mutex<()>,
 }
 
 /// The trees of the store.
@@ -98,7 +110,16 @@ impl Store {
                 }
             }
         }
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            commits: Default::default(),
+        })
+    }
+
+    fn wrote(&self) {
+        self.commits
+            .written
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn tree(&self, t: Tree) -> Result<sled::Tree, StoreError> {
@@ -112,6 +133,7 @@ impl Store {
             detail: e.to_string(),
         })?;
         self.tree(t)?.insert(key.as_bytes(), bytes)?;
+        self.wrote();
         Ok(())
     }
 
@@ -130,6 +152,7 @@ impl Store {
 
     pub fn remove(&self, t: Tree, key: &str) -> Result<(), StoreError> {
         self.tree(t)?.remove(key.as_bytes())?;
+        self.wrote();
         Ok(())
     }
 
@@ -174,12 +197,25 @@ impl Store {
     /// sled 0.34's `flush_async` can deadlock when several flushes run at once
     /// (spacejam/sled#1308), so the blocking flush runs on the blocking pool instead.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let c = &self.commits;
+        let mine = c.written.load(SeqCst);
+        if c.flushed.load(SeqCst) >= mine {
+            return Ok(());
+        }
+        let _turn = c.running.lock().await;
+        // A flush that started after our write covered it.
+        if c.flushed.load(SeqCst) >= mine {
+            return Ok(());
+        }
+        let upto = c.written.load(SeqCst);
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
             .map_err(|e| {
                 StoreError::Sled(sled::Error::Io(std::io::Error::other(e.to_string())))
             })??;
+        c.flushed.fetch_max(upto, SeqCst);
         Ok(())
     }
 

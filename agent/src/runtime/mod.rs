@@ -2,22 +2,24 @@
 //!
 //! * [`plan`] — the pure reconcile planner (desired + observed → actions).
 //! * [`docker`] — the Docker implementation of [`ContainerRuntime`] (bollard).
+//! * [`hollow`] — in-memory containers, for scale measurements only.
 //! * [`isolation`] — packet filter rules that keep instances off the host and the
 //!   cloud metadata address.
 //! * [`supervisor`] — the loop that applies desired state, executes plans, probes
 //!   apps until they answer, and queues reports for the link.
 
 pub mod docker;
+pub mod hollow;
 pub mod isolation;
 pub mod plan;
 pub mod supervisor;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use cairn_shared::ids::InstanceId;
-use cairn_shared::workload::DesiredInstance;
+use cairn_shared::workload::{DesiredInstance, Probe};
 
 pub use plan::{ContainerState, Observed};
 pub use supervisor::{Supervisor, Workloads};
@@ -57,6 +59,16 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         &self,
         instance: &InstanceId,
     ) -> impl Future<Output = Result<Option<IpAddr>, RuntimeError>> + Send;
+    /// Whether the instance's app answers at `addr`. Real runtimes connect to it.
+    fn probe(
+        &self,
+        _instance: &InstanceId,
+        addr: SocketAddr,
+        probe: &Probe,
+    ) -> impl Future<Output = bool> + Send {
+        let probe = probe.clone();
+        async move { supervisor::answers(addr, &probe).await }
+    }
     /// Stops and removes a container (idempotent).
     fn remove(&self, container_id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// The last `tail` lines of the instance's output.

@@ -212,7 +212,7 @@ impl<R: ContainerRuntime> Supervisor<R> {
             }
             if let Some(ip) = ip {
                 let addr = std::net::SocketAddr::new(ip, d.app_port);
-                if answers(addr, &d.probe).await {
+                if self.runtime.probe(&d.id, addr, &d.probe).await {
                     self.report(
                         &d.id,
                         InstancePhase::Running {

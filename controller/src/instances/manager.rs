@@ -50,10 +50,55 @@ struct Inner {
     /// (`primed`), then kept in step with every transition.
     sched: Scheduler,
     primed: bool,
+    /// Instances placed on each host (pruned as they end), so syncing one host's
+    /// desired state never scans every instance.
+    by_host: HashMap<HostId, std::collections::BTreeSet<InstanceId>>,
+    /// Unfinished instances per owner and per (owner, blueprint), for the limits
+    /// checked at every launch without a scan of every instance.
+    live: Live,
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    by_owner: HashMap<String, u32>,
+    by_blueprint: HashMap<(String, String), u32>,
+}
+
+impl Live {
+    fn add(&mut self, i: &Instance) {
+        *self.by_owner.entry(i.owner.clone()).or_default() += 1;
+        *self
+            .by_blueprint
+            .entry((i.owner.clone(), i.blueprint.clone()))
+            .or_default() += 1;
+    }
+    fn remove(&mut self, i: &Instance) {
+        if let Some(n) = self.by_owner.get_mut(&i.owner) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(n) = self
+            .by_blueprint
+            .get_mut(&(i.owner.clone(), i.blueprint.clone()))
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+    fn of(&self, owner: &str, blueprint: &str) -> (u32, u32) {
+        (
+            self.by_owner.get(owner).copied().unwrap_or(0),
+            self.by_blueprint
+                .get(&(owner.to_string(), blueprint.to_string()))
+                .copied()
+                .unwrap_or(0),
+        )
+    }
 }
 
 /// Keeps the scheduler's books in step with one instance's transition.
-fn settle(sched: &mut Scheduler, i: &Instance, was: InstanceState) {
+fn settle(sched: &mut Scheduler, live: &mut Live, i: &Instance, was: InstanceState) {
+    if !was.is_terminal() && i.state.is_terminal() {
+        live.remove(i);
+    }
     let left_host = was.holds_host() && !i.state.holds_host();
     let left_queue = was == InstanceState::Queued && i.state != InstanceState::Queued;
     if left_host || (left_queue && !i.state.holds_host()) {
@@ -67,6 +112,8 @@ pub struct Instances {
     store: Store,
     config: InstancesConfig,
     inner: Mutex<Inner>,
+    /// Blueprint revisions never change once saved, so they are read once.
+    specs: Mutex<HashMap<(String, u32), BlueprintSpec>>,
 }
 
 /// The base path of an instance behind the controller's proxy.
@@ -76,7 +123,7 @@ pub fn base_url(id: &InstanceId) -> String {
 
 impl Instances {
     pub fn load(store: Store, config: InstancesConfig) -> Result<Self, StoreError> {
-        let all = store
+        let all: BTreeMap<InstanceId, Instance> = store
             .all::<Instance>(Tree::Instances)?
             .into_iter()
             .map(|i| (i.id.clone(), i))
@@ -84,7 +131,25 @@ impl Instances {
         Ok(Instances {
             store,
             config,
+            specs: Mutex::new(HashMap::new()),
             inner: Mutex::new(Inner {
+                by_host: {
+                    let mut m: HashMap<HostId, std::collections::BTreeSet<InstanceId>> =
+                        HashMap::new();
+                    for i in all.values().filter(|i| !i.state.is_terminal()) {
+                        if let Some(h) = &i.host {
+                            m.entry(h.clone()).or_default().insert(i.id.clone());
+                        }
+                    }
+                    m
+                },
+                live: {
+                    let mut live = Live::default();
+                    for i in all.values().filter(|i: &&Instance| !i.state.is_terminal()) {
+                        live.add(i);
+                    }
+                    live
+                },
                 all,
                 ..Default::default()
             }),
@@ -152,22 +217,16 @@ impl Instances {
         let inst = {
             let mut guard = self.lock();
             let inner = &mut *guard;
-            let mine: Vec<&Instance> = inner
-                .all
-                .values()
-                .filter(|i| i.owner == p.name() && !i.state.is_terminal())
-                .collect();
-            let of_bp = mine.iter().filter(|i| i.blueprint == bp.spec.name).count();
-            if of_bp as u32 >= bp.spec.max_instances_per_user {
+            let (mine, of_bp) = inner.live.of(p.name(), &bp.spec.name);
+            if of_bp >= bp.spec.max_instances_per_user {
                 return Err(LaunchError::Limit(format!(
                     "you already have {of_bp} instance(s) of {} and its limit is {}; stop one first",
                     bp.spec.name, bp.spec.max_instances_per_user
                 )));
             }
-            if mine.len() as u32 >= self.config.max_per_user {
+            if mine >= self.config.max_per_user {
                 return Err(LaunchError::Limit(format!(
-                    "you already have {} instances, the most one user may run; stop one first",
-                    mine.len()
+                    "you already have {mine} instances, the most one user may run; stop one first"
                 )));
             }
             let inst = Instance::new(
@@ -184,11 +243,17 @@ impl Instances {
             if inner.primed {
                 if let Outcome::Placed(h) = inner.sched.submit(request_of(&inst, &bp.spec)) {
                     if inst.apply(Event::Scheduled(h.clone()), now_ms) {
+                        inner
+                            .by_host
+                            .entry(h.clone())
+                            .or_default()
+                            .insert(inst.id.clone());
                         placed_on = Some(h);
                     }
                 }
             }
             self.save(&inst)?;
+            inner.live.add(&inst);
             inner.all.insert(inst.id.clone(), inst.clone());
             (inst, placed_on)
         };
@@ -251,6 +316,11 @@ impl Instances {
             for (id, h) in placements {
                 if let Some(i) = inner.all.get_mut(&id) {
                     if i.apply(Event::Scheduled(h.clone()), now_ms) {
+                        inner
+                            .by_host
+                            .entry(h.clone())
+                            .or_default()
+                            .insert(id.clone());
                         tracing::info!(instance = %id, host = %h, "instance scheduled");
                         if let Err(e) = self.save(i) {
                             tracing::error!(error = %e, "could not store the placement");
@@ -302,8 +372,23 @@ impl Instances {
     }
 
     fn spec_of(&self, app: &App, i: &Instance) -> Option<BlueprintSpec> {
+        let key = (i.blueprint.clone(), i.revision);
+        if let Some(s) = self
+            .specs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Some(s.clone());
+        }
         match app.blueprints.revision(&i.blueprint, i.revision) {
-            Ok(Some(r)) => Some(r.spec),
+            Ok(Some(r)) => {
+                self.specs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, r.spec.clone());
+                Some(r.spec)
+            }
             Ok(None) => None,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read blueprint revision");
@@ -360,11 +445,20 @@ impl Instances {
     /// Sends `host` what changed in its desired instances (everything when `full`).
     pub fn sync_host(&self, app: &App, host: &HostId, full: bool) {
         let msg = {
-            let mut inner = self.lock();
-            let want: BTreeMap<InstanceId, DesiredInstance> = inner
-                .all
-                .values()
-                .filter(|i| i.host.as_ref() == Some(host) && i.state.desired_on_host())
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let placed = inner.by_host.entry(host.clone()).or_default();
+            // Ended instances leave the index here, lazily.
+            placed.retain(|id| {
+                inner
+                    .all
+                    .get(id)
+                    .is_some_and(|i| !i.state.is_terminal() && i.host.as_ref() == Some(host))
+            });
+            let want: BTreeMap<InstanceId, DesiredInstance> = placed
+                .iter()
+                .filter_map(|id| inner.all.get(id))
+                .filter(|i| i.state.desired_on_host())
                 .filter_map(|i| self.desired_of(app, i).map(|d| (i.id.clone(), d)))
                 .collect();
             let sync = inner.hosts.entry(host.clone()).or_default();
@@ -433,7 +527,7 @@ impl Instances {
                 }
                 let was = i.state;
                 if i.apply(Event::Report(r.phase), now_ms) {
-                    settle(&mut inner.sched, i, was);
+                    settle(&mut inner.sched, &mut inner.live, i, was);
                     let launching = matches!(
                         was,
                         InstanceState::Scheduled
@@ -490,7 +584,7 @@ impl Instances {
             };
             let was = i.state;
             if i.apply(event, now_ms) {
-                settle(&mut inner.sched, i, was);
+                settle(&mut inner.sched, &mut inner.live, i, was);
                 self.save(i)?;
             }
             (i.clone(), i.host.clone())
@@ -598,7 +692,7 @@ impl Instances {
                 if let Some(ev) = event {
                     let was = i.state;
                     if i.apply(ev, now_ms) {
-                        settle(&mut inner.sched, i, was);
+                        settle(&mut inner.sched, &mut inner.live, i, was);
                         tracing::info!(instance = %i.id, state = ?i.state, reason = ?i.state_reason, "instance state changed");
                         if let Err(e) = self.save(i) {
                             tracing::error!(error = %e, "could not store instance state");
