@@ -82,6 +82,9 @@ impl Store {
         let db = sled::Config::new()
             .path(path)
             .flush_every_ms(Some(200))
+            // sled caches up to 1 GiB by default; the controller keeps its working
+            // set in memory already.
+            .cache_capacity(64 << 20)
             .open()
             .map_err(|e| match e {
                 // sled wraps the flock failure in an error of its own words.

@@ -293,6 +293,7 @@ struct Health {
     status: &'static str,
     version: &'static str,
     hosts: std::collections::HashMap<crate::hosts::HostState, usize>,
+    instances: std::collections::BTreeMap<crate::instances::InstanceState, usize>,
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> Json<Health> {
@@ -300,5 +301,6 @@ async fn healthz(State(app): State<Arc<App>>) -> Json<Health> {
         status: "ok",
         version: env!("CARGO_PKG_VERSION"),
         hosts: app.registry.count_by_state(),
+        instances: app.instances.count_by_state(),
     })
 }

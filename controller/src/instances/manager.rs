@@ -40,6 +40,17 @@ pub enum LaunchError {
 struct HostSync {
     version: u64,
     sent: BTreeMap<InstanceId, DesiredInstance>,
+    /// Instances changed since the last update.
+    dirty: std::collections::BTreeSet<InstanceId>,
+}
+
+/// Marks an instance changed, for its host's next update.
+fn dirty(hosts: &mut HashMap<HostId, HostSync>, host: &HostId, id: &InstanceId) {
+    hosts
+        .entry(host.clone())
+        .or_default()
+        .dirty
+        .insert(id.clone());
 }
 
 #[derive(Debug, Default)]
@@ -248,6 +259,7 @@ impl Instances {
                             .entry(h.clone())
                             .or_default()
                             .insert(inst.id.clone());
+                        dirty(&mut inner.hosts, &h, &inst.id);
                         placed_on = Some(h);
                     }
                 }
@@ -321,6 +333,7 @@ impl Instances {
                             .entry(h.clone())
                             .or_default()
                             .insert(id.clone());
+                        dirty(&mut inner.hosts, &h, &id);
                         tracing::info!(instance = %id, host = %h, "instance scheduled");
                         if let Err(e) = self.save(i) {
                             tracing::error!(error = %e, "could not store the placement");
@@ -349,6 +362,15 @@ impl Instances {
         for p in pools {
             inner.sched.set_pool_policy(&p.name, p.placement());
         }
+    }
+
+    /// How many instances are in each state.
+    pub fn count_by_state(&self) -> BTreeMap<InstanceState, usize> {
+        let mut m = BTreeMap::new();
+        for i in self.lock().all.values() {
+            *m.entry(i.state).or_default() += 1;
+        }
+        m
     }
 
     /// An instance's place in the launch queue (1 = next), if it waits.
@@ -442,49 +464,63 @@ impl Instances {
         })
     }
 
-    /// Sends `host` what changed in its desired instances (everything when `full`).
+    /// Sends `host` what changed in its desired instances: everything when `full` (a
+    /// new connection, a resync), else only the instances marked dirty since the
+    /// last update, so a launch costs one instance's work, not the whole host's.
     pub fn sync_host(&self, app: &App, host: &HostId, full: bool) {
         let msg = {
             let mut guard = self.lock();
             let inner = &mut *guard;
-            let placed = inner.by_host.entry(host.clone()).or_default();
-            // Ended instances leave the index here, lazily.
-            placed.retain(|id| {
-                inner
-                    .all
-                    .get(id)
-                    .is_some_and(|i| !i.state.is_terminal() && i.host.as_ref() == Some(host))
-            });
-            let want: BTreeMap<InstanceId, DesiredInstance> = placed
-                .iter()
-                .filter_map(|id| inner.all.get(id))
-                .filter(|i| i.state.desired_on_host())
-                .filter_map(|i| self.desired_of(app, i).map(|d| (i.id.clone(), d)))
-                .collect();
             let sync = inner.hosts.entry(host.clone()).or_default();
             let full = full || sync.version == 0;
-            let upsert: Vec<DesiredInstance> = if full {
-                want.values().cloned().collect()
+            let dirty = std::mem::take(&mut sync.dirty);
+            let placed = inner.by_host.entry(host.clone()).or_default();
+            let mut upsert = vec![];
+            let mut remove = vec![];
+            if full {
+                // Ended instances leave the index here.
+                placed.retain(|id| {
+                    inner.all.get(id).is_some_and(|i| {
+                        !i.state.is_terminal() && i.host.as_ref() == Some(host)
+                    })
+                });
+                let want: BTreeMap<InstanceId, DesiredInstance> = placed
+                    .iter()
+                    .filter_map(|id| inner.all.get(id))
+                    .filter(|i| i.state.desired_on_host())
+                    .filter_map(|i| self.desired_of(app, i).map(|d| (i.id.clone(), d)))
+                    .collect();
+                upsert = want.values().cloned().collect();
+                sync.sent = want;
             } else {
-                want.iter()
-                    .filter(|(id, d)| sync.sent.get(*id) != Some(*d))
-                    .map(|(_, d)| d.clone())
-                    .collect()
-            };
-            let remove: Vec<InstanceId> = if full {
-                vec![]
-            } else {
-                sync.sent
-                    .keys()
-                    .filter(|id| !want.contains_key(*id))
-                    .cloned()
-                    .collect()
-            };
-            if !full && upsert.is_empty() && remove.is_empty() {
-                return;
+                for id in dirty {
+                    let desired = inner
+                        .all
+                        .get(&id)
+                        .filter(|i| i.host.as_ref() == Some(host) && i.state.desired_on_host())
+                        .and_then(|i| self.desired_of(app, i));
+                    match desired {
+                        Some(d) => {
+                            if sync.sent.get(&id) != Some(&d) {
+                                sync.sent.insert(id, d.clone());
+                                upsert.push(d);
+                            }
+                        }
+                        None => {
+                            if sync.sent.remove(&id).is_some() {
+                                remove.push(id.clone());
+                            }
+                            if inner.all.get(&id).is_none_or(|i| i.state.is_terminal()) {
+                                placed.remove(&id);
+                            }
+                        }
+                    }
+                }
+                if upsert.is_empty() && remove.is_empty() {
+                    return;
+                }
             }
             sync.version += 1;
-            sync.sent = want;
             ControllerMsg::Desired(DesiredUpdate {
                 version: sync.version,
                 full,
@@ -528,6 +564,7 @@ impl Instances {
                 let was = i.state;
                 if i.apply(Event::Report(r.phase), now_ms) {
                     settle(&mut inner.sched, &mut inner.live, i, was);
+                    dirty(&mut inner.hosts, host, &i.id);
                     let launching = matches!(
                         was,
                         InstanceState::Scheduled
@@ -585,6 +622,9 @@ impl Instances {
             let was = i.state;
             if i.apply(event, now_ms) {
                 settle(&mut inner.sched, &mut inner.live, i, was);
+                if let Some(h) = &i.host {
+                    dirty(&mut inner.hosts, h, &i.id);
+                }
                 self.save(i)?;
             }
             (i.clone(), i.host.clone())
@@ -693,6 +733,9 @@ impl Instances {
                     let was = i.state;
                     if i.apply(ev, now_ms) {
                         settle(&mut inner.sched, &mut inner.live, i, was);
+                        if let Some(h) = &i.host {
+                            dirty(&mut inner.hosts, h, &i.id);
+                        }
                         tracing::info!(instance = %i.id, state = ?i.state, reason = ?i.state_reason, "instance state changed");
                         if let Err(e) = self.save(i) {
                             tracing::error!(error = %e, "could not store instance state");

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use cairn_shared::ids::{HostId, InstanceId};
 use cairn_shared::workload::InstancePhase;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceState {
     Queued,
