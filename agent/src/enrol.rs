@@ -226,6 +226,7 @@ pub async fn enrol_on(
                     host_id,
                     hostname: Some(opts.hostname.clone()),
                     labels: opts.labels.clone(),
+                    oci_runtime: None,
                 },
                 ca_der,
                 cert_der,

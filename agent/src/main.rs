@@ -154,7 +154,10 @@ async fn run(state_dir: PathBuf) -> i32 {
     tokio::spawn(stop_on_signal(shutdown.clone()));
     // Instances keep running when the agent stops; the supervisor adopts them again
     // when it starts.
-    let supervisor = Supervisor::new(DockerRuntime::new(&state.config.host_id));
+    let supervisor = Supervisor::new(
+        DockerRuntime::new(&state.config.host_id)
+            .with_oci_runtime(state.config.oci_runtime.clone()),
+    );
     tokio::spawn(supervisor.clone().run(shutdown.clone()));
     let opts = LinkOptions {
         state_dir: Some(dir),

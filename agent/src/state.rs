@@ -42,6 +42,10 @@ pub struct AgentConfig {
     /// Labels this host advertises, e.g. `gpu = "true"`. Edit and restart to change.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The OCI runtime for instance containers (e.g. `runsc` for gVisor); Docker's
+    /// default when absent.
+    #[serde(default)]
+    pub oci_runtime: Option<String>,
 }
 
 /// Everything an enrolled agent needs to connect.
@@ -243,6 +247,7 @@ mod tests {
                 host_id: host,
                 hostname: None,
                 labels: [("gpu".to_string(), "true".to_string())].into(),
+                oci_runtime: None,
             },
             ca_der: ca.cert_der().to_vec(),
             cert_der,

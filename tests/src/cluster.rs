@@ -333,6 +333,34 @@ impl Controller {
         panic!("instance {id} not {state} after {timeout:?}: {last:#}");
     }
 
+    /// Waits until instance `id` is in one of `states`; returns its view.
+    pub async fn wait_instance_any(
+        &self,
+        token: &str,
+        id: &str,
+        states: &[&str],
+        timeout: Duration,
+    ) -> Value {
+        let start = Instant::now();
+        let mut last = Value::Null;
+        while start.elapsed() < timeout {
+            let (_, body) = self
+                .request(
+                    Some(token),
+                    reqwest::Method::GET,
+                    &format!("/api/v1/instances/{id}"),
+                    None,
+                )
+                .await;
+            if states.iter().any(|s| body["state"] == *s) {
+                return body;
+            }
+            last = body;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("instance {id} not in {states:?} after {timeout:?}: {last:#}");
+    }
+
     /// Launches `blueprint` as the holder of `token`; returns the instance id.
     pub async fn launch(&self, token: &str, blueprint: &str) -> String {
         let (status, body) = self

@@ -55,6 +55,8 @@ pub struct DockerRuntime {
     client: tokio::sync::OnceCell<Docker>,
     /// This agent's host id, stamped on and filtered by [`labels::HOST`].
     host: String,
+    /// The OCI runtime for instance containers; Docker's default when `None`.
+    oci_runtime: Option<String>,
 }
 
 impl DockerRuntime {
@@ -62,7 +64,14 @@ impl DockerRuntime {
         DockerRuntime {
             client: tokio::sync::OnceCell::new(),
             host: host.to_string(),
+            oci_runtime: None,
         }
+    }
+
+    /// Runs instance containers under this OCI runtime (e.g. `runsc`).
+    pub fn with_oci_runtime(mut self, runtime: Option<String>) -> Self {
+        self.oci_runtime = runtime;
+        self
     }
 
     async fn docker(&self) -> Result<&Docker, RuntimeError> {
@@ -244,6 +253,7 @@ impl ContainerRuntime for DockerRuntime {
                 network_mode: Some(NETWORK.into()),
                 security_opt: Some(vec!["no-new-privileges:true".into()]),
                 pids_limit: Some(4096),
+                runtime: self.oci_runtime.clone(),
                 ..Default::default()
             }),
             ..Default::default()

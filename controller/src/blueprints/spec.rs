@@ -53,6 +53,9 @@ pub struct BlueprintInput {
     pub max_lifetime_secs: Option<i64>,
     pub max_instances_per_user: Option<i64>,
     pub placement: Option<BTreeMap<String, String>>,
+    /// `binpack` or `spread`; the pool's choice when absent.
+    #[serde(default)]
+    pub strategy: Option<String>,
     pub enabled: Option<bool>,
 }
 
@@ -72,6 +75,9 @@ pub struct BlueprintSpec {
     pub max_instances_per_user: u32,
     /// Labels a host must carry to run this blueprint, e.g. `gpu = "true"`.
     pub placement: BTreeMap<String, String>,
+    /// Overrides the pool's placement strategy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<crate::scheduler::Strategy>,
     pub enabled: bool,
 }
 
@@ -266,6 +272,19 @@ pub fn validate(input: &BlueprintInput) -> Result<BlueprintSpec, Vec<FieldError>
             0
         }
     };
+    let strategy = match input.strategy.as_deref() {
+        None | Some("") => None,
+        Some("binpack") => Some(crate::scheduler::Strategy::Binpack),
+        Some("spread") => Some(crate::scheduler::Strategy::Spread),
+        Some(other) => {
+            err(
+                &mut e,
+                "strategy",
+                format!("{other:?} is not a strategy; use binpack or spread"),
+            );
+            None
+        }
+    };
     let placement = input.placement.clone().unwrap_or_default();
     if placement.len() > 32 {
         err(&mut e, "placement", "at most 32 labels");
@@ -291,6 +310,7 @@ pub fn validate(input: &BlueprintInput) -> Result<BlueprintSpec, Vec<FieldError>
         max_lifetime_secs,
         max_instances_per_user,
         placement,
+        strategy,
         enabled: input.enabled.unwrap_or(true),
     })
 }

@@ -78,7 +78,10 @@ pub async fn run(data_dir: PathBuf, api_port: u16, link_port: u16) -> Result<(),
     );
     let shutdown = running.shutdown_token();
     let agent_stop = tokio_util::sync::CancellationToken::new();
-    let supervisor = Supervisor::new(DockerRuntime::new(&state.config.host_id));
+    let supervisor = Supervisor::new(
+        DockerRuntime::new(&state.config.host_id)
+            .with_oci_runtime(state.config.oci_runtime.clone()),
+    );
     tokio::spawn(supervisor.clone().run(agent_stop.clone()));
     let agent = tokio::spawn(link::run(
         state,

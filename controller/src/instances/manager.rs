@@ -480,9 +480,10 @@ impl Instances {
             if full {
                 // Ended instances leave the index here.
                 placed.retain(|id| {
-                    inner.all.get(id).is_some_and(|i| {
-                        !i.state.is_terminal() && i.host.as_ref() == Some(host)
-                    })
+                    inner
+                        .all
+                        .get(id)
+                        .is_some_and(|i| !i.state.is_terminal() && i.host.as_ref() == Some(host))
                 });
                 let want: BTreeMap<InstanceId, DesiredInstance> = placed
                     .iter()
@@ -790,7 +791,7 @@ fn request_of(i: &Instance, spec: &BlueprintSpec) -> Request {
         resources: Resources::new(spec.memory_mib * MIB, (spec.cpus * 1000.0).round() as u64),
         labels: spec.placement.clone(),
         image: spec.image.clone(),
-        strategy: None,
+        strategy: spec.strategy,
         priority: 0,
     }
 }

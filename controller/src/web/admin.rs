@@ -204,6 +204,8 @@ pub struct BlueprintForm {
     #[serde(default)]
     placement: String,
     #[serde(default)]
+    strategy: String,
+    #[serde(default)]
     enabled: Option<String>,
 }
 
@@ -232,6 +234,11 @@ impl BlueprintForm {
             lifetime_hours: format!("{}", b.max_lifetime_secs as f64 / 3600.0),
             max_instances_per_user: b.max_instances_per_user.to_string(),
             placement: pairs(&b.placement),
+            strategy: match b.strategy {
+                Some(crate::scheduler::Strategy::Binpack) => "binpack".into(),
+                Some(crate::scheduler::Strategy::Spread) => "spread".into(),
+                None => String::new(),
+            },
             enabled: b.enabled.then(|| "on".into()),
         }
     }
@@ -322,6 +329,7 @@ impl BlueprintForm {
             max_lifetime_secs: lifetime,
             max_instances_per_user,
             placement: Some(placement),
+            strategy: text(&self.strategy),
             enabled: Some(self.enabled.is_some()),
         })
     }
@@ -393,6 +401,12 @@ fn blueprint_form(
                 textarea id="env" name="env" rows="3" aria-invalid=[invalid("env")] { (f.env) } }, errors))
             (field("placement", "Placement labels", "KEY=VALUE, one per line; hosts must have all", html! {
                 textarea id="placement" name="placement" rows="2" aria-invalid=[invalid("placement")] { (f.placement) } }, errors))
+            (field("strategy", "Placement", "", html! {
+                select id="strategy" name="strategy" aria-invalid=[invalid("strategy")] {
+                    option value="" selected[f.strategy.is_empty()] { "The pool's choice" }
+                    option value="binpack" selected[f.strategy == "binpack"] { "Pack hosts full (frees idle hosts)" }
+                    option value="spread" selected[f.strategy == "spread"] { "Spread over hosts" }
+                } }, errors))
             div class="row" {
                 input id="enabled" name="enabled" type="checkbox" checked[f.enabled.is_some()];
                 label for="enabled" { "Enabled (users can launch it)" }

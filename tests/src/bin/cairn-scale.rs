@@ -69,8 +69,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -96,7 +95,10 @@ async fn run(args: &Args) -> Result<Value> {
     // Every user may run a thousand instances.
     let cfg = ctl.dir.join("config.toml");
     let text = std::fs::read_to_string(&cfg)?;
-    let changed = text.replace("max_per_user = 10\n", &format!("max_per_user = {PER_USER}\n"));
+    let changed = text.replace(
+        "max_per_user = 10\n",
+        &format!("max_per_user = {PER_USER}\n"),
+    );
     if changed == text {
         bail!("cannot raise max_per_user in {}", cfg.display());
     }
@@ -180,7 +182,10 @@ async fn run(args: &Args) -> Result<Value> {
     for u in 0..users {
         tokens.push(ctl.user(&format!("bench{u}"), "user").await);
     }
-    eprintln!("{users} users; launching {m} instances, {} at a time", args.concurrency);
+    eprintln!(
+        "{users} users; launching {m} instances, {} at a time",
+        args.concurrency
+    );
 
     // Launch, and watch the controller while it works.
     let cpid = ctl.pid().context("controller pid")?;
@@ -321,19 +326,32 @@ async fn run(args: &Args) -> Result<Value> {
     stop.cancel();
 
     println!();
-    println!("{n} hollow hosts, {m} instances, start delay {:?}, {} launches in flight", args.start_delay, args.concurrency);
+    println!(
+        "{n} hollow hosts, {m} instances, start delay {:?}, {} launches in flight",
+        args.start_delay, args.concurrency
+    );
     println!("| measure                                   |        value |");
     println!("|-------------------------------------------|-------------:|");
     println!("| placements per second                     | {place_rate:>12.0} |");
     println!("| launches per second, accepted → running   | {e2e_rate:>12.0} |");
-    println!("| scheduling latency p50 / p99 (ms)         | {:>5.0} / {:>4.0} |", percentile(&sched, 0.5), percentile(&sched, 0.99));
-    println!("| end-to-end latency p50 / p99 (ms)         | {:>5.0} / {:>4.0} |", percentile(&e2e, 0.5), percentile(&e2e, 0.99));
+    println!(
+        "| scheduling latency p50 / p99 (ms)         | {:>5.0} / {:>4.0} |",
+        percentile(&sched, 0.5),
+        percentile(&sched, 0.99)
+    );
+    println!(
+        "| end-to-end latency p50 / p99 (ms)         | {:>5.0} / {:>4.0} |",
+        percentile(&e2e, 0.5),
+        percentile(&e2e, 0.99)
+    );
     println!("| all accepted after (s)                    | {accepted_secs:>12.1} |");
     println!("| all running after (s)                     | {all_running_secs:>12.1} |");
     println!("| controller CPU (% of one core, average)   | {cpu_pct:>12.0} |");
     println!("| controller RSS max / peak (MiB)           | {rss_mib:>5.0} / {peak_mib:>4.0} |");
     println!("| refused launches                          | {failed:>12} |");
-    println!("Goal (C1M rate on 2 cores): > 3,750/s end to end, scheduling p99 < 50 ms, peak < 1 GiB.");
+    println!(
+        "Goal (C1M rate on 2 cores): > 3,750/s end to end, scheduling p99 < 50 ms, peak < 1 GiB."
+    );
     Ok(json!({
         "bench": "scale", "hosts": n, "instances": m, "start_delay_ms": args.start_delay.as_millis() as u64,
         "concurrency": args.concurrency,
