@@ -277,6 +277,7 @@ pub const JS: &str = r#"
     document.getElementById("progress-text").textContent =
       st === "running" ? "Ready to open" :
       st === "failed" ? "This instance failed" : st === "stopped" ? "This instance has ended" :
+      st === "queued" && i.queue_position ? "Queued — waiting for a free host (position " + i.queue_position + ")" :
       st.charAt(0).toUpperCase() + st.slice(1) + " — " + (pct[st] || 0) + "%";
     const done = terminal(st);
     bar.hidden = done;
