@@ -7,10 +7,20 @@
 //! * `heartbeats` — controller CPU and memory while N hollow agents (the real link and
 //!   protocol, fake host facts, one QUIC connection and certificate each, all in this
 //!   process) heartbeat at the configured interval.
+//! * `proxy` — the same test-app container reached three ways in one run: directly
+//!   (its bridge IP), through a local nginx reverse proxy with upstream keep-alive,
+//!   and through Cairn's `/i/{id}/…` (controller → agent over QUIC → app). A 1 GiB
+//!   download (MiB/s) and 10,000 small requests at concurrency 1 (p50/p99) and 32
+//!   (requests/s), with the CPU of nginx, the controller and the agent. Needs Docker,
+//!   root (the agent's iptables rules) and Debian's nginx (`apt-get install nginx-light`).
 //!
 //! Each prints a table and, with `--json FILE`, writes the figures as JSON.
-//! Build with `--release`; the controller and agent binaries are taken from the
-//! same target directory as this one.
+//! Build with `--release`; the controller, agent and test-app binaries are taken
+//! from the same target directory as this one, so build them all first:
+//!
+//! ```text
+//! cargo build --release --workspace --bins && target/release/cairn-bench proxy
+//! ```
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,6 +70,34 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Proxy overhead: one container directly, through nginx, and through Cairn.
+    Proxy(ProxyArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct ProxyArgs {
+    /// Size of the download workload in bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    download_bytes: u64,
+    /// Small requests (`GET /small`) per measurement.
+    #[arg(long, default_value_t = 10_000)]
+    requests: usize,
+    /// Concurrency of the request-rate measurement.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Rounds: every workload runs once per path per round, paths interleaved; the
+    /// table shows the median of the rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// The nginx binary.
+    #[arg(long, default_value = "nginx")]
+    nginx: String,
+    /// nginx `worker_processes`.
+    #[arg(long, default_value = "auto")]
+    nginx_workers: String,
+    /// nginx `proxy_buffering` (`on` is nginx's default).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    nginx_buffering: String,
 }
 
 #[tokio::main]
@@ -79,6 +117,7 @@ async fn main() -> Result<()> {
             seconds,
         } => heartbeats(agents, &interval, seconds).await?,
         Cmd::Launch { count } => launch(count).await?,
+        Cmd::Proxy(args) => proxy(args).await?,
     };
     if let Some(p) = cli.json {
         std::fs::write(&p, serde_json::to_vec_pretty(&result)?)
@@ -406,4 +445,763 @@ async fn launch(count: usize) -> Result<serde_json::Value> {
     Ok(json!({"bench": "launch", "count": count,
         "cairn_ms": {"p50": c50, "p95": c95}, "docker_run_ms": {"p50": p50, "p95": p95},
         "ratio": {"p50": c50 / p50, "p95": c95 / p95}}))
+}
+
+// ----- proxy -----------------------------------------------------------------------
+
+/// The goals of the proxy issue: latency within this factor of nginx's …
+const LATENCY_GOAL: f64 = 1.5;
+/// … and at least this fraction of its throughput.
+const THROUGHPUT_GOAL: f64 = 0.7;
+
+/// One way to reach the test app.
+struct Route {
+    name: &'static str,
+    /// What the app's paths are appended to, without a trailing slash.
+    base: String,
+    small_url: String,
+    bearer: Option<String>,
+    client: reqwest::Client,
+    /// Processes whose CPU is read while this route carries the load.
+    procs: Vec<(&'static str, Vec<u32>)>,
+}
+
+impl Route {
+    fn get(&self, url: &str) -> reqwest::RequestBuilder {
+        let req = self.client.get(url);
+        match &self.bearer {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+}
+
+/// `GET /small`, checking the answer.
+async fn small(route: &Route) -> Result<()> {
+    let resp = route.get(&route.small_url).send().await?;
+    let status = resp.status();
+    let body = resp.bytes().await?;
+    if status != 200 || &body[..] != b"ok" {
+        bail!(
+            "{}: GET /small answered {status}: {}",
+            route.name,
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        );
+    }
+    Ok(())
+}
+
+/// Downloads `n` bytes of `/bytes?n=N`, discarding them; returns MiB/s.
+async fn download(route: &Route, n: u64) -> Result<f64> {
+    let t0 = Instant::now();
+    let mut resp = route
+        .get(&format!("{}/bytes?n={n}", route.base))
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("{}: GET /bytes answered {}", route.name, resp.status());
+    }
+    let mut got = 0u64;
+    while let Some(chunk) = resp.chunk().await? {
+        got += chunk.len() as u64;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    if got != n {
+        bail!(
+            "{}: the download ended after {got} of {n} bytes",
+            route.name
+        );
+    }
+    Ok(n as f64 / f64::from(1u32 << 20) / secs)
+}
+
+/// `count` small requests one after another; returns the sorted latencies in µs.
+async fn sequential(route: &Route, count: usize) -> Result<Vec<f64>> {
+    let mut lat = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        small(route).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok(lat)
+}
+
+/// `count` small requests from `conc` keep-alive connections at once; returns
+/// requests/s and the sorted latencies in µs.
+async fn concurrent(route: &Arc<Route>, count: usize, conc: usize) -> Result<(f64, Vec<f64>)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..conc {
+        let (route, next) = (route.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut lat = Vec::with_capacity(count / conc + 1);
+            while next.fetch_add(1, Ordering::Relaxed) < count {
+                let t = Instant::now();
+                small(&route).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            Ok::<_, anyhow::Error>(lat)
+        });
+    }
+    let mut all = Vec::with_capacity(count);
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r??);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    Ok((count as f64 / secs, all))
+}
+
+/// CPU ticks of a group of processes, summed.
+fn group_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| procstat::sample(*p))
+        .map(|s| s.cpu_ticks)
+        .sum()
+}
+
+/// CPU readings of a route's processes at the start of a measurement.
+struct CpuWindow {
+    at: Instant,
+    ticks: Vec<u64>,
+    /// Busy ticks of the whole machine, all cores.
+    machine: Option<(u64, u64)>,
+}
+
+impl CpuWindow {
+    fn start(route: &Route) -> Self {
+        CpuWindow {
+            at: Instant::now(),
+            ticks: route.procs.iter().map(|(_, p)| group_ticks(p)).collect(),
+            machine: machine_jiffies(),
+        }
+    }
+
+    /// Adds what each process used since `start` to `tally` under `workload`, and
+    /// under `other` what the rest of the machine used.
+    fn end(self, route: &Route, workload: &'static str, tally: &mut CpuTally) {
+        let secs = self.at.elapsed().as_secs_f64();
+        let mut ours = 0;
+        for ((name, pids), before) in route.procs.iter().zip(self.ticks) {
+            let used = group_ticks(pids).saturating_sub(before);
+            ours += used;
+            let e = tally.entry((workload, route.name, name)).or_default();
+            e.0 += used;
+            e.1 += secs;
+        }
+        if let (Some((b0, _)), Some((b1, _))) = (self.machine, machine_jiffies()) {
+            let e = tally.entry((workload, route.name, "other")).or_default();
+            e.0 += b1.saturating_sub(b0).saturating_sub(ours);
+            e.1 += secs;
+        }
+    }
+}
+
+/// (workload, route, process) → (CPU ticks, wall seconds), summed over rounds.
+type CpuTally = std::collections::BTreeMap<(&'static str, &'static str, &'static str), (u64, f64)>;
+
+/// Metric → one value per round, for one route.
+type Figures = std::collections::BTreeMap<&'static str, Vec<f64>>;
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 0.5)
+}
+
+/// The pids whose parent is `pid` (nginx's workers).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let ppid = std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.get(s.rfind(')')? + 2..)?;
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                });
+            ppid == Some(pid)
+        })
+        .collect()
+}
+
+/// Busy and total jiffies of the whole machine, from `/proc/stat`.
+fn machine_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3)? + v.get(4)?;
+    Some((total - idle, total))
+}
+
+/// How busy the whole machine is over `window`, in percent of all cores.
+async fn machine_busy(window: Duration) -> f64 {
+    let a = machine_jiffies();
+    tokio::time::sleep(window).await;
+    match (a, machine_jiffies()) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0,
+        _ => f64::NAN,
+    }
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Fails with a build hint unless the binaries this bench starts sit next to it.
+fn require_bins(names: &[&str]) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("exe dir")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !dir.join(n).exists())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} not found in {}; build every binary first: cargo build --release --workspace --bins",
+            missing.join(", "),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The nginx binary to run and its version; fails with an install hint.
+fn find_nginx(name: &str) -> Result<(String, String)> {
+    let mut candidates = vec![name.to_string()];
+    if name == "nginx" {
+        // Not on a normal user's PATH on Debian.
+        candidates.push("/usr/sbin/nginx".into());
+    }
+    for c in candidates {
+        if let Ok(out) = std::process::Command::new(&c).arg("-v").output() {
+            let text = String::from_utf8_lossy(&out.stderr);
+            let version = text
+                .trim()
+                .strip_prefix("nginx version: ")
+                .unwrap_or(text.trim())
+                .to_string();
+            return Ok((c, version));
+        }
+    }
+    bail!(
+        "`{name}` not found: the proxy bench compares Cairn with nginx. Install it \
+         (Debian/Ubuntu: apt-get install nginx-light, or nginx) or pass --nginx PATH"
+    )
+}
+
+/// nginx as a child process with a generated configuration in a temporary directory.
+struct Nginx {
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Nginx {
+    fn start(bin: &str, upstream: &str, args: &ProxyArgs) -> Result<Nginx> {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path().display().to_string();
+        let port = cairn_tests::cluster::free_tcp_port();
+        // Temp paths for every module this build has, so nothing touches /var/lib/nginx.
+        let built = std::process::Command::new(bin).arg("-V").output()?;
+        let built = String::from_utf8_lossy(&built.stderr).into_owned();
+        let temp_paths: String = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+            .iter()
+            .filter(|m| !built.contains(&format!("--without-http_{m}_module")))
+            .map(|m| format!("    {m}_temp_path {d}/{m}_temp;\n"))
+            .collect();
+        // As root, nginx switches its workers to an unprivileged user that could not
+        // enter the private temporary directory; stay root (loopback only, short-lived).
+        let user = if is_root() { "user root root;" } else { "" };
+        let conf = format!(
+            "# Generated by cairn-bench proxy.\n\
+             worker_processes {workers};\n\
+             {user}\n\
+             pid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n\
+             \x20   access_log off;\n\
+             {temp_paths}\
+             \x20   # Keep client connections for the whole run (the default closes after 1000).\n\
+             \x20   keepalive_requests 1000000;\n\
+             \x20   upstream app {{\n\
+             \x20       server {upstream};\n\
+             \x20       keepalive 64;\n\
+             \x20       keepalive_requests 1000000;\n\
+             \x20   }}\n\
+             \x20   server {{\n\
+             \x20       listen 127.0.0.1:{port};\n\
+             \x20       location / {{\n\
+             \x20           proxy_pass http://app;\n\
+             \x20           proxy_http_version 1.1;\n\
+             \x20           proxy_set_header Connection \"\";\n\
+             \x20           proxy_buffering {buffering};\n\
+             \x20       }}\n\
+             \x20   }}\n\
+             }}\n",
+            workers = args.nginx_workers,
+            buffering = args.nginx_buffering,
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, &conf)?;
+        let base = |cmd: &mut std::process::Command| {
+            cmd.arg("-p")
+                .arg(dir.path())
+                .arg("-c")
+                .arg(&conf_path)
+                .arg("-e")
+                .arg(dir.path().join("error.log"));
+        };
+        let mut test = std::process::Command::new(bin);
+        base(&mut test);
+        let out = test.arg("-t").output()?;
+        if !out.status.success() {
+            bail!(
+                "nginx rejected the generated configuration:\n{}\n{conf}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let log = std::fs::File::create(dir.path().join("stderr.log"))?;
+        let mut cmd = std::process::Command::new(bin);
+        base(&mut cmd);
+        cmd.args(["-g", "daemon off;"])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn().with_context(|| format!("starting {bin}"))?;
+        Ok(Nginx {
+            child: Some(child),
+            dir,
+            port,
+        })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    fn logs(&self) -> String {
+        ["stderr.log", "error.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        // SIGTERM: the master stops its workers; SIGKILL would orphan them.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+async fn proxy(args: ProxyArgs) -> Result<serde_json::Value> {
+    use cairn_tests::docker::InstanceContainers;
+    use cairn_tests::testapp::{testapp_image, PORT};
+    use reqwest::Method;
+
+    if args.rounds == 0 || args.concurrency == 0 || args.requests == 0 {
+        bail!("--rounds, --concurrency and --requests must be at least 1");
+    }
+    require_bins(&["cairn-controller", "cairn-agent", "cairn-testapp"])?;
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "warning: a debug build; for meaningful figures run \
+             cargo build --release --workspace --bins && target/release/cairn-bench proxy"
+        );
+    }
+    let (nginx_bin, nginx_version) = find_nginx(&args.nginx)?;
+    cairn_tests::docker::docker_server_version()
+        .map_err(|e| anyhow::anyhow!("the proxy bench needs a Docker Engine: {e}"))?;
+    if !is_root() {
+        eprintln!("warning: not root; the agent needs root for its iptables rules");
+    }
+
+    eprintln!("building (or reusing) the test-app image");
+    let image = testapp_image();
+    // Declared before the agent so it is dropped after it: a running agent would
+    // restart a container removed under it.
+    let mut containers = InstanceContainers::default();
+    let tmp = tempfile::tempdir()?;
+    let opts = ControllerOptions {
+        heartbeat: "5s",
+        lost_after: "10m",
+        ..Default::default()
+    };
+    let mut ctl = Controller::init(tmp.path(), &opts);
+    ctl.start().await;
+    let mut agent = Agent::new(tmp.path(), "bench");
+    let host = agent.join_ok(&ctl, &ctl.token("5m", 1), &[]);
+    agent.start();
+    ctl.wait_host_state(&host, "active", Duration::from_secs(30))
+        .await;
+    let bp = json!({"name": "bench-proxy", "image": image, "app": "http", "app_port": PORT,
+        "memory_mib": 512, "cpus": 2.0});
+    let (s, b) = ctl.send(Method::POST, "/api/v1/blueprints", Some(bp)).await;
+    if s != 201 {
+        bail!("creating the blueprint: {b}");
+    }
+    let token = ctl.user("bench", "user").await;
+    let id = ctl.launch(&token, "bench-proxy").await;
+    containers.0.push(id.clone());
+    let inst = ctl
+        .wait_instance(&token, &id, "running", Duration::from_secs(120))
+        .await;
+    let container = format!("cairn-{id}");
+    let upstream = match inst["address"].as_str() {
+        Some(a) => a.to_string(),
+        None => {
+            let ip = docker_cli(&[
+                "inspect",
+                "--format",
+                "{{.NetworkSettings.Networks.cairn.IPAddress}}",
+                &container,
+            ])?;
+            format!("{ip}:{PORT}")
+        }
+    };
+    let app_pid = docker_cli(&["inspect", "--format", "{{.State.Pid}}", &container])
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .filter(|p| *p != 0);
+    eprintln!("instance {id} running at {upstream}");
+
+    let nginx = Nginx::start(&nginx_bin, &upstream, &args)?;
+    let nginx_addr = format!("127.0.0.1:{}", nginx.port);
+    if let Err(e) = wait_port(&nginx_addr, Duration::from_secs(10)).await {
+        bail!("nginx did not start: {e}\n{}", nginx.logs());
+    }
+
+    let client = || {
+        reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(600))
+            .build()
+    };
+    let mut common = vec![("client", vec![std::process::id()])];
+    if let Some(p) = app_pid {
+        common.push(("app", vec![p]));
+    }
+    let direct = format!("http://{upstream}");
+    let via_nginx = format!("http://{nginx_addr}");
+    let via_cairn = format!("{}/i/{id}", ctl.api);
+    let mut routes = vec![
+        Route {
+            name: "direct",
+            small_url: format!("{direct}/small"),
+            base: direct,
+            bearer: None,
+            client: client()?,
+            procs: common.clone(),
+        },
+        Route {
+            name: "nginx",
+            small_url: format!("{via_nginx}/small"),
+            base: via_nginx,
+            bearer: None,
+            client: client()?,
+            procs: common.clone(),
+        },
+        Route {
+            name: "cairn",
+            small_url: format!("{via_cairn}/small"),
+            base: via_cairn,
+            bearer: Some(token.clone()),
+            client: client()?,
+            procs: common,
+        },
+    ];
+    for r in &routes {
+        small(r)
+            .await
+            .with_context(|| format!("first request via {}", r.name))?;
+    }
+    // nginx has forked its workers by now: it answered.
+    let nginx_pid = nginx.pid().context("nginx pid")?;
+    let mut nginx_pids = vec![nginx_pid];
+    nginx_pids.extend(children_of(nginx_pid));
+    routes[1].procs.push(("nginx", nginx_pids.clone()));
+    routes[2]
+        .procs
+        .push(("controller", vec![ctl.pid().context("controller pid")?]));
+    routes[2]
+        .procs
+        .push(("agent", vec![agent.pid().context("agent pid")?]));
+    let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
+
+    // Everything else on the machine competes with the proxies for its cores.
+    let busy_before = machine_busy(Duration::from_secs(2)).await;
+    if busy_before > 15.0 {
+        eprintln!(
+            "warning: the machine is already {busy_before:.0}% busy (all cores) before the \
+             measurements start; the figures will be noisy"
+        );
+    }
+    let n = args.download_bytes;
+    let conc = args.concurrency;
+    let warm = (args.requests / 10).clamp(1, 1000);
+    let mut figures: std::collections::BTreeMap<&'static str, Figures> = Default::default();
+    let mut tally = CpuTally::new();
+    for round in 1..=args.rounds {
+        for r in &routes {
+            let w = CpuWindow::start(r);
+            let mib_s = download(r, n).await?;
+            w.end(r, "download", &mut tally);
+            eprintln!("round {round}: {:<6} download {mib_s:>8.1} MiB/s", r.name);
+            let f = figures.entry(r.name).or_default();
+            f.entry("download_mib_s").or_default().push(mib_s);
+        }
+        for r in &routes {
+            sequential(r, warm).await?;
+            let w = CpuWindow::start(r);
+            let lat = sequential(r, args.requests).await?;
+            w.end(r, "c1", &mut tally);
+            let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+            let mean = lat.iter().sum::<f64>() / lat.len() as f64;
+            eprintln!(
+                "round {round}: {:<6} c=1    p50 {p50:>7.0} µs, p99 {p99:>7.0} µs",
+                r.name
+            );
+            let f = figures.entry(r.name).or_default();
+            f.entry("c1_p50_us").or_default().push(p50);
+            f.entry("c1_p99_us").or_default().push(p99);
+            f.entry("c1_mean_us").or_default().push(mean);
+        }
+        for r in &routes {
+            concurrent(r, warm.max(conc * 10), conc).await?;
+            let w = CpuWindow::start(r);
+            let (rps, lat) = concurrent(r, args.requests, conc).await?;
+            w.end(r, "cn", &mut tally);
+            let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+            eprintln!(
+                "round {round}: {:<6} c={conc:<4} {rps:>8.0} req/s, p99 {p99:>7.0} µs",
+                r.name
+            );
+            let f = figures.entry(r.name).or_default();
+            f.entry("cn_req_s").or_default().push(rps);
+            f.entry("cn_p50_us").or_default().push(p50);
+            f.entry("cn_p99_us").or_default().push(p99);
+        }
+    }
+    drop(nginx);
+    agent.kill9();
+    drop(containers);
+
+    let med = |route: &str, metric: &str| -> f64 {
+        figures
+            .get(route)
+            .and_then(|f| f.get(metric))
+            .map_or(f64::NAN, |v| median(v))
+    };
+    let size = if n >= 1 << 30 && n.is_multiple_of(1 << 30) {
+        format!("{} GiB", n >> 30)
+    } else {
+        format!("{:.1} MiB", n as f64 / f64::from(1u32 << 20))
+    };
+    let rows: [(&str, String, usize); 6] = [
+        ("download_mib_s", format!("download {size}, MiB/s"), 1),
+        ("c1_p50_us", "GET /small c=1, p50 µs".into(), 0),
+        ("c1_p99_us", "GET /small c=1, p99 µs".into(), 0),
+        ("cn_req_s", format!("GET /small c={conc}, req/s"), 0),
+        ("cn_p50_us", format!("GET /small c={conc}, p50 µs"), 0),
+        ("cn_p99_us", format!("GET /small c={conc}, p99 µs"), 0),
+    ];
+    println!(
+        "proxy overhead: one test-app container (2 CPUs) directly, through nginx {nginx_version} \
+         (worker_processes {}, proxy_buffering {}, upstream keepalive 64) and through Cairn; \
+         median of {} rounds, paths interleaved; {} requests per c= figure; {} cores, \
+         {busy_before:.0}% busy before the start",
+        args.nginx_workers,
+        args.nginx_buffering,
+        args.rounds,
+        args.requests,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    println!(
+        "| workload                     |     direct |      nginx |      cairn | cairn/nginx |"
+    );
+    println!(
+        "|------------------------------|-----------:|-----------:|-----------:|------------:|"
+    );
+    for (key, label, prec) in &rows {
+        let (d, x, c) = (med("direct", key), med("nginx", key), med("cairn", key));
+        println!(
+            "| {label:<28} | {d:>10.prec$} | {x:>10.prec$} | {c:>10.prec$} | {:>11.2} |",
+            c / x
+        );
+    }
+
+    let cpu = |workload: &str, route: &str, proc_: &str| -> Option<f64> {
+        tally
+            .get(&(workload, route, proc_))
+            .map(|(ticks, secs)| *ticks as f64 / 100.0 / secs.max(1e-9) * 100.0)
+    };
+    let workloads = [
+        ("download", format!("download {size}")),
+        ("c1", "GET /small c=1".to_string()),
+        ("cn", format!("GET /small c={conc}")),
+    ];
+    println!();
+    println!(
+        "CPU during the measurements (% of one core, averaged over the rounds; 10 ms ticks; \
+         other = the rest of the machine, kernel threads included)"
+    );
+    println!(
+        "| workload             | path   | client |    app |  nginx | controller |  agent |  other |"
+    );
+    println!(
+        "|----------------------|--------|-------:|-------:|-------:|-----------:|-------:|-------:|"
+    );
+    for (w, label) in &workloads {
+        for r in ["direct", "nginx", "cairn"] {
+            let cell = |p: &str, width: usize| match cpu(w, r, p) {
+                Some(v) => format!("{v:>width$.0}"),
+                None => format!("{:>width$}", "—"),
+            };
+            println!(
+                "| {label:<20} | {r:<6} | {} | {} | {} | {} | {} | {} |",
+                cell("client", 6),
+                cell("app", 6),
+                cell("nginx", 6),
+                cell("controller", 10),
+                cell("agent", 6),
+                cell("other", 6)
+            );
+        }
+    }
+    let other_max = tally
+        .iter()
+        .filter(|((_, _, p), _)| *p == "other")
+        .map(|((w, r, p), _)| cpu(w, r, p).unwrap_or(0.0))
+        .fold(0.0, f64::max);
+    if other_max > 25.0 {
+        println!(
+            "warning: other processes used up to {other_max:.0}% of a core during the \
+             measurements; the figures are disturbed, run again on a quiet machine"
+        );
+    }
+    // CPU the proxy itself spends per unit of work.
+    let cost = |workload: &str, route: &str, names: &[&str]| -> f64 {
+        names
+            .iter()
+            .filter_map(|p| tally.get(&(workload, route, *p)))
+            .map(|(t, _)| *t as f64 / 100.0)
+            .sum()
+    };
+    let rounds = args.rounds as f64;
+    let per_req = |w: &str, route: &str, names: &[&str]| {
+        cost(w, route, names) / (rounds * args.requests as f64) * 1e6
+    };
+    let per_gib = |route: &str, names: &[&str]| {
+        cost("download", route, names) / (rounds * n as f64 / f64::from(1u32 << 30))
+    };
+    let cairn_procs = ["controller", "agent"];
+    println!(
+        "proxy CPU per small request: c=1 nginx {:.0} µs, cairn {:.0} µs (controller {:.0} + agent {:.0}); \
+         c={conc} nginx {:.0} µs, cairn {:.0} µs (controller {:.0} + agent {:.0})",
+        per_req("c1", "nginx", &["nginx"]),
+        per_req("c1", "cairn", &cairn_procs),
+        per_req("c1", "cairn", &["controller"]),
+        per_req("c1", "cairn", &["agent"]),
+        per_req("cn", "nginx", &["nginx"]),
+        per_req("cn", "cairn", &cairn_procs),
+        per_req("cn", "cairn", &["controller"]),
+        per_req("cn", "cairn", &["agent"]),
+    );
+    println!(
+        "proxy CPU per GiB downloaded: nginx {:.2} s, cairn {:.2} s (controller {:.2} + agent {:.2})",
+        per_gib("nginx", &["nginx"]),
+        per_gib("cairn", &cairn_procs),
+        per_gib("cairn", &["controller"]),
+        per_gib("cairn", &["agent"]),
+    );
+
+    let ratio = |key: &str| med("cairn", key) / med("nginx", key);
+    let lat = [ratio("c1_p50_us"), ratio("c1_p99_us")];
+    let thr = [ratio("download_mib_s"), ratio("cn_req_s")];
+    let latency_met = lat.iter().all(|r| *r <= LATENCY_GOAL);
+    let throughput_met = thr.iter().all(|r| *r >= THROUGHPUT_GOAL);
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!();
+    println!(
+        "goal: latency within {LATENCY_GOAL}× of nginx — c=1 p50 {:.2}×, p99 {:.2}×: {}",
+        lat[0],
+        lat[1],
+        verdict(latency_met)
+    );
+    println!(
+        "goal: throughput ≥ {:.0}% of nginx — download {:.0}%, c={conc} req/s {:.0}%: {}",
+        THROUGHPUT_GOAL * 100.0,
+        thr[0] * 100.0,
+        thr[1] * 100.0,
+        verdict(throughput_met)
+    );
+
+    let route_json = |route: &str| {
+        let f = figures.get(route).cloned().unwrap_or_default();
+        let mut o = serde_json::Map::new();
+        for (k, v) in &f {
+            o.insert(k.to_string(), json!(median(v)));
+            o.insert(format!("{k}_rounds"), json!(v));
+        }
+        if let Some(v) = f.get("download_mib_s") {
+            o.insert(
+                "download_mib_s_best".into(),
+                json!(v.iter().copied().fold(f64::NAN, f64::max)),
+            );
+        }
+        serde_json::Value::Object(o)
+    };
+    let mut cpu_json = serde_json::Map::new();
+    for (w, r, p) in tally.keys() {
+        cpu_json.insert(format!("{w}/{r}/{p}"), json!(cpu(w, r, p)));
+    }
+    Ok(json!({
+        "bench": "proxy",
+        "machine_busy_before_pct": busy_before, "other_cpu_max_pct": other_max,
+        "download_bytes": n, "requests": args.requests, "concurrency": conc, "rounds": args.rounds,
+        "nginx": {"version": nginx_version, "worker_processes": args.nginx_workers,
+                  "proxy_buffering": args.nginx_buffering, "upstream_keepalive": 64},
+        "direct": route_json("direct"), "nginx_path": route_json("nginx"), "cairn": route_json("cairn"),
+        "ratio_cairn_nginx": {
+            "download_mib_s": thr[0], "c1_p50_us": lat[0], "c1_p99_us": lat[1], "cn_req_s": thr[1],
+        },
+        "cpu_pct": cpu_json,
+        "goals": {"latency_within_1_5x": latency_met, "throughput_at_least_70pct": throughput_met},
+    }))
 }
