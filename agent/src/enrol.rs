@@ -94,7 +94,7 @@ pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
         "0.0.0.0:0".parse()
     }
     .map_err(|e| std::io::Error::other(format!("{e}")))?;
-    quinn::Endpoint::client(bind)
+    cairn_shared::identity::endpoint(bind, None)
 }
 
 /// Enrols and writes the state directory. Returns the new state.

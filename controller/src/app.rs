@@ -90,7 +90,7 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
 
     let server_config = identity::server_config(pki.ca.cert_der(), &pki.server)?;
     let endpoint =
-        quinn::Endpoint::server(server_config, config.link.listen).map_err(|source| {
+        identity::endpoint(config.link.listen, Some(server_config)).map_err(|source| {
             StartError::Bind {
                 what: "link (UDP)",
                 addr: config.link.listen,

@@ -122,16 +122,17 @@ mod tests {
              "labels":{"gpu":"true","zone":"a"},"facts":null,
              "capacity":{"cpus":2,"memory_total_bytes":25_769_803_776u64,"memory_available_bytes":8_270_000_000u64,
                          "load_average":[0.1,0.2,0.3],"docker_disk":null,"state_disk":null},
-             "runtime":null,"cert_not_after_unix":0,"remote_addr":"127.0.0.1:5000","transitions":[]},
+             "runtime":null,"cert_not_after_unix":0,"remote_addr":"127.0.0.1:5000","transitions":[],
+             "pool":{"standing":{"state":"quarantined","until_ms":5},"consecutive_failures":3}},
             {"id":"h-fedcba9876543210","hostname":"node2","state":"joining","last_seen_ms":0,
              "labels":{},"capacity":null}
         ]))
         .unwrap();
         assert_eq!(
             render(&hosts, 100_000),
-            "ID                   HOSTNAME   STATE     CPUS   MEM                     LAST SEEN   LABELS\n\
-             h-0123456789abcdef   node1      active    2      24 GiB (7.7 GiB free)   1s ago      gpu=true,zone=a\n\
-             h-fedcba9876543210   node2      joining   -      -                       never       -\n"
+            "ID                   HOSTNAME   STATE     STANDING      CPUS   MEM                     LAST SEEN   LABELS\n\
+             h-0123456789abcdef   node1      active    quarantined   2      24 GiB (7.7 GiB free)   1s ago      gpu=true,zone=a\n\
+             h-fedcba9876543210   node2      joining   open          -      -                       never       -\n"
         );
     }
 }

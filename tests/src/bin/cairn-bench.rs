@@ -14,7 +14,8 @@
 //!   (requests/s), with the CPU of nginx, the controller and the agent. Needs Docker,
 //!   root (the agent's iptables rules) and Debian's nginx (`apt-get install nginx-light`).
 //!
-//! Each prints a table and, with `--json FILE`, writes the figures as JSON.
+//! Each prints a table and, with `--json FILE`, writes the figures as JSON (`--json -`
+//! prints them after the table).
 //! Build with `--release`; the controller, agent and test-app binaries are taken
 //! from the same target directory as this one, so build them all first:
 //!
@@ -41,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
-    /// Also write the results as JSON to this file.
+    /// Also write the results as JSON to this file (`-`: print them after the table).
     #[arg(long, global = true)]
     json: Option<std::path::PathBuf>,
 }
@@ -119,9 +120,14 @@ async fn main() -> Result<()> {
         Cmd::Launch { count } => launch(count).await?,
         Cmd::Proxy(args) => proxy(args).await?,
     };
-    if let Some(p) = cli.json {
-        std::fs::write(&p, serde_json::to_vec_pretty(&result)?)
-            .with_context(|| format!("writing {}", p.display()))?;
+    match cli.json {
+        Some(p) if p.as_os_str() == "-" => {
+            println!();
+            println!("{}", serde_json::to_string_pretty(&result)?);
+        }
+        Some(p) => std::fs::write(&p, serde_json::to_vec_pretty(&result)?)
+            .with_context(|| format!("writing {}", p.display()))?,
+        None => {}
     }
     Ok(())
 }
@@ -1042,7 +1048,7 @@ async fn proxy(args: ProxyArgs) -> Result<serde_json::Value> {
         ("cn_p99_us", format!("GET /small c={conc}, p99 µs"), 0),
     ];
     println!(
-        "proxy overhead: one test-app container (2 CPUs) directly, through nginx {nginx_version} \
+        "proxy overhead: one test-app container (2 CPUs) directly, through {nginx_version} \
          (worker_processes {}, proxy_buffering {}, upstream keepalive 64) and through Cairn; \
          median of {} rounds, paths interleaved; {} requests per c= figure; {} cores, \
          {busy_before:.0}% busy before the start",
