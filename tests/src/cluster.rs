@@ -28,6 +28,26 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A started controller (default options) with one started agent called
+/// `agent_name`, its host `active`. Returns both and the host id.
+pub async fn controller_with_agent(root: &Path, agent_name: &str) -> (Controller, Agent, String) {
+    let mut ctl = Controller::init(root, &ControllerOptions::default());
+    ctl.start().await;
+    let agent = start_agent(&ctl, root, agent_name).await;
+    let host = agent.host_id();
+    (ctl, agent, host)
+}
+
+/// Enrols and starts one more agent on `ctl`; returns once its host is `active`.
+pub async fn start_agent(ctl: &Controller, root: &Path, name: &str) -> Agent {
+    let mut agent = Agent::new(root, name);
+    let host = agent.join_ok(ctl, &ctl.token("5m", 1), &[]);
+    agent.start();
+    ctl.wait_host_state(&host, "active", Duration::from_secs(20))
+        .await;
+    agent
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -300,6 +320,15 @@ impl Controller {
         } else {
             Err(body)
         }
+    }
+
+    /// Creates a blueprint with the admin token; panics unless it is created.
+    pub async fn blueprint(&self, spec: Value) -> Value {
+        let (status, body) = self
+            .send(reqwest::Method::POST, "/api/v1/blueprints", Some(spec))
+            .await;
+        assert_eq!(status, 201, "creating a blueprint: {body}");
+        body
     }
 
     /// Waits until instance `id` is in `state` (panics on an unexpected `failed`).

@@ -2,6 +2,7 @@
 //!
 //! * [`cluster`] — controllers and agents as real processes on loopback.
 //! * [`docker`] — whether a Docker Engine is reachable, and the CI rule that it must be.
+//! * [`hollow`] — hollow hosts enrolled in-process, for scale measurements.
 //! * [`images`] — small local images built without any registry, cached by tag.
 //! * [`jupyter`] — a minimal Jupyter client: run code in a kernel over HTTP and WebSocket.
 //! * [`procstat`] — CPU and memory of a process from /proc, for benchmarks.
@@ -10,6 +11,7 @@
 
 pub mod cluster;
 pub mod docker;
+pub mod hollow;
 pub mod images;
 pub mod jupyter;
 pub mod procstat;

@@ -20,7 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use cairn_tests::cluster::{free_tcp_port, wait_for, Agent, Controller, ControllerOptions};
+use cairn_tests::cluster::{controller_with_agent, free_tcp_port, wait_for, Agent, Controller};
 use cairn_tests::docker::{in_ci, require_docker, InstanceContainers};
 use cairn_tests::testapp::{testapp_image, PORT};
 
@@ -30,20 +30,13 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 /// A controller with one agent and the test app blueprint `app`.
 async fn stack(tmp: &Path) -> (Controller, Agent) {
     let image = testapp_image();
-    let mut ctl = Controller::init(tmp, &ControllerOptions::default());
-    ctl.start().await;
-    let mut agent = Agent::new(tmp, "docker-host");
-    let host = agent.join_ok(&ctl, &ctl.token("5m", 1), &[]);
-    agent.start();
-    ctl.wait_host_state(&host, "active", Duration::from_secs(20))
-        .await;
+    let (ctl, agent, _host) = controller_with_agent(tmp, "docker-host").await;
     let bp = json!({
         "name": "app", "image": image, "app": "http", "app_port": PORT,
         "memory_mib": 256, "cpus": 1.0,
         "description": "A small web app that says hello: the quickest way to try Cairn.",
     });
-    let (status, body) = ctl.send(Method::POST, "/api/v1/blueprints", Some(bp)).await;
-    assert_eq!(status, 201, "{body}");
+    ctl.blueprint(bp).await;
     (ctl, agent)
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use cairn_tests::cluster::{wait_for, Agent, Controller, ControllerOptions};
+use cairn_tests::cluster::{controller_with_agent, wait_for};
 use cairn_tests::docker::{require_docker, InstanceContainers};
 use cairn_tests::images::busybox_image;
 
@@ -29,13 +29,7 @@ async fn launch_run_answer_stop_and_the_rules_around_it() {
     }
     let image = busybox_image();
     let tmp = tempfile::tempdir().unwrap();
-    let mut ctl = Controller::init(tmp.path(), &ControllerOptions::default());
-    ctl.start().await;
-    let mut agent = Agent::new(tmp.path(), "docker-host");
-    let host = agent.join_ok(&ctl, &ctl.token("5m", 1), &[]);
-    agent.start();
-    ctl.wait_host_state(&host, "active", Duration::from_secs(20))
-        .await;
+    let (ctl, mut agent, host) = controller_with_agent(tmp.path(), "docker-host").await;
     let mut cleanup = InstanceContainers(vec![]);
 
     let web = json!({

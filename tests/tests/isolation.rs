@@ -12,7 +12,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use cairn_tests::cluster::{wait_for, Agent, Controller, ControllerOptions};
+use cairn_tests::cluster::{controller_with_agent, wait_for};
 use cairn_tests::docker::{docker, require_docker};
 use cairn_tests::images::busybox_image;
 
@@ -31,13 +31,7 @@ async fn instances_reach_neither_each_other_nor_the_host() {
     }
     let image = busybox_image();
     let tmp = tempfile::tempdir().unwrap();
-    let mut ctl = Controller::init(tmp.path(), &ControllerOptions::default());
-    ctl.start().await;
-    let mut agent = Agent::new(tmp.path(), "fenced");
-    let host = agent.join_ok(&ctl, &ctl.token("5m", 1), &[]);
-    agent.start();
-    ctl.wait_host_state(&host, "active", Duration::from_secs(20))
-        .await;
+    let (ctl, _agent, _host) = controller_with_agent(tmp.path(), "fenced").await;
     let bp = json!({"name": "web", "image": image, "app": "http", "app_port": 8080, "memory_mib": 32, "max_instances_per_user": 2,
                     "command": ["sh", "-c", "mkdir -p /www && echo secret > /www/index.html && exec httpd -f -p 8080 -h /www"]});
     assert_eq!(

@@ -6,10 +6,9 @@
 
 use std::time::Duration;
 
-use reqwest::Method;
 use serde_json::json;
 
-use cairn_tests::cluster::{Agent, Controller, ControllerOptions};
+use cairn_tests::cluster::controller_with_agent;
 use cairn_tests::docker::{require_docker, InstanceContainers};
 use cairn_tests::images::jupyter_image;
 use cairn_tests::jupyter;
@@ -21,19 +20,12 @@ async fn jupyterlab_through_the_proxy_runs_one_plus_one() {
     }
     let image = jupyter_image();
     let tmp = tempfile::tempdir().unwrap();
-    let mut ctl = Controller::init(tmp.path(), &ControllerOptions::default());
-    ctl.start().await;
-    let mut agent = Agent::new(tmp.path(), "docker-host");
-    let host = agent.join_ok(&ctl, &ctl.token("5m", 1), &[]);
-    agent.start();
-    ctl.wait_host_state(&host, "active", Duration::from_secs(20))
-        .await;
+    let (ctl, _agent, _host) = controller_with_agent(tmp.path(), "docker-host").await;
     let bp = json!({
         "name": "lab", "description": "JupyterLab", "image": image, "app": "jupyter",
         "app_port": 8888, "memory_mib": 1024, "cpus": 1.0,
     });
-    let (status, body) = ctl.send(Method::POST, "/api/v1/blueprints", Some(bp)).await;
-    assert_eq!(status, 201, "{body}");
+    ctl.blueprint(bp).await;
     let alice = ctl.user("alice", "user").await;
     let bob = ctl.user("bob", "user").await;
 

@@ -78,14 +78,7 @@ async fn binpack_spread_drain_and_quarantine_with_two_agents() {
         })
     };
     for (name, strategy) in [("packed", None), ("spread", Some("spread"))] {
-        let (status, body) = ctl
-            .send(
-                Method::POST,
-                "/api/v1/blueprints",
-                Some(web(name, strategy)),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
+        ctl.blueprint(web(name, strategy)).await;
     }
     let alice = ctl.user("alice", "user").await;
     let mut cleanup = InstanceContainers::default();
@@ -128,6 +121,22 @@ async fn binpack_spread_drain_and_quarantine_with_two_agents() {
     let first = launch("packed").await;
     cleanup.0.push(first.clone());
     let busy = host_of(&ctl, &alice, &first).await;
+    // Bad requests change nothing and say why.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/hosts/{busy}/drain", ctl.api))
+        .bearer_auth(&ctl.admin_token)
+        .body("{\"deadline_secs\": \"soon\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "invalid_request", "{err}");
+    let (status, _) = ctl
+        .send(Method::POST, "/api/v1/hosts/h-00000000000000ff/drain", None)
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(standing(&ctl, &busy).await["standing"]["state"], "open");
     let (status, body) = ctl
         .send(Method::POST, &format!("/api/v1/hosts/{busy}/drain"), None)
         .await;

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use cairn_tests::cluster::{Agent, Controller, ControllerOptions};
+use cairn_tests::cluster::{start_agent, Agent, Controller, ControllerOptions};
 use cairn_tests::docker::{require_docker, InstanceContainers};
 use cairn_tests::testapp::{testapp_image, PORT};
 
@@ -35,11 +35,7 @@ async fn stack(tmp: &std::path::Path, ws_idle_secs: Option<u64>) -> (Controller,
         std::fs::write(&cfg, changed).unwrap();
     }
     ctl.start().await;
-    let mut agent = Agent::new(tmp, "docker-host");
-    let host = agent.join_ok(&ctl, &ctl.token("5m", 1), &[]);
-    agent.start();
-    ctl.wait_host_state(&host, "active", Duration::from_secs(20))
-        .await;
+    let agent = start_agent(&ctl, tmp, "docker-host").await;
     for (name, command) in [
         ("app", json!(null)),
         (
@@ -51,8 +47,7 @@ async fn stack(tmp: &std::path::Path, ws_idle_secs: Option<u64>) -> (Controller,
             "name": name, "image": image, "app": "http", "app_port": PORT,
             "memory_mib": 256, "cpus": 1.0, "command": command,
         });
-        let (status, body) = ctl.send(Method::POST, "/api/v1/blueprints", Some(bp)).await;
-        assert_eq!(status, 201, "{body}");
+        ctl.blueprint(bp).await;
     }
     (ctl, agent)
 }

@@ -73,9 +73,15 @@ pub async fn drain(
     State(app): State<Arc<App>>,
     Admin(p): Admin,
     Path(id): Path<String>,
-    body: Option<Json<Drain>>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<HostView>> {
-    let req = body.map(|Json(b)| b).unwrap_or_default();
+    // The body is optional: none means "no deadline".
+    let req: Drain = if body.iter().all(u8::is_ascii_whitespace) {
+        Drain::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid drain request: {e}")))?
+    };
     if req.deadline_secs.is_some_and(|d| d > 30 * 24 * 3600) {
         return Err(ApiError::bad_request("deadline_secs is at most 30 days"));
     }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::layout::{badge, bar, count as plural, duration, message, mib, page};
 use super::user::{app_name, instance_table};
-use super::{error_page, AdminSession};
+use super::{error_page, not_found, AdminSession};
 use crate::app::App;
 use crate::blueprints::{BlueprintInput, BlueprintSpec, CatalogError, FieldError};
 use crate::users::{AccountsError, Role};
@@ -482,14 +482,7 @@ fn edit_page(
 ) -> Response {
     let record = match app.blueprints.get(name) {
         Ok(Some(r)) => r,
-        Ok(None) => {
-            return error_page(
-                StatusCode::NOT_FOUND,
-                Some(&s.viewer),
-                "Not found",
-                "There is no such blueprint.",
-            )
-        }
+        Ok(None) => return not_found(&s.viewer, "There is no such blueprint."),
         Err(e) => return internal(s, e),
     };
     let revisions = app.blueprints.revisions(name).unwrap_or_default();
@@ -577,12 +570,7 @@ pub async fn save_blueprint(
             &errors,
             StatusCode::UNPROCESSABLE_ENTITY,
         )),
-        Err(CatalogError::NotFound(_)) => Err(error_page(
-            StatusCode::NOT_FOUND,
-            Some(&s.viewer),
-            "Not found",
-            "There is no such blueprint.",
-        )),
+        Err(CatalogError::NotFound(_)) => Err(not_found(&s.viewer, "There is no such blueprint.")),
         Err(e) => Err(internal(&s, e)),
     }
 }
@@ -604,12 +592,7 @@ pub async fn set_blueprint_enabled(
     s.check(&f.csrf)?;
     match app.blueprints.set_enabled(&name, f.enabled, now()).await {
         Ok(_) => Ok(Redirect::to("/admin/blueprints").into_response()),
-        Err(CatalogError::NotFound(_)) => Err(error_page(
-            StatusCode::NOT_FOUND,
-            Some(&s.viewer),
-            "Not found",
-            "There is no such blueprint.",
-        )),
+        Err(CatalogError::NotFound(_)) => Err(not_found(&s.viewer, "There is no such blueprint.")),
         Err(e) => Err(internal(&s, e)),
     }
 }
@@ -753,12 +736,7 @@ pub async fn set_user_disabled(
     }
     match app.accounts.set_disabled(&name, f.disabled).await {
         Ok(_) => Ok(Redirect::to("/admin/users").into_response()),
-        Err(AccountsError::NotFound(_)) => Err(error_page(
-            StatusCode::NOT_FOUND,
-            Some(&s.viewer),
-            "Not found",
-            "There is no such user.",
-        )),
+        Err(AccountsError::NotFound(_)) => Err(not_found(&s.viewer, "There is no such user.")),
         Err(e) => Err(internal(&s, e)),
     }
 }

@@ -212,6 +212,11 @@ pub fn error_page(
         .into_response()
 }
 
+/// The 404 page for something that is not there (or not the viewer's).
+pub fn not_found(viewer: &Viewer, what: &str) -> Response {
+    error_page(StatusCode::NOT_FOUND, Some(viewer), "Not found", what)
+}
+
 #[derive(Debug, Deserialize)]
 pub struct LoginQuery {
     next: Option<String>,

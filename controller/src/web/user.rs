@@ -12,7 +12,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::layout::{self, badge, duration, message, page};
-use super::{error_page, AdminSession, Session};
+use super::{error_page, not_found, AdminSession, Session};
 use crate::app::App;
 use crate::blueprints::catalog::BlueprintRecord;
 use crate::blueprints::AppKind;
@@ -192,14 +192,7 @@ fn find(app: &App, s: &Session, id: &str) -> Result<Instance, Response> {
     InstanceId::parse(id)
         .ok()
         .and_then(|id| app.instances.visible(&s.principal, &id))
-        .ok_or_else(|| {
-            error_page(
-                StatusCode::NOT_FOUND,
-                Some(&s.viewer),
-                "Not found",
-                "There is no such instance, or it is not yours.",
-            )
-        })
+        .ok_or_else(|| not_found(&s.viewer, "There is no such instance, or it is not yours."))
 }
 
 /// `GET /instances/{id}`: live progress, Open, time left, logs, Stop.

@@ -27,10 +27,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cairn_agent::enrol::{self, JoinOptions};
 use cairn_agent::facts::hollow::HollowFacts;
 use cairn_agent::link::{self, LinkOptions};
-use cairn_shared::identity::Fingerprint;
 use cairn_tests::cluster::{Agent, Controller, ControllerOptions};
 use cairn_tests::procstat::{self, cpu_percent};
 use clap::{Parser, Subcommand};
@@ -213,34 +211,9 @@ async fn heartbeats(n: usize, interval: &str, seconds: u64) -> Result<serde_json
     };
     let mut ctl = Controller::init(tmp.path(), &opts);
     ctl.start().await;
-    let token = ctl.token("1h", n as u32);
-    let fp = Fingerprint::parse(&ctl.ca_sha256)?;
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-
     // Enrol every hollow host: each gets its own key and certificate.
     let t0 = Instant::now();
-    let mut states = Vec::with_capacity(n);
-    let sem = Arc::new(tokio::sync::Semaphore::new(32));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let (ep, sem, token, link) = (endpoint.clone(), sem.clone(), token.clone(), ctl.link);
-        tasks.spawn(async move {
-            let _permit = sem.acquire().await;
-            let opts = JoinOptions {
-                controller: link.to_string(),
-                token,
-                ca_sha256: fp,
-                state_dir: Default::default(),
-                labels: Default::default(),
-                hostname: format!("hollow-{i}"),
-                force: true,
-            };
-            enrol::enrol_on(&ep, link, &opts).await.map(|s| (i, s))
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        states.push(r??);
-    }
+    let (endpoint, states) = cairn_tests::hollow::enrol(&ctl, n).await?;
     let enrol_secs = t0.elapsed().as_secs_f64();
     eprintln!("enrolled {n} hollow hosts in {enrol_secs:.1} s");
 

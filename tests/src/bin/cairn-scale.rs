@@ -19,12 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cairn_agent::enrol::{self, JoinOptions};
 use cairn_agent::facts::hollow::HollowFacts;
 use cairn_agent::link::{self, LinkOptions, WorkloadsHandle};
 use cairn_agent::runtime::hollow::HollowRuntime;
 use cairn_agent::runtime::Supervisor;
-use cairn_shared::identity::Fingerprint;
 use cairn_tests::cluster::{Controller, ControllerOptions};
 use cairn_tests::procstat;
 use clap::Parser;
@@ -106,32 +104,8 @@ async fn run(args: &Args) -> Result<Value> {
     ctl.start().await;
 
     // Hollow hosts: enrol each with its own key and certificate.
-    let token = ctl.token("1h", n as u32);
-    let fp = Fingerprint::parse(&ctl.ca_sha256)?;
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     let t0 = Instant::now();
-    let sem = Arc::new(tokio::sync::Semaphore::new(32));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let (ep, sem, token, link) = (endpoint.clone(), sem.clone(), token.clone(), ctl.link);
-        tasks.spawn(async move {
-            let _permit = sem.acquire().await;
-            let opts = JoinOptions {
-                controller: link.to_string(),
-                token,
-                ca_sha256: fp,
-                state_dir: Default::default(),
-                labels: Default::default(),
-                hostname: format!("hollow-{i}"),
-                force: true,
-            };
-            enrol::enrol_on(&ep, link, &opts).await.map(|s| (i, s))
-        });
-    }
-    let mut states = Vec::with_capacity(n);
-    while let Some(r) = tasks.join_next().await {
-        states.push(r??);
-    }
+    let (endpoint, states) = cairn_tests::hollow::enrol(&ctl, n).await?;
     eprintln!(
         "enrolled {n} hollow hosts in {:.1} s",
         t0.elapsed().as_secs_f64()
