@@ -228,6 +228,15 @@ async fn binpack_spread_drain_and_quarantine_with_two_agents() {
         .await;
     assert_eq!(body["state"], "queued", "{body:#}");
     assert_eq!(body["queue_position"], 1);
+    // Admins see what the queue waits for.
+    let (status, scaler) = ctl.get("/api/v1/autoscaler").await;
+    assert_eq!(status, 200);
+    assert_eq!(scaler["waiting"]["default"]["waiting"], 1, "{scaler:#}");
+    assert!(scaler["decisions"].is_array());
+    assert_eq!(
+        ctl.get_with("/api/v1/autoscaler", Some(&alice)).await.0,
+        403
+    );
     stop(&ctl, &alice, &on_alpha[0]).await;
     let body = ctl.wait_instance(&alice, &waiting, "running", WAIT).await;
     assert_eq!(body["host"], a.as_str());

@@ -121,31 +121,3 @@ pub async fn remove(
     }
     Ok(view)
 }
-
-/// `GET /api/v1/autoscaler`: recent autoscaler decisions with their reasons, newest
-/// first, and what the queue waits for per pool.
-pub async fn autoscaler(State(app): State<Arc<App>>, _: Admin) -> Json<serde_json::Value> {
-    let waiting: std::collections::BTreeMap<String, serde_json::Value> = app
-        .instances
-        .shortfall()
-        .into_iter()
-        .map(|(pool, s)| {
-            (
-                if pool.is_empty() {
-                    "(no matching pool)".into()
-                } else {
-                    pool
-                },
-                serde_json::json!({
-                    "waiting": s.waiting,
-                    "memory_bytes": s.resources.memory,
-                    "millicpus": s.resources.millicpus,
-                }),
-            )
-        })
-        .collect();
-    Json(serde_json::json!({
-        "waiting": waiting,
-        "decisions": app.autoscaler.decisions(),
-    }))
-}

@@ -3,6 +3,7 @@
 //! Every error is `{"error": {"code": "...", "message": "..."}}` with a fitting HTTP
 //! status: `code` is for programs, `message` for people.
 
+mod autoscaler;
 mod blueprints;
 mod hosts;
 mod instances;
@@ -130,7 +131,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/hosts/{id}", get(hosts::get).delete(hosts::remove))
         .route("/hosts/{id}/drain", post(hosts::drain))
         .route("/hosts/{id}/undrain", post(hosts::undrain))
-        .route("/autoscaler", get(hosts::autoscaler))
+        .route("/autoscaler", get(autoscaler::autoscaler))
         .route("/join-tokens", get(tokens::list).post(tokens::create))
         .route("/join-tokens/{id}", delete(tokens::revoke))
         .route(
