@@ -4,7 +4,7 @@
 //! The style sheet and script are compiled in and served from `/static/`, so the UI
 //! needs no build step and works offline.
 
-use maud::{html, Markup, PreEscaped, DOCTYPE};
+use maud::{html, Markup, DOCTYPE};
 
 use crate::instances::InstanceState;
 use crate::users::Principal;
@@ -328,8 +328,3 @@ pub const JS: &str = r#"
   });
 })();
 "#;
-
-/// Inline markup that must not be escaped (trusted, compile-time text only).
-pub fn raw(s: &'static str) -> Markup {
-    PreEscaped(s.to_string())
-}
