@@ -321,7 +321,7 @@ async fn converse<F: FactsSource>(
             }
             _ = ticker.tick() => {
                 seq += 1;
-                let hb = AgentMsg::Heartbeat(Heartbeat { seq, capacity: facts.capacity().await, runtime: facts.runtime().await });
+                let hb = AgentMsg::Heartbeat(Heartbeat { seq, capacity: facts.capacity().await, runtime: facts.runtime().await, pulls: vec![] });
                 if let Err(e) = framing::write(&mut send, &hb, framing::MAX_FRAME_LEN).await {
                     return lost(conn, true, format!("sending heartbeat: {e}"));
                 }
@@ -520,6 +520,9 @@ async fn maybe_renew(
     .ok_or("the controller closed the stream without an answer")?;
     match resp {
         AgentResponse::Refused { message, .. } => Err(format!("refused: {message}")),
+        AgentResponse::ImageStream { .. } => {
+            Err("the controller answered with an image stream".into())
+        }
         AgentResponse::Certificate { cert_der } => {
             if identity::host_id_of(&cert_der).ok().as_ref() != Some(&state.config.host_id)
                 || !identity::cert_matches_key(&cert_der, &key_pem)

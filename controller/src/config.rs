@@ -69,6 +69,8 @@ pub struct ControllerConfig {
     pub instances: InstancesConfig,
     #[serde(default)]
     pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub images: ImagesConfig,
     /// Host pools with their placement and scaling rules. Hosts belong to the pool
     /// their `pool` label names (`default` without one).
     #[serde(default)]
@@ -185,6 +187,72 @@ impl Default for ProxyConfig {
         ProxyConfig {
             websocket_idle_secs: default_ws_idle(),
         }
+    }
+}
+
+/// Image distribution: registries the controller resolves tags with (and whose
+/// logins it hands to agents), and uploaded image archives.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// Logins and transport per registry host.
+    #[serde(default)]
+    pub registries: Vec<RegistryConfig>,
+    /// How long resolving a tag may take before the save fails.
+    #[serde(default = "default_resolve_timeout")]
+    pub resolve_timeout_secs: u64,
+    /// Largest image archive `cairn images push` may upload.
+    #[serde(default = "default_max_archive")]
+    pub max_archive_bytes: u64,
+}
+
+fn default_resolve_timeout() -> u64 {
+    20
+}
+fn default_max_archive() -> u64 {
+    20 * 1024 * 1024 * 1024
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            registries: vec![],
+            resolve_timeout_secs: default_resolve_timeout(),
+            max_archive_bytes: default_max_archive(),
+        }
+    }
+}
+
+/// One registry. The password is given to agents for pulls; the API never shows it
+/// and `Debug` hides it, so it cannot reach a log.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Host and optional port as written in image references: `registry.example.org`,
+    /// `127.0.0.1:5000`.
+    pub host: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Read the password from this file instead (keeps it out of config.toml).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Plain HTTP instead of HTTPS. Loopback registries are always allowed plain HTTP,
+    /// as Docker does.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("host", &self.host)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("password_file", &self.password_file)
+            .field("insecure", &self.insecure)
+            .finish()
     }
 }
 
@@ -379,6 +447,7 @@ mod tests {
 
     fn sample() -> ControllerConfig {
         ControllerConfig {
+            images: Default::default(),
             api: ApiConfig {
                 listen: "127.0.0.1:7080".parse().unwrap(),
                 tls: None,

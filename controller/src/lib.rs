@@ -31,6 +31,7 @@ pub mod config;
 pub mod dev;
 pub mod hosts;
 pub mod https;
+pub mod images;
 pub mod instances;
 pub mod link;
 pub mod pki;

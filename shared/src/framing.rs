@@ -181,6 +181,7 @@ mod tests {
                     .map(|(id, size)| ImageInfo {
                         id,
                         tags: vec![],
+                        repo_digests: vec![],
                         size_bytes: size,
                         created_unix: 0,
                     })
@@ -206,6 +207,7 @@ mod tests {
                 seq,
                 capacity: Capacity { memory_total_bytes: avail, memory_available_bytes: avail, load_average: [load; 3], ..Default::default() },
                 runtime: RuntimeFacts::Unavailable { error: "docker down".into() },
+                pulls: vec![],
             });
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let back: AgentMsg = rt.block_on(async {

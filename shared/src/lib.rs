@@ -9,6 +9,7 @@
 //! * [`backoff`] — reconnect back-off with jitter, as a pure state machine.
 //! * [`fsutil`] — atomic, private file writes for keys and configs.
 //! * [`workload`] — desired instances and instance reports on the link.
+//! * [`images`] — image sources, pre-pull sets, registry credentials and pull progress.
 //! * [`validate`] — bounds checks every input crosses before it is trusted.
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ pub mod framing;
 pub mod fsutil;
 pub mod identity;
 pub mod ids;
+pub mod images;
 pub mod process;
 pub mod protocol;
 pub mod resources;

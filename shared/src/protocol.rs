@@ -31,7 +31,7 @@ use crate::validate::{self, Invalid, Validate};
 use crate::workload::{DesiredUpdate, InstanceReport};
 
 /// The link protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// ALPN of enrolment connections.
 pub const ALPN_ENROL: &[u8] = b"cairn-enrol";
@@ -215,7 +215,9 @@ impl Validate for AgentMsg {
         match self {
             AgentMsg::Heartbeat(h) => {
                 h.capacity.validate()?;
-                h.runtime.validate()
+                h.runtime.validate()?;
+                validate::max_items("pulls", &h.pulls, crate::images::MAX_PULLS)?;
+                h.pulls.iter().try_for_each(Validate::validate)
             }
             AgentMsg::Instances { reports, .. } => {
                 validate::max_items("reports", reports, crate::workload::MAX_DESIRED)?;
@@ -232,6 +234,8 @@ pub struct Heartbeat {
     pub seq: u64,
     pub capacity: Capacity,
     pub runtime: RuntimeFacts,
+    /// Image pulls under way or recently failed (finished ones show up as images).
+    pub pulls: Vec<crate::images::PullProgress>,
 }
 
 /// Messages from the controller on the control stream, after the Welcome.
@@ -248,6 +252,10 @@ pub enum ControllerMsg {
 pub enum AgentRequest {
     /// A fresh certificate for a new key, for the same host id, before the old one expires.
     RenewCertificate { csr_der: Vec<u8> },
+    /// The bytes of an uploaded image archive from `offset` on, so an interrupted
+    /// fetch resumes where it stopped. Answered by [`AgentResponse::ImageStream`],
+    /// after which the stream carries the raw bytes to the end of the archive.
+    FetchImage { archive: String, offset: u64 },
 }
 
 impl Validate for AgentRequest {
@@ -256,14 +264,31 @@ impl Validate for AgentRequest {
             AgentRequest::RenewCertificate { csr_der } => {
                 validate::max_items("csr_der", csr_der, 8192)
             }
+            AgentRequest::FetchImage { archive, .. } => {
+                if crate::images::is_archive_hash(archive) {
+                    Ok(())
+                } else {
+                    Err(Invalid::new("archive", "not a BLAKE3 hash"))
+                }
+            }
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentResponse {
-    Certificate { cert_der: Vec<u8> },
-    Refused { code: RefusalCode, message: String },
+    Certificate {
+        cert_der: Vec<u8>,
+    },
+    /// The archive follows as raw bytes: `size_bytes` in all, of which the stream
+    /// carries those from the requested offset.
+    ImageStream {
+        size_bytes: u64,
+    },
+    Refused {
+        code: RefusalCode,
+        message: String,
+    },
 }
 
 /// Describes why a connection ended, in words an operator can act on.

@@ -100,6 +100,9 @@ impl Validate for Capacity {
 pub struct ImageInfo {
     pub id: String,
     pub tags: Vec<String>,
+    /// `REPO@sha256:…` names the image was pulled by; how digest references are matched.
+    #[serde(default)]
+    pub repo_digests: Vec<String>,
     pub size_bytes: u64,
     pub created_unix: i64,
 }
@@ -151,6 +154,18 @@ impl Validate for RuntimeFacts {
                     validate::max_items(&format!("docker.images[{i}].tags"), &img.tags, 64)?;
                     for t in &img.tags {
                         validate::max_len(&format!("docker.images[{i}].tags"), t, MAX_TEXT)?;
+                    }
+                    validate::max_items(
+                        &format!("docker.images[{i}].repo_digests"),
+                        &img.repo_digests,
+                        64,
+                    )?;
+                    for t in &img.repo_digests {
+                        validate::max_len(
+                            &format!("docker.images[{i}].repo_digests"),
+                            t,
+                            MAX_TEXT,
+                        )?;
                     }
                 }
                 for (i, c) in d.containers.iter().enumerate() {

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::InstanceId;
+use crate::images::{DesiredImages, ImageSource};
 use crate::validate::{self, Invalid, Validate};
 
 /// How the agent decides an instance's app is up.
@@ -27,7 +28,10 @@ pub struct DesiredInstance {
     pub owner: String,
     pub blueprint: String,
     pub revision: u32,
+    /// The image reference containers are created from (see [`crate::images::ImageSpec`]).
     pub image: String,
+    /// How to get the image if the host does not have it.
+    pub image_source: ImageSource,
     /// Command and arguments; `None` keeps the image's own.
     pub command: Option<Vec<String>>,
     pub env: Vec<(String, String)>,
@@ -52,6 +56,9 @@ pub struct DesiredUpdate {
     pub full: bool,
     pub upsert: Vec<DesiredInstance>,
     pub remove: Vec<InstanceId>,
+    /// The host's desired image set and registry credentials; `None` leaves the last
+    /// set as it is. Always present when `full`.
+    pub images: Option<DesiredImages>,
 }
 
 /// Most instances in one update.
@@ -61,8 +68,16 @@ impl Validate for DesiredUpdate {
     fn validate(&self) -> Result<(), Invalid> {
         validate::max_items("desired.upsert", &self.upsert, MAX_DESIRED)?;
         validate::max_items("desired.remove", &self.remove, MAX_DESIRED)?;
+        if let Some(images) = &self.images {
+            images.validate()?;
+        }
         for d in &self.upsert {
-            validate::max_len("desired.image", &d.image, 512)?;
+            validate::max_len("desired.image", &d.image, crate::images::MAX_REFERENCE)?;
+            if let ImageSource::Controller { archive, .. } = &d.image_source {
+                if !crate::images::is_archive_hash(archive) {
+                    return Err(Invalid::new("desired.image_source", "not a BLAKE3 hash"));
+                }
+            }
             validate::max_items("desired.env", &d.env, 256)?;
             if let Some(c) = &d.command {
                 validate::max_items("desired.command", c, 64)?;

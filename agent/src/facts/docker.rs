@@ -302,6 +302,13 @@ fn image_info(i: ImageSummary) -> ImageInfo {
             .take(MAX_TAGS)
             .map(|t| clip(t, MAX_TEXT))
             .collect(),
+        repo_digests: i
+            .repo_digests
+            .iter()
+            .filter(|t| !t.starts_with("<none>"))
+            .take(MAX_TAGS)
+            .map(|t| clip(t, MAX_TEXT))
+            .collect(),
         size_bytes: u64::try_from(i.size).unwrap_or(0),
         created_unix: i.created,
     }

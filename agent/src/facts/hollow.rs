@@ -65,6 +65,7 @@ impl FactsSource for HollowFacts {
                 .map(|i| ImageInfo {
                     id: format!("sha256:{i:064x}"),
                     tags: vec![format!("hollow/image:{i}")],
+                    repo_digests: vec![],
                     size_bytes: GIB,
                     created_unix: 0,
                 })

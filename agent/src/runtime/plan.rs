@@ -135,6 +135,7 @@ mod tests {
             blueprint: "b".into(),
             revision: 1,
             image: "img".into(),
+            image_source: cairn_shared::images::ImageSource::Host,
             command: None,
             env: vec![],
             memory_bytes: 64 << 20,

@@ -402,13 +402,15 @@ mod tests {
             version: 5,
             full: false,
             upsert: vec![],
-            remove: vec![]
+            remove: vec![],
+            images: None,
         }));
         assert!(sup.apply(DesiredUpdate {
             version: 5,
             full: true,
             upsert: vec![],
-            remove: vec![]
+            remove: vec![],
+            images: None,
         }));
         sup.pass().await;
         for _ in 0..10 {
@@ -423,13 +425,15 @@ mod tests {
             version: 7,
             full: false,
             upsert: vec![],
-            remove: vec![]
+            remove: vec![],
+            images: None,
         }));
         assert!(sup.apply(DesiredUpdate {
             version: 6,
             full: false,
             upsert: vec![],
-            remove: vec![]
+            remove: vec![],
+            images: None,
         }));
     }
 }

@@ -56,7 +56,58 @@ pub struct BlueprintInput {
     /// `binpack` or `spread`; the pool's choice when absent.
     #[serde(default)]
     pub strategy: Option<String>,
+    /// `registry` (default: resolve the tag to a digest and pull it) or `never` (the
+    /// image is already on every host, like Kubernetes' `imagePullPolicy: Never`).
+    #[serde(default)]
+    pub pull: Option<String>,
+    /// Which hosts hold the image before anyone launches: `"all"` (default),
+    /// `"none"`, or a number of hosts the scheduler picks.
+    #[serde(default)]
+    pub prepull: Option<PrepullInput>,
     pub enabled: Option<bool>,
+}
+
+/// `prepull` as written: a word or a number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PrepullInput {
+    Word(String),
+    Hosts(i64),
+}
+
+/// How a blueprint's image reaches hosts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Resolve the tag to a digest when saved (or an uploaded image by its tag);
+    /// pre-pull and pull on demand.
+    #[default]
+    Registry,
+    /// Use the image as it is on each host; never pulled or pre-pulled.
+    Never,
+}
+
+/// Which hosts hold a blueprint's image ahead of launches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Prepull {
+    /// Every host of the pool.
+    #[default]
+    All,
+    /// None: pulled at the first launch on each host.
+    None,
+    /// This many hosts, picked by the scheduler.
+    Hosts(u32),
+}
+
+/// A blueprint image as the controller resolved it when the blueprint was saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedImage {
+    /// What instances run: `REGISTRY/REPO@sha256:…`, or `sha256:…` for an uploaded
+    /// image, or the name as written for `pull = never`.
+    pub reference: String,
+    pub source: cairn_shared::images::ImageSource,
+    pub resolved_ms: u64,
 }
 
 /// A valid blueprint.
@@ -78,7 +129,35 @@ pub struct BlueprintSpec {
     /// Overrides the pool's placement strategy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<crate::scheduler::Strategy>,
+    #[serde(default)]
+    pub pull: PullPolicy,
+    #[serde(default)]
+    pub prepull: Prepull,
+    /// Set by the controller when the blueprint is saved (or refreshed); `None` only
+    /// before resolution, or in records older than image resolution.
+    #[serde(default)]
+    pub resolved: Option<ResolvedImage>,
     pub enabled: bool,
+}
+
+impl BlueprintSpec {
+    /// The image reference instances of this spec run.
+    pub fn run_image(&self) -> &str {
+        self.resolved
+            .as_ref()
+            .map(|r| r.reference.as_str())
+            .unwrap_or(&self.image)
+    }
+
+    /// Where hosts get the image from.
+    pub fn image_source(&self) -> cairn_shared::images::ImageSource {
+        match (&self.resolved, self.pull) {
+            (Some(r), _) => r.source.clone(),
+            (None, PullPolicy::Never) => cairn_shared::images::ImageSource::Host,
+            // Unresolved records from before resolution existed: Docker pulls by tag.
+            (None, PullPolicy::Registry) => cairn_shared::images::ImageSource::Registry,
+        }
+    }
 }
 
 /// One problem with one field.
@@ -285,6 +364,43 @@ pub fn validate(input: &BlueprintInput) -> Result<BlueprintSpec, Vec<FieldError>
             None
         }
     };
+    let pull = match input.pull.as_deref() {
+        None | Some("") | Some("registry") => PullPolicy::Registry,
+        Some("never") => PullPolicy::Never,
+        Some(other) => {
+            err(
+                &mut e,
+                "pull",
+                format!(
+                    "{other:?}: use registry (resolve and pull) or never (already on every host)"
+                ),
+            );
+            PullPolicy::Registry
+        }
+    };
+    let prepull = match &input.prepull {
+        None => Prepull::All,
+        Some(PrepullInput::Word(w)) if w == "all" => Prepull::All,
+        Some(PrepullInput::Word(w)) if w == "none" => Prepull::None,
+        Some(PrepullInput::Word(w))
+            if w.parse::<u32>().is_ok_and(|n| (1..=10_000).contains(&n)) =>
+        {
+            Prepull::Hosts(w.parse().unwrap_or(1))
+        }
+        Some(PrepullInput::Hosts(n)) if (1..=10_000).contains(n) => Prepull::Hosts(*n as u32),
+        Some(other) => {
+            let shown = match other {
+                PrepullInput::Word(w) => format!("{w:?}"),
+                PrepullInput::Hosts(n) => n.to_string(),
+            };
+            err(
+                &mut e,
+                "prepull",
+                format!("{shown}: use all, none, or a number of hosts from 1 to 10000"),
+            );
+            Prepull::All
+        }
+    };
     let placement = input.placement.clone().unwrap_or_default();
     if placement.len() > 32 {
         err(&mut e, "placement", "at most 32 labels");
@@ -311,6 +427,9 @@ pub fn validate(input: &BlueprintInput) -> Result<BlueprintSpec, Vec<FieldError>
         max_instances_per_user,
         placement,
         strategy,
+        pull,
+        prepull,
+        resolved: None,
         enabled: input.enabled.unwrap_or(true),
     })
 }

@@ -452,7 +452,8 @@ impl Instances {
             owner: i.owner.clone(),
             blueprint: i.blueprint.clone(),
             revision: i.revision,
-            image: spec.image,
+            image: spec.run_image().to_string(),
+            image_source: spec.image_source(),
             command: spec.command,
             env,
             memory_bytes: spec.memory_mib * MIB,
@@ -527,6 +528,7 @@ impl Instances {
                 full,
                 upsert,
                 remove,
+                images: None,
             })
         };
         if !app.registry.send(host, msg) {

@@ -253,6 +253,10 @@ async fn handle_request(
         },
         Ok(()) => match req {
             AgentRequest::RenewCertificate { csr_der } => renew(&app, &host, &csr_der).await,
+            AgentRequest::FetchImage { .. } => AgentResponse::Refused {
+                code: RefusalCode::Internal,
+                message: "image archives are not served yet".into(),
+            },
         },
     };
     if framing::write(&mut send, &response, MAX_REQUEST_FRAME)

@@ -330,6 +330,8 @@ impl BlueprintForm {
             max_instances_per_user,
             placement: Some(placement),
             strategy: text(&self.strategy),
+            pull: None,
+            prepull: None,
             enabled: Some(self.enabled.is_some()),
         })
     }

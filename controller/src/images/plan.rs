@@ -1,0 +1,1 @@
+//! Which images each host should hold before anyone launches (pre-pull). Pure.
