@@ -227,6 +227,7 @@ pub async fn enrol_on(
                     hostname: Some(opts.hostname.clone()),
                     labels: opts.labels.clone(),
                     oci_runtime: None,
+                    images: Default::default(),
                 },
                 ca_der,
                 cert_der,

@@ -46,6 +46,58 @@ pub struct AgentConfig {
     /// default when absent.
     #[serde(default)]
     pub oci_runtime: Option<String>,
+    /// Image pulls and garbage collection (`[images]` in agent.toml).
+    #[serde(default)]
+    pub images: ImagesSettings,
+}
+
+/// How this agent pulls images and keeps Docker's disk in check.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesSettings {
+    /// Pre-pulls running at once. Pulls for launches never wait behind pre-pulls.
+    #[serde(default = "default_pull_concurrency")]
+    pub pull_concurrency: u32,
+    /// Attempts per pull before it is reported failed.
+    #[serde(default = "default_pull_attempts")]
+    pub pull_attempts: u32,
+    /// Garbage collection starts when Docker's data root is more used than this.
+    #[serde(default = "default_gc_high")]
+    pub gc_high_water_percent: f64,
+    /// ... and removes images until usage is under this.
+    #[serde(default = "default_gc_low")]
+    pub gc_low_water_percent: f64,
+    /// How often disk usage is checked.
+    #[serde(default = "default_gc_interval")]
+    pub gc_interval_secs: u64,
+}
+
+fn default_pull_concurrency() -> u32 {
+    2
+}
+fn default_pull_attempts() -> u32 {
+    4
+}
+fn default_gc_high() -> f64 {
+    85.0
+}
+fn default_gc_low() -> f64 {
+    80.0
+}
+fn default_gc_interval() -> u64 {
+    60
+}
+
+impl Default for ImagesSettings {
+    fn default() -> Self {
+        ImagesSettings {
+            pull_concurrency: default_pull_concurrency(),
+            pull_attempts: default_pull_attempts(),
+            gc_high_water_percent: default_gc_high(),
+            gc_low_water_percent: default_gc_low(),
+            gc_interval_secs: default_gc_interval(),
+        }
+    }
 }
 
 /// Everything an enrolled agent needs to connect.
@@ -248,6 +300,7 @@ mod tests {
                 hostname: None,
                 labels: [("gpu".to_string(), "true".to_string())].into(),
                 oci_runtime: None,
+                images: Default::default(),
             },
             ca_der: ca.cert_der().to_vec(),
             cert_der,
