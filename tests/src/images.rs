@@ -149,7 +149,7 @@ pub fn ensure_image_with_changes(
 
 /// `tar -C root -c . | docker import -c CHANGE... - tag`, with every file owned by
 /// root in the image whoever runs the tests.
-fn import(root: &Path, tag: &str, changes: &[String]) {
+pub(crate) fn import(root: &Path, tag: &str, changes: &[String]) {
     let mut tar = Command::new("tar")
         .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
         .arg(root)

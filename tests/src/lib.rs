@@ -6,6 +6,7 @@
 //! * [`images`] — small local images built without any registry, cached by tag.
 //! * [`jupyter`] — a minimal Jupyter client: run code in a kernel over HTTP and WebSocket.
 //! * [`procstat`] — CPU and memory of a process from /proc, for benchmarks.
+//! * [`registry`] — a real image registry (Debian's `docker-registry`) on loopback.
 //! * [`rawlink`] — a hand-driven link client for negative protocol tests.
 //! * [`testapp`] — the image of the test app the proxy tests run.
 
@@ -16,4 +17,5 @@ pub mod images;
 pub mod jupyter;
 pub mod procstat;
 pub mod rawlink;
+pub mod registry;
 pub mod testapp;
