@@ -3,11 +3,13 @@
 //! It enrols once with a join token ([`enrol`]), keeps its identity in a state
 //! directory ([`state`]), and then holds one mutually authenticated QUIC connection to
 //! the controller ([`link`]), over which it reports what it sees of its host
-//! ([`facts`]) and on which it receives the instances to run ([`runtime`]).
+//! ([`facts`]) and on which it receives the instances to run ([`runtime`]) and the
+//! images to hold ([`images`]).
 #![forbid(unsafe_code)]
 
 pub mod enrol;
 pub mod facts;
+pub mod images;
 pub mod link;
 pub mod runtime;
 pub mod state;

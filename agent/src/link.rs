@@ -4,7 +4,9 @@
 //! [`run`] dials, says Hello, and sends a heartbeat every interval the controller
 //! names in its Welcome. When the connection drops it waits with exponential back-off
 //! and full jitter, then dials again. Before the client certificate gets old it asks
-//! the controller for a new one on a request stream of its own.
+//! the controller for a new one on a request stream of its own. Heartbeats list the
+//! image pulls under way ([`crate::images::ImageManager::progress`]), and the image
+//! manager is handed the live connection to fetch uploaded archives on.
 //!
 //! Some refusals are final: a controller that does not know this host (removed, or a
 //! new CA) will not change its mind, so [`run`] returns [`LinkError::Rejected`] instead
@@ -24,6 +26,7 @@ use cairn_shared::protocol::{
 use tokio_util::sync::CancellationToken;
 
 use crate::facts::FactsSource;
+use crate::images::ImageManager;
 use crate::runtime::Workloads;
 use crate::state::{AgentState, StateDir};
 use cairn_shared::validate::Validate;
@@ -43,6 +46,10 @@ pub struct LinkOptions {
     pub protocol_version: u32,
     /// The instances of this host; `None` for an agent that only reports facts.
     pub workloads: Option<WorkloadsHandle>,
+    /// The image manager whose pulls go into heartbeats and which fetches uploaded
+    /// archives on the live connection. `None` uses the one the workloads name
+    /// ([`crate::runtime::Workloads::images`]), if any.
+    pub images: Option<Arc<ImageManager>>,
 }
 
 /// Shared handle to the supervisor, as the link sees it.
@@ -64,6 +71,7 @@ impl Default for LinkOptions {
             renew_fraction: 1.0 / 3.0,
             protocol_version: PROTOCOL_VERSION,
             workloads: None,
+            images: None,
         }
     }
 }
@@ -271,6 +279,17 @@ async fn converse<F: FactsSource>(
         "connected to controller"
     );
 
+    // From now on archive fetches go over this connection; the guard takes it back
+    // whichever way the conversation ends.
+    let images = opts
+        .images
+        .clone()
+        .or_else(|| opts.workloads.as_ref().and_then(|w| w.0.images()));
+    if let Some(i) = &images {
+        i.set_connection(Some(conn.clone()));
+    }
+    let _connection_guard = ConnectionGuard(images.clone());
+
     let interval = Duration::from_millis(welcome.heartbeat_interval_ms.clamp(100, 600_000));
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -321,7 +340,8 @@ async fn converse<F: FactsSource>(
             }
             _ = ticker.tick() => {
                 seq += 1;
-                let hb = AgentMsg::Heartbeat(Heartbeat { seq, capacity: facts.capacity().await, runtime: facts.runtime().await, pulls: vec![] });
+                let pulls = images.as_ref().map(|i| i.progress()).unwrap_or_default();
+                let hb = AgentMsg::Heartbeat(Heartbeat { seq, capacity: facts.capacity().await, runtime: facts.runtime().await, pulls });
                 if let Err(e) = framing::write(&mut send, &hb, framing::MAX_FRAME_LEN).await {
                     return lost(conn, true, format!("sending heartbeat: {e}"));
                 }
@@ -375,6 +395,17 @@ async fn wait_changed(workloads: &Option<WorkloadsHandle>) {
     match workloads {
         Some(w) => w.0.changed().notified().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Tells the image manager the connection is gone when dropped.
+struct ConnectionGuard(Option<Arc<ImageManager>>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if let Some(i) = &self.0 {
+            i.set_connection(None);
+        }
     }
 }
 

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use cairn_agent::enrol::{self, JoinOptions};
 use cairn_agent::facts::HostFactsSource;
+use cairn_agent::images::gc::{DesiredImagesFeed, DockerGc, GcHandle, ImageGc};
+use cairn_agent::images::ImageManager;
 use cairn_agent::link::{self, LinkError, LinkOptions, WorkloadsHandle};
 use cairn_agent::runtime::docker::DockerRuntime;
-use cairn_agent::runtime::Supervisor;
+use cairn_agent::runtime::{ContainerRuntime, Supervisor};
 use cairn_agent::state::{AgentState, StateDir};
 use cairn_shared::identity::Fingerprint;
 use clap::{Parser, Subcommand};
@@ -154,14 +156,29 @@ async fn run(state_dir: PathBuf) -> i32 {
     tokio::spawn(stop_on_signal(shutdown.clone()));
     // Instances keep running when the agent stops; the supervisor adopts them again
     // when it starts.
-    let supervisor = Supervisor::new(
-        DockerRuntime::new(&state.config.host_id)
-            .with_oci_runtime(state.config.oci_runtime.clone()),
+    let runtime = DockerRuntime::new(&state.config.host_id)
+        .with_oci_runtime(state.config.oci_runtime.clone());
+    // Partial archive fetches live in the state directory, so a restart resumes them.
+    let images = ImageManager::new(
+        runtime.image_backend(),
+        &state.config.images,
+        dir.root().join("images").join("partial"),
     );
+    let supervisor = Supervisor::with_images(runtime, images.clone());
     tokio::spawn(supervisor.clone().run(shutdown.clone()));
+    // Image GC runs only here, on the real Docker runtime (never for hollow agents).
+    // The feed tells it, from the controller's desired updates, which images to keep.
+    let gc = GcHandle::new();
+    let brought = gc.clone();
+    images.on_ready(move |reference| brought.note_brought(reference));
+    let image_gc = ImageGc::new(DockerGc::new(), gc.clone(), &dir, &state.config.images);
+    tokio::spawn(image_gc.run(shutdown.clone()));
     let opts = LinkOptions {
         state_dir: Some(dir),
-        workloads: Some(WorkloadsHandle(supervisor)),
+        images: Some(images),
+        workloads: Some(WorkloadsHandle(Arc::new(DesiredImagesFeed::new(
+            supervisor, gc,
+        )))),
         ..LinkOptions::default()
     };
     match link::run(state, facts, None, opts, shutdown).await {

@@ -100,6 +100,24 @@ impl Default for ImagesSettings {
     }
 }
 
+impl ImagesSettings {
+    /// Rejects settings the agent cannot work with, saying which and why.
+    pub fn validate(&self) -> Result<(), String> {
+        let (low, high) = (self.gc_low_water_percent, self.gc_high_water_percent);
+        // Written so that NaN fails too.
+        if !(low.is_finite() && high.is_finite() && 0.0 <= low && low < high && high <= 100.0) {
+            return Err(format!(
+                "[images] needs 0 <= gc_low_water_percent < gc_high_water_percent <= 100, \
+                 but gc_low_water_percent = {low} and gc_high_water_percent = {high}"
+            ));
+        }
+        if self.gc_interval_secs == 0 {
+            return Err("[images] gc_interval_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// Everything an enrolled agent needs to connect.
 #[derive(Clone)]
 pub struct AgentState {
@@ -171,6 +189,10 @@ impl AgentState {
         for (k, v) in &config.labels {
             cairn_shared::validate::label("labels", k, v).map_err(|e| bad(&dir.config(), e))?;
         }
+        config
+            .images
+            .validate()
+            .map_err(|e| bad(&dir.config(), e))?;
         let ca_der = identity::parse_cert_pem(&read(&dir.ca())?)
             .map_err(|e| bad(&dir.ca(), e))?
             .to_vec();
@@ -357,6 +379,49 @@ mod tests {
         let back = AgentState::load(&dir).unwrap();
         assert_eq!(back.cert_der, cert3);
         assert_eq!(AgentState::load(&dir).unwrap().key_pem, key3);
+    }
+
+    #[test]
+    fn image_gc_thresholds_are_validated_on_load() {
+        let ok = ImagesSettings::default();
+        assert_eq!(ok.validate(), Ok(()));
+        let with = |low: f64, high: f64| ImagesSettings {
+            gc_low_water_percent: low,
+            gc_high_water_percent: high,
+            ..ImagesSettings::default()
+        };
+        assert_eq!(with(0.0, 1.0).validate(), Ok(()));
+        assert_eq!(with(99.0, 100.0).validate(), Ok(()));
+        for (low, high) in [
+            (80.0, 80.0),
+            (90.0, 85.0),
+            (-1.0, 50.0),
+            (50.0, 101.0),
+            (f64::NAN, 85.0),
+        ] {
+            let err = with(low, high).validate().unwrap_err();
+            assert!(
+                err.contains("gc_low_water_percent < gc_high_water_percent"),
+                "{err}"
+            );
+        }
+        let zero = ImagesSettings {
+            gc_interval_secs: 0,
+            ..ImagesSettings::default()
+        };
+        assert!(zero.validate().unwrap_err().contains("gc_interval_secs"));
+
+        // And the loader refuses such an agent.toml, naming the file.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("s"));
+        let (mut st, _) = enrolled(&dir);
+        st.config.images = with(90.0, 85.0);
+        st.save(&dir).unwrap();
+        let err = AgentState::load(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("agent.toml") && err.contains("gc_high_water_percent = 85"),
+            "{err}"
+        );
     }
 
     #[test]

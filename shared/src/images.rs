@@ -137,13 +137,13 @@ pub struct PullProgress {
 impl PullProgress {
     /// Whole percent done, from bytes when they are known, else from layers.
     pub fn percent(&self) -> u32 {
-        if self.bytes_total > 0 {
-            (self.bytes_done.min(self.bytes_total) * 100 / self.bytes_total) as u32
-        } else if self.layers_total > 0 {
-            self.layers_done.min(self.layers_total) * 100 / self.layers_total
-        } else {
-            0
-        }
+        (self.bytes_done.min(self.bytes_total) * 100)
+            .checked_div(self.bytes_total)
+            .map(|p| p as u32)
+            .or_else(|| {
+                (self.layers_done.min(self.layers_total) * 100).checked_div(self.layers_total)
+            })
+            .unwrap_or(0)
     }
 }
 

@@ -148,6 +148,23 @@ impl SystemProbe {
     }
 }
 
+/// Space of the file system that holds `path` (already a real path), read fresh:
+/// the mount list and a `statvfs`, the same way [`SystemProbe::capacity`] reports
+/// `docker_disk`. Blocking; for callers that ask rarely (image garbage collection,
+/// once a minute) and must not act on a cached figure.
+pub fn disk_usage_at(path: &Path) -> Option<DiskUsage> {
+    let disks = Disks::new_with_refreshed_list_specifics(storage());
+    let disk = disks.list().get(longest_mount(
+        disks.list().iter().map(Disk::mount_point),
+        path,
+    )?)?;
+    let total = disk.total_space();
+    Some(DiskUsage {
+        total_bytes: total,
+        free_bytes: disk.available_space().min(total),
+    })
+}
+
 /// The index of the mount point that holds `path`: the longest mount point that is a
 /// prefix of it, compared by path components (so `/var/lib` does not hold
 /// `/var/libx`).
@@ -201,6 +218,12 @@ mod tests {
             assert_eq!(c.docker_disk.is_some(), docker_root.is_some(), "{c:?}");
             c.validate().unwrap();
         }
+    }
+
+    #[test]
+    fn disk_usage_at_matches_the_probe() {
+        let d = disk_usage_at(Path::new("/")).unwrap();
+        assert!(d.total_bytes > 0 && d.free_bytes <= d.total_bytes, "{d:?}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
@@ -20,6 +21,8 @@ use cairn_shared::workload::{DesiredInstance, MAX_LOG_BYTES};
 use futures::StreamExt;
 
 use super::{labels, ContainerRuntime, ContainerState, Observed, RuntimeError};
+use crate::images::docker::DockerImages;
+use crate::images::ImageBackend;
 
 /// The Docker network instances run on, and its Linux bridge.
 pub const NETWORK: &str = "cairn";
@@ -48,11 +51,37 @@ async fn bounded<T>(
     }
 }
 
-/// Docker, through bollard. Connects on first use (and again until it works), so an
-/// agent started before the engine comes up catches up by itself.
+/// A Docker client that connects on first use (and again until it works), so an
+/// agent started before the engine comes up catches up by itself. Clones share one
+/// connection.
+#[derive(Debug, Clone, Default)]
+pub struct DockerClient(Arc<tokio::sync::OnceCell<Docker>>);
+
+impl DockerClient {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The connected client.
+    pub async fn get(&self) -> Result<&Docker, RuntimeError> {
+        self.0
+            .get_or_try_init(|| async {
+                let docker = Docker::connect_with_defaults()
+                    .map_err(|e| docker_err("connecting to Docker", e))?;
+                bounded(
+                    "negotiating the Docker API version",
+                    docker.negotiate_version(),
+                )
+                .await
+            })
+            .await
+    }
+}
+
+/// Docker, through bollard.
 #[derive(Debug)]
 pub struct DockerRuntime {
-    client: tokio::sync::OnceCell<Docker>,
+    client: DockerClient,
     /// This agent's host id, stamped on and filtered by [`labels::HOST`].
     host: String,
     /// The OCI runtime for instance containers; Docker's default when `None`.
@@ -62,7 +91,7 @@ pub struct DockerRuntime {
 impl DockerRuntime {
     pub fn new(host: &cairn_shared::ids::HostId) -> Self {
         DockerRuntime {
-            client: tokio::sync::OnceCell::new(),
+            client: DockerClient::new(),
             host: host.to_string(),
             oci_runtime: None,
         }
@@ -75,17 +104,7 @@ impl DockerRuntime {
     }
 
     async fn docker(&self) -> Result<&Docker, RuntimeError> {
-        self.client
-            .get_or_try_init(|| async {
-                let docker = Docker::connect_with_defaults()
-                    .map_err(|e| docker_err("connecting to Docker", e))?;
-                bounded(
-                    "negotiating the Docker API version",
-                    docker.negotiate_version(),
-                )
-                .await
-            })
-            .await
+        self.client.get().await
     }
 
     fn name(id: &InstanceId) -> String {
@@ -172,6 +191,10 @@ impl DockerRuntime {
 impl ContainerRuntime for DockerRuntime {
     async fn prepare(&self) -> Result<(), RuntimeError> {
         DockerRuntime::prepare_all(self).await
+    }
+
+    fn image_backend(&self) -> Arc<dyn ImageBackend> {
+        Arc::new(DockerImages::new(self.client.clone()))
     }
 
     async fn list(&self) -> Result<BTreeMap<InstanceId, Observed>, RuntimeError> {

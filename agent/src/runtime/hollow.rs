@@ -2,18 +2,48 @@
 //! their probe after a configurable delay. With the real supervisor, link and
 //! protocol around it, many hollow agents in one process measure the controller at
 //! scale. They never stand in for Docker in functional tests.
+//!
+//! Every image is present at once ([`HollowImages`]): a hollow host never pulls, so
+//! thousands of them cost the controller exactly what their launches cost.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_shared::ids::InstanceId;
+use cairn_shared::images::RegistryCredential;
 use cairn_shared::workload::{DesiredInstance, Probe};
+use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::{ContainerRuntime, ContainerState, Observed, RuntimeError};
+use crate::images::{BackendError, ImageBackend, PullEvents};
+
+/// An engine that holds every image: nothing is ever pulled or loaded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HollowImages;
+
+impl ImageBackend for HollowImages {
+    fn present<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async { Ok(true) })
+    }
+
+    fn pull<'a>(
+        &'a self,
+        _: &'a str,
+        _: Option<&'a RegistryCredential>,
+        _: PullEvents<'a>,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn load<'a>(&'a self, _: &'a Path) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
 
 #[derive(Debug)]
 struct Fake {
@@ -57,6 +87,10 @@ impl HollowRuntime {
 impl ContainerRuntime for HollowRuntime {
     async fn prepare(&self) -> Result<(), RuntimeError> {
         Ok(())
+    }
+
+    fn image_backend(&self) -> Arc<dyn ImageBackend> {
+        Arc::new(HollowImages)
     }
 
     async fn list(&self) -> Result<BTreeMap<InstanceId, Observed>, RuntimeError> {

@@ -17,9 +17,12 @@ pub mod supervisor;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use cairn_shared::ids::InstanceId;
 use cairn_shared::workload::{DesiredInstance, Probe};
+
+use crate::images::ImageBackend;
 
 pub use plan::{ContainerState, Observed};
 pub use supervisor::{Supervisor, Workloads};
@@ -45,6 +48,9 @@ pub struct RuntimeError(pub String);
 pub trait ContainerRuntime: Send + Sync + 'static {
     /// One-time set-up (the Cairn network).
     fn prepare(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Where the images containers are created from live: the supervisor's image
+    /// manager pulls through it before [`ContainerRuntime::create`].
+    fn image_backend(&self) -> Arc<dyn ImageBackend>;
     /// Every container with a Cairn instance label, by instance.
     fn list(
         &self,

@@ -5,12 +5,18 @@
 //! It runs whether or not the controller is reachable: a host keeps its instances
 //! running through a controller restart, and on reconnection the link sends the
 //! supervisor's full view ([`Workloads::snapshot`]) before any change.
+//!
+//! Before it creates a container it makes the instance's image present through its
+//! [`ImageManager`], reporting the pull as `Preparing { detail: "pulling 35%" }`.
+//! The desired image set in updates goes to the same manager, which pre-pulls it;
+//! the supervisor itself knows nothing of registries or Docker.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_shared::ids::InstanceId;
+use cairn_shared::images::{ImageSpec, PullPhase, PullProgress};
 use cairn_shared::workload::{
     DesiredInstance, DesiredUpdate, InstancePhase, InstanceReport, Probe,
 };
@@ -21,9 +27,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::{self, Action, Memory};
 use super::{ContainerRuntime, RuntimeError};
+use crate::images::ImageManager;
+use crate::state::ImagesSettings;
 
 /// How often the supervisor looks at the runtime when nothing wakes it.
 const PASS_INTERVAL: Duration = Duration::from_secs(2);
+/// How often a launch waiting for its image may report the pull's progress.
+const PULL_REPORT_INTERVAL: Duration = Duration::from_millis(300);
 
 /// What the link needs from the supervisor, object-safe so the link does not care
 /// which runtime is behind it.
@@ -41,6 +51,11 @@ pub trait Workloads: Send + Sync + 'static {
     /// Where a running instance's app answers, as last reported; `None` unless it is
     /// running. The proxy tunnel connects only to such addresses.
     fn app_address(&self, instance: &InstanceId) -> Option<std::net::SocketAddr>;
+    /// The host's image manager: the link lists its pulls in heartbeats and hands it
+    /// the connection archives are fetched on.
+    fn images(&self) -> Option<Arc<ImageManager>> {
+        None
+    }
 }
 
 #[derive(Default)]
@@ -54,6 +69,7 @@ struct State {
 /// Drives one host's instances through a [`ContainerRuntime`].
 pub struct Supervisor<R> {
     runtime: Arc<R>,
+    images: Arc<ImageManager>,
     state: Mutex<State>,
     changed: Notify,
     wake: Notify,
@@ -66,13 +82,33 @@ impl<R> std::fmt::Debug for Supervisor<R> {
 }
 
 impl<R: ContainerRuntime> Supervisor<R> {
+    /// A supervisor whose images come through the runtime's own backend, with default
+    /// pull settings and partial archives in a temporary directory of this process.
+    /// Agents with a state directory use [`Supervisor::with_images`].
     pub fn new(runtime: R) -> Arc<Self> {
+        let partial = std::env::temp_dir()
+            .join(format!("cairn-agent-{}", std::process::id()))
+            .join("images")
+            .join("partial");
+        let images =
+            ImageManager::new(runtime.image_backend(), &ImagesSettings::default(), partial);
+        Self::with_images(runtime, images)
+    }
+
+    /// A supervisor that gets images through `images`.
+    pub fn with_images(runtime: R, images: Arc<ImageManager>) -> Arc<Self> {
         Arc::new(Supervisor {
             runtime: Arc::new(runtime),
+            images,
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             wake: Notify::new(),
         })
+    }
+
+    /// The image manager launches pull through.
+    pub fn image_manager(&self) -> &Arc<ImageManager> {
+        &self.images
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -101,6 +137,7 @@ impl<R: ContainerRuntime> Supervisor<R> {
 
     /// Runs passes until `shutdown`. Containers keep running when the agent stops.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        tokio::spawn(self.images.clone().run(shutdown.clone()));
         let mut prepared = false;
         loop {
             if !prepared {
@@ -177,20 +214,70 @@ impl<R: ContainerRuntime> Supervisor<R> {
     }
 
     async fn create_and_probe(self: Arc<Self>, d: DesiredInstance) {
-        self.report(
-            &d.id,
-            InstancePhase::Preparing {
-                detail: "creating container".into(),
-            },
-        );
-        match self.runtime.create(&d).await {
-            Err(RuntimeError(reason)) => self.report(&d.id, InstancePhase::Failed { reason }),
-            Ok(_) => {
-                self.report(&d.id, InstancePhase::Starting);
-                self.probe(&d).await;
+        if self.pull_image(&d).await {
+            self.report(
+                &d.id,
+                InstancePhase::Preparing {
+                    detail: "creating container".into(),
+                },
+            );
+            match self.runtime.create(&d).await {
+                Err(RuntimeError(reason)) => self.report(&d.id, InstancePhase::Failed { reason }),
+                Ok(_) => {
+                    self.report(&d.id, InstancePhase::Starting);
+                    self.probe(&d).await;
+                }
             }
         }
         self.done(&d.id);
+    }
+
+    /// Makes the instance's image present, reporting the pull while it runs. False if
+    /// no container must be created: the pull failed (reported), or the instance is
+    /// no longer desired (the pull goes on for whoever wants the image next).
+    async fn pull_image(&self, d: &DesiredInstance) -> bool {
+        let spec = ImageSpec {
+            reference: d.image.clone(),
+            source: d.image_source.clone(),
+        };
+        let mut pull = self.images.ensure(spec, false).await;
+        let mut shown = String::new();
+        let outcome = loop {
+            if let Some(p) = pull.progress() {
+                let detail = pull_detail(Some(&p));
+                if detail != shown {
+                    self.report(
+                        &d.id,
+                        InstancePhase::Preparing {
+                            detail: detail.clone(),
+                        },
+                    );
+                    shown = detail;
+                }
+            }
+            if !self.lock().desired.contains_key(&d.id) {
+                return false;
+            }
+            // Waiting and reporting take turns, so a fast pull is not held up and a
+            // slow one is reported at most every PULL_REPORT_INTERVAL.
+            tokio::select! {
+                r = pull.wait() => break r,
+                _ = tokio::time::sleep(PULL_REPORT_INTERVAL) => {}
+            }
+        };
+        match outcome {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(instance = %d.id, image = %d.image, error = %e, "cannot get the instance's image");
+                self.report(
+                    &d.id,
+                    InstancePhase::Failed {
+                        reason: e.to_string(),
+                    },
+                );
+                false
+            }
+        }
     }
 
     /// Waits until the app answers (→ Running) or the start timeout passes (→ Failed).
@@ -255,6 +342,25 @@ impl<R: ContainerRuntime> Supervisor<R> {
     }
 }
 
+/// The `Preparing` detail for a launch waiting for its image: "pulling 35%" once
+/// sizes are known, "pulling" before, "loading image" while an uploaded archive is
+/// loaded, and "pulling (retrying: ERROR)" between attempts.
+pub fn pull_detail(p: Option<&PullProgress>) -> String {
+    let Some(p) = p else {
+        return "pulling".into();
+    };
+    match &p.phase {
+        PullPhase::Loading => "loading image".into(),
+        PullPhase::Retrying { error, .. } => {
+            format!("pulling (retrying: {})", crate::facts::clip(error, 300))
+        }
+        PullPhase::Pulling if p.bytes_total > 0 || p.layers_total > 0 => {
+            format!("pulling {}%", p.percent())
+        }
+        PullPhase::Queued | PullPhase::Pulling | PullPhase::Failed { .. } => "pulling".into(),
+    }
+}
+
 /// Whether the app at `addr` answers the probe.
 pub async fn answers(addr: std::net::SocketAddr, probe: &Probe) -> bool {
     let attempt = async {
@@ -279,7 +385,7 @@ pub async fn answers(addr: std::net::SocketAddr, probe: &Probe) -> bool {
 }
 
 impl<R: ContainerRuntime> Workloads for Supervisor<R> {
-    fn apply(&self, update: DesiredUpdate) -> bool {
+    fn apply(&self, mut update: DesiredUpdate) -> bool {
         let mut st = self.lock();
         if !update.full {
             match st.version {
@@ -293,11 +399,14 @@ impl<R: ContainerRuntime> Workloads for Supervisor<R> {
         for id in &update.remove {
             st.desired.remove(id);
         }
-        for d in update.upsert {
+        for d in std::mem::take(&mut update.upsert) {
             st.desired.insert(d.id.clone(), d);
         }
         st.version = Some(update.version);
         drop(st);
+        if let Some(images) = update.images.take() {
+            self.images.set_desired(images);
+        }
         self.wake.notify_one();
         true
     }
@@ -333,24 +442,43 @@ impl<R: ContainerRuntime> Workloads for Supervisor<R> {
             _ => None,
         }
     }
+
+    fn images(&self) -> Option<Arc<ImageManager>> {
+        Some(self.images.clone())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::images::testing::FakeBackend;
     use crate::runtime::{ContainerState, Observed};
+    use cairn_shared::images::ImageSource;
     use std::collections::BTreeMap as Map;
 
     /// A runtime that only remembers containers.
-    #[derive(Default)]
     struct Fake {
         containers: Mutex<Map<InstanceId, Observed>>,
         removed: Mutex<Vec<String>>,
+        images: Arc<FakeBackend>,
+    }
+
+    impl Default for Fake {
+        fn default() -> Self {
+            Fake {
+                containers: Default::default(),
+                removed: Default::default(),
+                images: Arc::new(FakeBackend::open()),
+            }
+        }
     }
 
     impl ContainerRuntime for Fake {
         async fn prepare(&self) -> Result<(), RuntimeError> {
             Ok(())
+        }
+        fn image_backend(&self) -> Arc<dyn crate::images::ImageBackend> {
+            self.images.clone()
         }
         async fn list(&self) -> Result<Map<InstanceId, Observed>, RuntimeError> {
             Ok(self.containers.lock().unwrap().clone())
@@ -435,5 +563,206 @@ mod tests {
             remove: vec![],
             images: None,
         }));
+    }
+
+    const IMAGE: &str = "127.0.0.1:5000/x@sha256:0123";
+
+    fn instance(image: &str) -> DesiredInstance {
+        DesiredInstance {
+            id: InstanceId::generate(),
+            owner: "alice".into(),
+            blueprint: "bp".into(),
+            revision: 1,
+            image: image.into(),
+            image_source: ImageSource::Registry,
+            command: None,
+            env: vec![],
+            memory_bytes: 1 << 28,
+            nano_cpus: 1_000_000_000,
+            app_port: 8888,
+            probe: Probe::Tcp,
+            start_timeout_ms: 60_000,
+            expect_existing: false,
+        }
+    }
+
+    fn launch(sup: &Supervisor<impl ContainerRuntime>, d: &DesiredInstance) {
+        assert!(sup.apply(DesiredUpdate {
+            version: 1,
+            full: true,
+            upsert: vec![d.clone()],
+            remove: vec![],
+            images: None,
+        }));
+    }
+
+    fn phases(reports: Vec<InstanceReport>) -> Vec<InstancePhase> {
+        reports.into_iter().map(|r| r.phase).collect()
+    }
+
+    fn preparing(detail: &str) -> InstancePhase {
+        InstancePhase::Preparing {
+            detail: detail.into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_launch_pulls_its_image_first_and_reports_the_pull() {
+        let fake = Fake {
+            images: Arc::new(FakeBackend::gated()),
+            ..Default::default()
+        };
+        let images = fake.images.clone();
+        let sup = Supervisor::new(fake);
+        let d = instance(IMAGE);
+        launch(&sup, &d);
+        sup.pass().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Half the bytes are in; no container yet.
+        assert_eq!(
+            phases(sup.drain()),
+            vec![preparing("pulling"), preparing("pulling 50%")]
+        );
+        assert!(sup.runtime.containers.lock().unwrap().is_empty());
+        images.release(1);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = phases(sup.drain());
+        assert_eq!(
+            after[..2],
+            [preparing("creating container"), InstancePhase::Starting]
+        );
+        assert!(sup.runtime.containers.lock().unwrap().contains_key(&d.id));
+        assert_eq!(images.pulls_of(IMAGE), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_pull_fails_the_instance_with_dockers_message() {
+        let fake = Fake::default();
+        fake.images
+            .fail_pulls
+            .store(100, std::sync::atomic::Ordering::SeqCst);
+        let sup = Supervisor::new(fake);
+        let d = instance(IMAGE);
+        launch(&sup, &d);
+        sup.pass().await;
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let reports = phases(sup.drain());
+        assert!(
+            reports.contains(&preparing("pulling (retrying: manifest unknown)")),
+            "{reports:?}"
+        );
+        assert_eq!(
+            reports.last(),
+            Some(&InstancePhase::Failed {
+                reason: format!("cannot pull {IMAGE}: manifest unknown (4 attempts)")
+            })
+        );
+        assert!(sup.runtime.containers.lock().unwrap().is_empty());
+        // The failure is final: later passes do not try again.
+        sup.pass().await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(sup.runtime.images.pulls_of(IMAGE), 4);
+    }
+
+    #[tokio::test]
+    async fn a_present_image_is_not_pulled_and_not_reported() {
+        let fake = Fake::default();
+        fake.images.present.lock().unwrap().insert(IMAGE.into());
+        let sup = Supervisor::new(fake);
+        let d = instance(IMAGE);
+        launch(&sup, &d);
+        sup.pass().await;
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        let reports = phases(sup.drain());
+        assert_eq!(
+            reports[..2],
+            [preparing("creating container"), InstancePhase::Starting]
+        );
+        assert!(sup.runtime.images.pulls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn desired_images_reach_the_image_manager_and_are_prepulled() {
+        let fake = Fake::default();
+        let sup = Supervisor::new(fake);
+        let set = cairn_shared::images::DesiredImages {
+            prepull: vec![ImageSpec {
+                reference: IMAGE.into(),
+                source: ImageSource::Registry,
+            }],
+            credentials: vec![],
+        };
+        assert!(sup.apply(DesiredUpdate {
+            version: 1,
+            full: true,
+            upsert: vec![],
+            remove: vec![],
+            images: Some(set.clone()),
+        }));
+        assert_eq!(sup.image_manager().desired(), set);
+        // A delta without images leaves the set alone.
+        assert!(sup.apply(DesiredUpdate {
+            version: 2,
+            full: false,
+            upsert: vec![],
+            remove: vec![],
+            images: None,
+        }));
+        assert_eq!(sup.image_manager().desired(), set);
+        let stop = CancellationToken::new();
+        tokio::spawn(sup.clone().run(stop.clone()));
+        for _ in 0..100 {
+            if sup.runtime.images.holds(IMAGE) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        assert!(sup.runtime.images.holds(IMAGE));
+    }
+
+    #[tokio::test]
+    async fn hollow_hosts_have_every_image() {
+        let sup = Supervisor::new(crate::runtime::hollow::HollowRuntime::new(Duration::ZERO));
+        let d = instance("nowhere.invalid/x@sha256:00");
+        launch(&sup, &d);
+        sup.pass().await;
+        for _ in 0..100 {
+            if sup.app_address(&d.id).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let reports = phases(sup.drain());
+        assert_eq!(reports.first(), Some(&preparing("creating container")));
+        assert!(
+            matches!(reports.last(), Some(InstancePhase::Running { .. })),
+            "{reports:?}"
+        );
+    }
+
+    #[test]
+    fn pull_details_say_how_far_the_pull_is() {
+        let mut p = PullProgress {
+            reference: IMAGE.into(),
+            phase: PullPhase::Queued,
+            attempt: 1,
+            layers_done: 0,
+            layers_total: 0,
+            bytes_done: 0,
+            bytes_total: 0,
+            prepull: false,
+        };
+        assert_eq!(pull_detail(None), "pulling");
+        assert_eq!(pull_detail(Some(&p)), "pulling");
+        p.phase = PullPhase::Pulling;
+        assert_eq!(pull_detail(Some(&p)), "pulling");
+        p.bytes_total = 200;
+        p.bytes_done = 70;
+        assert_eq!(pull_detail(Some(&p)), "pulling 35%");
+        p.phase = PullPhase::Loading;
+        assert_eq!(pull_detail(Some(&p)), "loading image");
     }
 }
