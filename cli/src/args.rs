@@ -89,6 +89,11 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<HostsCommand>,
     },
+    /// Push `docker save` archives to the controller, list and remove them (admins).
+    Images {
+        #[command(subcommand)]
+        command: Option<ImagesCommand>,
+    },
     /// List and manage user accounts (admins).
     Users {
         #[command(subcommand)]
@@ -124,6 +129,9 @@ pub enum BlueprintsCommand {
     Enable { name: String },
     /// Show a blueprint's revisions.
     History { name: String },
+    /// Resolve a blueprint's image tag again; if it now points at a new digest,
+    /// that is a new revision (running instances keep theirs).
+    Refresh { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +155,24 @@ pub enum HostsCommand {
     Remove {
         /// The host's id (h-...).
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// List the images pushed to the controller (the default).
+    Ls,
+    /// Upload an image archive made with `docker save NAME:TAG -o FILE.tar`; hosts
+    /// fetch it from the controller, no registry needed. An interrupted push resumes
+    /// when run again.
+    Push {
+        /// The archive (an uncompressed tar from `docker save`).
+        file: PathBuf,
+    },
+    /// Remove a pushed image (refused while an enabled blueprint uses it).
+    Rm {
+        /// The archive's hash (or a unique prefix of it), or a tag it carries.
+        archive: String,
     },
 }
 
@@ -201,6 +227,13 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let cli = Cli::try_parse_from(["cairn", "images", "push", "img.tar"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Images { command: Some(ImagesCommand::Push { ref file }) } if file == std::path::Path::new("img.tar")
+        ));
+        let cli = Cli::try_parse_from(["cairn", "images"]).unwrap();
+        assert!(matches!(cli.command, Command::Images { command: None }));
         let e = Cli::try_parse_from(["cairn", "frobnicate"]).unwrap_err();
         assert_eq!(e.exit_code(), 2);
     }

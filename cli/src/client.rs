@@ -109,6 +109,11 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
+        self.execute(req).await
+    }
+
+    /// Sends a built request; an answer outside 2xx becomes [`Error::Api`].
+    async fn execute(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
         let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
         let status = resp.status();
         if status.is_success() {
@@ -152,6 +157,33 @@ impl Client {
         let resp = self
             .send(method, self.endpoint(segments, query), body, true)
             .await?;
+        read_json(resp).await
+    }
+
+    /// Sends an authenticated request with its own time limit instead of the usual
+    /// one, for requests that take long by nature (sending or checking an image
+    /// archive): `headers` are added, and `body` is sent as it is (it may be a stream,
+    /// so a large file is never read whole). Returns the JSON answer.
+    pub async fn send_long(
+        &self,
+        method: Method,
+        segments: &[&str],
+        headers: &[(&str, String)],
+        body: Option<reqwest::Body>,
+        timeout: Duration,
+    ) -> Result<Value, Error> {
+        let mut req = self
+            .http
+            .request(method, self.endpoint(segments, &[]))
+            .bearer_auth(self.bearer()?)
+            .timeout(timeout);
+        for (k, v) in headers {
+            req = req.header(*k, v.as_str());
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = self.execute(req).await?;
         read_json(resp).await
     }
 

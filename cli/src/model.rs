@@ -42,6 +42,33 @@ pub struct User {
     pub created_ms: u64,
 }
 
+/// A pushed image archive, `GET /api/v1/images`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct Image {
+    /// BLAKE3 of the archive, hex.
+    pub archive: String,
+    pub size_bytes: u64,
+    /// `sha256:...`, the id Docker gives the image.
+    pub image_id: String,
+    pub tags: Vec<String>,
+    pub uploaded_ms: u64,
+    pub uploaded_by: String,
+}
+
+/// An image upload, `POST|PATCH|GET /api/v1/images/uploads[/ID]`; `done` with the
+/// image when the archive is already on the controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Upload {
+    pub id: Option<String>,
+    pub blake3: String,
+    pub size_bytes: u64,
+    pub offset: u64,
+    pub done: bool,
+    pub image: Option<Image>,
+}
+
 /// A blueprint (`GET /api/v1/blueprints[/NAME]`), or the spec of one revision.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
@@ -62,6 +89,31 @@ pub struct Blueprint {
     pub max_instances_per_user: Option<u64>,
     pub placement: BTreeMap<String, String>,
     pub enabled: bool,
+    /// `registry` or `never`; empty from controllers before image resolution.
+    pub pull: String,
+    /// `"all"`, `"none"` or `{"hosts": N}`.
+    pub prepull: serde_json::Value,
+    /// What instances run, as resolved when the blueprint was saved.
+    pub resolved: Option<ResolvedImage>,
+}
+
+/// A blueprint's image as the controller resolved it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ResolvedImage {
+    /// `REGISTRY/REPO@sha256:…`, `sha256:…` (an uploaded image) or the name as
+    /// written (`pull = "never"`).
+    pub reference: String,
+    /// `"Registry"`, `"Host"` or `{"Controller": {...}}`.
+    pub source: serde_json::Value,
+    pub resolved_ms: u64,
+}
+
+/// `POST /api/v1/blueprints/NAME/refresh`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Refreshed {
+    pub changed: bool,
+    pub blueprint: Blueprint,
 }
 
 impl Default for Blueprint {
@@ -84,6 +136,9 @@ impl Default for Blueprint {
             placement: BTreeMap::new(),
             // A blueprint that does not say is one users can see, so enabled.
             enabled: true,
+            pull: String::new(),
+            prepull: serde_json::Value::Null,
+            resolved: None,
         }
     }
 }

@@ -184,6 +184,7 @@ async fn cairn_cli_against_a_real_controller() {
 name = "python"
 description = "Python course"
 image = "cairn-test/busybox:1"
+pull = "never"
 app = "http"
 app_port = 8080
 memory_mib = 64
@@ -203,7 +204,7 @@ zone = "a"
     let bp2 = write(
         tmp.path(),
         "old.json",
-        r#"{"name": "old", "image": "cairn-test/busybox:1", "app": "http", "app_port": 8080, "memory_mib": 64}"#,
+        r#"{"name": "old", "image": "cairn-test/busybox:1", "pull": "never", "app": "http", "app_port": 8080, "memory_mib": 64}"#,
     );
     admin.ok(&["blueprints", "create", "-f", &bp2], None);
     let out = admin.ok(&["blueprints", "disable", "old"], None);

@@ -30,6 +30,8 @@ pub struct App {
     pub api_tokens: crate::users::ApiTokens,
     pub instances: crate::instances::Instances,
     pub autoscaler: crate::autoscaler::Autoscaler,
+    /// Uploaded image archives (`cairn images push`), served to agents over the link.
+    pub archives: crate::images::archives::Archives,
     /// The address agents should dial, for join commands.
     pub link_addr: SocketAddr,
 }
@@ -85,6 +87,13 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
         }
         policies.insert(p.name.clone(), p.scaling(false));
     }
+    let archives = crate::images::archives::Archives::open(
+        data_dir.root(),
+        &config.images,
+        store.clone(),
+        cairn_shared::time::now_ms(),
+    )
+    .map_err(|e| StartError::Config(e.to_string()))?;
     let autoscaler =
         crate::autoscaler::Autoscaler::new(Box::new(crate::autoscaler::StaticProvider), policies);
 
@@ -127,6 +136,7 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
         api_tokens,
         instances,
         autoscaler,
+        archives,
         link_addr,
     });
     let shutdown = CancellationToken::new();

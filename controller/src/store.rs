@@ -61,6 +61,10 @@ pub enum Tree {
     Users,
     ApiTokens,
     Instances,
+    /// Committed image archives, by BLAKE3 hash.
+    Images,
+    /// Image uploads in progress, by upload id.
+    ImageUploads,
 }
 
 impl Tree {
@@ -73,6 +77,8 @@ impl Tree {
             Tree::Users => "users",
             Tree::ApiTokens => "api_tokens",
             Tree::Instances => "instances",
+            Tree::Images => "images",
+            Tree::ImageUploads => "image_uploads",
         }
     }
 }

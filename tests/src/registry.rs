@@ -51,7 +51,13 @@ impl Registry {
 
     /// A registry that requires `user`/`password` (HTTP basic auth, htpasswd), over
     /// the storage of `open` — push through `open`, pull through this one.
-    pub fn with_login(root: &Path, name: &str, open: &Registry, user: &str, password: &str) -> Self {
+    pub fn with_login(
+        root: &Path,
+        name: &str,
+        open: &Registry,
+        user: &str,
+        password: &str,
+    ) -> Self {
         Self::launch(
             root,
             name,
@@ -66,6 +72,7 @@ impl Registry {
             "{REGISTRY_BIN} is missing: apt-get install docker-registry (.ci/run does)"
         );
         let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("registry dir");
         std::fs::create_dir_all(&storage).expect("registry storage dir");
         let port = free_tcp_port();
         let mut r = Registry {
@@ -142,7 +149,11 @@ impl Registry {
                         .unwrap_or_default()
                 );
             }
-            assert!(Instant::now() < deadline, "docker-registry did not listen on {}", self.addr);
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen on {}",
+                self.addr
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -159,7 +170,7 @@ impl Registry {
             .lines()
             .filter_map(|l| l.split("digest: ").nth(1))
             .filter_map(|rest| rest.split_whitespace().next())
-            .last()
+            .next_back()
             .unwrap_or_else(|| panic!("no digest in docker push output: {out}"))
             .to_string();
         // The pushed tag stays on the machine's Docker otherwise, and tests that
@@ -220,7 +231,13 @@ pub fn unique_http_image(tag: &str, padding_bytes: usize) -> String {
 /// Removes every local image whose references start with `HOST/` (pulled copies of
 /// a test registry's images), so a test starts from a host that has never seen them.
 pub fn forget_pulled(host: &str) {
-    let out = docker(&["image", "ls", "--digests", "--format", "{{.Repository}} {{.ID}}"]);
+    let out = docker(&[
+        "image",
+        "ls",
+        "--digests",
+        "--format",
+        "{{.Repository}} {{.ID}}",
+    ]);
     let prefix = format!("{host}/");
     let mut ids: Vec<&str> = out
         .lines()

@@ -63,7 +63,7 @@ async fn blueprints_validate_revise_and_persist() {
     );
 
     // Create, conflict, edit, disable.
-    let good = json!({"name": "python", "description": "Python course", "image": "cairn-test/busybox:1",
+    let good = json!({"name": "python", "description": "Python course", "image": "cairn-test/busybox:1", "pull": "never",
                       "app": "http", "app_port": 8080, "memory_mib": 64, "placement": {"zone": "a"}});
     let (status, body) = ctl
         .send(Method::POST, "/api/v1/blueprints", Some(good.clone()))

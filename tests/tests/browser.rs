@@ -32,7 +32,7 @@ async fn stack(tmp: &Path) -> (Controller, Agent) {
     let image = testapp_image();
     let (ctl, agent, _host) = controller_with_agent(tmp, "docker-host").await;
     let bp = json!({
-        "name": "app", "image": image, "app": "http", "app_port": PORT,
+        "name": "app", "image": image, "pull": "never", "app": "http", "app_port": PORT,
         "memory_mib": 256, "cpus": 1.0,
         "description": "A small web app that says hello: the quickest way to try Cairn.",
     });

@@ -33,7 +33,7 @@ async fn launch_run_answer_stop_and_the_rules_around_it() {
     let mut cleanup = InstanceContainers(vec![]);
 
     let web = json!({
-        "name": "web", "image": image, "app": "http", "app_port": 8080, "memory_mib": 64, "cpus": 0.5,
+        "name": "web", "image": image, "pull": "never", "app": "http", "app_port": 8080, "memory_mib": 64, "cpus": 0.5,
         "command": ["sh", "-c", "echo cairn-started; mkdir -p /www && echo hello-cairn > /www/index.html && exec httpd -f -p 8080 -h /www"],
         "env": {"GREETING": "hi"}
     });
@@ -205,7 +205,7 @@ async fn launch_run_answer_stop_and_the_rules_around_it() {
     assert_eq!((status, again["state"].as_str()), (202, Some("stopped")));
 
     // An unknown image fails with Docker's words.
-    let bad = json!({"name": "ghost", "image": "cairn-test/does-not-exist:1", "app": "http", "app_port": 80, "memory_mib": 32});
+    let bad = json!({"name": "ghost", "image": "cairn-test/does-not-exist:1", "pull": "never", "app": "http", "app_port": 80, "memory_mib": 32});
     assert_eq!(
         ctl.send(Method::POST, "/api/v1/blueprints", Some(bad))
             .await
@@ -227,12 +227,12 @@ async fn launch_run_answer_stop_and_the_rules_around_it() {
         .await;
     let reason = failed["state_reason"].as_str().unwrap();
     assert!(
-        reason.contains("No such image") || reason.contains("not found"),
+        reason.contains("No such image") || reason.contains("not on this host"),
         "{reason}"
     );
 
     // A workload over its memory limit is OOM-killed and says so.
-    let hog = json!({"name": "hog", "image": image, "app": "http", "app_port": 8080, "memory_mib": 32,
+    let hog = json!({"name": "hog", "image": image, "pull": "never", "app": "http", "app_port": 8080, "memory_mib": 32,
                      "command": ["sh", "-c", "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done"]});
     assert_eq!(
         ctl.send(Method::POST, "/api/v1/blueprints", Some(hog))

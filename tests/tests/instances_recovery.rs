@@ -78,7 +78,7 @@ async fn states(ctl: &Controller, token: &str) -> Vec<(String, String, Value)> {
 
 fn blueprint(name: &str, image: &str, lifetime: u64) -> Value {
     json!({
-        "name": name, "image": image, "app": "http", "app_port": 8080, "memory_mib": 32, "cpus": 0.1,
+        "name": name, "image": image, "pull": "never", "app": "http", "app_port": 8080, "memory_mib": 32, "cpus": 0.1,
         "max_instances_per_user": 10, "max_lifetime_secs": lifetime,
         "command": ["sh", "-c", "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"]
     })

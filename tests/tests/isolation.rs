@@ -32,7 +32,7 @@ async fn instances_reach_neither_each_other_nor_the_host() {
     let image = busybox_image();
     let tmp = tempfile::tempdir().unwrap();
     let (ctl, _agent, _host) = controller_with_agent(tmp.path(), "fenced").await;
-    let bp = json!({"name": "web", "image": image, "app": "http", "app_port": 8080, "memory_mib": 32, "max_instances_per_user": 2,
+    let bp = json!({"name": "web", "image": image, "pull": "never", "app": "http", "app_port": 8080, "memory_mib": 32, "max_instances_per_user": 2,
                     "command": ["sh", "-c", "mkdir -p /www && echo secret > /www/index.html && exec httpd -f -p 8080 -h /www"]});
     assert_eq!(
         ctl.send(Method::POST, "/api/v1/blueprints", Some(bp))

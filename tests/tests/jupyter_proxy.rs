@@ -22,7 +22,7 @@ async fn jupyterlab_through_the_proxy_runs_one_plus_one() {
     let tmp = tempfile::tempdir().unwrap();
     let (ctl, _agent, _host) = controller_with_agent(tmp.path(), "docker-host").await;
     let bp = json!({
-        "name": "lab", "description": "JupyterLab", "image": image, "app": "jupyter",
+        "name": "lab", "description": "JupyterLab", "image": image, "pull": "never", "app": "jupyter",
         "app_port": 8888, "memory_mib": 1024, "cpus": 1.0,
     });
     ctl.blueprint(bp).await;

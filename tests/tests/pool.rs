@@ -72,7 +72,7 @@ async fn binpack_spread_drain_and_quarantine_with_two_agents() {
         .await;
     let web = |name: &str, strategy: Option<&str>| {
         json!({
-            "name": name, "image": image, "app": "http", "app_port": 8080, "memory_mib": 32,
+            "name": name, "image": image, "pull": "never", "app": "http", "app_port": 8080, "memory_mib": 32,
             "cpus": 0.1, "max_instances_per_user": 10, "strategy": strategy,
             "command": ["sh", "-c", "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"],
         })

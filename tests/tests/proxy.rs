@@ -44,7 +44,7 @@ async fn stack(tmp: &std::path::Path, ws_idle_secs: Option<u64>) -> (Controller,
         ),
     ] {
         let bp = json!({
-            "name": name, "image": image, "app": "http", "app_port": PORT,
+            "name": name, "image": image, "pull": "never", "app": "http", "app_port": PORT,
             "memory_mib": 256, "cpus": 1.0, "command": command,
         });
         ctl.blueprint(bp).await;

@@ -12,7 +12,7 @@ async fn users_log_in_see_only_what_they_may_and_can_be_cut_off() {
     let mut ctl = Controller::init(tmp.path(), &ControllerOptions::default());
     ctl.start().await;
 
-    let bp = |name: &str| json!({"name": name, "image": "img:1", "app": "http", "app_port": 8080, "memory_mib": 64});
+    let bp = |name: &str| json!({"name": name, "image": "img:1", "pull": "never", "app": "http", "app_port": 8080, "memory_mib": 64});
     assert_eq!(
         ctl.send(Method::POST, "/api/v1/blueprints", Some(bp("open")))
             .await

@@ -1,4 +1,4 @@
-//! `blueprints ls|show|create|edit|disable|enable|history`.
+//! `blueprints ls|show|create|edit|disable|enable|history|refresh`.
 //!
 //! Blueprint files are TOML (`.toml`) or JSON (`.json`), picked by extension; `-`
 //! reads standard input as JSON if it starts with `{`, else as TOML. Either way the
@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::Ctx;
 use crate::client::parse;
 use crate::error::Error;
-use crate::model::{Blueprint, Revision};
+use crate::model::{Blueprint, Refreshed, Revision};
 use crate::output::{self, Table};
 
 pub async fn list(ctx: &Ctx) -> Result<(), Error> {
@@ -75,6 +75,86 @@ pub async fn set_enabled(ctx: &Ctx, name: &str, enabled: bool) -> Result<(), Err
             b.revision
         ))
     })
+}
+
+/// `blueprints refresh NAME`: the controller resolves the tag again.
+pub async fn refresh(ctx: &Ctx, name: &str) -> Result<(), Error> {
+    let v = ctx
+        .client
+        .post(&["blueprints", name, "refresh"], None)
+        .await?;
+    ctx.emit(&v, || {
+        let r: Refreshed = parse(&v, "the refreshed blueprint")?;
+        Ok(render_refresh(&r))
+    })
+}
+
+/// `NAME: REFERENCE (revision N)`, or `NAME: unchanged (REFERENCE, revision N)`.
+pub fn render_refresh(r: &Refreshed) -> String {
+    let b = &r.blueprint;
+    let reference = output::clean(resolved_reference(b));
+    if r.changed {
+        format!(
+            "{}: {reference} (revision {})\n",
+            output::clean(&b.name),
+            b.revision
+        )
+    } else {
+        format!(
+            "{}: unchanged ({reference}, revision {})\n",
+            output::clean(&b.name),
+            b.revision
+        )
+    }
+}
+
+/// What instances of `b` run: the resolved reference, else the image as written.
+fn resolved_reference(b: &Blueprint) -> &str {
+    b.resolved
+        .as_ref()
+        .map(|r| r.reference.as_str())
+        .filter(|r| !r.is_empty())
+        .unwrap_or(&b.image)
+}
+
+fn pull(b: &Blueprint) -> String {
+    match b.pull.as_str() {
+        "never" => "never (the image is already on every host)".into(),
+        "" | "registry" => "registry".into(),
+        other => output::clean(other),
+    }
+}
+
+fn prepull(v: &Value) -> String {
+    match v {
+        Value::String(s) => output::clean(s),
+        Value::Object(m) => match m.get("hosts").and_then(Value::as_u64) {
+            Some(1) => "1 host".into(),
+            Some(n) => format!("{n} hosts"),
+            None => "-".into(),
+        },
+        _ => "-".into(),
+    }
+}
+
+fn resolved(b: &Blueprint, now_ms: u64) -> String {
+    match &b.resolved {
+        Some(r) if !r.reference.is_empty() => {
+            let how = match &r.source {
+                Value::String(s) if s == "Host" => "as on each host".to_string(),
+                Value::Object(m) if m.contains_key("Controller") => {
+                    "uploaded to the controller".to_string()
+                }
+                _ => "from the registry".to_string(),
+            };
+            format!(
+                "{} ({how}, resolved {})",
+                output::clean(&r.reference),
+                output::ago(now_ms, r.resolved_ms)
+            )
+        }
+        _ => "- (not resolved; instances use the tag)".into(),
+    }
 }
 
 pub async fn history(ctx: &Ctx, name: &str) -> Result<(), Error> {
@@ -262,6 +342,9 @@ pub fn render_detail(b: &Blueprint, now_ms: u64) -> String {
         ("status", status(b.enabled)),
         ("description", b.description.clone()),
         ("image", b.image.clone()),
+        ("resolved", resolved(b, now_ms)),
+        ("pull", pull(b)),
+        ("prepull", prepull(&b.prepull)),
         ("app", app),
         ("command", command),
         ("cpus", cpus(b.cpus)),
@@ -404,6 +487,60 @@ zone = "a"
             "{text}"
         );
         assert!(text.contains("placement:     -\n"), "{text}");
+    }
+
+    #[test]
+    fn show_renders_the_resolved_image() {
+        let mut b = sample();
+        b.pull = "registry".into();
+        b.prepull = json!({"hosts": 2});
+        b.resolved = serde_json::from_value(json!({
+            "reference": "127.0.0.1:5000/course/python@sha256:abc",
+            "source": "Registry", "resolved_ms": 50_000}))
+        .unwrap();
+        let text = render_detail(&b, 110_000);
+        assert!(
+            text.contains(
+                "resolved:      127.0.0.1:5000/course/python@sha256:abc (from the registry, resolved 1m ago)\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("pull:          registry\n"), "{text}");
+        assert!(text.contains("prepull:       2 hosts\n"), "{text}");
+        // An old record without resolution, and pull = never.
+        let mut old = sample();
+        old.pull = "never".into();
+        old.prepull = json!("none");
+        let text = render_detail(&old, 110_000);
+        assert!(text.contains("resolved:      - (not resolved"), "{text}");
+        assert!(text.contains("pull:          never"), "{text}");
+        assert!(text.contains("prepull:       none\n"), "{text}");
+    }
+
+    #[test]
+    fn refresh_says_what_changed() {
+        let mut b = sample();
+        b.revision = 3;
+        b.resolved = serde_json::from_value(
+            json!({"reference": "r/x@sha256:1", "source": "Registry", "resolved_ms": 1}),
+        )
+        .unwrap();
+        let changed = Refreshed {
+            changed: true,
+            blueprint: b.clone(),
+        };
+        assert_eq!(
+            render_refresh(&changed),
+            "python: r/x@sha256:1 (revision 3)\n"
+        );
+        let same = Refreshed {
+            changed: false,
+            blueprint: b,
+        };
+        assert_eq!(
+            render_refresh(&same),
+            "python: unchanged (r/x@sha256:1, revision 3)\n"
+        );
     }
 
     #[test]

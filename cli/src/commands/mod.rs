@@ -2,9 +2,10 @@
 //! and hands over to the command group's module.
 //!
 //! * [`session`] — `login`, `logout`, `whoami`.
-//! * [`blueprints`] — `blueprints ls|show|create|edit|disable|enable|history`.
+//! * [`blueprints`] — `blueprints ls|show|create|edit|disable|enable|history|refresh`.
 //! * [`instances`] — `launch`, `ps`, `stop`, `logs`.
 //! * [`hosts`] — `hosts`.
+//! * [`images`] — `images ls|push|rm`: image archives pushed to the controller.
 //! * [`users`] — `users ls|create|disable|enable`.
 //! * [`completions`] — `completions SHELL`.
 //! * [`prompt`] — asking for user names and passwords.
@@ -12,6 +13,7 @@
 pub mod blueprints;
 pub mod completions;
 pub mod hosts;
+pub mod images;
 pub mod instances;
 pub mod prompt;
 pub mod session;
@@ -21,7 +23,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::args::{BlueprintsCommand, Cli, Command, HostsCommand, UsersCommand};
+use crate::args::{BlueprintsCommand, Cli, Command, HostsCommand, ImagesCommand, UsersCommand};
 use crate::client::Client;
 use crate::config::{self, ConfigFile, Inputs, Settings};
 use crate::error::Error;
@@ -87,6 +89,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             }
             BlueprintsCommand::Enable { name } => blueprints::set_enabled(&ctx, &name, true).await,
             BlueprintsCommand::History { name } => blueprints::history(&ctx, &name).await,
+            BlueprintsCommand::Refresh { name } => blueprints::refresh(&ctx, &name).await,
         },
         Command::Launch {
             blueprint,
@@ -101,6 +104,11 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             HostsCommand::Drain { id, deadline } => hosts::drain(&ctx, &id, deadline).await,
             HostsCommand::Undrain { id } => hosts::pool(&ctx, &id, "undrain").await,
             HostsCommand::Remove { id } => hosts::remove(&ctx, &id).await,
+        },
+        Command::Images { command } => match command.unwrap_or(ImagesCommand::Ls) {
+            ImagesCommand::Ls => images::list(&ctx).await,
+            ImagesCommand::Push { file } => images::push(&ctx, &file).await,
+            ImagesCommand::Rm { archive } => images::remove(&ctx, &archive).await,
         },
         Command::Users { command } => match command.unwrap_or(UsersCommand::Ls) {
             UsersCommand::Ls => users::list(&ctx).await,

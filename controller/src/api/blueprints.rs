@@ -1,5 +1,10 @@
 //! Blueprints over the API: list, read, create, edit (a new revision each time),
-//! enable/disable, and the revision history.
+//! enable/disable, refresh (resolve the image's tag again), and the revision
+//! history.
+//!
+//! Create, edit and refresh resolve the image before anything is saved; a tag
+//! that cannot be resolved is a `400 invalid_blueprint` with a field error on
+//! `image`, like any other invalid field.
 
 use std::sync::Arc;
 
@@ -7,11 +12,13 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use serde::Serialize;
 
 use super::{Admin, ApiError, ApiResult, Caller};
 use crate::app::App;
 use crate::blueprints::catalog::Revision;
 use crate::blueprints::{BlueprintInput, BlueprintRecord, CatalogError};
+use crate::images::resolve::Resolver;
 
 impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
@@ -88,9 +95,9 @@ pub async fn create(
     let input = body(b)?;
     let r = app
         .blueprints
-        .create(&input, cairn_shared::time::now_ms())
+        .create(&input, &Resolver::of(&app), cairn_shared::time::now_ms())
         .await?;
-    tracing::info!(blueprint = %r.spec.name, revision = r.revision, "blueprint created");
+    tracing::info!(blueprint = %r.spec.name, revision = r.revision, image = %r.spec.run_image(), "blueprint created");
     Ok((StatusCode::CREATED, Json(r)))
 }
 
@@ -104,9 +111,14 @@ pub async fn update(
     let input = body(b)?;
     let r = app
         .blueprints
-        .update(&name, &input, cairn_shared::time::now_ms())
+        .update(
+            &name,
+            &input,
+            &Resolver::of(&app),
+            cairn_shared::time::now_ms(),
+        )
         .await?;
-    tracing::info!(blueprint = %name, revision = r.revision, "blueprint updated");
+    tracing::info!(blueprint = %name, revision = r.revision, image = %r.spec.run_image(), "blueprint updated");
     Ok(Json(r))
 }
 
@@ -138,6 +150,31 @@ pub async fn disable(
     Path(name): Path<String>,
 ) -> ApiResult<Json<BlueprintRecord>> {
     set_enabled(app, name, false).await
+}
+
+/// The answer to a refresh.
+#[derive(Debug, Serialize)]
+pub struct Refreshed {
+    /// Whether the image now resolves to something else (and a new revision was
+    /// saved).
+    pub changed: bool,
+    pub blueprint: BlueprintRecord,
+}
+
+/// `POST /blueprints/{name}/refresh`: resolves the image's tag again. A moved tag
+/// makes a new revision; running instances keep the one they started with.
+pub async fn refresh(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Refreshed>> {
+    check_name(&name)?;
+    let (blueprint, changed) = app
+        .blueprints
+        .refresh(&name, &Resolver::of(&app), cairn_shared::time::now_ms())
+        .await?;
+    tracing::info!(blueprint = %name, changed, revision = blueprint.revision, image = %blueprint.spec.run_image(), "blueprint image refreshed");
+    Ok(Json(Refreshed { changed, blueprint }))
 }
 
 pub async fn revisions(

@@ -6,6 +6,7 @@
 mod autoscaler;
 mod blueprints;
 mod hosts;
+mod images;
 mod instances;
 mod session;
 mod tokens;
@@ -145,6 +146,20 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/blueprints/{name}/revisions", get(blueprints::revisions))
         .route("/blueprints/{name}/enable", post(blueprints::enable))
         .route("/blueprints/{name}/disable", post(blueprints::disable))
+        .route("/blueprints/{name}/refresh", post(blueprints::refresh))
+        .route("/images", get(images::list))
+        .route("/images/uploads", post(images::create_upload))
+        .route(
+            "/images/uploads/{id}",
+            get(images::upload_status)
+                .patch(images::append)
+                .delete(images::cancel_upload)
+                // Archive bytes are streamed to disk, never buffered; the upload's
+                // declared size bounds them.
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/images/uploads/{id}/commit", post(images::commit))
+        .route("/images/{archive}", get(images::get).delete(images::remove))
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
         .route("/login", post(session::login));
     Router::new()

@@ -198,10 +198,12 @@ async fn seed(app: &crate::app::App, data_dir: &std::path::Path) -> Result<Seede
             memory_mib: Some(64),
             cpus: Some(0.5),
             max_lifetime_secs: Some(3600),
+            // Built on this machine, in no registry: run it as it is.
+            pull: Some("never".into()),
             ..Default::default()
         };
         app.blueprints
-            .create(&input, now)
+            .create(&input, &crate::images::resolve::Resolver::of(app), now)
             .await
             .map_err(|e| format!("{e:?}"))?;
     }

@@ -51,6 +51,10 @@ pub struct HostRecord {
     /// Changes of standing, newest last.
     #[serde(default)]
     pub pool_history: Vec<PoolNote>,
+    /// Image pulls under way or recently failed, from the last heartbeat. Not
+    /// stored: they mean nothing once the agent is gone.
+    #[serde(skip)]
+    pub pulls: Vec<cairn_shared::images::PullProgress>,
 }
 
 /// One change of a host's standing.
@@ -103,6 +107,7 @@ impl HostRecord {
             remote_addr: None,
             pool: PoolState::default(),
             pool_history: vec![],
+            pulls: vec![],
         }
     }
 
@@ -136,6 +141,7 @@ pub struct HostView {
     pub transitions: Vec<Transition>,
     pub pool: PoolState,
     pub pool_history: Vec<PoolNote>,
+    pub pulls: Vec<cairn_shared::images::PullProgress>,
 }
 
 impl From<&HostRecord> for HostView {
@@ -158,6 +164,7 @@ impl From<&HostRecord> for HostView {
             transitions: r.transitions.clone(),
             pool: r.pool.clone(),
             pool_history: r.pool_history.clone(),
+            pulls: r.pulls.clone(),
         }
     }
 }
@@ -290,6 +297,7 @@ impl Registry {
             r.facts = Some(facts);
             r.capacity = Some(capacity);
             r.runtime = Some(runtime);
+            r.pulls = vec![];
             if let Some(t) = r
                 .liveness
                 .apply(&Event::Connected, now_ms, &self.thresholds)
@@ -311,6 +319,7 @@ impl Registry {
         generation: u64,
         capacity: Capacity,
         runtime: RuntimeFacts,
+        pulls: Vec<cairn_shared::images::PullProgress>,
         now_ms: u64,
     ) -> Result<(), RegistryError> {
         let changed = {
@@ -325,6 +334,7 @@ impl Registry {
             let r = &mut entry.record;
             r.capacity = Some(capacity);
             r.runtime = Some(runtime);
+            r.pulls = pulls;
             let t = r
                 .liveness
                 .apply(&Event::Heartbeat, now_ms, &self.thresholds);

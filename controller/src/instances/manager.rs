@@ -10,8 +10,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use cairn_shared::ids::{HostId, InstanceId};
+use cairn_shared::images::{DesiredImages, ImageSpec, RegistryCredential};
 use cairn_shared::protocol::ControllerMsg;
 use cairn_shared::workload::{DesiredInstance, DesiredUpdate, InstanceReport, Probe};
+
+use crate::images::plan::{HostImages, WantedImage};
 
 use super::state::{AppSecrets, Event, Instance, InstanceState};
 use crate::app::App;
@@ -42,6 +45,8 @@ struct HostSync {
     sent: BTreeMap<InstanceId, DesiredInstance>,
     /// Instances changed since the last update.
     dirty: std::collections::BTreeSet<InstanceId>,
+    /// The image set last sent.
+    images_sent: Option<DesiredImages>,
 }
 
 /// Marks an instance changed, for its host's next update.
@@ -125,6 +130,23 @@ pub struct Instances {
     inner: Mutex<Inner>,
     /// Blueprint revisions never change once saved, so they are read once.
     specs: Mutex<HashMap<(String, u32), BlueprintSpec>>,
+    /// The pre-pull plan last computed, and the registry logins agents pull with.
+    images: Mutex<ImagePlan>,
+}
+
+#[derive(Debug, Default)]
+struct ImagePlan {
+    per_host: BTreeMap<HostId, Vec<ImageSpec>>,
+    credentials: Vec<RegistryCredential>,
+}
+
+impl ImagePlan {
+    fn for_host(&self, host: &HostId) -> DesiredImages {
+        DesiredImages {
+            prepull: self.per_host.get(host).cloned().unwrap_or_default(),
+            credentials: self.credentials.clone(),
+        }
+    }
 }
 
 /// The base path of an instance behind the controller's proxy.
@@ -143,6 +165,7 @@ impl Instances {
             store,
             config,
             specs: Mutex::new(HashMap::new()),
+            images: Mutex::new(ImagePlan::default()),
             inner: Mutex::new(Inner {
                 by_host: {
                     let mut m: HashMap<HostId, std::collections::BTreeSet<InstanceId>> =
@@ -523,12 +546,21 @@ impl Instances {
                 }
             }
             sync.version += 1;
+            let images = full.then(|| {
+                self.images
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .for_host(host)
+            });
+            if images.is_some() {
+                sync.images_sent = images.clone();
+            }
             ControllerMsg::Desired(DesiredUpdate {
                 version: sync.version,
                 full,
                 upsert,
                 remove,
-                images: None,
+                images,
             })
         };
         if !app.registry.send(host, msg) {
@@ -540,6 +572,75 @@ impl Instances {
     /// A host (re)connected: it gets its full set.
     pub fn host_connected(&self, app: &App, host: &HostId) {
         self.sync_host(app, host, true);
+    }
+
+    /// Recomputes the pre-pull plan from the enabled blueprints and the hosts, and
+    /// sends each connected host whose image set changed its new set (a desired-state
+    /// update with no instance changes). Level-triggered: called every tick, so a new
+    /// blueprint, a refreshed digest or a new host reaches agents within one.
+    pub fn sync_images(&self, app: &App, hosts: &[crate::hosts::HostView]) {
+        let wanted: Vec<WantedImage> = match app.blueprints.list() {
+            Ok(list) => list
+                .into_iter()
+                .filter(|b| b.spec.enabled)
+                .map(|b| WantedImage {
+                    image: ImageSpec {
+                        reference: b.spec.run_image().to_string(),
+                        source: b.spec.image_source(),
+                    },
+                    prepull: b.spec.prepull,
+                    placement: b.spec.placement.clone(),
+                    blueprint: b.spec.name,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read blueprints for the pre-pull plan");
+                return;
+            }
+        };
+        let views: Vec<HostImages> = hosts
+            .iter()
+            .filter(|h| h.pool.standing != crate::hosts::pool::Standing::Removed)
+            .map(|h| HostImages {
+                id: h.id.clone(),
+                labels: h.labels.clone(),
+                eligible: h.connected && h.state == HostState::Active && h.pool.open(),
+                present: present_images(h),
+            })
+            .collect();
+        let plan = ImagePlan {
+            per_host: crate::images::plan::plan(&wanted, &views),
+            credentials: crate::images::registry::credentials(&app.config.images),
+        };
+        let mut sends = vec![];
+        {
+            let mut inner = self.lock();
+            for (host, sync) in inner.hosts.iter_mut().filter(|(_, s)| s.version > 0) {
+                let want = plan.for_host(host);
+                if sync.images_sent.as_ref() == Some(&want) {
+                    continue;
+                }
+                tracing::info!(%host, images = want.prepull.len(), "sending the host's pre-pull set");
+                sync.version += 1;
+                sync.images_sent = Some(want.clone());
+                sends.push((
+                    host.clone(),
+                    ControllerMsg::Desired(DesiredUpdate {
+                        version: sync.version,
+                        full: false,
+                        upsert: vec![],
+                        remove: vec![],
+                        images: Some(want),
+                    }),
+                ));
+            }
+        }
+        *self.images.lock().unwrap_or_else(|p| p.into_inner()) = plan;
+        for (host, msg) in sends {
+            if !app.registry.send(&host, msg) {
+                self.lock().hosts.remove(&host);
+            }
+        }
     }
 
     /// Applies what an agent reported. Reports about instances not placed on that host
@@ -701,9 +802,9 @@ impl Instances {
             }
             Err(e) => tracing::error!(error = %e, "host standing update failed"),
         }
-        let lost: Vec<HostId> = app
-            .registry
-            .list()
+        let views = app.registry.list();
+        self.sync_images(app, &views);
+        let lost: Vec<HostId> = views
             .into_iter()
             .filter(|h| h.state == HostState::Lost)
             .map(|h| h.id)
@@ -792,22 +893,61 @@ fn request_of(i: &Instance, spec: &BlueprintSpec) -> Request {
         instance: i.id.clone(),
         resources: Resources::new(spec.memory_mib * MIB, (spec.cpus * 1000.0).round() as u64),
         labels: spec.placement.clone(),
-        image: spec.image.clone(),
+        image: spec.run_image().to_string(),
         strategy: spec.strategy,
         priority: 0,
     }
 }
 
-/// The scheduler's view of a host from the registry.
-fn snapshot(h: &crate::hosts::HostView) -> HostSnapshot {
-    let images = match &h.runtime {
+/// Every name a host's images answer to, as agents report them: tags, image ids
+/// (uploaded images run by id) and digest references (registry images run by
+/// digest), so the scheduler's image bonus and the pre-pull plan see what is really
+/// there.
+fn present_images(h: &crate::hosts::HostView) -> std::collections::BTreeSet<String> {
+    match &h.runtime {
         Some(cairn_shared::resources::RuntimeFacts::Docker(d)) => d
             .images
             .iter()
-            .flat_map(|i| i.tags.iter().cloned().chain([i.id.clone()]))
+            .flat_map(|i| {
+                i.tags
+                    .iter()
+                    .chain(&i.repo_digests)
+                    .cloned()
+                    .chain([i.id.clone()])
+            })
+            .flat_map(|name| {
+                // Docker reports Docker Hub digests without `docker.io/library/`.
+                let full = hub_full_name(&name);
+                [Some(name), full].into_iter().flatten()
+            })
             .collect(),
         _ => Default::default(),
+    }
+}
+
+/// `ubuntu@sha256:…` → `docker.io/library/ubuntu@sha256:…`: the form the controller
+/// resolves Docker Hub images to. `None` for names that already carry a registry
+/// host (or are image ids).
+fn hub_full_name(name: &str) -> Option<String> {
+    if name.starts_with("sha256:") {
+        return None;
+    }
+    let (first, rest) = match name.split_once('/') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (name, None),
     };
+    let has_host =
+        rest.is_some() && (first.contains('.') || first.contains(':') || first == "localhost");
+    match (has_host, rest) {
+        (true, _) => None,
+        (false, None) => Some(format!("docker.io/library/{name}")),
+        (false, Some(_)) => Some(format!("docker.io/{name}")),
+    }
+}
+
+/// The scheduler's view of a host from the registry.
+fn snapshot(h: &crate::hosts::HostView) -> HostSnapshot {
+    let images = present_images(h);
     HostSnapshot {
         id: h.id.clone(),
         pool: h

@@ -200,6 +200,12 @@ impl Instance {
             _ if self.state == S::Stopping => false,
             InstancePhase::Preparing { detail } => match self.state {
                 S::Scheduled => self.go(S::Preparing, Some(detail), now_ms),
+                // Progress ("pulling 35%"): shown as the state's reason, not kept as
+                // a transition of its own, so the history stays one line per state.
+                S::Preparing if self.state_reason.as_deref() != Some(detail.as_str()) => {
+                    self.state_reason = Some(detail);
+                    true
+                }
                 _ => false,
             },
             InstancePhase::Starting => match self.state {
@@ -259,6 +265,26 @@ mod tests {
 
     fn states(i: &Instance) -> Vec<InstanceState> {
         i.transitions.iter().map(|t| t.state).collect()
+    }
+
+    #[test]
+    fn pull_progress_updates_the_reason_without_new_transitions() {
+        let mut i = inst();
+        assert!(i.apply(Event::Scheduled(HostId::generate()), 1));
+        let prep = |d: &str| {
+            Event::Report(InstancePhase::Preparing {
+                detail: d.to_string(),
+            })
+        };
+        assert!(i.apply(prep("pulling"), 2));
+        assert!(i.apply(prep("pulling 35%"), 3));
+        assert_eq!(i.state_reason.as_deref(), Some("pulling 35%"));
+        assert!(
+            !i.apply(prep("pulling 35%"), 4),
+            "the same detail is no change"
+        );
+        assert!(i.apply(prep("creating container"), 5));
+        assert_eq!(states(&i).len(), 3, "queued, scheduled, preparing");
     }
 
     #[test]

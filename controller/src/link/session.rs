@@ -164,6 +164,7 @@ async fn control_loop(
                         generation,
                         hb.capacity,
                         hb.runtime,
+                        hb.pulls,
                         cairn_shared::time::now_ms(),
                     )
                     .await
@@ -253,10 +254,13 @@ async fn handle_request(
         },
         Ok(()) => match req {
             AgentRequest::RenewCertificate { csr_der } => renew(&app, &host, &csr_der).await,
-            AgentRequest::FetchImage { .. } => AgentResponse::Refused {
-                code: RefusalCode::Internal,
-                message: "image archives are not served yet".into(),
-            },
+            AgentRequest::FetchImage { archive, offset } => {
+                // Streams the archive itself when it can, and finishes the stream.
+                match serve_archive(&app, &archive, offset, &mut send).await {
+                    Ok(()) => return,
+                    Err(refusal) => refusal,
+                }
+            }
         },
     };
     if framing::write(&mut send, &response, MAX_REQUEST_FRAME)
@@ -265,6 +269,91 @@ async fn handle_request(
     {
         let _ = send.finish();
     }
+}
+
+/// Answers a `FetchImage`: an [`AgentResponse::ImageStream`] frame, then the archive's
+/// bytes from `offset` to the end in bounded reads, then the end of the stream. A
+/// refusal (unknown archive, offset past the end, unreadable file) is returned for the
+/// caller to send instead; once bytes flow, a failure just resets the stream and the
+/// agent resumes from what it has.
+async fn serve_archive(
+    app: &App,
+    archive: &str,
+    offset: u64,
+    send: &mut quinn::SendStream,
+) -> Result<(), AgentResponse> {
+    use crate::images::archives::{ArchivesError, READ_CHUNK};
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+    let (mut file, rec) = match app.archives.open_archive(archive).await {
+        Ok(f) => f,
+        Err(ArchivesError::NotFound(_)) => {
+            tracing::info!(%archive, "agent asked for an unknown image archive");
+            return Err(AgentResponse::Refused {
+                code: RefusalCode::BadRequest,
+                message: format!(
+                    "no image archive {archive} on this controller (removed, or never pushed); push it again with `cairn images push`"
+                ),
+            });
+        }
+        Err(e) => {
+            tracing::error!(%archive, error = %e, "cannot serve image archive");
+            return Err(AgentResponse::Refused {
+                code: RefusalCode::Internal,
+                message: format!("the controller cannot read image archive {archive}; see its log"),
+            });
+        }
+    };
+    if offset > rec.size_bytes {
+        return Err(AgentResponse::Refused {
+            code: RefusalCode::BadRequest,
+            message: format!(
+                "offset {offset} is past the end of image archive {archive} ({} bytes)",
+                rec.size_bytes
+            ),
+        });
+    }
+    if let Err(e) = file.seek(std::io::SeekFrom::Start(offset)).await {
+        tracing::error!(%archive, error = %e, "cannot seek in image archive");
+        return Err(AgentResponse::Refused {
+            code: RefusalCode::Internal,
+            message: format!("the controller cannot read image archive {archive}; see its log"),
+        });
+    }
+    let started = std::time::Instant::now();
+    let header = AgentResponse::ImageStream {
+        size_bytes: rec.size_bytes,
+    };
+    if let Err(e) = framing::write(send, &header, MAX_REQUEST_FRAME).await {
+        tracing::debug!(%archive, error = %e, "agent went away before the archive was sent");
+        return Ok(());
+    }
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut sent = 0u64;
+    let want = rec.size_bytes - offset;
+    while sent < want {
+        let n = match file.read(&mut buf).await {
+            Ok(0) => {
+                tracing::error!(%archive, offset, sent, "image archive ended early on disk");
+                let _ = send.reset(quinn::VarInt::from_u32(RefusalCode::Internal as u32));
+                return Ok(());
+            }
+            Ok(n) => n.min(usize::try_from(want - sent).unwrap_or(usize::MAX)),
+            Err(e) => {
+                tracing::error!(%archive, offset, sent, error = %e, "reading image archive failed");
+                let _ = send.reset(quinn::VarInt::from_u32(RefusalCode::Internal as u32));
+                return Ok(());
+            }
+        };
+        if let Err(e) = send.write_all(&buf[..n]).await {
+            tracing::info!(%archive, offset, sent, error = %e, "image archive fetch broke off");
+            return Ok(());
+        }
+        sent += n as u64;
+    }
+    let _ = send.finish();
+    tracing::info!(%archive, offset, bytes = sent, elapsed_ms = started.elapsed().as_millis() as u64, "image archive sent");
+    Ok(())
 }
 
 async fn renew(app: &App, host: &HostId, csr_der: &[u8]) -> AgentResponse {

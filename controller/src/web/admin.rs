@@ -1,10 +1,10 @@
 //! Admin pages: hosts with their capacity, every instance, blueprints (create, edit,
-//! enable/disable, revision history) and users.
+//! enable/disable, refresh the image, revision history) and users.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
@@ -15,7 +15,9 @@ use super::layout::{badge, bar, count as plural, duration, message, mib, page};
 use super::user::{app_name, instance_table};
 use super::{error_page, not_found, AdminSession};
 use crate::app::App;
+use crate::blueprints::spec::{Prepull, PrepullInput, PullPolicy};
 use crate::blueprints::{BlueprintInput, BlueprintSpec, CatalogError, FieldError};
+use crate::images::resolve::Resolver;
 use crate::users::{AccountsError, Role};
 use cairn_shared::resources::RuntimeFacts;
 
@@ -95,6 +97,14 @@ pub async fn hosts(State(app): State<Arc<App>>, AdminSession(s): AdminSession) -
                         }
                         li { "seen " (duration(now().saturating_sub(h.last_seen_ms) / 1000)) " ago" }
                     }
+                    @if !h.pulls.is_empty() {
+                        section aria-label="Image pulls" {
+                            h3 { "Pulling" }
+                            ul class="pulls" { @for p in &h.pulls {
+                                li { (pull_line(p)) }
+                            } }
+                        }
+                    }
                     @if !h.labels.is_empty() {
                         ul class="facts" aria-label="Labels" {
                             @for (k, v) in &h.labels { li { code { (k) "=" (v) } } }
@@ -115,6 +125,31 @@ pub async fn hosts(State(app): State<Arc<App>>, AdminSession(s): AdminSession) -
         }
     };
     page("Hosts", Some(&s.viewer), "/admin/hosts", body).into_response()
+}
+
+/// One pull as a line: what, how far (a progress bar), and how it goes.
+fn pull_line(p: &cairn_shared::images::PullProgress) -> Markup {
+    use cairn_shared::images::PullPhase;
+    let pct = p.percent();
+    html! {
+        code { (p.reference) }
+        @if p.prepull { " " span class="muted" { "(pre-pull)" } }
+        " "
+        @match &p.phase {
+            PullPhase::Queued => { span { "queued" } }
+            PullPhase::Pulling => {
+                progress max="100" value=(pct) aria-label={ "pull of " (p.reference) } { (pct) "%" }
+                " " (pct) "% · " (mib(p.bytes_done)) " of " (mib(p.bytes_total))
+                " · " (p.layers_done) "/" (p.layers_total) " layers"
+            }
+            PullPhase::Loading => { span { "loading into Docker" } }
+            PullPhase::Retrying { error, retry_in_ms } => {
+                span class="warn" { "attempt " (p.attempt) " failed: " (error) "; retrying in "
+                    (duration(retry_in_ms / 1000)) }
+            }
+            PullPhase::Failed { error } => { span class="error" { "failed: " (error) } }
+        }
+    }
 }
 
 /// `GET /admin/instances`: everyone's instances.
@@ -205,8 +240,17 @@ pub struct BlueprintForm {
     placement: String,
     #[serde(default)]
     strategy: String,
+    /// `registry` or `never`; empty means the default (`registry`).
+    #[serde(default)]
+    pull: String,
+    /// `all`, `none` or a number of hosts; empty means the default (`all`).
+    #[serde(default)]
+    prepull: String,
     #[serde(default)]
     enabled: Option<String>,
+    /// Set by the "Refresh image" button: resolve the tag again instead of saving.
+    #[serde(default)]
+    refresh: Option<String>,
 }
 
 impl BlueprintForm {
@@ -239,7 +283,17 @@ impl BlueprintForm {
                 Some(crate::scheduler::Strategy::Spread) => "spread".into(),
                 None => String::new(),
             },
+            pull: match b.pull {
+                PullPolicy::Registry => "registry".into(),
+                PullPolicy::Never => "never".into(),
+            },
+            prepull: match b.prepull {
+                Prepull::All => "all".into(),
+                Prepull::None => "none".into(),
+                Prepull::Hosts(n) => n.to_string(),
+            },
             enabled: b.enabled.then(|| "on".into()),
+            refresh: None,
         }
     }
 
@@ -330,8 +384,13 @@ impl BlueprintForm {
             max_instances_per_user,
             placement: Some(placement),
             strategy: text(&self.strategy),
-            pull: None,
-            prepull: None,
+            pull: text(&self.pull),
+            // A number is a host count; anything else goes to validation as a word,
+            // which names the accepted values if it is wrong.
+            prepull: text(&self.prepull).map(|p| match p.parse::<i64>() {
+                Ok(n) => PrepullInput::Hosts(n),
+                Err(_) => PrepullInput::Word(p),
+            }),
             enabled: Some(self.enabled.is_some()),
         })
     }
@@ -409,6 +468,12 @@ fn blueprint_form(
                     option value="binpack" selected[f.strategy == "binpack"] { "Pack hosts full (frees idle hosts)" }
                     option value="spread" selected[f.strategy == "spread"] { "Spread over hosts" }
                 } }, errors))
+            (field("pull", "Image source", "the tag is resolved to a digest when saved", html! {
+                select id="pull" name="pull" aria-invalid=[invalid("pull")] aria-describedby="pull-hint pull-error" {
+                    option value="registry" selected[f.pull != "never"] { "Registry or uploaded image (pulled by digest)" }
+                    option value="never" selected[f.pull == "never"] { "Never pull: already on every host" }
+                } }, errors))
+            (field("prepull", "Pre-pull", "all, none, or a number of hosts", text("prepull", &f.prepull, false), errors))
             div class="row" {
                 input id="enabled" name="enabled" type="checkbox" checked[f.enabled.is_some()];
                 label for="enabled" { "Enabled (users can launch it)" }
@@ -450,7 +515,11 @@ pub async fn create_blueprint(
             .into_response()
     };
     let input = f.input().map_err(again)?;
-    match app.blueprints.create(&input, now()).await {
+    match app
+        .blueprints
+        .create(&input, &Resolver::of(&app), now())
+        .await
+    {
         Ok(b) => {
             tracing::info!(blueprint = %b.spec.name, by = %s.principal.name(), "blueprint created");
             Ok(Redirect::to(&format!("/admin/blueprints/{}", b.spec.name)).into_response())
@@ -474,12 +543,20 @@ fn internal(s: &super::Session, e: impl std::fmt::Display) -> Response {
     )
 }
 
+/// What the last "Refresh image" did, shown once on the page it redirects to.
+#[derive(Debug, Default, Deserialize)]
+pub struct EditQuery {
+    #[serde(default)]
+    refreshed: Option<String>,
+}
+
 fn edit_page(
     app: &App,
     s: &super::Session,
     name: &str,
     f: Option<&BlueprintForm>,
     errors: &[FieldError],
+    notice: Option<Markup>,
     status: StatusCode,
 ) -> Response {
     let record = match app.blueprints.get(name) {
@@ -491,7 +568,32 @@ fn edit_page(
     let form = f
         .cloned()
         .unwrap_or_else(|| BlueprintForm::from_spec(&record.spec));
+    let resolved = record.spec.resolved.as_ref();
     let body = html! {
+        @if let Some(n) = notice { (n) }
+        section class="image" aria-labelledby="image-h" {
+            h2 id="image-h" { "Image" }
+            p {
+                "Instances of revision " (record.revision) " run " code { (record.spec.run_image()) }
+                @match resolved.map(|r| &r.source) {
+                    Some(cairn_shared::images::ImageSource::Registry) => {
+                        ", resolved from " code { (record.spec.image) } " "
+                        (duration(now().saturating_sub(resolved.map_or(0, |r| r.resolved_ms)) / 1000)) " ago."
+                    }
+                    Some(cairn_shared::images::ImageSource::Controller { .. }) => {
+                        ", the image uploaded to the controller as " code { (record.spec.image) } "."
+                    }
+                    Some(cairn_shared::images::ImageSource::Host) => ", as it is on each host (never pulled)."
+                    None => " by tag (not resolved yet; refresh to pin a digest)."
+                }
+            }
+            form method="post" action={ "/admin/blueprints/" (name) } {
+                input type="hidden" name="csrf" value=(s.viewer.csrf);
+                input type="hidden" name="refresh" value="1";
+                button type="submit" class="secondary" { "Refresh image" }
+                " " span class="hint" { "resolves the tag again; a new digest makes a new revision, running instances keep theirs" }
+            }
+        }
         section class="availability" aria-labelledby="avail-h" {
             h2 id="avail-h" { "Availability" }
             p { "Revision " strong { (record.revision) } " is " @if record.spec.enabled { (badge("enabled")) ": users can launch it." } @else { (badge("disabled")) ": users cannot launch it; running instances are not affected." } }
@@ -510,7 +612,12 @@ fn edit_page(
                             tr {
                                 td { (r.revision) }
                                 td { (duration(now().saturating_sub(r.saved_ms) / 1000)) " ago" }
-                                td { code { (r.spec.image) } }
+                                td {
+                                    code { (r.spec.image) }
+                                    @if r.spec.run_image() != r.spec.image {
+                                        br; span class="muted" { code { (r.spec.run_image()) } }
+                                    }
+                                }
                                 td { (r.spec.memory_mib) " MiB, " (r.spec.cpus) " CPU, " (duration(r.spec.max_lifetime_secs)) }
                                 td { @if r.spec.enabled { "yes" } @else { "no" } }
                             }
@@ -537,11 +644,64 @@ pub async fn edit_blueprint(
     State(app): State<Arc<App>>,
     AdminSession(s): AdminSession,
     Path(name): Path<String>,
+    Query(q): Query<EditQuery>,
 ) -> Response {
-    edit_page(&app, &s, &name, None, &[], StatusCode::OK)
+    let notice = match q.refreshed.as_deref() {
+        Some("changed") => Some(message(
+            "notice",
+            "The tag points at a new image: saved as a new revision. Running instances keep theirs.",
+        )),
+        Some("unchanged") => Some(message(
+            "notice",
+            "The tag still points at the same image; nothing changed.",
+        )),
+        _ => None,
+    };
+    edit_page(&app, &s, &name, None, &[], notice, StatusCode::OK)
 }
 
-/// `POST /admin/blueprints/{name}`: a new revision.
+/// The "Refresh image" button: the same code as `POST /api/v1/blueprints/{name}/refresh`.
+async fn refresh_blueprint(
+    app: &App,
+    s: &super::Session,
+    name: &str,
+) -> Result<Response, Response> {
+    match app
+        .blueprints
+        .refresh(name, &Resolver::of(app), now())
+        .await
+    {
+        Ok((b, changed)) => {
+            tracing::info!(blueprint = %name, changed, revision = b.revision, image = %b.spec.run_image(), by = %s.principal.name(), "blueprint image refreshed");
+            let what = if changed { "changed" } else { "unchanged" };
+            Ok(Redirect::to(&format!("/admin/blueprints/{name}?refreshed={what}")).into_response())
+        }
+        Err(CatalogError::Invalid(errors)) => {
+            let text = errors
+                .iter()
+                .map(|e| e.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            Err(edit_page(
+                app,
+                s,
+                name,
+                None,
+                &[],
+                Some(message(
+                    "error",
+                    &format!("Cannot refresh the image: {text}"),
+                )),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ))
+        }
+        Err(CatalogError::NotFound(_)) => Err(not_found(&s.viewer, "There is no such blueprint.")),
+        Err(e) => Err(internal(s, e)),
+    }
+}
+
+/// `POST /admin/blueprints/{name}`: a new revision, or with `refresh` set (the
+/// "Refresh image" button) the image resolved again.
 pub async fn save_blueprint(
     State(app): State<Arc<App>>,
     AdminSession(s): AdminSession,
@@ -549,6 +709,9 @@ pub async fn save_blueprint(
     Form(f): Form<BlueprintForm>,
 ) -> Result<Response, Response> {
     s.check(&f.csrf)?;
+    if f.refresh.is_some() {
+        return refresh_blueprint(&app, &s, &name).await;
+    }
     let input = f.input().map_err(|errors| {
         edit_page(
             &app,
@@ -556,10 +719,15 @@ pub async fn save_blueprint(
             &name,
             Some(&f),
             &errors,
+            None,
             StatusCode::UNPROCESSABLE_ENTITY,
         )
     })?;
-    match app.blueprints.update(&name, &input, now()).await {
+    match app
+        .blueprints
+        .update(&name, &input, &Resolver::of(&app), now())
+        .await
+    {
         Ok(b) => {
             tracing::info!(blueprint = %name, revision = b.revision, by = %s.principal.name(), "blueprint saved");
             Ok(Redirect::to(&format!("/admin/blueprints/{name}")).into_response())
@@ -570,6 +738,7 @@ pub async fn save_blueprint(
             &name,
             Some(&f),
             &errors,
+            None,
             StatusCode::UNPROCESSABLE_ENTITY,
         )),
         Err(CatalogError::NotFound(_)) => Err(not_found(&s.viewer, "There is no such blueprint.")),

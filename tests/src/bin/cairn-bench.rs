@@ -71,6 +71,16 @@ enum Cmd {
     },
     /// Proxy overhead: one container directly, through nginx, and through Cairn.
     Proxy(ProxyArgs),
+    /// Time to running of the first launch of a blueprint on a host that has never
+    /// seen its image: pre-pull on, pre-pull off, and the image already cached.
+    FirstLaunch {
+        /// Size of the image's own (random, incompressible) layer.
+        #[arg(long, default_value_t = 256)]
+        image_mib: usize,
+        /// Rounds; every case runs once per round with a fresh image.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -117,6 +127,7 @@ async fn main() -> Result<()> {
         } => heartbeats(agents, &interval, seconds).await?,
         Cmd::Launch { count } => launch(count).await?,
         Cmd::Proxy(args) => proxy(args).await?,
+        Cmd::FirstLaunch { image_mib, rounds } => first_launch(image_mib, rounds).await?,
     };
     match cli.json {
         Some(p) if p.as_os_str() == "-" => {
@@ -308,6 +319,156 @@ fn docker_cli(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Launches `blueprint` as `token` and returns the time from the request to
+/// `running`; stops the instance afterwards (not timed).
+async fn timed_launch(ctl: &Controller, token: &str, blueprint: &str) -> Result<f64> {
+    use reqwest::Method;
+    let t0 = Instant::now();
+    let (s, inst) = ctl
+        .request(
+            Some(token),
+            Method::POST,
+            "/api/v1/instances",
+            Some(json!({ "blueprint": blueprint })),
+        )
+        .await;
+    if s != 201 {
+        bail!("launch {blueprint}: {inst}");
+    }
+    let id = inst["id"].as_str().context("id")?.to_string();
+    let path = format!("/api/v1/instances/{id}");
+    loop {
+        let (_, i) = ctl.request(Some(token), Method::GET, &path, None).await;
+        match i["state"].as_str() {
+            Some("running") => break,
+            Some("failed") => bail!("instance failed: {i}"),
+            _ => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            bail!("{blueprint} did not reach running");
+        }
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    ctl.request(Some(token), Method::DELETE, &path, None).await;
+    loop {
+        let (_, i) = ctl.request(Some(token), Method::GET, &path, None).await;
+        if i["state"] == "stopped" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(ms)
+}
+
+/// Whether the host reports `reference` among its images' digests.
+async fn host_holds(ctl: &Controller, host: &str, reference: &str) -> bool {
+    let (_, h) = ctl.get(&format!("/api/v1/hosts/{host}")).await;
+    h["runtime"]["Docker"]["images"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|i| i["repo_digests"].as_array().cloned().unwrap_or_default())
+        .any(|d| d == reference)
+}
+
+async fn first_launch(image_mib: usize, rounds: usize) -> Result<serde_json::Value> {
+    use cairn_tests::registry::{forget_pulled, unique_http_image, Registry, HTTP_PORT};
+    let tmp = tempfile::tempdir()?;
+    let reg = Registry::start(tmp.path(), "registry");
+    let mut ctl = Controller::init(tmp.path(), &ControllerOptions::default());
+    ctl.start().await;
+    let mut agent = Agent::new(tmp.path(), "bench");
+    let host = agent.join_ok(&ctl, &ctl.token("5m", 1), &[]);
+    agent.start();
+    ctl.wait_host_state(&host, "active", Duration::from_secs(30))
+        .await;
+    let token = ctl.admin_token.clone();
+    let (mut off, mut on, mut cached, mut prepull) = (vec![], vec![], vec![], vec![]);
+    let mut image_bytes = 0u64;
+    for round in 0..rounds {
+        // Two images this host has never seen, one per case.
+        let mut refs = vec![];
+        for case in ["off", "on"] {
+            let local = unique_http_image(
+                &format!("cairn-bench/first-{case}:{round}"),
+                image_mib * 1024 * 1024,
+            );
+            if image_bytes == 0 {
+                let size = docker_cli(&["image", "inspect", "--format", "{{.Size}}", &local])?;
+                image_bytes = size.parse().unwrap_or(0);
+            }
+            let digest = reg.publish(&local, &format!("bench/{case}:{round}"));
+            refs.push(format!("{}/bench/{case}@{digest}", reg.host()));
+        }
+        let blueprint = |case: &str, prepull: &str| {
+            json!({"name": format!("{case}-{round}"), "image": format!("{}/bench/{case}:{round}", reg.host()),
+                   "app": "http", "app_port": HTTP_PORT, "memory_mib": 64, "cpus": 0.5, "prepull": prepull})
+        };
+        // Pre-pull off: the launch pulls. Then the same image again: cached.
+        ctl.blueprint(blueprint("off", "none")).await;
+        off.push(timed_launch(&ctl, &token, &format!("off-{round}")).await?);
+        cached.push(timed_launch(&ctl, &token, &format!("off-{round}")).await?);
+        // Pre-pull on: the host pulls when the blueprint is saved; the launch comes
+        // once the host reports the image (a course's blueprint is saved well before
+        // its students arrive).
+        let t0 = Instant::now();
+        ctl.blueprint(blueprint("on", "all")).await;
+        while !host_holds(&ctl, &host, &refs[1]).await {
+            if t0.elapsed() > Duration::from_secs(600) {
+                bail!("pre-pull of {} did not finish", refs[1]);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        prepull.push(t0.elapsed().as_secs_f64() * 1000.0);
+        on.push(timed_launch(&ctl, &token, &format!("on-{round}")).await?);
+        for case in ["off", "on"] {
+            ctl.send(
+                reqwest::Method::POST,
+                &format!("/api/v1/blueprints/{case}-{round}/disable"),
+                None,
+            )
+            .await;
+        }
+        forget_pulled(&reg.host());
+    }
+    agent.kill9();
+    let (m_off, m_on, m_cached, m_pre) =
+        (median(&off), median(&on), median(&cached), median(&prepull));
+    println!(
+        "first launch on a host that never saw the image ({:.0} MiB image, {rounds} rounds, median; registry on loopback)",
+        image_bytes as f64 / (1024.0 * 1024.0)
+    );
+    println!("| case                                   | to running (ms) | / cached |");
+    println!("|----------------------------------------|----------------:|---------:|");
+    println!(
+        "| image cached on the host               | {m_cached:>15.1} | {:>8.2} |",
+        1.0
+    );
+    println!(
+        "| pre-pull on (pulled before the launch) | {m_on:>15.1} | {:>8.2} |",
+        m_on / m_cached
+    );
+    println!(
+        "| pre-pull off (pulled at the launch)    | {m_off:>15.1} | {:>8.2} |",
+        m_off / m_cached
+    );
+    println!("background pre-pull, blueprint saved → host reports the image: {m_pre:.0} ms");
+    println!(
+        "goal: pre-pull on within 10% of cached — {}",
+        if m_on <= m_cached * 1.10 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    Ok(json!({
+        "image_bytes": image_bytes, "rounds": rounds,
+        "cached_ms": cached, "prepull_on_ms": on, "prepull_off_ms": off, "prepull_ms": prepull,
+        "median": {"cached": m_cached, "prepull_on": m_on, "prepull_off": m_off, "prepull": m_pre},
+        "ratio_on_cached": m_on / m_cached, "ratio_off_cached": m_off / m_cached,
+    }))
+}
+
 async fn launch(count: usize) -> Result<serde_json::Value> {
     use reqwest::Method;
     let image = cairn_tests::images::busybox_image();
@@ -324,7 +485,7 @@ async fn launch(count: usize) -> Result<serde_json::Value> {
         "-c",
         "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www",
     ];
-    let bp = json!({"name": "bench", "image": image, "app": "http", "app_port": 8080, "memory_mib": 64, "cpus": 0.5, "command": cmd});
+    let bp = json!({"name": "bench", "image": image, "pull": "never", "app": "http", "app_port": 8080, "memory_mib": 64, "cpus": 0.5, "command": cmd});
     let (s, b) = ctl.send(Method::POST, "/api/v1/blueprints", Some(bp)).await;
     if s != 201 {
         bail!("creating the blueprint: {b}");
@@ -847,7 +1008,7 @@ async fn proxy(args: ProxyArgs) -> Result<serde_json::Value> {
     agent.start();
     ctl.wait_host_state(&host, "active", Duration::from_secs(30))
         .await;
-    let bp = json!({"name": "bench-proxy", "image": image, "app": "http", "app_port": PORT,
+    let bp = json!({"name": "bench-proxy", "image": image, "pull": "never", "app": "http", "app_port": PORT,
         "memory_mib": 512, "cpus": 2.0});
     let (s, b) = ctl.send(Method::POST, "/api/v1/blueprints", Some(bp)).await;
     if s != 201 {

@@ -141,7 +141,7 @@ async fn run(args: &Args) -> Result<Value> {
 
     // A tiny blueprint so that capacity is not what limits the run.
     let bp = json!({
-        "name": "tiny", "image": "cairn-test/hollow:1", "app": "http", "app_port": 8080,
+        "name": "tiny", "image": "cairn-test/hollow:1", "pull": "never", "app": "http", "app_port": 8080,
         "memory_mib": 16, "cpus": 0.01, "max_instances_per_user": PER_USER,
         "max_lifetime_secs": 86400,
     });
