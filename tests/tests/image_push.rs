@@ -68,7 +68,12 @@ async fn a_pushed_image_reaches_two_agents_over_the_link_and_runs() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&image_id));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains(&image_id[..19]),
+        "shows the image id: {printed}"
+    );
+    assert!(printed.contains(&tag), "and the tag to use: {printed}");
 
     for site in ["a", "b"] {
         let bp = ctl
