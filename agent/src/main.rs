@@ -171,6 +171,8 @@ async fn run(state_dir: PathBuf) -> i32 {
     let gc = GcHandle::new();
     let brought = gc.clone();
     images.on_ready(move |reference| brought.note_brought(reference));
+    let used = gc.clone();
+    images.on_launch(move |reference| used.note_used(reference));
     let image_gc = ImageGc::new(DockerGc::new(), gc.clone(), &dir, &state.config.images);
     tokio::spawn(image_gc.run(shutdown.clone()));
     let opts = LinkOptions {

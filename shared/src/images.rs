@@ -159,6 +159,16 @@ impl Validate for PullProgress {
     }
 }
 
+/// BLAKE3 of a file in lowercase hex, read in 1 MiB pieces (never whole): how an
+/// uploaded archive is named by the CLI, checked by the controller and verified by
+/// the agent after a fetch. Blocking; call it on the blocking pool.
+pub fn blake3_file(path: &std::path::Path) -> std::io::Result<String> {
+    let f = std::fs::File::open(path)?;
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::io::BufReader::with_capacity(1 << 20, f))?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
 /// Whether `s` is a BLAKE3 hash in lowercase hex.
 pub fn is_archive_hash(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))

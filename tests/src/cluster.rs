@@ -404,6 +404,44 @@ impl Controller {
         body["id"].as_str().expect("instance id").to_string()
     }
 
+    /// Instance `id` as the holder of `token` sees it.
+    pub async fn instance(&self, token: &str, id: &str) -> Value {
+        self.request(
+            Some(token),
+            reqwest::Method::GET,
+            &format!("/api/v1/instances/{id}"),
+            None,
+        )
+        .await
+        .1
+    }
+
+    /// Stops instance `id` as the holder of `token` and waits until it is `stopped`.
+    pub async fn stop_instance(&self, token: &str, id: &str, timeout: Duration) {
+        let (status, body) = self
+            .request(
+                Some(token),
+                reqwest::Method::DELETE,
+                &format!("/api/v1/instances/{id}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 202, "stop {id}: {body}");
+        self.wait_instance(token, id, "stopped", timeout).await;
+    }
+
+    /// The digest references (`REPO@sha256:…`) of the images host `id` reports.
+    pub async fn host_image_digests(&self, id: &str) -> Vec<String> {
+        let (_, h) = self.get(&format!("/api/v1/hosts/{id}")).await;
+        h["runtime"]["Docker"]["images"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|i| i["repo_digests"].as_array().cloned().unwrap_or_default())
+            .filter_map(|d| d.as_str().map(str::to_string))
+            .collect()
+    }
+
     /// The hosts as the API lists them.
     pub async fn hosts(&self) -> Vec<Value> {
         let (status, body) = self.get("/api/v1/hosts").await;

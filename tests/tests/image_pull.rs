@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::Method;
 use serde_json::{json, Value};
 
 use cairn_tests::cluster::{controller_with_agent, start_agent, Controller, ControllerOptions};
@@ -24,45 +23,9 @@ fn blueprint(name: &str, image: &str, prepull: &str) -> Value {
     })
 }
 
-/// The digest references of the images a host reports.
-async fn host_images(ctl: &Controller, host: &str) -> Vec<String> {
-    let (_, h) = ctl.get(&format!("/api/v1/hosts/{host}")).await;
-    h["runtime"]["Docker"]["images"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|i| i["repo_digests"].as_array().cloned().unwrap_or_default())
-        .filter_map(|d| d.as_str().map(str::to_string))
-        .collect()
-}
-
 async fn host_pulls(ctl: &Controller, host: &str) -> Vec<Value> {
     let (_, h) = ctl.get(&format!("/api/v1/hosts/{host}")).await;
     h["pulls"].as_array().cloned().unwrap_or_default()
-}
-
-async fn instance(ctl: &Controller, token: &str, id: &str) -> Value {
-    ctl.request(
-        Some(token),
-        Method::GET,
-        &format!("/api/v1/instances/{id}"),
-        None,
-    )
-    .await
-    .1
-}
-
-async fn stop(ctl: &Controller, token: &str, id: &str) {
-    let (status, body) = ctl
-        .request(
-            Some(token),
-            Method::DELETE,
-            &format!("/api/v1/instances/{id}"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    ctl.wait_instance(token, id, "stopped", WAIT).await;
 }
 
 /// What the instance's `preparing` step said, over its history and now.
@@ -110,7 +73,7 @@ async fn prepull_warms_a_new_host_before_any_launch() {
     let host = agent.host_id();
     let start = Instant::now();
     let mut seen_progress = None;
-    while !host_images(&ctl, &host).await.contains(&reference) {
+    while !ctl.host_image_digests(&host).await.contains(&reference) {
         for p in host_pulls(&ctl, &host).await {
             let known = p["bytes_total"].as_u64().unwrap_or(0) > 0
                 || p["layers_total"].as_u64().unwrap_or(0) > 0;
@@ -151,7 +114,7 @@ async fn prepull_warms_a_new_host_before_any_launch() {
         &format!("cairn-{id}"),
     ]);
     assert_eq!(image.trim(), reference, "the container runs the digest");
-    stop(&ctl, &ctl.admin_token, &id).await;
+    ctl.stop_instance(&ctl.admin_token, &id, WAIT).await;
     drop(agent);
     forget_pulled(&reg.host());
 }
@@ -180,8 +143,8 @@ async fn on_demand_pull_shows_progress_and_is_shared_by_concurrent_launches() {
     let start = Instant::now();
     loop {
         let (ia, ib) = (
-            instance(&ctl, &token, &a).await,
-            instance(&ctl, &token, &b).await,
+            ctl.instance(&token, &a).await,
+            ctl.instance(&token, &b).await,
         );
         for i in [&ia, &ib] {
             assert_ne!(i["state"], "failed", "{i:#}");
@@ -206,7 +169,7 @@ async fn on_demand_pull_shows_progress_and_is_shared_by_concurrent_launches() {
         .count();
     assert_eq!(pulls, 1, "two launches, one pull:\n{log}");
     for id in [&a, &b] {
-        stop(&ctl, &token, id).await;
+        ctl.stop_instance(&token, id, WAIT).await;
     }
     drop(agent);
     forget_pulled(&reg.host());
@@ -244,7 +207,7 @@ async fn registry_down_fails_the_launch_readably_then_recovers() {
     reg.restart();
     let again = ctl.launch(&token, "outage").await;
     ctl.wait_instance(&token, &again, "running", WAIT).await;
-    stop(&ctl, &token, &again).await;
+    ctl.stop_instance(&token, &again, WAIT).await;
     drop(agent);
     forget_pulled(&reg.host());
 }

@@ -28,19 +28,6 @@ async fn host_of(ctl: &Controller, token: &str, id: &str) -> String {
     body["host"].as_str().unwrap_or_default().to_string()
 }
 
-async fn stop(ctl: &Controller, token: &str, id: &str) {
-    let (status, body) = ctl
-        .request(
-            Some(token),
-            Method::DELETE,
-            &format!("/api/v1/instances/{id}"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    ctl.wait_instance(token, id, "stopped", WAIT).await;
-}
-
 async fn standing(ctl: &Controller, host: &str) -> Value {
     ctl.get(&format!("/api/v1/hosts/{host}")).await.1["pool"].clone()
 }
@@ -101,7 +88,7 @@ async fn binpack_spread_drain_and_quarantine_with_two_agents() {
     assert_eq!(packed[0].1, packed[1].1, "bin-pack split the first two");
     assert_ne!(packed[2].1, packed[0].1, "the third went over the cap");
     for (id, _) in &packed {
-        stop(&ctl, &alice, id).await;
+        ctl.stop_instance(&alice, id, WAIT).await;
     }
 
     // Spread: alternates.
@@ -113,7 +100,7 @@ async fn binpack_spread_drain_and_quarantine_with_two_agents() {
     }
     assert_ne!(spread[0].1, spread[1].1, "spread put both on one host");
     for (id, _) in &spread {
-        stop(&ctl, &alice, id).await;
+        ctl.stop_instance(&alice, id, WAIT).await;
     }
 
     // Drain a host with an instance on it: nothing new goes there; it becomes
@@ -149,7 +136,7 @@ async fn binpack_spread_drain_and_quarantine_with_two_agents() {
         .send(Method::DELETE, &format!("/api/v1/hosts/{busy}"), None)
         .await;
     assert_eq!(status, 409, "removing a draining host: {body}");
-    stop(&ctl, &alice, &first).await;
+    ctl.stop_instance(&alice, &first, WAIT).await;
     cairn_tests::cluster::wait_for("the host to be drained", WAIT, || async {
         standing(&ctl, &busy).await["standing"]["state"] == "drained"
     })
@@ -158,7 +145,7 @@ async fn binpack_spread_drain_and_quarantine_with_two_agents() {
         .send(Method::POST, &format!("/api/v1/hosts/{busy}/undrain"), None)
         .await;
     assert_eq!(status, 200);
-    stop(&ctl, &alice, &second).await;
+    ctl.stop_instance(&alice, &second, WAIT).await;
 
     // Break beta: an OCI runtime Docker does not have. Fill alpha to its cap so the
     // next launches go to beta and fail; after three, beta is quarantined.
@@ -237,7 +224,7 @@ async fn binpack_spread_drain_and_quarantine_with_two_agents() {
         ctl.get_with("/api/v1/autoscaler", Some(&alice)).await.0,
         403
     );
-    stop(&ctl, &alice, &on_alpha[0]).await;
+    ctl.stop_instance(&alice, &on_alpha[0], WAIT).await;
     let body = ctl.wait_instance(&alice, &waiting, "running", WAIT).await;
     assert_eq!(body["host"], a.as_str());
 }

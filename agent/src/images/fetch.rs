@@ -221,18 +221,13 @@ pub async fn fetch_archive(
     drop(file);
     on_bytes(have, size);
     let hash_path = path.clone();
-    let actual = tokio::task::spawn_blocking(move || {
-        let f = std::fs::File::open(&hash_path)?;
-        let mut h = blake3::Hasher::new();
-        h.update_reader(std::io::BufReader::with_capacity(1 << 20, f))?;
-        Ok::<_, std::io::Error>(h.finalize().to_hex().to_string())
-    })
-    .await
-    .map_err(|e| FetchError::Io {
-        context: format!("hashing {}", path.display()),
-        source: std::io::Error::other(e.to_string()),
-    })?
-    .map_err(io(format!("hashing {}", path.display())))?;
+    let actual = tokio::task::spawn_blocking(move || cairn_shared::images::blake3_file(&hash_path))
+        .await
+        .map_err(|e| FetchError::Io {
+            context: format!("hashing {}", path.display()),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(io(format!("hashing {}", path.display())))?;
     if actual != archive {
         let _ = tokio::fs::remove_file(&path).await;
         return Err(FetchError::Verification {

@@ -175,6 +175,9 @@ pub struct ImageManager {
     /// Told each reference this manager pulled or loaded (the image collector may
     /// only remove images the agent brought).
     on_ready: std::sync::OnceLock<ReadyHook>,
+    /// Told each reference a launch asks for, just before its container is created
+    /// (the image collector's "last used").
+    on_launch: std::sync::OnceLock<ReadyHook>,
 }
 
 /// See [`ImageManager::on_ready`].
@@ -237,6 +240,7 @@ impl ImageManager {
             inner: Mutex::new(Inner::default()),
             wake: Notify::new(),
             on_ready: std::sync::OnceLock::new(),
+            on_launch: std::sync::OnceLock::new(),
         })
     }
 
@@ -244,6 +248,14 @@ impl ImageManager {
     /// once; later calls are ignored.
     pub fn on_ready(&self, f: impl Fn(&str) + Send + Sync + 'static) {
         let _ = self.on_ready.set(Box::new(f));
+    }
+
+    /// Calls `f` with the reference of every launch's image (each [`ensure`] that is
+    /// not a pre-pull). Set once; later calls are ignored.
+    ///
+    /// [`ensure`]: ImageManager::ensure
+    pub fn on_launch(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.on_launch.set(Box::new(f));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -282,6 +294,11 @@ impl ImageManager {
     /// never wait for a pre-pull slot.
     pub async fn ensure(self: &Arc<Self>, spec: ImageSpec, prepull: bool) -> PullHandle {
         let reference = spec.reference.clone();
+        if !prepull {
+            if let Some(f) = self.on_launch.get() {
+                f(&reference);
+            }
+        }
         if let Some(h) = self.join(&mut self.lock(), &reference, prepull) {
             return h;
         }
@@ -791,6 +808,25 @@ mod tests {
         let c = m.ensure(registry(REF), false).await;
         assert_eq!(c.state(), PullState::Ready);
         assert_eq!(backend.pulls_of(REF), 1);
+    }
+
+    #[tokio::test]
+    async fn hooks_hear_of_pulled_images_and_of_launches_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = Arc::new(FakeBackend::open());
+        let m = manager(&backend, settings(2, 4), tmp.path());
+        let ready = Arc::new(Mutex::new(vec![]));
+        let launched = Arc::new(Mutex::new(vec![]));
+        let (r, l) = (ready.clone(), launched.clone());
+        m.on_ready(move |x| r.lock().unwrap().push(x.to_string()));
+        m.on_launch(move |x| l.lock().unwrap().push(x.to_string()));
+        let (p, q) = ("r.example/p@sha256:aa", "r.example/q@sha256:bb");
+        m.ensure(registry(p), true).await.wait().await.unwrap();
+        m.ensure(registry(q), false).await.wait().await.unwrap();
+        // Present now: a second launch pulls nothing but is still a use.
+        m.ensure(registry(q), false).await.wait().await.unwrap();
+        assert_eq!(*ready.lock().unwrap(), [p, q]);
+        assert_eq!(*launched.lock().unwrap(), [q, q]);
     }
 
     #[tokio::test]

@@ -348,17 +348,12 @@ fn check_header(head: &[u8]) -> Result<(), String> {
 async fn hash_file(file: &Path) -> Result<String, Error> {
     let path = file.to_path_buf();
     let shown = file.display().to_string();
+    // The same hash as `cairn_shared::images::blake3_file`; the CLI does not link the
+    // shared crate (QUIC and TLS it never uses).
     tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        let mut f = std::fs::File::open(&path)?;
+        let f = std::fs::File::open(&path)?;
         let mut h = blake3::Hasher::new();
-        let mut buf = vec![0u8; READ_SIZE];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
+        h.update_reader(std::io::BufReader::with_capacity(READ_SIZE, f))?;
         Ok(h.finalize().to_hex().to_string())
     })
     .await

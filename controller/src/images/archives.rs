@@ -737,20 +737,7 @@ fn implicit_latest(reference: &str) -> Option<String> {
     (!last.contains(':') && !reference.contains('@')).then(|| format!("{reference}:latest"))
 }
 
-/// Hashes a file with BLAKE3 in bounded reads; returns lowercase hex.
-pub fn blake3_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().to_hex().to_string())
-}
+pub use cairn_shared::images::blake3_file;
 
 /// Checks a complete upload: its BLAKE3, then its layout. Blocking.
 fn verify(path: &Path, expected: &str) -> Result<ArchiveInfo, ArchivesError> {

@@ -15,6 +15,7 @@ use cairn_shared::protocol::ControllerMsg;
 use cairn_shared::workload::{DesiredInstance, DesiredUpdate, InstanceReport, Probe};
 
 use crate::images::plan::{HostImages, WantedImage};
+use crate::images::reference::Reference;
 
 use super::state::{AppSecrets, Event, Instance, InstanceState};
 use crate::app::App;
@@ -916,32 +917,17 @@ fn present_images(h: &crate::hosts::HostView) -> std::collections::BTreeSet<Stri
                     .chain([i.id.clone()])
             })
             .flat_map(|name| {
-                // Docker reports Docker Hub digests without `docker.io/library/`.
-                let full = hub_full_name(&name);
-                [Some(name), full].into_iter().flatten()
+                // Docker reports Docker Hub digests without `docker.io/library/`;
+                // blueprints run the canonical form.
+                let canonical = Reference::parse(&name).ok().and_then(|r| {
+                    r.digest()
+                        .map(|d| r.canonical_digest_reference(d))
+                        .filter(|c| *c != name)
+                });
+                [Some(name), canonical].into_iter().flatten()
             })
             .collect(),
         _ => Default::default(),
-    }
-}
-
-/// `ubuntu@sha256:…` → `docker.io/library/ubuntu@sha256:…`: the form the controller
-/// resolves Docker Hub images to. `None` for names that already carry a registry
-/// host (or are image ids).
-fn hub_full_name(name: &str) -> Option<String> {
-    if name.starts_with("sha256:") {
-        return None;
-    }
-    let (first, rest) = match name.split_once('/') {
-        Some((first, rest)) => (first, Some(rest)),
-        None => (name, None),
-    };
-    let has_host =
-        rest.is_some() && (first.contains('.') || first.contains(':') || first == "localhost");
-    match (has_host, rest) {
-        (true, _) => None,
-        (false, None) => Some(format!("docker.io/library/{name}")),
-        (false, Some(_)) => Some(format!("docker.io/{name}")),
     }
 }
 

@@ -360,17 +360,6 @@ async fn timed_launch(ctl: &Controller, token: &str, blueprint: &str) -> Result<
     Ok(ms)
 }
 
-/// Whether the host reports `reference` among its images' digests.
-async fn host_holds(ctl: &Controller, host: &str, reference: &str) -> bool {
-    let (_, h) = ctl.get(&format!("/api/v1/hosts/{host}")).await;
-    h["runtime"]["Docker"]["images"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|i| i["repo_digests"].as_array().cloned().unwrap_or_default())
-        .any(|d| d == reference)
-}
-
 async fn first_launch(image_mib: usize, rounds: usize) -> Result<serde_json::Value> {
     use cairn_tests::registry::{forget_pulled, unique_http_image, Registry, HTTP_PORT};
     let tmp = tempfile::tempdir()?;
@@ -413,7 +402,7 @@ async fn first_launch(image_mib: usize, rounds: usize) -> Result<serde_json::Val
         // its students arrive).
         let t0 = Instant::now();
         ctl.blueprint(blueprint("on", "all")).await;
-        while !host_holds(&ctl, &host, &refs[1]).await {
+        while !ctl.host_image_digests(&host).await.contains(&refs[1]) {
             if t0.elapsed() > Duration::from_secs(600) {
                 bail!("pre-pull of {} did not finish", refs[1]);
             }
@@ -495,40 +484,11 @@ async fn launch(count: usize) -> Result<serde_json::Value> {
     let mut plain = vec![];
     for round in 0..count {
         // Cairn: request accepted → the agent reports the app answering.
-        let t0 = Instant::now();
-        let (s, inst) = ctl
-            .request(
-                Some(&token),
-                Method::POST,
-                "/api/v1/instances",
-                Some(json!({"blueprint": "bench"})),
-            )
-            .await;
-        if s != 201 {
-            bail!("launch {round}: {inst}");
-        }
-        let id = inst["id"].as_str().context("id")?.to_string();
-        let path = format!("/api/v1/instances/{id}");
-        loop {
-            let (_, i) = ctl.request(Some(&token), Method::GET, &path, None).await;
-            match i["state"].as_str() {
-                Some("running") => break,
-                Some("failed") => bail!("instance failed: {i}"),
-                _ => tokio::time::sleep(Duration::from_millis(2)).await,
-            }
-            if t0.elapsed() > Duration::from_secs(60) {
-                bail!("launch {round} did not reach running");
-            }
-        }
-        cairn.push(t0.elapsed().as_secs_f64() * 1000.0);
-        ctl.request(Some(&token), Method::DELETE, &path, None).await;
-        loop {
-            let (_, i) = ctl.request(Some(&token), Method::GET, &path, None).await;
-            if i["state"] == "stopped" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        cairn.push(
+            timed_launch(&ctl, &token, "bench")
+                .await
+                .with_context(|| format!("launch {round}"))?,
+        );
 
         // Plain Docker on the same network and limits: run, find the address, wait for the port.
         let t0 = Instant::now();
