@@ -175,6 +175,23 @@ pub struct Host {
     pub capacity: Option<Capacity>,
     #[serde(default)]
     pub pool: Option<HostPool>,
+    /// Image pulls under way or recently failed.
+    #[serde(default)]
+    pub pulls: Vec<HostPull>,
+}
+
+/// One image pull on a host, as far as the table needs it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct HostPull {
+    pub reference: String,
+    /// `"Queued"`, `"Pulling"`, `"Loading"`, `{"Retrying": …}` or `{"Failed": …}`.
+    pub phase: serde_json::Value,
+}
+
+impl HostPull {
+    pub fn failed(&self) -> bool {
+        self.phase.get("Failed").is_some()
+    }
 }
 
 /// A host's standing in the pool.

@@ -72,6 +72,7 @@ pub fn render(hosts: &[Host], now_ms: u64) -> String {
         "CPUS",
         "MEM",
         "LAST SEEN",
+        "PULLS",
         "LABELS",
     ]);
     for h in hosts {
@@ -103,10 +104,24 @@ pub fn render(hosts: &[Host], now_ms: u64) -> String {
             cpus,
             mem,
             output::ago(now_ms, h.last_seen_ms),
+            pulls(h),
             labels,
         ]);
     }
     t.render()
+}
+
+/// `-`, `2 pulling`, `1 pulling, 1 failed`: details are on the Hosts page and in
+/// `--json`.
+fn pulls(h: &Host) -> String {
+    let failed = h.pulls.iter().filter(|p| p.failed()).count();
+    let active = h.pulls.len() - failed;
+    match (active, failed) {
+        (0, 0) => "-".into(),
+        (a, 0) => format!("{a} pulling"),
+        (0, f) => format!("{f} failed"),
+        (a, f) => format!("{a} pulling, {f} failed"),
+    }
 }
 
 #[cfg(test)]
@@ -123,16 +138,18 @@ mod tests {
              "capacity":{"cpus":2,"memory_total_bytes":25_769_803_776u64,"memory_available_bytes":8_270_000_000u64,
                          "load_average":[0.1,0.2,0.3],"docker_disk":null,"state_disk":null},
              "runtime":null,"cert_not_after_unix":0,"remote_addr":"127.0.0.1:5000","transitions":[],
-             "pool":{"standing":{"state":"quarantined","until_ms":5},"consecutive_failures":3}},
+             "pool":{"standing":{"state":"quarantined","until_ms":5},"consecutive_failures":3},
+             "pulls":[{"reference":"r/a@sha256:1","phase":"Pulling"},
+                      {"reference":"r/b@sha256:2","phase":{"Failed":{"error":"unreachable"}}}]},
             {"id":"h-fedcba9876543210","hostname":"node2","state":"joining","last_seen_ms":0,
              "labels":{},"capacity":null}
         ]))
         .unwrap();
         assert_eq!(
             render(&hosts, 100_000),
-            "ID                   HOSTNAME   STATE     STANDING      CPUS   MEM                     LAST SEEN   LABELS\n\
-             h-0123456789abcdef   node1      active    quarantined   2      24 GiB (7.7 GiB free)   1s ago      gpu=true,zone=a\n\
-             h-fedcba9876543210   node2      joining   open          -      -                       never       -\n"
+            "ID                   HOSTNAME   STATE     STANDING      CPUS   MEM                     LAST SEEN   PULLS                 LABELS\n\
+             h-0123456789abcdef   node1      active    quarantined   2      24 GiB (7.7 GiB free)   1s ago      1 pulling, 1 failed   gpu=true,zone=a\n\
+             h-fedcba9876543210   node2      joining   open          -      -                       never       -                     -\n"
         );
     }
 }
