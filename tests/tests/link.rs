@@ -399,10 +399,12 @@ async fn bad_connections_are_closed_with_reasons_and_others_keep_working() {
         "bad hello: frame of 2097152 bytes exceeds the limit of 1048576 bytes"
     );
 
-    // A garbled frame.
+    // A garbled frame: the right version (one varint byte), then nonsense.
     let conn = rawlink::connect(&ep, ctl.link, good_cfg()).await.unwrap();
     let mut garbage = 8u32.to_be_bytes().to_vec();
-    garbage.extend_from_slice(&[0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    let version = u8::try_from(PROTOCOL_VERSION).expect("a one-byte varint");
+    assert!(version < 0x80);
+    garbage.extend_from_slice(&[version, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
     let (code, reason) = rawlink::send_raw_and_wait_close(&conn, &garbage).await;
     assert_eq!(code, Some(CloseCode::Garbled), "{reason}");
     assert!(reason.starts_with("bad hello: garbled frame"), "{reason}");
