@@ -955,3 +955,42 @@ fn snapshot(h: &crate::hosts::HostView) -> HostSnapshot {
         recent_failures: h.pool.consecutive_failures,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use cairn_shared::resources::{DockerFacts, ImageInfo, RuntimeFacts};
+
+    #[test]
+    fn a_host_holds_an_image_by_tag_id_and_canonical_digest() {
+        let digest = format!("sha256:{}", "1".repeat(64));
+        let mut r = crate::hosts::HostRecord::new(HostId::generate(), "h".into(), "t".into(), 0, 0);
+        r.runtime = Some(RuntimeFacts::Docker(DockerFacts {
+            images: vec![ImageInfo {
+                id: "sha256:abc".into(),
+                tags: vec!["python:3.11".into()],
+                // Docker's short form for a Docker Hub image pulled by digest.
+                repo_digests: vec![format!("python@{digest}")],
+                size_bytes: 1,
+                created_unix: 0,
+            }],
+            ..Default::default()
+        }));
+        let present = present_images(&crate::hosts::HostView::from(&r));
+        for name in [
+            "python:3.11".to_string(),
+            "sha256:abc".to_string(),
+            format!("python@{digest}"),
+            // What a blueprint resolved through Docker Hub runs.
+            format!("docker.io/library/python@{digest}"),
+        ] {
+            assert!(present.contains(&name), "{name} in {present:?}");
+        }
+        // The scheduler sees the same set.
+        let snap = snapshot(&crate::hosts::HostView::from(&r));
+        assert!(snap
+            .images
+            .contains(&format!("docker.io/library/python@{digest}")));
+    }
+}
