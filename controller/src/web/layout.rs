@@ -104,6 +104,26 @@ pub fn progress(state: InstanceState) -> u8 {
     }
 }
 
+/// [`progress`], refined while the image is pulled: `preparing` with the agent's
+/// "pulling 35%" moves the bar from 25 % to 65 % as the pull goes (a big image is
+/// most of a first launch's wait, and a bar that stands still looks stuck).
+pub fn progress_of(state: InstanceState, reason: Option<&str>) -> u8 {
+    match (state, reason.and_then(pull_percent)) {
+        // 25 + at most 40: always fits a u8.
+        (InstanceState::Preparing, Some(p)) => 25 + (u16::from(p.min(100)) * 40 / 100) as u8,
+        _ => progress(state),
+    }
+}
+
+/// `35` from the agent's `pulling 35%`.
+fn pull_percent(reason: &str) -> Option<u8> {
+    reason
+        .strip_prefix("pulling ")?
+        .strip_suffix('%')?
+        .parse()
+        .ok()
+}
+
 pub fn state_name(state: InstanceState) -> &'static str {
     match state {
         InstanceState::Queued => "queued",
@@ -273,12 +293,15 @@ pub const JS: &str = r#"
     const badge = document.getElementById("state");
     badge.textContent = st; badge.className = "badge s-" + st;
     const bar = document.getElementById("progress");
-    bar.value = pct[st] || 0; bar.textContent = (pct[st] || 0) + "%";
+    // Mirrors layout::progress_of: the pull's own percentage while preparing.
+    const pulled = st === "preparing" && /^pulling (\d+)%$/.exec(i.state_reason || "");
+    const p = pulled ? 25 + Math.floor(Math.min(100, +pulled[1]) * 40 / 100) : (pct[st] || 0);
+    bar.value = p; bar.textContent = p + "%";
     document.getElementById("progress-text").textContent =
       st === "running" ? "Ready to open" :
       st === "failed" ? "This instance failed" : st === "stopped" ? "This instance has ended" :
       st === "queued" && i.queue_position ? "Queued — waiting for a free host (position " + i.queue_position + ")" :
-      st.charAt(0).toUpperCase() + st.slice(1) + " — " + (pct[st] || 0) + "%";
+      st.charAt(0).toUpperCase() + st.slice(1) + " — " + p + "%";
     const done = terminal(st);
     bar.hidden = done;
     const hist = document.getElementById("history");
@@ -328,3 +351,22 @@ pub const JS: &str = r#"
   });
 })();
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pull_moves_the_bar_within_preparing() {
+        use InstanceState::*;
+        assert_eq!(progress_of(Preparing, None), 40);
+        assert_eq!(progress_of(Preparing, Some("creating container")), 40);
+        assert_eq!(progress_of(Preparing, Some("pulling")), 40);
+        assert_eq!(progress_of(Preparing, Some("pulling 0%")), 25);
+        assert_eq!(progress_of(Preparing, Some("pulling 50%")), 45);
+        assert_eq!(progress_of(Preparing, Some("pulling 100%")), 65);
+        assert!(progress_of(Preparing, Some("pulling 100%")) < progress(Starting));
+        // Only while preparing.
+        assert_eq!(progress_of(Failed, Some("pulling 50%")), 100);
+    }
+}

@@ -45,7 +45,7 @@ pub fn proxy_not_found(offer_login: bool) -> Response {
 
 /// 503 while the instance is on its way: state, progress, and a self-refresh.
 pub fn instance_waiting(i: &Instance) -> Response {
-    let pct = layout::progress(i.state);
+    let pct = layout::progress_of(i.state, i.state_reason.as_deref());
     let state = layout::state_name(i.state);
     let mut title = state.to_string();
     if let Some(first) = title.get_mut(0..1) {

@@ -209,7 +209,7 @@ pub async fn instance(
         .flatten()
         .map(|r| r.spec.app);
     let state = layout::state_name(i.state);
-    let pct = layout::progress(i.state);
+    let pct = layout::progress_of(i.state, i.state_reason.as_deref());
     let running = i.state == crate::instances::InstanceState::Running;
     let is_owner = s.principal.user.as_deref() == Some(i.owner.as_str());
     let body = html! {
