@@ -110,9 +110,7 @@ async fn tags_resolve_to_digests_and_refresh_moves_them() {
     );
     assert_absent(&ctl, "ghost").await;
 
-    // An instance launched now runs digest A. The agent pulls by digest; the image
-    // is also pulled here first, so this test does not depend on the agent's pulls.
-    docker(&["pull", &pinned_a]);
+    // An instance launched now runs digest A, which the agent pulls by digest.
     let alice = ctl.user("alice", "user").await;
     let id = ctl.launch(&alice, "web").await;
     cleanup.0.push(id.clone());
