@@ -201,6 +201,9 @@ async fn liveness_loop(app: Arc<App>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_flush = tokio::time::Instant::now();
+    // Abandoned image uploads (a `push` never resumed) are swept now and then, not
+    // only when the next upload begins.
+    let mut last_sweep = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -211,6 +214,10 @@ async fn liveness_loop(app: Arc<App>, shutdown: CancellationToken) {
             tracing::error!(error = %e, "liveness update failed");
         }
         app.instances.tick(&app, now).await;
+        if last_sweep.elapsed() >= Duration::from_secs(600) {
+            last_sweep = tokio::time::Instant::now();
+            app.archives.expire_uploads(now);
+        }
         if last_flush.elapsed() >= Duration::from_secs(10) {
             last_flush = tokio::time::Instant::now();
             if let Err(e) = app.registry.flush_dirty() {
