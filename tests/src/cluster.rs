@@ -31,7 +31,16 @@ pub fn bin(name: &str) -> PathBuf {
 /// A started controller (default options) with one started agent called
 /// `agent_name`, its host `active`. Returns both and the host id.
 pub async fn controller_with_agent(root: &Path, agent_name: &str) -> (Controller, Agent, String) {
-    let mut ctl = Controller::init(root, &ControllerOptions::default());
+    controller_with_agent_using(root, &ControllerOptions::default(), agent_name).await
+}
+
+/// [`controller_with_agent`] with the given controller settings.
+pub async fn controller_with_agent_using(
+    root: &Path,
+    opts: &ControllerOptions,
+    agent_name: &str,
+) -> (Controller, Agent, String) {
+    let mut ctl = Controller::init(root, opts);
     ctl.start().await;
     let agent = start_agent(&ctl, root, agent_name).await;
     let host = agent.host_id();
@@ -339,27 +348,13 @@ impl Controller {
         state: &str,
         timeout: Duration,
     ) -> Value {
-        let start = Instant::now();
-        let mut last = Value::Null;
-        while start.elapsed() < timeout {
-            let (_, body) = self
-                .request(
-                    Some(token),
-                    reqwest::Method::GET,
-                    &format!("/api/v1/instances/{id}"),
-                    None,
-                )
-                .await;
-            if body["state"] == state {
-                return body;
-            }
-            if body["state"] == "failed" && state != "failed" {
-                panic!("instance {id} failed: {body:#}");
-            }
-            last = body;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let body = self
+            .wait_instance_any(token, id, &[state, "failed"], timeout)
+            .await;
+        if body["state"] == "failed" && state != "failed" {
+            panic!("instance {id} failed: {body:#}");
         }
-        panic!("instance {id} not {state} after {timeout:?}: {last:#}");
+        body
     }
 
     /// Waits until instance `id` is in one of `states`; returns its view.
@@ -373,14 +368,7 @@ impl Controller {
         let start = Instant::now();
         let mut last = Value::Null;
         while start.elapsed() < timeout {
-            let (_, body) = self
-                .request(
-                    Some(token),
-                    reqwest::Method::GET,
-                    &format!("/api/v1/instances/{id}"),
-                    None,
-                )
-                .await;
+            let body = self.instance(token, id).await;
             if states.iter().any(|s| body["state"] == *s) {
                 return body;
             }

@@ -7,6 +7,27 @@ use std::time::Duration;
 use cairn_shared::identity::{self, CONTROLLER_SERVER_NAME};
 use cairn_shared::protocol::{application_close, CloseCode};
 
+/// The smallest valid Hello: speaking `version`, named `hostname`, no Docker.
+pub fn hello(version: u32, hostname: &str) -> cairn_shared::protocol::Hello {
+    use cairn_shared::resources::{Capacity, HostFacts, RuntimeFacts};
+    cairn_shared::protocol::Hello {
+        protocol_version: version,
+        facts: HostFacts {
+            hostname: hostname.into(),
+            ..Default::default()
+        },
+        capacity: Capacity {
+            cpus: 1,
+            memory_total_bytes: 1,
+            memory_available_bytes: 1,
+            ..Default::default()
+        },
+        runtime: RuntimeFacts::Unavailable {
+            error: "none".into(),
+        },
+    }
+}
+
 /// A client endpoint on loopback.
 pub fn endpoint() -> quinn::Endpoint {
     quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint")

@@ -11,8 +11,7 @@ use std::time::Duration;
 use cairn_controller::images::archives::blake3_file;
 use cairn_shared::framing;
 use cairn_shared::identity;
-use cairn_shared::protocol::{AgentRequest, AgentResponse, Hello, Welcome, PROTOCOL_VERSION};
-use cairn_shared::resources::{Capacity, HostFacts, RuntimeFacts};
+use cairn_shared::protocol::{AgentRequest, AgentResponse, Welcome, PROTOCOL_VERSION};
 use cairn_tests::cluster::{bin, stderr, wait_for, Controller, ControllerOptions};
 use cairn_tests::rawlink;
 use reqwest::Method;
@@ -238,25 +237,6 @@ async fn bad_archives_are_refused_and_nothing_is_listed() {
     );
 }
 
-fn hello() -> Hello {
-    Hello {
-        protocol_version: PROTOCOL_VERSION,
-        facts: HostFacts {
-            hostname: "fetcher".into(),
-            ..Default::default()
-        },
-        capacity: Capacity {
-            cpus: 1,
-            memory_total_bytes: 1,
-            memory_available_bytes: 1,
-            ..Default::default()
-        },
-        runtime: RuntimeFacts::Unavailable {
-            error: "none".into(),
-        },
-    }
-}
-
 /// Sends one `FetchImage` on its own stream; returns the answer and the bytes after it.
 async fn fetch(conn: &quinn::Connection, archive: &str, offset: u64) -> (AgentResponse, Vec<u8>) {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -425,9 +405,13 @@ async fn an_interrupted_push_resumes_and_the_archive_is_served_over_the_link() {
     .await
     .unwrap();
     let (mut control, mut control_recv) = conn.open_bi().await.unwrap();
-    framing::write(&mut control, &hello(), framing::MAX_FRAME_LEN)
-        .await
-        .unwrap();
+    framing::write(
+        &mut control,
+        &rawlink::hello(PROTOCOL_VERSION, "fetcher"),
+        framing::MAX_FRAME_LEN,
+    )
+    .await
+    .unwrap();
     let _: Welcome = framing::read(&mut control_recv, framing::MAX_FRAME_LEN)
         .await
         .unwrap()

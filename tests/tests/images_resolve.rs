@@ -181,14 +181,7 @@ async fn tags_resolve_to_digests_and_refresh_moves_them() {
     assert_eq!(refs, [&pinned_a, &pinned_a, &pinned_b]);
 
     // The running instance keeps its revision and the bits it started with.
-    let (_, inst) = ctl
-        .request(
-            Some(&alice),
-            Method::GET,
-            &format!("/api/v1/instances/{id}"),
-            None,
-        )
-        .await;
+    let inst = ctl.instance(&alice, &id).await;
     assert_eq!(
         (inst["state"].as_str(), inst["revision"].as_u64()),
         (Some("running"), Some(1)),

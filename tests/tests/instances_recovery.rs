@@ -289,14 +289,7 @@ async fn lifetimes_run_out_on_time() {
         }
     })
     .await;
-    let (_, i) = ctl
-        .request(
-            Some(&alice),
-            Method::GET,
-            &format!("/api/v1/instances/{id}"),
-            None,
-        )
-        .await;
+    let i = ctl.instance(&alice, &id).await;
     assert_eq!(i["state_reason"], "its lifetime ran out");
     let stopping = i["transitions"]
         .as_array()
@@ -336,14 +329,7 @@ async fn launches_wait_in_the_queue_until_a_fitting_host_appears() {
     let id = inst["id"].as_str().unwrap().to_string();
     // No host has zone=b: it stays queued.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_, i) = ctl
-        .request(
-            Some(&alice),
-            Method::GET,
-            &format!("/api/v1/instances/{id}"),
-            None,
-        )
-        .await;
+    let i = ctl.instance(&alice, &id).await;
     assert_eq!(i["state"], "queued", "{i:#}");
 
     // A host with zone=b joins: the instance is placed there and runs.
@@ -357,14 +343,7 @@ async fn launches_wait_in_the_queue_until_a_fitting_host_appears() {
         || {
             let (ctl, alice, id, b) = (&ctl, &alice, &id, &b);
             async move {
-                let (_, i) = ctl
-                    .request(
-                        Some(alice),
-                        Method::GET,
-                        &format!("/api/v1/instances/{id}"),
-                        None,
-                    )
-                    .await;
+                let i = ctl.instance(alice, id).await;
                 i["state"] == "running" && i["host"] == b.as_str()
             }
         },
@@ -418,14 +397,7 @@ async fn admins_extend_lifetimes() {
     assert_eq!(status, 200, "{i}");
     assert!(i["time_left_secs"].as_u64().unwrap() > 55, "{i}");
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let (_, i) = ctl
-        .request(
-            Some(&alice),
-            Method::GET,
-            &format!("/api/v1/instances/{id}"),
-            None,
-        )
-        .await;
+    let i = ctl.instance(&alice, &id).await;
     assert!(
         i["state"] == "running" || i["state"] == "starting",
         "extended instance stopped: {i:#}"

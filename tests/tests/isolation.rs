@@ -71,14 +71,7 @@ async fn instances_reach_neither_each_other_nor_the_host() {
             }
         })
         .await;
-        let (_, i) = ctl
-            .request(
-                Some(&alice),
-                Method::GET,
-                &format!("/api/v1/instances/{id}"),
-                None,
-            )
-            .await;
+        let i = ctl.instance(&alice, id).await;
         addrs.push(i["address"].as_str().unwrap().to_string());
     }
     let (a, b) = (format!("cairn-{}", ids[0]), &addrs[1]);

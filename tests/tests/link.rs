@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use cairn_shared::framing;
 use cairn_shared::identity::{self, Ca};
 use cairn_shared::ids::HostId;
-use cairn_shared::protocol::{CloseCode, Hello, ALPN_AGENT, PROTOCOL_VERSION};
-use cairn_shared::resources::{Capacity, HostFacts, RuntimeFacts};
+use cairn_shared::protocol::{CloseCode, ALPN_AGENT, PROTOCOL_VERSION};
 use cairn_tests::cluster::{stderr, wait_for, Agent, Controller, ControllerOptions};
 use cairn_tests::rawlink;
 
@@ -284,25 +283,6 @@ async fn enrol_identity(ctl: &Controller, dir: &std::path::Path) -> cairn_agent:
     cairn_agent::enrol::join(&opts).await.expect("enrol")
 }
 
-fn hello(version: u32) -> Hello {
-    Hello {
-        protocol_version: version,
-        facts: HostFacts {
-            hostname: "raw".into(),
-            ..Default::default()
-        },
-        capacity: Capacity {
-            cpus: 1,
-            memory_total_bytes: 1,
-            memory_available_bytes: 1,
-            ..Default::default()
-        },
-        runtime: RuntimeFacts::Unavailable {
-            error: "none".into(),
-        },
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_connections_are_closed_with_reasons_and_others_keep_working() {
     let tmp = tempfile::tempdir().unwrap();
@@ -323,7 +303,11 @@ async fn bad_connections_are_closed_with_reasons_and_others_keep_working() {
     let conn = rawlink::connect(&ep, ctl.link, anon)
         .await
         .expect("handshake without a certificate is allowed for enrolment");
-    let hello_frame = framing::encode(&hello(PROTOCOL_VERSION), framing::MAX_FRAME_LEN).unwrap();
+    let hello_frame = framing::encode(
+        &rawlink::hello(PROTOCOL_VERSION, "raw"),
+        framing::MAX_FRAME_LEN,
+    )
+    .unwrap();
     let (code, reason) = rawlink::send_raw_and_wait_close(&conn, &hello_frame).await;
     assert_eq!(code, Some(CloseCode::Unauthenticated));
     assert_eq!(
@@ -384,7 +368,7 @@ async fn bad_connections_are_closed_with_reasons_and_others_keep_working() {
 
     // Protocol version mismatch.
     let conn = rawlink::connect(&ep, ctl.link, good_cfg()).await.unwrap();
-    let frame = framing::encode(&hello(99), framing::MAX_FRAME_LEN).unwrap();
+    let frame = framing::encode(&rawlink::hello(99, "raw"), framing::MAX_FRAME_LEN).unwrap();
     let (code, reason) = rawlink::send_raw_and_wait_close(&conn, &frame).await;
     assert_eq!(code, Some(CloseCode::VersionMismatch));
     assert_eq!(reason, format!("protocol version mismatch: the controller speaks {PROTOCOL_VERSION}, the agent 99; upgrade the older side"));
@@ -412,9 +396,13 @@ async fn bad_connections_are_closed_with_reasons_and_others_keep_working() {
     // A valid hello, then an oversize heartbeat frame mid-session.
     let conn = rawlink::connect(&ep, ctl.link, good_cfg()).await.unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    framing::write(&mut send, &hello(PROTOCOL_VERSION), framing::MAX_FRAME_LEN)
-        .await
-        .unwrap();
+    framing::write(
+        &mut send,
+        &rawlink::hello(PROTOCOL_VERSION, "raw"),
+        framing::MAX_FRAME_LEN,
+    )
+    .await
+    .unwrap();
     let welcome: cairn_shared::protocol::Welcome = framing::read(&mut recv, framing::MAX_FRAME_LEN)
         .await
         .unwrap()

@@ -17,14 +17,7 @@ use cairn_tests::images::busybox_image;
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn host_of(ctl: &Controller, token: &str, id: &str) -> String {
-    let (_, body) = ctl
-        .request(
-            Some(token),
-            Method::GET,
-            &format!("/api/v1/instances/{id}"),
-            None,
-        )
-        .await;
+    let body = ctl.instance(token, id).await;
     body["host"].as_str().unwrap_or_default().to_string()
 }
 
@@ -205,14 +198,7 @@ async fn binpack_spread_drain_and_quarantine_with_two_agents() {
     // runs there.
     let waiting = ctl.launch(&alice, "packed").await;
     cleanup.0.push(waiting.clone());
-    let (_, body) = ctl
-        .request(
-            Some(&alice),
-            Method::GET,
-            &format!("/api/v1/instances/{waiting}"),
-            None,
-        )
-        .await;
+    let body = ctl.instance(&alice, &waiting).await;
     assert_eq!(body["state"], "queued", "{body:#}");
     assert_eq!(body["queue_position"], 1);
     // Admins see what the queue waits for.

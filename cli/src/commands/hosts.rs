@@ -26,8 +26,13 @@ pub async fn drain(
         .client
         .post(&["hosts", id, "drain"], Some(&body))
         .await?;
-    ctx.emit(&v, || {
-        let h: Host = parse(&v, "the host")?;
+    emit_standing(ctx, &v)
+}
+
+/// Prints `host ID is STANDING` (or the JSON) after a pool request.
+fn emit_standing(ctx: &Ctx, v: &serde_json::Value) -> Result<(), Error> {
+    ctx.emit(v, || {
+        let h: Host = parse(v, "the host")?;
         Ok(format!(
             "host {} is {}\n",
             output::clean(&h.id),
@@ -39,14 +44,7 @@ pub async fn drain(
 /// `hosts undrain ID`.
 pub async fn pool(ctx: &Ctx, id: &str, verb: &str) -> Result<(), Error> {
     let v = ctx.client.post(&["hosts", id, verb], None).await?;
-    ctx.emit(&v, || {
-        let h: Host = parse(&v, "the host")?;
-        Ok(format!(
-            "host {} is {}\n",
-            output::clean(&h.id),
-            output::clean(&h.standing())
-        ))
-    })
+    emit_standing(ctx, &v)
 }
 
 /// `hosts remove ID`.

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use cairn_agent::facts::hollow::HollowFacts;
 use cairn_agent::link::{self, LinkOptions};
-use cairn_tests::cluster::{Agent, Controller, ControllerOptions};
+use cairn_tests::cluster::{controller_with_agent_using, Controller, ControllerOptions};
 use cairn_tests::procstat::{self, cpu_percent};
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -169,13 +169,7 @@ async fn idle_agent(seconds: u64, interval: &str) -> Result<serde_json::Value> {
         lost_after: "10m",
         ..Default::default()
     };
-    let mut ctl = Controller::init(tmp.path(), &opts);
-    ctl.start().await;
-    let mut agent = Agent::new(tmp.path(), "idle");
-    let id = agent.join_ok(&ctl, &ctl.token("5m", 1), &[]);
-    agent.start();
-    ctl.wait_host_state(&id, "active", Duration::from_secs(30))
-        .await;
+    let (ctl, agent, _) = controller_with_agent_using(tmp.path(), &opts, "idle").await;
     // Let start-up settle before measuring.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (apid, cpid) = (
@@ -364,13 +358,8 @@ async fn first_launch(image_mib: usize, rounds: usize) -> Result<serde_json::Val
     use cairn_tests::registry::{forget_pulled, unique_http_image, Registry, HTTP_PORT};
     let tmp = tempfile::tempdir()?;
     let reg = Registry::start(tmp.path(), "registry");
-    let mut ctl = Controller::init(tmp.path(), &ControllerOptions::default());
-    ctl.start().await;
-    let mut agent = Agent::new(tmp.path(), "bench");
-    let host = agent.join_ok(&ctl, &ctl.token("5m", 1), &[]);
-    agent.start();
-    ctl.wait_host_state(&host, "active", Duration::from_secs(30))
-        .await;
+    let (ctl, mut agent, host) =
+        controller_with_agent_using(tmp.path(), &ControllerOptions::default(), "bench").await;
     let token = ctl.admin_token.clone();
     let (mut off, mut on, mut cached, mut prepull) = (vec![], vec![], vec![], vec![]);
     let mut image_bytes = 0u64;
@@ -462,13 +451,8 @@ async fn launch(count: usize) -> Result<serde_json::Value> {
     use reqwest::Method;
     let image = cairn_tests::images::busybox_image();
     let tmp = tempfile::tempdir()?;
-    let mut ctl = Controller::init(tmp.path(), &ControllerOptions::default());
-    ctl.start().await;
-    let mut agent = Agent::new(tmp.path(), "bench");
-    let host = agent.join_ok(&ctl, &ctl.token("5m", 1), &[]);
-    agent.start();
-    ctl.wait_host_state(&host, "active", Duration::from_secs(30))
-        .await;
+    let (ctl, mut agent, _) =
+        controller_with_agent_using(tmp.path(), &ControllerOptions::default(), "bench").await;
     let cmd = [
         "sh",
         "-c",
@@ -961,13 +945,7 @@ async fn proxy(args: ProxyArgs) -> Result<serde_json::Value> {
         lost_after: "10m",
         ..Default::default()
     };
-    let mut ctl = Controller::init(tmp.path(), &opts);
-    ctl.start().await;
-    let mut agent = Agent::new(tmp.path(), "bench");
-    let host = agent.join_ok(&ctl, &ctl.token("5m", 1), &[]);
-    agent.start();
-    ctl.wait_host_state(&host, "active", Duration::from_secs(30))
-        .await;
+    let (ctl, mut agent, _) = controller_with_agent_using(tmp.path(), &opts, "bench").await;
     let bp = json!({"name": "bench-proxy", "image": image, "pull": "never", "app": "http", "app_port": PORT,
         "memory_mib": 512, "cpus": 2.0});
     let (s, b) = ctl.send(Method::POST, "/api/v1/blueprints", Some(bp)).await;
