@@ -138,6 +138,31 @@ impl Instance {
         }
     }
 
+    /// What the passing of time does to this instance at `now`: the lifecycle tick's
+    /// choice of event, in order of precedence. A lost host ends it; a lifetime that
+    /// ran out stops it (unless it is already stopping); a launch stuck in
+    /// scheduled/preparing/starting longer than `watchdog_ms` times out.
+    pub fn due(&self, now_ms: u64, host_lost: bool, watchdog_ms: u64) -> Option<Event> {
+        use InstanceState as S;
+        if self.state.is_terminal() {
+            return None;
+        }
+        if host_lost && self.host.is_some() {
+            return Some(Event::HostLost);
+        }
+        if now_ms >= self.expires_ms && self.state != S::Stopping {
+            return Some(Event::StopRequested {
+                reason: "its lifetime ran out".into(),
+            });
+        }
+        let launching = matches!(self.state, S::Scheduled | S::Preparing | S::Starting);
+        let stuck = self
+            .transitions
+            .last()
+            .is_some_and(|t| now_ms.saturating_sub(t.at_ms) > watchdog_ms);
+        (launching && stuck).then_some(Event::StartTimeout)
+    }
+
     fn go(&mut self, to: InstanceState, reason: Option<String>, now_ms: u64) -> bool {
         if self.state == to {
             return false;
@@ -383,6 +408,33 @@ mod tests {
             4
         ));
         assert_eq!(j.state, InstanceState::Stopping);
+    }
+
+    #[test]
+    fn time_brings_host_loss_then_expiry_then_start_timeouts() {
+        let mut i = inst();
+        let h = HostId::generate();
+        // Queued, not expired: nothing is due, whatever the watchdog.
+        assert_eq!(i.due(1_000, false, 0), None);
+        assert!(i.apply(Event::Scheduled(h), 1_000));
+        assert_eq!(i.due(1_500, false, 1_000), None);
+        assert_eq!(i.due(2_001, false, 1_000), Some(Event::StartTimeout));
+        // A lost host wins over everything else.
+        assert_eq!(i.due(2_001, true, 1_000), Some(Event::HostLost));
+        // Past the lifetime the instance is stopped, not timed out.
+        let late = i.expires_ms;
+        assert_eq!(
+            i.due(late, false, 1_000),
+            Some(Event::StopRequested {
+                reason: "its lifetime ran out".into()
+            })
+        );
+        // A stopping instance is not stopped again when its lifetime runs out.
+        assert!(i.apply(Event::StopRequested { reason: "x".into() }, late));
+        assert_eq!(i.due(late + 10, false, u64::MAX), None);
+        // Ended instances are left alone.
+        assert!(i.apply(Event::Report(InstancePhase::Removed), late + 20));
+        assert_eq!(i.due(late + 30, true, 0), None);
     }
 
     #[test]

@@ -117,10 +117,8 @@ async fn run(app: Arc<App>, conn: quinn::Connection, host: HostId) {
         }
         .in_current_span(),
     );
-    app.instances.host_connected(&app, &host);
-    app.instances
-        .schedule(&app, cairn_shared::time::now_ms())
-        .await;
+    app.instances.host_connected(&host);
+    app.instances.schedule(cairn_shared::time::now_ms()).await;
 
     let requests = serve_requests(app.clone(), conn.clone(), host.clone());
     let control = control_loop(&app, &conn, &host, generation, &mut recv, max);
@@ -186,10 +184,10 @@ async fn control_loop(
                 };
                 tracing::debug!(count = reports.len(), full, "instance reports");
                 app.instances
-                    .on_reports(app, host, reports, cairn_shared::time::now_ms())
+                    .on_reports(host, reports, cairn_shared::time::now_ms())
                     .await;
             }
-            Ok(Some(AgentMsg::ResyncDesired)) => app.instances.sync_host(app, host, true),
+            Ok(Some(AgentMsg::ResyncDesired)) => app.instances.sync_host(host, true),
             Ok(None) => {
                 refuse(conn, CloseCode::ProtocolViolation, "control stream closed");
                 return "control stream closed by agent".into();

@@ -1,0 +1,137 @@
+//! The scheduler's books: reservations and the launch queue (kept by the pure
+//! [`Scheduler`] core), which unfinished instances sit on each host, and how many
+//! each owner runs. [`Books::settle`] keeps them in step with every transition, so
+//! limits and desired-state syncs never scan every instance.
+
+use std::collections::{BTreeSet, HashMap};
+
+use cairn_shared::ids::{HostId, InstanceId};
+
+use super::state::{Instance, InstanceState};
+use crate::blueprints::spec::BlueprintSpec;
+use crate::hosts::{HostState, HostView};
+use crate::scheduler::{HostSnapshot, Request, Resources, Scheduler};
+
+const MIB: u64 = 1024 * 1024;
+
+/// Unfinished instances per owner and per (owner, blueprint).
+#[derive(Debug, Default)]
+pub struct Live {
+    by_owner: HashMap<String, u32>,
+    by_blueprint: HashMap<(String, String), u32>,
+}
+
+impl Live {
+    pub fn add(&mut self, i: &Instance) {
+        *self.by_owner.entry(i.owner.clone()).or_default() += 1;
+        *self
+            .by_blueprint
+            .entry((i.owner.clone(), i.blueprint.clone()))
+            .or_default() += 1;
+    }
+
+    fn remove(&mut self, i: &Instance) {
+        if let Some(n) = self.by_owner.get_mut(&i.owner) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(n) = self
+            .by_blueprint
+            .get_mut(&(i.owner.clone(), i.blueprint.clone()))
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// (all of the owner's, the owner's of this blueprint).
+    pub fn of(&self, owner: &str, blueprint: &str) -> (u32, u32) {
+        (
+            self.by_owner.get(owner).copied().unwrap_or(0),
+            self.by_blueprint
+                .get(&(owner.to_string(), blueprint.to_string()))
+                .copied()
+                .unwrap_or(0),
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Books {
+    pub sched: Scheduler,
+    /// The scheduler's reservations are rebuilt from the instances on the first
+    /// pass after a start, once host snapshots are known.
+    pub primed: bool,
+    /// Instances placed on each host (pruned as they end).
+    pub by_host: HashMap<HostId, BTreeSet<InstanceId>>,
+    pub live: Live,
+}
+
+impl Books {
+    /// The books of the instances loaded at start (reservations come later, when
+    /// the scheduler is primed).
+    pub fn of<'a>(all: impl Iterator<Item = &'a Instance>) -> Self {
+        let mut b = Books::default();
+        for i in all.filter(|i| !i.state.is_terminal()) {
+            b.live.add(i);
+            if let Some(h) = &i.host {
+                b.by_host.entry(h.clone()).or_default().insert(i.id.clone());
+            }
+        }
+        b
+    }
+
+    /// Records that `id` now sits on `host`.
+    pub fn placed(&mut self, host: &HostId, id: &InstanceId) {
+        self.by_host
+            .entry(host.clone())
+            .or_default()
+            .insert(id.clone());
+    }
+
+    /// Keeps the books in step with one instance's transition from `was`.
+    pub fn settle(&mut self, i: &Instance, was: InstanceState) {
+        if !was.is_terminal() && i.state.is_terminal() {
+            self.live.remove(i);
+        }
+        let left_host = was.holds_host() && !i.state.holds_host();
+        let left_queue = was == InstanceState::Queued && i.state != InstanceState::Queued;
+        if left_host || (left_queue && !i.state.holds_host()) {
+            self.sched.release(&i.id);
+        }
+    }
+}
+
+/// The scheduler's request for an instance of `spec`.
+pub fn request_of(i: &Instance, spec: &BlueprintSpec) -> Request {
+    Request {
+        instance: i.id.clone(),
+        resources: Resources::new(spec.memory_mib * MIB, (spec.cpus * 1000.0).round() as u64),
+        labels: spec.placement.clone(),
+        image: spec.run_image().to_string(),
+        strategy: spec.strategy,
+        priority: 0,
+    }
+}
+
+/// The scheduler's view of a host from the registry.
+pub fn snapshot(h: &HostView) -> HostSnapshot {
+    HostSnapshot {
+        id: h.id.clone(),
+        pool: h
+            .labels
+            .get("pool")
+            .cloned()
+            .unwrap_or_else(|| "default".into()),
+        schedulable: h.state == HostState::Active
+            && h.connected
+            && h.capacity.is_some()
+            && h.pool.open(),
+        capacity: h
+            .capacity
+            .as_ref()
+            .map(|c| Resources::new(c.memory_total_bytes, u64::from(c.cpus) * 1000))
+            .unwrap_or_default(),
+        labels: h.labels.clone(),
+        images: super::prepull::present_images(h),
+        recent_failures: h.pool.consecutive_failures,
+    }
+}
