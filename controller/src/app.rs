@@ -16,24 +16,23 @@ use crate::pki::{Pki, PkiError};
 use crate::store::{Store, StoreError};
 use crate::tokens::TokenStore;
 
-/// Everything the controller's tasks share.
+/// Everything the controller's tasks share: the composition root. Doors never
+/// reach in here; they call [`crate::service::Service`], which does.
 #[derive(Debug)]
 pub struct App {
-    pub config: ControllerConfig,
-    pub data_dir: DataDir,
-    pub pki: Pki,
-    pub store: Store,
-    pub registry: Registry,
-    pub tokens: TokenStore,
-    pub blueprints: crate::blueprints::Catalog,
-    pub accounts: crate::users::Accounts,
-    pub api_tokens: crate::users::ApiTokens,
-    pub instances: crate::instances::Instances,
-    pub autoscaler: crate::autoscaler::Autoscaler,
+    pub(crate) config: ControllerConfig,
+    pub(crate) data_dir: DataDir,
+    pub(crate) pki: Pki,
+    pub(crate) store: Store,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) tokens: TokenStore,
+    pub(crate) blueprints: Arc<crate::blueprints::Catalog>,
+    pub(crate) accounts: crate::users::Accounts,
+    pub(crate) api_tokens: crate::users::ApiTokens,
+    pub(crate) instances: crate::instances::Instances,
+    pub(crate) autoscaler: crate::autoscaler::Autoscaler,
     /// Uploaded image archives (`cairn images push`), served to agents over the link.
-    pub archives: crate::images::archives::Archives,
-    /// The address agents should dial, for join commands.
-    pub link_addr: SocketAddr,
+    pub(crate) archives: crate::images::archives::Archives,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +57,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Running {
     pub app: Arc<App>,
+    /// The operations, for in-process callers (development mode, tests).
+    pub service: Arc<crate::service::Service>,
     pub api_addr: SocketAddr,
     pub link_addr: SocketAddr,
     shutdown: CancellationToken,
@@ -65,38 +66,76 @@ pub struct Running {
     endpoint: quinn::Endpoint,
 }
 
+impl App {
+    /// The CA certificate (DER) that agents and HTTPS clients trust.
+    pub fn ca_cert_der(&self) -> &[u8] {
+        self.pki.ca.cert_der()
+    }
+
+    /// Loads the config, the CA and the store, and builds every subsystem, without
+    /// binding anything.
+    pub fn open(data_dir: DataDir) -> Result<App, StartError> {
+        let config = ControllerConfig::load(&data_dir.config()).map_err(StartError::Config)?;
+        let pki = Pki::load(&data_dir, &config)?;
+        let store = Store::open(&data_dir.state())?;
+        let registry = Arc::new(Registry::load(
+            store.clone(),
+            Thresholds::from_config(&config.hosts),
+        )?);
+        let tokens = TokenStore::new(store.clone());
+        let blueprints = Arc::new(crate::blueprints::Catalog::new(store.clone()));
+        let accounts = crate::users::Accounts::new(store.clone());
+        let api_tokens = crate::users::ApiTokens::new(store.clone());
+        let instances = crate::instances::Instances::load(
+            store.clone(),
+            config.instances.clone(),
+            registry.clone(),
+            blueprints.clone(),
+            crate::images::registry::credentials(&config.images),
+        )?;
+        instances.configure_pools(&config.pools);
+        let mut policies = std::collections::HashMap::new();
+        for p in &config.pools {
+            if p.provider != "static" {
+                return Err(StartError::Config(format!(
+                    "pool {}: provider {:?} is not available in this build (only \"static\")",
+                    p.name, p.provider
+                )));
+            }
+            policies.insert(p.name.clone(), p.scaling(false));
+        }
+        let archives = crate::images::archives::Archives::open(
+            data_dir.root(),
+            &config.images,
+            store.clone(),
+            cairn_shared::time::now_ms(),
+        )
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        let autoscaler = crate::autoscaler::Autoscaler::new(
+            Box::new(crate::autoscaler::StaticProvider),
+            policies,
+        );
+        Ok(App {
+            config,
+            data_dir,
+            pki,
+            store,
+            registry,
+            tokens,
+            blueprints,
+            accounts,
+            api_tokens,
+            instances,
+            autoscaler,
+            archives,
+        })
+    }
+}
+
 /// Opens the store, binds both listeners and starts serving.
 pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
     let config = ControllerConfig::load(&data_dir.config()).map_err(StartError::Config)?;
     let pki = Pki::load(&data_dir, &config)?;
-    let store = Store::open(&data_dir.state())?;
-    let registry = Registry::load(store.clone(), Thresholds::from_config(&config.hosts))?;
-    let tokens = TokenStore::new(store.clone());
-    let blueprints = crate::blueprints::Catalog::new(store.clone());
-    let accounts = crate::users::Accounts::new(store.clone());
-    let api_tokens = crate::users::ApiTokens::new(store.clone());
-    let instances = crate::instances::Instances::load(store.clone(), config.instances.clone())?;
-    instances.configure_pools(&config.pools);
-    let mut policies = std::collections::HashMap::new();
-    for p in &config.pools {
-        if p.provider != "static" {
-            return Err(StartError::Config(format!(
-                "pool {}: provider {:?} is not available in this build (only \"static\")",
-                p.name, p.provider
-            )));
-        }
-        policies.insert(p.name.clone(), p.scaling(false));
-    }
-    let archives = crate::images::archives::Archives::open(
-        data_dir.root(),
-        &config.images,
-        store.clone(),
-        cairn_shared::time::now_ms(),
-    )
-    .map_err(|e| StartError::Config(e.to_string()))?;
-    let autoscaler =
-        crate::autoscaler::Autoscaler::new(Box::new(crate::autoscaler::StaticProvider), policies);
-
     let server_config = identity::server_config(pki.ca.cert_der(), &pki.server)?;
     let endpoint =
         identity::endpoint(config.link.listen, Some(server_config)).map_err(|source| {
@@ -124,21 +163,9 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
         source,
     })?;
 
-    let app = Arc::new(App {
-        config,
-        data_dir,
-        pki,
-        store,
-        registry,
-        tokens,
-        blueprints,
-        accounts,
-        api_tokens,
-        instances,
-        autoscaler,
-        archives,
-        link_addr,
-    });
+    drop(pki);
+    let app = Arc::new(App::open(data_dir)?);
+    let service = crate::service::Service::new(app.clone());
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
@@ -148,7 +175,7 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
         shutdown.clone(),
     ));
     {
-        let router = crate::api::routes(app.clone());
+        let router = crate::api::routes(app.clone(), service.clone());
         let s = shutdown.clone();
         match &app.config.api.tls {
             Some(files) => {
@@ -185,6 +212,7 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
     tracing::info!(api = %api_addr, link = %link_addr, ca = %app.pki.ca.fingerprint(), hosts = app.registry.list().len(), "controller started");
     Ok(Running {
         app,
+        service,
         api_addr,
         link_addr,
         shutdown,
@@ -213,7 +241,7 @@ async fn liveness_loop(app: Arc<App>, shutdown: CancellationToken) {
         if let Err(e) = app.registry.tick(now).await {
             tracing::error!(error = %e, "liveness update failed");
         }
-        app.instances.tick(&app, now).await;
+        app.instances.tick(now).await;
         if last_sweep.elapsed() >= Duration::from_secs(600) {
             last_sweep = tokio::time::Instant::now();
             app.archives.expire_uploads(now);

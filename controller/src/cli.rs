@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::app::{self, StartError};
 use crate::config::{ControllerConfig, DataDir, HostsConfig};
 use crate::pki::{self, InitOptions, PkiError};
+use crate::service::join_tokens::{self, CreateToken};
+use crate::service::views::CreatedTokenView;
 use crate::store::{Store, StoreError};
 use crate::tokens::TokenStore;
 
@@ -209,8 +211,12 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
                     quiet,
                 },
         } => {
-            let req = crate::api::tokens_request(ttl.as_secs(), uses, description);
-            crate::api::check_token_request(&req).map_err(CliError::Usage)?;
+            let req = CreateToken {
+                ttl_secs: ttl.as_secs(),
+                uses,
+                description,
+            };
+            join_tokens::check(&req).map_err(|e| CliError::Usage(e.message))?;
             let data = DataDir::new(&dir.data_dir);
             let created = create_token(&data, req).await?;
             if quiet {
@@ -311,27 +317,22 @@ fn open_store_or_api(data: &DataDir) -> Result<Option<Store>, CliError> {
 
 /// Creates a token in the store if the controller is stopped, or through its API if it
 /// is running (sled allows one process at a time).
-async fn create_token(
-    data: &DataDir,
-    req: crate::api::CreateToken,
-) -> Result<crate::api::CreatedTokenView, CliError> {
+async fn create_token(data: &DataDir, req: CreateToken) -> Result<CreatedTokenView, CliError> {
     let cfg = ControllerConfig::load(&data.config()).map_err(CliError::Other)?;
     match open_store_or_api(data)? {
         Some(store) => {
             let pki = pki::Pki::load(data, &cfg)?;
-            let created = TokenStore::new(store)
-                .create(
-                    req.ttl_secs * 1000,
-                    req.uses,
-                    req.description,
-                    cairn_shared::time::now_ms(),
-                )
+            // The local operator, with the store to themselves: the same operation
+            // (and bounds) as the API's, without a caller to check.
+            let tokens = TokenStore::new(store.clone());
+            let created = join_tokens::create(&tokens, &pki.ca.fingerprint(), &req)
+                .await
+                .map_err(|e| CliError::Other(e.message))?;
+            store
+                .flush()
                 .await
                 .map_err(|e| CliError::Other(e.to_string()))?;
-            Ok(crate::api::CreatedTokenView::new(
-                created,
-                &pki.ca.fingerprint(),
-            ))
+            Ok(created)
         }
         None => {
             let admin = std::fs::read_to_string(data.admin_token()).map_err(|e| {

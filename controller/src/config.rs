@@ -165,6 +165,7 @@ impl PoolConfig {
             idle_cooldown_ms: self.idle_cooldown_secs * 1000,
             max_age_ms: self.max_age_secs.map(|s| s * 1000),
             elastic,
+            overcommit: (self.memory_overcommit, self.cpu_overcommit),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! * [`scheduler`] — where instances go: the deterministic placement core.
 //! * [`hosts`] — the host registry and its liveness state machine.
 //! * [`link`] — the QUIC server agents dial: enrolment and sessions.
+//! * [`service`] — every user and admin action as one typed operation: the rules.
 //! * [`api`] — the REST API.
 //! * [`https`] — TLS for the HTTP listener, with certificate reload.
 //! * [`web`] — the web UI: server-rendered pages for users and admins.
@@ -37,6 +38,7 @@ pub mod link;
 pub mod pki;
 pub mod proxy;
 pub mod scheduler;
+pub mod service;
 pub mod store;
 pub mod tokens;
 pub mod users;

@@ -125,6 +125,16 @@ impl Store {
         })
     }
 
+    /// Proves the store still takes writes: stamps `meta/alive` with `now_ms` and
+    /// makes it durable (for `/healthz`).
+    pub async fn probe_write(&self, now_ms: u64) -> Result<(), StoreError> {
+        self.db
+            .open_tree(META)?
+            .insert(b"alive", &now_ms.to_be_bytes())?;
+        self.wrote();
+        self.flush().await
+    }
+
     fn wrote(&self) {
         self.commits
             .written

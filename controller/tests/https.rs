@@ -55,7 +55,7 @@ async fn https_with_the_init_certificate() {
     .unwrap();
     assert!(out.config.api.serves_https());
     let running = cairn_controller::app::start(dir.clone()).await.unwrap();
-    let ca_der = running.app.pki.ca.cert_der().to_vec();
+    let ca_der = running.app.ca_cert_der().to_vec();
 
     let resp = get_over_tls(running.api_addr, ca_der.clone(), "/healthz").await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");

@@ -195,3 +195,28 @@ async fn users_log_in_see_only_what_they_may_and_can_be_cut_off() {
         "{users}"
     );
 }
+
+/// `/healthz` tells anyone only that the controller is up and its store takes
+/// writes; the counts of hosts and instances need an admin's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_shows_counts_only_to_admins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ctl = Controller::init(tmp.path(), &ControllerOptions::default());
+    ctl.start().await;
+    let (status, anon) = ctl.get_with("/healthz", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(anon["status"], "ok");
+    assert_eq!(anon["store"], "writable");
+    assert!(
+        anon.get("hosts").is_none() && anon.get("instances").is_none(),
+        "{anon}"
+    );
+    let alice = ctl.user("alice", "user").await;
+    let (_, user) = ctl.get_with("/healthz", Some(&alice)).await;
+    assert!(user.get("instances").is_none(), "{user}");
+    let (_, admin) = ctl.get("/healthz").await;
+    assert!(
+        admin["hosts"].is_object() && admin["instances"].is_object(),
+        "{admin}"
+    );
+}

@@ -1,4 +1,6 @@
-//! The REST API (axum): routing, bearer-token authentication and JSON errors.
+//! The REST API (axum): routing, bearer-token authentication, and the mapping of
+//! service errors to JSON errors. Handlers parse, call one [`Service`] operation
+//! and render; they hold no rules of their own.
 //!
 //! Every error is `{"error": {"code": "...", "message": "..."}}` with a fitting HTTP
 //! status: `code` is for programs, `message` for people.
@@ -12,19 +14,10 @@ mod session;
 mod tokens;
 mod users;
 
-pub use tokens::{check as check_token_request, CreateToken, CreatedTokenView};
-
-/// A token request as the CLI builds it.
-pub fn tokens_request(ttl_secs: u64, uses: u32, description: String) -> CreateToken {
-    CreateToken {
-        ttl_secs,
-        uses,
-        description,
-    }
-}
-
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -34,42 +27,42 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
-use crate::app::App;
 use crate::auth;
-use crate::users::{Principal, Role};
+use crate::blueprints::FieldError;
+use crate::service::{Caller, Kind, Service, ServiceError};
 
-/// An API error.
+/// An API error: a service error with its HTTP status.
 #[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    /// Field-level problems of an invalid request body.
-    pub fields: Vec<crate::blueprints::FieldError>,
+pub struct ApiError(pub ServiceError);
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        ApiError(e)
+    }
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            fields: vec![],
-        }
-    }
-    pub fn not_found(what: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", what)
-    }
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        ApiError(ServiceError::invalid(message))
     }
-    pub fn internal(err: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %err, "internal error in API handler");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; see the controller's log",
-        )
+}
+
+/// The HTTP status of each kind of failure.
+pub fn status_of(kind: Kind) -> StatusCode {
+    match kind {
+        Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Kind::Forbidden => StatusCode::FORBIDDEN,
+        Kind::NotFound => StatusCode::NOT_FOUND,
+        Kind::Invalid => StatusCode::BAD_REQUEST,
+        Kind::Conflict => StatusCode::CONFLICT,
+        Kind::Throttled => StatusCode::TOO_MANY_REQUESTS,
+        Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Kind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+        Kind::AgentError => StatusCode::BAD_GATEWAY,
+        Kind::AgentTimeout => StatusCode::GATEWAY_TIMEOUT,
+        Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Kind::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+        Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -83,24 +76,33 @@ struct ErrorDetail<'a> {
     code: &'a str,
     message: &'a str,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    fields: &'a [crate::blueprints::FieldError],
+    fields: &'a [FieldError],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_secs: Option<u64>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let e = self.0;
+        let status = status_of(e.kind);
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code,
-                message: &self.message,
-                fields: &self.fields,
+                code: e.code,
+                message: &e.message,
+                fields: &e.fields,
+                retry_after_secs: e.retry_after_secs,
             },
         };
-        let mut resp = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer realm=\"cairn\""),
             );
+        }
+        if let Some(secs) = e.retry_after_secs {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         }
         resp
     }
@@ -108,11 +110,17 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// A JSON body, or the parser's complaint as a 400.
+pub(crate) fn body<T>(b: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+    b.map(|Json(v)| v)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
 /// Builds the API's router (`/healthz` and `/api/v1`).
 ///
 /// Every `/api/v1` route except `login` passes [`authenticate`], which attaches the
-/// caller's [`Principal`]; handlers take [`Caller`] or [`Admin`] to say who may call them.
-pub fn router(app: Arc<App>) -> Router {
+/// caller; the service operations decide what each caller may do.
+pub fn router(service: Arc<Service>) -> Router {
     let api = Router::new()
         .route("/me", get(session::me))
         .route("/logout", post(session::logout))
@@ -160,28 +168,34 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/images/uploads/{id}/commit", post(images::commit))
         .route("/images/{archive}", get(images::get).delete(images::remove))
-        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
+        .route_layer(middleware::from_fn_with_state(
+            service.clone(),
+            authenticate,
+        ))
         .route("/login", post(session::login));
     Router::new()
         .route("/healthz", get(healthz))
         .nest("/api/v1", api)
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
-        .with_state(app)
+        .with_state(service)
 }
 
 /// Everything the HTTP listener serves: the API under `/api/v1`, the proxy under
 /// `/i/`, and the web UI everywhere else.
-pub fn routes(app: Arc<App>) -> Router {
+pub fn routes(app: Arc<crate::app::App>, service: Arc<Service>) -> Router {
     Router::new()
-        .merge(router(app.clone()))
-        .merge(crate::proxy::router(crate::proxy::Proxy::new(app.clone())))
-        .merge(crate::web::router(app))
+        .merge(router(service.clone()))
+        .merge(crate::proxy::router(crate::proxy::Proxy::new(
+            app,
+            service.clone(),
+        )))
+        .merge(crate::web::router(service))
         .fallback(fallback)
 }
 
 async fn fallback(req: Request) -> Response {
     if req.uri().path().starts_with("/api/") {
-        ApiError::not_found("no such endpoint").into_response()
+        ApiError(ServiceError::not_found("no such endpoint")).into_response()
     } else {
         crate::web::error_page(
             StatusCode::NOT_FOUND,
@@ -192,131 +206,78 @@ async fn fallback(req: Request) -> Response {
     }
 }
 
-/// The authenticated caller of a request, whoever it is.
-#[derive(Debug, Clone)]
-pub struct Caller(pub Principal);
-
-/// The authenticated caller, who must be an admin (403 otherwise).
-#[derive(Debug, Clone)]
-pub struct Admin(pub Principal);
-
+/// The authenticated caller of a request (attached by [`authenticate`]).
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        parts
+        Ok(parts
             .extensions
-            .get::<Principal>()
+            .get::<Caller>()
             .cloned()
-            .map(Caller)
-            .ok_or_else(unauthenticated)
+            .unwrap_or_else(Caller::anonymous))
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Admin {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let p = parts
-            .extensions
-            .get::<Principal>()
-            .cloned()
-            .ok_or_else(unauthenticated)?;
-        if p.is_admin() {
-            Ok(Admin(p))
-        } else {
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "this needs an admin account",
-            ))
-        }
+/// The client's address, if the listener recorded one.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
     }
 }
 
-fn unauthenticated() -> ApiError {
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthenticated",
-        "missing bearer token (Authorization: Bearer <token>)",
-    )
-}
-
-/// Resolves the request's token to a [`Principal`] and attaches it.
+/// Resolves the request's token to a [`Caller`] and attaches it.
 ///
 /// A session cookie is accepted only with the `X-Requested-With` header on requests
 /// that change something: a cross-site form cannot set that header, so the cookie
 /// alone cannot be used to act as the user (CSRF).
-async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+async fn authenticate(
+    State(service): State<Arc<Service>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let Some(cred) = auth::credential(req.headers()) else {
-        return unauthenticated().into_response();
+        return ApiError(ServiceError::unauthenticated(
+            "missing bearer token (Authorization: Bearer <token>)",
+        ))
+        .into_response();
     };
     if matches!(cred, auth::Credential::Cookie(_))
         && !req.method().is_safe()
         && !req.headers().contains_key("x-requested-with")
     {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
+        return ApiError(ServiceError::new(
+            Kind::Forbidden,
             "csrf",
             "a request authenticated by the session cookie must carry X-Requested-With",
-        )
+        ))
         .into_response();
     }
-    let principal = match principal_of(&app, cred.token()) {
-        Ok(p) => p,
-        Err(e) => return ApiError::internal(e).into_response(),
-    };
-    match principal {
-        Some(p) => {
-            req.extensions_mut().insert(p);
+    match service.authenticate(cred.token()) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
             next.run(req).await
         }
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "invalid, expired or revoked token, or disabled account",
-        )
-        .into_response(),
+        Err(e) => ApiError(e).into_response(),
     }
 }
 
-/// The principal a token stands for: the bootstrap admin token from `init`, or a
-/// login token of an enabled account. `None` for anything else.
-pub fn principal_of(app: &App, token: &str) -> Result<Option<Principal>, crate::store::StoreError> {
-    if auth::matches_digest(token, &app.config.auth.admin_token_sha256) {
-        return Ok(Some(Principal {
-            user: None,
-            role: Role::Admin,
-            token_id: None,
-        }));
+/// `/healthz`: up and the store writable, for anyone; with an admin's token, the
+/// number of hosts and instances in each state too.
+async fn healthz(State(service): State<Arc<Service>>, req: Request) -> Response {
+    let caller = auth::credential(req.headers())
+        .and_then(|c| service.authenticate(c.token()).ok())
+        .unwrap_or_else(Caller::anonymous);
+    match service.health(&caller).await {
+        Ok(h) => Json(h).into_response(),
+        Err(e) => ApiError(e).into_response(),
     }
-    let Some(rec) = app.api_tokens.check(token, cairn_shared::time::now_ms())? else {
-        return Ok(None);
-    };
-    let Some(user) = app.accounts.get(&rec.user)? else {
-        return Ok(None);
-    };
-    if user.disabled {
-        return Ok(None);
-    }
-    Ok(Some(Principal {
-        user: Some(user.name),
-        role: user.role,
-        token_id: Some(rec.id),
-    }))
-}
-
-#[derive(Serialize)]
-struct Health {
-    status: &'static str,
-    version: &'static str,
-    hosts: std::collections::HashMap<crate::hosts::HostState, usize>,
-    instances: std::collections::BTreeMap<crate::instances::InstanceState, usize>,
-}
-
-async fn healthz(State(app): State<Arc<App>>) -> Json<Health> {
-    Json(Health {
-        status: "ok",
-        version: env!("CARGO_PKG_VERSION"),
-        hosts: app.registry.count_by_state(),
-        instances: app.instances.count_by_state(),
-    })
 }

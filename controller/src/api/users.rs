@@ -1,4 +1,4 @@
-//! Account management (admins only): create, list, disable, enable.
+//! `/api/v1/users`: accounts (admins): create, list, disable, enable.
 
 use std::sync::Arc;
 
@@ -8,24 +8,9 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 
-use super::{Admin, ApiError, ApiResult};
-use crate::app::App;
-use crate::users::{AccountsError, Role, User};
-
-impl From<AccountsError> for ApiError {
-    fn from(e: AccountsError) -> Self {
-        match e {
-            AccountsError::BadName | AccountsError::BadPassword => {
-                ApiError::bad_request(e.to_string())
-            }
-            AccountsError::Exists(_) => {
-                ApiError::new(StatusCode::CONFLICT, "already_exists", e.to_string())
-            }
-            AccountsError::NotFound(_) => ApiError::not_found(e.to_string()),
-            AccountsError::Hash(_) | AccountsError::Store(_) => ApiError::internal(e),
-        }
-    }
-}
+use super::{body, ApiResult};
+use crate::service::{Caller, Service};
+use crate::users::{Role, User};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,52 +25,34 @@ fn default_role() -> Role {
     Role::User
 }
 
-pub async fn list(State(app): State<Arc<App>>, _: Admin) -> ApiResult<Json<Vec<User>>> {
-    Ok(Json(
-        app.accounts
-            .list()
-            .map_err(ApiError::internal)?
-            .iter()
-            .map(User::public)
-            .collect(),
-    ))
+pub async fn list(State(s): State<Arc<Service>>, caller: Caller) -> ApiResult<Json<Vec<User>>> {
+    Ok(Json(s.list_users(&caller)?))
 }
 
 pub async fn create(
-    State(app): State<Arc<App>>,
-    Admin(by): Admin,
-    body: Result<Json<NewUser>, JsonRejection>,
+    State(s): State<Arc<Service>>,
+    caller: Caller,
+    b: Result<Json<NewUser>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
-    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let user = app
-        .accounts
-        .create(
-            &req.name,
-            &req.password,
-            req.role,
-            cairn_shared::time::now_ms(),
-        )
+    let req = body(b)?;
+    let u = s
+        .create_user(&caller, &req.name, &req.password, req.role)
         .await?;
-    tracing::info!(user = %user.name, role = ?user.role, by = %by.name(), "user created");
-    Ok((StatusCode::CREATED, Json(user.public())))
+    Ok((StatusCode::CREATED, Json(u)))
 }
 
 pub async fn disable(
-    State(app): State<Arc<App>>,
-    Admin(by): Admin,
+    State(s): State<Arc<Service>>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<User>> {
-    let user = app.accounts.set_disabled(&name, true).await?;
-    tracing::info!(user = %name, by = %by.name(), "user disabled");
-    Ok(Json(user.public()))
+    Ok(Json(s.set_user_disabled(&caller, &name, true).await?))
 }
 
 pub async fn enable(
-    State(app): State<Arc<App>>,
-    Admin(by): Admin,
+    State(s): State<Arc<Service>>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<User>> {
-    let user = app.accounts.set_disabled(&name, false).await?;
-    tracing::info!(user = %name, by = %by.name(), "user enabled");
-    Ok(Json(user.public()))
+    Ok(Json(s.set_user_disabled(&caller, &name, false).await?))
 }

@@ -1,12 +1,14 @@
 //! The autoscaler: keeps each pool's hosts matched to demand, behind a [`Provider`].
 //!
 //! * [`policy`] — the decisions, a pure function of the pool and `now`.
+//! * [`pending`] — hosts asked for that have not joined yet (pure).
 //! * [`Provider`] — how hosts come and go: [`StaticProvider`] (hosts join by token;
 //!   the autoscaler only drains and reopens them) now, OpenStack later.
 //!
 //! Every decision is logged with its reason and kept for admins
 //! (`GET /api/v1/autoscaler`).
 
+pub mod pending;
 pub mod policy;
 
 use std::collections::{HashMap, VecDeque};
@@ -52,7 +54,9 @@ impl Provider for StaticProvider {
         })
     }
     fn destroy(&self, _: &HostId) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async { Ok(()) })
+        Box::pin(async {
+            Err("a static pool cannot destroy hosts; the machine is still running: stop its agent (`systemctl stop cairn-agent`) or power it off".into())
+        })
     }
 }
 
@@ -72,11 +76,16 @@ pub struct LoggedDecision {
 /// Most decisions kept for display.
 const LOG: usize = 200;
 
+/// An unchanged decision is logged again after this long.
+const REPEAT_QUIET_MS: u64 = 10 * 60 * 1000;
+
 /// The autoscaler's state between passes.
 pub struct Autoscaler {
     provider: Box<dyn Provider>,
     policies: HashMap<String, Policy>,
     idle_since: Mutex<HashMap<HostId, u64>>,
+    /// Hosts asked of the provider per pool that have not joined yet.
+    pending: Mutex<HashMap<String, pending::Pending>>,
     log: Mutex<VecDeque<LoggedDecision>>,
 }
 
@@ -94,6 +103,7 @@ impl Autoscaler {
             provider,
             policies,
             idle_since: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             log: Mutex::new(VecDeque::new()),
         }
     }
@@ -110,8 +120,22 @@ impl Autoscaler {
     }
 
     fn record(&self, d: LoggedDecision) {
-        tracing::info!(pool = %d.pool, action = %d.action, host = ?d.host, count = ?d.count, reason = %d.reason, outcome = %d.outcome, "autoscaler decision");
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        // A pool that stays short repeats the same decision every pass; it is
+        // logged again only after a quiet while, so the log keeps other news.
+        let repeat = log
+            .iter()
+            .rev()
+            .find(|l| l.pool == d.pool)
+            .is_some_and(|l| {
+                (&l.action, &l.host, l.count, &l.reason, &l.outcome)
+                    == (&d.action, &d.host, d.count, &d.reason, &d.outcome)
+                    && d.at_ms.saturating_sub(l.at_ms) < REPEAT_QUIET_MS
+            });
+        if repeat {
+            return;
+        }
+        tracing::info!(pool = %d.pool, action = %d.action, host = ?d.host, count = ?d.count, reason = %d.reason, outcome = %d.outcome, "autoscaler decision");
         log.push_back(d);
         while log.len() > LOG {
             log.pop_front();
@@ -153,10 +177,7 @@ impl Autoscaler {
                             live: h.state == HostState::Active && h.connected,
                             standing: h.pool.standing.clone(),
                             instances: n,
-                            free: Resources::new(
-                                cap.memory.saturating_sub(res.memory),
-                                cap.millicpus.saturating_sub(res.millicpus),
-                            ),
+                            free: policy.free(cap, res),
                             joined_ms: h.enrolled_ms,
                             idle_since_ms: since,
                         }
@@ -164,13 +185,24 @@ impl Autoscaler {
                     .collect()
             };
             let waiting = shortfall.get(pool).cloned().unwrap_or_default();
-            for d in policy::decide(policy, &infos, &waiting, 0, now_ms) {
-                self.carry_out(app, pool, d, now_ms).await;
+            let size = infos
+                .iter()
+                .filter(|h| h.standing != crate::hosts::pool::Standing::Removed)
+                .count() as u32;
+            let coming = self
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(pool.clone())
+                .or_default()
+                .coming(size, now_ms);
+            for d in policy::decide(policy, &infos, &waiting, coming, now_ms) {
+                self.carry_out(app, pool, size, d, now_ms).await;
             }
         }
     }
 
-    async fn carry_out(&self, app: &App, pool: &str, d: Decision, now_ms: u64) {
+    async fn carry_out(&self, app: &App, pool: &str, size: u32, d: Decision, now_ms: u64) {
         let event = |host: &HostId, ev: PoolEvent| {
             let host = host.clone();
             async move {
@@ -184,7 +216,20 @@ impl Autoscaler {
         let (action, host, count, reason, result) = match d {
             Decision::Create { count, reason } => {
                 let r = self.provider.create(pool, count).await;
+                if r.is_ok() {
+                    self.pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(pool.to_string())
+                        .or_default()
+                        .asked(count, size, now_ms);
+                }
                 ("create", None, Some(count), reason, r)
+            }
+            Decision::Short { count, reason } => {
+                // The provider says in its own words why it cannot.
+                let r = self.provider.create(pool, count).await;
+                ("short", None, Some(count), reason, r)
             }
             Decision::Undrain { host, reason } => {
                 let r = event(&host, PoolEvent::Undrain).await;

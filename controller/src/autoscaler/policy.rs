@@ -12,6 +12,9 @@
 //! 4. **Idle**: with room to spare, an empty open host idle longer than the cooldown
 //!    is drained (one at a time, never below `min_hosts`, never below the headroom).
 //! 5. **Drained** hosts are removed, if the provider can create hosts again later.
+//!
+//! A static pool (hosts join by token) cannot create hosts: where an elastic pool
+//! would create, it says so plainly with [`Decision::Short`], for an operator.
 
 use cairn_shared::ids::HostId;
 
@@ -33,6 +36,20 @@ pub struct Policy {
     /// The provider can create and destroy hosts (OpenStack); a static pool only
     /// drains and opens the hosts that joined by token.
     pub elastic: bool,
+    /// The pool's over-commit ratios (memory, CPU): a host offers its capacity
+    /// times these, as the scheduler places.
+    pub overcommit: (f64, f64),
+}
+
+impl Policy {
+    /// What a host of `capacity` with `reserved` taken still offers.
+    pub fn free(&self, capacity: Resources, reserved: Resources) -> Resources {
+        let scaled = |v: u64, ratio: f64| (v as f64 * ratio.max(0.0)) as u64;
+        Resources::new(
+            scaled(capacity.memory, self.overcommit.0).saturating_sub(reserved.memory),
+            scaled(capacity.millicpus, self.overcommit.1).saturating_sub(reserved.millicpus),
+        )
+    }
 }
 
 /// What the autoscaler knows about one host of the pool.
@@ -53,10 +70,27 @@ pub struct HostInfo {
 /// One decision, with the reason shown to admins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Create { count: u32, reason: String },
-    Undrain { host: HostId, reason: String },
-    Drain { host: HostId, reason: String },
-    Remove { host: HostId, reason: String },
+    Create {
+        count: u32,
+        reason: String,
+    },
+    Undrain {
+        host: HostId,
+        reason: String,
+    },
+    Drain {
+        host: HostId,
+        reason: String,
+    },
+    Remove {
+        host: HostId,
+        reason: String,
+    },
+    /// The pool needs `count` more hosts and its provider cannot create them.
+    Short {
+        count: u32,
+        reason: String,
+    },
 }
 
 /// How many `typical` instances fit in `free`.
@@ -91,11 +125,13 @@ pub fn decide(
     let total = serving.len() as u32 + pending;
 
     // 1. The floor.
-    if total < p.min_hosts && p.elastic {
-        let n = p.min_hosts - total;
-        out.push(Decision::Create {
-            count: n,
-            reason: format!("{total} host(s), below the minimum of {}", p.min_hosts),
+    if total < p.min_hosts {
+        let count = p.min_hosts - total;
+        let reason = format!("{total} host(s), below the minimum of {}", p.min_hosts);
+        out.push(if p.elastic {
+            Decision::Create { count, reason }
+        } else {
+            Decision::Short { count, reason }
         });
         return out;
     }
@@ -134,7 +170,13 @@ pub fn decide(
             });
             missing = missing.saturating_sub(per_host);
         }
-        if missing > 0 && p.elastic {
+        if missing > 0 && !p.elastic {
+            let need = missing.div_ceil(per_host) as u32;
+            out.push(Decision::Short {
+                count: need,
+                reason: why.clone(),
+            });
+        } else if missing > 0 {
             let need = missing.div_ceil(per_host) as u32;
             let allowed = p.max_hosts.saturating_sub(total);
             let n = need.min(allowed);
@@ -230,6 +272,7 @@ mod tests {
             idle_cooldown_ms: 10 * MIN,
             max_age_ms: None,
             elastic: true,
+            overcommit: (1.0, 1.0),
         }
     }
 
@@ -366,12 +409,48 @@ mod tests {
     }
 
     #[test]
+    fn free_room_follows_the_pools_over_commit() {
+        let p = Policy {
+            overcommit: (2.0, 4.0),
+            ..policy()
+        };
+        let cap = Resources::new(8 << 30, 4000);
+        let free = p.free(cap, Resources::new(10 << 30, 6000));
+        assert_eq!(free, Resources::new(6 << 30, 10_000));
+        // Over-booked beyond the ratio: nothing free, never negative.
+        let full = Policy {
+            overcommit: (1.0, 1.0),
+            ..policy()
+        };
+        assert_eq!(
+            full.free(cap, Resources::new(9 << 30, 5000)),
+            Resources::default()
+        );
+    }
+
+    #[test]
     fn a_static_pool_only_drains_and_reopens() {
         let p = Policy {
             elastic: false,
+            min_hosts: 0,
             ..policy()
         };
-        assert!(decide(&p, &[], &waiting(5), 0, 0).is_empty());
+        // Short of hosts, it says so and creates nothing: 5 waiting plus a headroom
+        // of 2 typical instances, 4 to a host, is 2 hosts.
+        let d = decide(&p, &[], &waiting(5), 0, 0);
+        assert!(
+            matches!(&d[..], [Decision::Short { count: 2, .. }]),
+            "{d:?}"
+        );
+        let below_min = Policy {
+            min_hosts: 2,
+            ..p.clone()
+        };
+        let d = decide(&below_min, &[host(3, 0, 4, None)], &none(), 0, 0);
+        assert!(
+            matches!(&d[..], [Decision::Short { count: 1, .. }]),
+            "{d:?}"
+        );
         let mut drained = host(1, 4, 0, Some(0));
         drained.standing = Standing::Drained;
         let d = decide(&p, &[drained.clone()], &waiting(1), 0, 0);

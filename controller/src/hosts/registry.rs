@@ -454,6 +454,14 @@ impl Registry {
             .map(|(_, c, _)| c.clone())
     }
 
+    /// Closes a host's connection, if it has one, with a close code and reason its
+    /// agent logs.
+    pub fn disconnect(&self, id: &HostId, code: CloseCode, reason: &str) {
+        if let Some(conn) = self.connection(id) {
+            conn.close(code.into(), reason.as_bytes());
+        }
+    }
+
     pub fn list(&self) -> Vec<HostView> {
         let hosts = self.lock();
         let mut out: Vec<HostView> = hosts.values().map(|e| HostView::from(&e.record)).collect();

@@ -5,6 +5,7 @@
 //! frame, a wrong version, a flood of streams — ends that connection with a logged
 //! reason and nothing else.
 
+pub mod ask;
 pub mod enrol;
 pub mod session;
 

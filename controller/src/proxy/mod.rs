@@ -39,6 +39,7 @@ use crate::web::pages;
 /// The proxy's shared state.
 pub struct Proxy {
     app: Arc<App>,
+    service: Arc<crate::service::Service>,
     client: Client<tunnel::Connector, Body>,
     /// App kind per blueprint revision; revisions never change, so this never goes stale.
     kinds: Mutex<HashMap<(String, u32), AppKind>>,
@@ -52,7 +53,7 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    pub fn new(app: Arc<App>) -> Arc<Self> {
+    pub fn new(app: Arc<App>, service: Arc<crate::service::Service>) -> Arc<Self> {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
@@ -60,6 +61,7 @@ impl Proxy {
         let websocket_idle = Duration::from_secs(app.config.proxy.websocket_idle_secs);
         Arc::new(Proxy {
             app,
+            service,
             client,
             kinds: Mutex::new(HashMap::new()),
             websocket_idle,
@@ -126,18 +128,10 @@ async fn handle(
         return pages::proxy_not_found(false).into_response();
     };
     let cred = auth::credential(req.headers());
-    let principal = match cred.map(|c| crate::api::principal_of(app, c.token())) {
-        Some(Ok(p)) => p,
-        Some(Err(e)) => {
-            tracing::error!(error = %e, "cannot check a token");
-            None
-        }
-        None => None,
-    };
-    let Some(principal) = principal else {
+    let Some(caller) = cred.and_then(|c| proxy.service.authenticate(c.token()).ok()) else {
         return pages::proxy_not_found(true).into_response();
     };
-    let Some(inst) = app.instances.visible(&principal, &id) else {
+    let Some(inst) = proxy.service.proxied_instance(&caller, &id) else {
         return pages::proxy_not_found(false).into_response();
     };
     if !has_slash {

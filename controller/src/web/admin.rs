@@ -13,12 +13,11 @@ use serde::Deserialize;
 
 use super::layout::{badge, bar, count as plural, duration, message, mib, page};
 use super::user::{app_name, instance_table};
-use super::{error_page, not_found, AdminSession};
-use crate::app::App;
+use super::{failure, AdminSession};
 use crate::blueprints::spec::{Prepull, PrepullInput, PullPolicy};
-use crate::blueprints::{BlueprintInput, BlueprintSpec, CatalogError, FieldError};
-use crate::images::resolve::Resolver;
-use crate::users::{AccountsError, Role};
+use crate::blueprints::{BlueprintInput, BlueprintSpec, FieldError};
+use crate::service::{Kind, Service, ServiceError};
+use crate::users::Role;
 use cairn_shared::resources::RuntimeFacts;
 
 fn now() -> u64 {
@@ -27,30 +26,24 @@ fn now() -> u64 {
 
 /// `GET /admin/hosts`: state, capacity bars (reserved and used), labels, images,
 /// instances.
-pub async fn hosts(State(app): State<Arc<App>>, AdminSession(s): AdminSession) -> Response {
-    let hosts = app.registry.list();
-    let all = app.instances.list(&s.principal, true);
-    // Memory and CPU reserved by the live instances on each host.
-    let mut reserved: HashMap<String, (u64, f64, usize)> = HashMap::new();
-    let mut specs: HashMap<(String, u32), Option<BlueprintSpec>> = HashMap::new();
-    for i in all.iter().filter(|i| !i.state.is_terminal()) {
-        let Some(h) = &i.host else { continue };
-        let spec = specs
-            .entry((i.blueprint.clone(), i.revision))
-            .or_insert_with(|| {
-                app.blueprints
-                    .revision(&i.blueprint, i.revision)
-                    .ok()
-                    .flatten()
-                    .map(|r| r.spec)
-            });
-        let r = reserved.entry(h.to_string()).or_default();
-        if let Some(spec) = spec {
-            r.0 += spec.memory_mib * 1024 * 1024;
-            r.1 += spec.cpus;
-        }
-        r.2 += 1;
-    }
+pub async fn hosts(State(service): State<Arc<Service>>, AdminSession(s): AdminSession) -> Response {
+    let (hosts, booked) = match (
+        service.list_hosts(&s.caller),
+        service.host_reservations(&s.caller),
+    ) {
+        (Ok(h), Ok(r)) => (h, r),
+        (Err(e), _) | (_, Err(e)) => return failure(Some(&s.viewer), &e),
+    };
+    // Memory (bytes) and CPU (cores) reserved on each host, and its instances.
+    let reserved: HashMap<String, (u64, f64, usize)> = booked
+        .into_iter()
+        .map(|(h, (r, n))| {
+            (
+                h.to_string(),
+                (r.memory, r.millicpus as f64 / 1000.0, n as usize),
+            )
+        })
+        .collect();
     let body = html! {
         @if hosts.is_empty() {
             p { "No hosts have joined yet. Create a join token with "
@@ -153,8 +146,14 @@ fn pull_line(p: &cairn_shared::images::PullProgress) -> Markup {
 }
 
 /// `GET /admin/instances`: everyone's instances.
-pub async fn instances(State(app): State<Arc<App>>, AdminSession(s): AdminSession) -> Response {
-    let list = app.instances.list(&s.principal, true);
+pub async fn instances(
+    State(service): State<Arc<Service>>,
+    AdminSession(s): AdminSession,
+) -> Response {
+    let list = match service.list_instances(&s.caller, true) {
+        Ok(l) => l,
+        Err(e) => return failure(Some(&s.viewer), &e),
+    };
     let body = html! {
         @if list.is_empty() { p { "No instances yet." } } @else { (instance_table(&list, true)) }
     };
@@ -162,11 +161,14 @@ pub async fn instances(State(app): State<Arc<App>>, AdminSession(s): AdminSessio
 }
 
 /// `GET /admin/blueprints`.
-pub async fn blueprints(State(app): State<Arc<App>>, AdminSession(s): AdminSession) -> Response {
-    let list = app.blueprints.list().unwrap_or_else(|e| {
-        tracing::error!(error = %e, "cannot list blueprints");
-        vec![]
-    });
+pub async fn blueprints(
+    State(service): State<Arc<Service>>,
+    AdminSession(s): AdminSession,
+) -> Response {
+    let list = match service.list_blueprints(&s.caller) {
+        Ok(l) => l,
+        Err(e) => return failure(Some(&s.viewer), &e),
+    };
     let body = html! {
         p { a class="button" href="/admin/blueprints/new" { "New blueprint" } }
         div class="table-wrap" {
@@ -501,7 +503,7 @@ pub async fn new_blueprint(AdminSession(s): AdminSession) -> Response {
 
 /// `POST /admin/blueprints/new`.
 pub async fn create_blueprint(
-    State(app): State<Arc<App>>,
+    State(service): State<Arc<Service>>,
     AdminSession(s): AdminSession,
     Form(f): Form<BlueprintForm>,
 ) -> Result<Response, Response> {
@@ -515,32 +517,25 @@ pub async fn create_blueprint(
             .into_response()
     };
     let input = f.input().map_err(again)?;
-    match app
-        .blueprints
-        .create(&input, &Resolver::of(&app), now())
-        .await
-    {
-        Ok(b) => {
-            tracing::info!(blueprint = %b.spec.name, by = %s.principal.name(), "blueprint created");
-            Ok(Redirect::to(&format!("/admin/blueprints/{}", b.spec.name)).into_response())
-        }
-        Err(CatalogError::Invalid(errors)) => Err(again(errors)),
-        Err(CatalogError::Exists(n)) => Err(again(vec![FieldError {
-            field: "name".into(),
-            message: format!("a blueprint named {n} already exists"),
-        }])),
-        Err(e) => Err(internal(&s, e)),
+    match service.create_blueprint(&s.caller, &input).await {
+        Ok(b) => Ok(Redirect::to(&format!("/admin/blueprints/{}", b.spec.name)).into_response()),
+        Err(e) => Err(match form_errors(&e) {
+            Some(errors) => again(errors),
+            None => failure(Some(&s.viewer), &e),
+        }),
     }
 }
 
-fn internal(s: &super::Session, e: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %e, "admin page failed");
-    error_page(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Some(&s.viewer),
-        "Something went wrong",
-        "The controller could not do that; see its log.",
-    )
+/// A failed save as field errors beside the form, where it is about the input.
+fn form_errors(e: &ServiceError) -> Option<Vec<FieldError>> {
+    match e.kind {
+        Kind::Invalid if !e.fields.is_empty() => Some(e.fields.clone()),
+        Kind::Conflict if e.code == "already_exists" => Some(vec![FieldError {
+            field: "name".into(),
+            message: e.message.clone(),
+        }]),
+        _ => None,
+    }
 }
 
 /// What the last "Refresh image" did, shown once on the page it redirects to.
@@ -551,7 +546,7 @@ pub struct EditQuery {
 }
 
 fn edit_page(
-    app: &App,
+    service: &Service,
     s: &super::Session,
     name: &str,
     f: Option<&BlueprintForm>,
@@ -559,12 +554,13 @@ fn edit_page(
     notice: Option<Markup>,
     status: StatusCode,
 ) -> Response {
-    let record = match app.blueprints.get(name) {
-        Ok(Some(r)) => r,
-        Ok(None) => return not_found(&s.viewer, "There is no such blueprint."),
-        Err(e) => return internal(s, e),
+    let (record, revisions) = match (
+        service.blueprint(&s.caller, name),
+        service.blueprint_revisions(&s.caller, name),
+    ) {
+        (Ok(r), Ok(revs)) => (r, revs),
+        (Err(e), _) | (_, Err(e)) => return failure(Some(&s.viewer), &e),
     };
-    let revisions = app.blueprints.revisions(name).unwrap_or_default();
     let form = f
         .cloned()
         .unwrap_or_else(|| BlueprintForm::from_spec(&record.spec));
@@ -641,7 +637,7 @@ fn edit_page(
 
 /// `GET /admin/blueprints/{name}`: the edit form and the revision history.
 pub async fn edit_blueprint(
-    State(app): State<Arc<App>>,
+    State(service): State<Arc<Service>>,
     AdminSession(s): AdminSession,
     Path(name): Path<String>,
     Query(q): Query<EditQuery>,
@@ -657,33 +653,30 @@ pub async fn edit_blueprint(
         )),
         _ => None,
     };
-    edit_page(&app, &s, &name, None, &[], notice, StatusCode::OK)
+    edit_page(&service, &s, &name, None, &[], notice, StatusCode::OK)
 }
 
-/// The "Refresh image" button: the same code as `POST /api/v1/blueprints/{name}/refresh`.
+/// The "Refresh image" button: the same operation as
+/// `POST /api/v1/blueprints/{name}/refresh`.
 async fn refresh_blueprint(
-    app: &App,
+    service: &Service,
     s: &super::Session,
     name: &str,
 ) -> Result<Response, Response> {
-    match app
-        .blueprints
-        .refresh(name, &Resolver::of(app), now())
-        .await
-    {
-        Ok((b, changed)) => {
-            tracing::info!(blueprint = %name, changed, revision = b.revision, image = %b.spec.run_image(), by = %s.principal.name(), "blueprint image refreshed");
-            let what = if changed { "changed" } else { "unchanged" };
+    match service.refresh_blueprint(&s.caller, name).await {
+        Ok(r) => {
+            let what = if r.changed { "changed" } else { "unchanged" };
             Ok(Redirect::to(&format!("/admin/blueprints/{name}?refreshed={what}")).into_response())
         }
-        Err(CatalogError::Invalid(errors)) => {
-            let text = errors
+        Err(e) if e.kind == Kind::Invalid => {
+            let text = e
+                .fields
                 .iter()
-                .map(|e| e.message.as_str())
+                .map(|f| f.message.as_str())
                 .collect::<Vec<_>>()
                 .join("; ");
             Err(edit_page(
-                app,
+                service,
                 s,
                 name,
                 None,
@@ -695,54 +688,40 @@ async fn refresh_blueprint(
                 StatusCode::UNPROCESSABLE_ENTITY,
             ))
         }
-        Err(CatalogError::NotFound(_)) => Err(not_found(&s.viewer, "There is no such blueprint.")),
-        Err(e) => Err(internal(s, e)),
+        Err(e) => Err(failure(Some(&s.viewer), &e)),
     }
 }
 
 /// `POST /admin/blueprints/{name}`: a new revision, or with `refresh` set (the
 /// "Refresh image" button) the image resolved again.
 pub async fn save_blueprint(
-    State(app): State<Arc<App>>,
+    State(service): State<Arc<Service>>,
     AdminSession(s): AdminSession,
     Path(name): Path<String>,
     Form(f): Form<BlueprintForm>,
 ) -> Result<Response, Response> {
     s.check(&f.csrf)?;
     if f.refresh.is_some() {
-        return refresh_blueprint(&app, &s, &name).await;
+        return refresh_blueprint(&service, &s, &name).await;
     }
-    let input = f.input().map_err(|errors| {
+    let again = |errors: &[FieldError]| {
         edit_page(
-            &app,
+            &service,
             &s,
             &name,
             Some(&f),
-            &errors,
+            errors,
             None,
             StatusCode::UNPROCESSABLE_ENTITY,
         )
-    })?;
-    match app
-        .blueprints
-        .update(&name, &input, &Resolver::of(&app), now())
-        .await
-    {
-        Ok(b) => {
-            tracing::info!(blueprint = %name, revision = b.revision, by = %s.principal.name(), "blueprint saved");
-            Ok(Redirect::to(&format!("/admin/blueprints/{name}")).into_response())
-        }
-        Err(CatalogError::Invalid(errors)) => Err(edit_page(
-            &app,
-            &s,
-            &name,
-            Some(&f),
-            &errors,
-            None,
-            StatusCode::UNPROCESSABLE_ENTITY,
-        )),
-        Err(CatalogError::NotFound(_)) => Err(not_found(&s.viewer, "There is no such blueprint.")),
-        Err(e) => Err(internal(&s, e)),
+    };
+    let input = f.input().map_err(|errors| again(&errors))?;
+    match service.update_blueprint(&s.caller, &name, &input).await {
+        Ok(_) => Ok(Redirect::to(&format!("/admin/blueprints/{name}")).into_response()),
+        Err(e) => Err(match form_errors(&e) {
+            Some(errors) => again(&errors),
+            None => failure(Some(&s.viewer), &e),
+        }),
     }
 }
 
@@ -755,35 +734,36 @@ pub struct EnabledForm {
 
 /// `POST /admin/blueprints/{name}/enabled`.
 pub async fn set_blueprint_enabled(
-    State(app): State<Arc<App>>,
+    State(service): State<Arc<Service>>,
     AdminSession(s): AdminSession,
     Path(name): Path<String>,
     Form(f): Form<EnabledForm>,
 ) -> Result<Response, Response> {
     s.check(&f.csrf)?;
-    match app.blueprints.set_enabled(&name, f.enabled, now()).await {
-        Ok(_) => Ok(Redirect::to("/admin/blueprints").into_response()),
-        Err(CatalogError::NotFound(_)) => Err(not_found(&s.viewer, "There is no such blueprint.")),
-        Err(e) => Err(internal(&s, e)),
-    }
+    service
+        .set_blueprint_enabled(&s.caller, &name, f.enabled)
+        .await
+        .map_err(|e| failure(Some(&s.viewer), &e))?;
+    Ok(Redirect::to("/admin/blueprints").into_response())
 }
 
 /// `GET /admin/users`.
-pub async fn users(State(app): State<Arc<App>>, AdminSession(s): AdminSession) -> Response {
-    users_page(&app, &s, StatusCode::OK, None, None)
+pub async fn users(State(service): State<Arc<Service>>, AdminSession(s): AdminSession) -> Response {
+    users_page(&service, &s, StatusCode::OK, None, None)
 }
 
 fn users_page(
-    app: &App,
+    service: &Service,
     s: &super::Session,
     status: StatusCode,
     error: Option<&str>,
     notice: Option<&str>,
 ) -> Response {
-    let list = app.accounts.list().unwrap_or_else(|e| {
-        tracing::error!(error = %e, "cannot list users");
-        vec![]
-    });
+    let list = match service.list_users(&s.caller) {
+        Ok(l) => l,
+        Err(e) => return failure(Some(&s.viewer), &e),
+    };
+    let me = s.caller.principal().and_then(|p| p.user.clone());
     let body = html! {
         @if let Some(e) = error { (message("error", e)) }
         @if let Some(n) = notice { (message("notice", n)) }
@@ -799,7 +779,7 @@ fn users_page(
                             td { @if u.disabled { (badge("disabled")) } @else { (badge("active")) } }
                             td { (duration(now().saturating_sub(u.created_ms) / 1000)) " ago" }
                             td {
-                                @if s.principal.user.as_deref() != Some(u.name.as_str()) {
+                                @if me.as_deref() != Some(u.name.as_str()) {
                                 form method="post" action={ "/admin/users/" (u.name) "/disabled" } {
                                     input type="hidden" name="csrf" value=(s.viewer.csrf);
                                     input type="hidden" name="disabled" value=(if u.disabled { "false" } else { "true" });
@@ -839,7 +819,7 @@ pub struct NewUserForm {
 
 /// `POST /admin/users`.
 pub async fn create_user(
-    State(app): State<Arc<App>>,
+    State(service): State<Arc<Service>>,
     AdminSession(s): AdminSession,
     Form(f): Form<NewUserForm>,
 ) -> Result<Response, Response> {
@@ -849,7 +829,7 @@ pub async fn create_user(
         "user" => Role::User,
         _ => {
             return Err(users_page(
-                &app,
+                &service,
                 &s,
                 StatusCode::BAD_REQUEST,
                 Some("Role must be user or admin."),
@@ -857,27 +837,25 @@ pub async fn create_user(
             ))
         }
     };
-    match app.accounts.create(&f.name, &f.password, role, now()).await {
-        Ok(u) => {
-            tracing::info!(user = %u.name, by = %s.principal.name(), "user created");
-            Ok(users_page(
-                &app,
-                &s,
-                StatusCode::OK,
-                None,
-                Some(&format!("Added {}.", u.name)),
-            ))
-        }
-        Err(
-            e @ (AccountsError::BadName | AccountsError::BadPassword | AccountsError::Exists(_)),
-        ) => Err(users_page(
-            &app,
+    match service
+        .create_user(&s.caller, &f.name, &f.password, role)
+        .await
+    {
+        Ok(u) => Ok(users_page(
+            &service,
+            &s,
+            StatusCode::OK,
+            None,
+            Some(&format!("Added {}.", u.name)),
+        )),
+        Err(e) if matches!(e.kind, Kind::Invalid | Kind::Conflict) => Err(users_page(
+            &service,
             &s,
             StatusCode::UNPROCESSABLE_ENTITY,
-            Some(&e.to_string()),
+            Some(&e.message),
             None,
         )),
-        Err(e) => Err(internal(&s, e)),
+        Err(e) => Err(failure(Some(&s.viewer), &e)),
     }
 }
 
@@ -890,25 +868,25 @@ pub struct DisabledForm {
 
 /// `POST /admin/users/{name}/disabled`.
 pub async fn set_user_disabled(
-    State(app): State<Arc<App>>,
+    State(service): State<Arc<Service>>,
     AdminSession(s): AdminSession,
     Path(name): Path<String>,
     Form(f): Form<DisabledForm>,
 ) -> Result<Response, Response> {
     s.check(&f.csrf)?;
-    if s.principal.user.as_deref() == Some(name.as_str()) && f.disabled {
-        return Err(users_page(
-            &app,
+    match service
+        .set_user_disabled(&s.caller, &name, f.disabled)
+        .await
+    {
+        Ok(_) => Ok(Redirect::to("/admin/users").into_response()),
+        Err(e) if e.kind == Kind::Conflict => Err(users_page(
+            &service,
             &s,
             StatusCode::CONFLICT,
-            Some("You cannot disable your own account."),
+            Some(&e.message),
             None,
-        ));
-    }
-    match app.accounts.set_disabled(&name, f.disabled).await {
-        Ok(_) => Ok(Redirect::to("/admin/users").into_response()),
-        Err(AccountsError::NotFound(_)) => Err(not_found(&s.viewer, "There is no such user.")),
-        Err(e) => Err(internal(&s, e)),
+        )),
+        Err(e) => Err(failure(Some(&s.viewer), &e)),
     }
 }
 

@@ -29,13 +29,12 @@ use axum::{Form, Router};
 use maud::html;
 use serde::Deserialize;
 
-use crate::app::App;
 use crate::auth::{self, SESSION_COOKIE};
-use crate::users::Principal;
+use crate::service::{Caller, Kind, Service, ServiceError};
 use layout::{page, Viewer};
 
 /// The UI's routes.
-pub fn router(app: Arc<App>) -> Router {
+pub fn router(service: Arc<Service>) -> Router {
     Router::new()
         .route("/", get(user::catalogue))
         .route("/login", get(login_form).post(login))
@@ -67,7 +66,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/static/cairn.css", get(css))
         .route("/static/cairn.js", get(js))
-        .with_state(app)
+        .with_state(service)
 }
 
 async fn css() -> Response {
@@ -92,7 +91,7 @@ fn static_file(kind: &'static str, body: &'static str) -> Response {
 /// A logged-in browser.
 #[derive(Debug, Clone)]
 pub struct Session {
-    pub principal: Principal,
+    pub caller: Caller,
     pub viewer: Viewer,
 }
 
@@ -112,10 +111,13 @@ impl Session {
     }
 }
 
-impl FromRequestParts<Arc<App>> for Session {
+impl FromRequestParts<Arc<Service>> for Session {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Response> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        service: &Arc<Service>,
+    ) -> Result<Self, Response> {
         let to_login = || {
             let next = parts
                 .uri
@@ -128,24 +130,16 @@ impl FromRequestParts<Arc<App>> for Session {
         let Some(token) = auth::cookie(&parts.headers, SESSION_COOKIE) else {
             return Err(to_login());
         };
-        match crate::api::principal_of(app, token) {
-            Ok(Some(p)) => {
-                let viewer = Viewer::of(&p, auth::csrf_token(token));
-                Ok(Session {
-                    principal: p,
-                    viewer,
-                })
+        match service.authenticate(token) {
+            Ok(caller) => {
+                let viewer = match caller.principal() {
+                    Some(p) => Viewer::of(p, auth::csrf_token(token)),
+                    None => return Err(to_login()),
+                };
+                Ok(Session { caller, viewer })
             }
-            Ok(None) => Err(to_login()),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot check a session");
-                Err(error_page(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    None,
-                    "Something went wrong",
-                    "The controller could not read its store; see its log.",
-                ))
-            }
+            Err(e) if e.kind == Kind::Unauthenticated => Err(to_login()),
+            Err(e) => Err(failure(None, &e)),
         }
     }
 }
@@ -154,12 +148,15 @@ impl FromRequestParts<Arc<App>> for Session {
 #[derive(Debug, Clone)]
 pub struct AdminSession(pub Session);
 
-impl FromRequestParts<Arc<App>> for AdminSession {
+impl FromRequestParts<Arc<Service>> for AdminSession {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Response> {
-        let s = Session::from_request_parts(parts, app).await?;
-        if s.principal.is_admin() {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        service: &Arc<Service>,
+    ) -> Result<Self, Response> {
+        let s = Session::from_request_parts(parts, service).await?;
+        if s.caller.is_admin() {
             Ok(AdminSession(s))
         } else {
             Err(error_page(
@@ -212,6 +209,21 @@ pub fn error_page(
         .into_response()
 }
 
+/// The page for a failed operation: the status its kind maps to, and the
+/// service's sentence.
+pub fn failure(viewer: Option<&Viewer>, e: &ServiceError) -> Response {
+    let title = match e.kind {
+        Kind::NotFound => "Not found",
+        Kind::Forbidden => "Not allowed",
+        Kind::Invalid | Kind::Unprocessable | Kind::TooLarge => "Cannot do that",
+        Kind::Conflict => "Not now",
+        Kind::Throttled => "Too many attempts",
+        Kind::Internal => "Something went wrong",
+        _ => "Not available",
+    };
+    error_page(crate::api::status_of(e.kind), viewer, title, &e.message)
+}
+
 /// The 404 page for something that is not there (or not the viewer's).
 pub fn not_found(viewer: &Viewer, what: &str) -> Response {
     error_page(StatusCode::NOT_FOUND, Some(viewer), "Not found", what)
@@ -256,53 +268,29 @@ pub struct LoginForm {
     next: Option<String>,
 }
 
-async fn login(State(app): State<Arc<App>>, Form(f): Form<LoginForm>) -> Response {
+async fn login(
+    State(service): State<Arc<Service>>,
+    crate::api::ClientAddr(client): crate::api::ClientAddr,
+    Form(f): Form<LoginForm>,
+) -> Response {
     let next = safe_next(f.next.as_deref()).to_string();
-    if f.user.len() > 64 || f.password.len() > 1024 {
-        return login_page(
-            StatusCode::BAD_REQUEST,
-            &next,
-            Some("User name or password too long."),
-            "",
-        );
-    }
-    let user = match app.accounts.authenticate(&f.user, &f.password).await {
-        Ok(Some(u)) => u,
-        Ok(None) => {
-            tracing::info!(user = %f.user, "web login failed");
-            return login_page(
-                StatusCode::UNAUTHORIZED,
-                &next,
-                Some("Wrong user name or password, or the account is disabled."),
-                &f.user,
-            );
-        }
+    let session = match service
+        .login(&f.user, &f.password, "web session", client)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) if e.kind == Kind::Internal => return failure(None, &e),
         Err(e) => {
-            tracing::error!(error = %e, "login failed");
-            return error_page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                None,
-                "Something went wrong",
-                "The controller could not check the password; see its log.",
-            );
+            let status = crate::api::status_of(e.kind);
+            let user: String = f.user.chars().take(64).collect();
+            return login_page(status, &next, Some(&e.message), &user);
         }
     };
-    let now = cairn_shared::time::now_ms();
-    let (token, rec) = match app.api_tokens.issue(&user.name, "web session", now).await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot issue a session");
-            return error_page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                None,
-                "Something went wrong",
-                "The controller could not start a session; see its log.",
-            );
-        }
-    };
-    tracing::info!(user = %user.name, token = %rec.id, "web login");
-    let max_age = rec.expires_ms.saturating_sub(now) / 1000;
-    let cookie = session_cookie(&app, &token, max_age);
+    let max_age = session
+        .expires_ms
+        .saturating_sub(cairn_shared::time::now_ms())
+        / 1000;
+    let cookie = session_cookie(&service, &session.token, max_age);
     let mut resp = Redirect::to(&next).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -310,8 +298,8 @@ async fn login(State(app): State<Arc<App>>, Form(f): Form<LoginForm>) -> Respons
     resp
 }
 
-fn session_cookie(app: &App, value: &str, max_age: u64) -> String {
-    let secure = if app.config.api.serves_https() || app.config.api.behind_tls_proxy {
+fn session_cookie(service: &Service, value: &str, max_age: u64) -> String {
+    let secure = if service.serves_https() {
         "; Secure"
     } else {
         ""
@@ -326,18 +314,19 @@ pub struct CsrfForm {
 }
 
 async fn logout(
-    State(app): State<Arc<App>>,
+    State(service): State<Arc<Service>>,
     s: Session,
     Form(f): Form<CsrfForm>,
 ) -> Result<Response, Response> {
     s.check(&f.csrf)?;
-    if let Some(id) = &s.principal.token_id {
-        if let Err(e) = app.api_tokens.revoke(id).await {
-            tracing::error!(error = %e, "cannot revoke a session");
+    // The bootstrap admin token has no session to end; the cookie goes either way.
+    if let Err(e) = service.logout(&s.caller).await {
+        if e.kind == Kind::Internal {
+            return Err(failure(Some(&s.viewer), &e));
         }
     }
     let mut resp = Redirect::to("/login").into_response();
-    if let Ok(v) = HeaderValue::from_str(&session_cookie(&app, "", 0)) {
+    if let Ok(v) = HeaderValue::from_str(&session_cookie(&service, "", 0)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     Ok(resp)

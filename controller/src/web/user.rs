@@ -7,16 +7,15 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
-use cairn_shared::ids::InstanceId;
 use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::layout::{self, badge, duration, message, page};
-use super::{error_page, not_found, AdminSession, Session};
-use crate::app::App;
+use super::{failure, AdminSession, Session};
 use crate::blueprints::catalog::BlueprintRecord;
 use crate::blueprints::AppKind;
-use crate::instances::{Instance, LaunchError};
+use crate::service::views::InstanceView;
+use crate::service::{Kind, Service};
 
 pub fn app_name(kind: AppKind) -> &'static str {
     match kind {
@@ -30,33 +29,26 @@ fn now() -> u64 {
     cairn_shared::time::now_ms()
 }
 
-fn time_left(i: &Instance) -> u64 {
-    if i.state.is_terminal() {
-        0
-    } else {
-        i.expires_ms.saturating_sub(now()) / 1000
-    }
-}
-
 /// `GET /`: the blueprints one may launch.
-pub async fn catalogue(State(app): State<Arc<App>>, s: Session) -> Response {
-    catalogue_page(&app, &s, StatusCode::OK, None)
+pub async fn catalogue(State(service): State<Arc<Service>>, s: Session) -> Response {
+    catalogue_page(&service, &s, StatusCode::OK, None)
 }
 
-fn catalogue_page(app: &App, s: &Session, status: StatusCode, error: Option<&str>) -> Response {
-    let blueprints: Vec<BlueprintRecord> = match app.blueprints.list() {
+fn catalogue_page(
+    service: &Service,
+    s: &Session,
+    status: StatusCode,
+    error: Option<&str>,
+) -> Response {
+    // The catalogue is what the caller may launch, even for an admin.
+    let blueprints: Vec<BlueprintRecord> = match service.list_blueprints(&s.caller) {
         Ok(v) => v.into_iter().filter(|b| b.spec.enabled).collect(),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot list blueprints");
-            vec![]
-        }
+        Err(e) => return failure(Some(&s.viewer), &e),
     };
-    let mine: Vec<Instance> = app
-        .instances
-        .list(&s.principal, false)
-        .into_iter()
-        .filter(|i| !i.state.is_terminal())
-        .collect();
+    let mine: Vec<InstanceView> = match service.list_instances(&s.caller, false) {
+        Ok(v) => v.into_iter().filter(|i| !i.state.is_terminal()).collect(),
+        Err(e) => return failure(Some(&s.viewer), &e),
+    };
     let body = html! {
         @if let Some(e) = error { (message("error", e)) }
         @if !mine.is_empty() {
@@ -103,38 +95,25 @@ pub struct LaunchForm {
 
 /// `POST /launch`: queue an instance and go to its page.
 pub async fn launch(
-    State(app): State<Arc<App>>,
+    State(service): State<Arc<Service>>,
     s: Session,
     Form(f): Form<LaunchForm>,
 ) -> Result<Response, Response> {
     s.check(&f.csrf)?;
-    match app
-        .instances
-        .launch(&app, &s.principal, &f.blueprint, now())
-        .await
-    {
+    match service.launch(&s.caller, &f.blueprint).await {
         Ok(i) => Ok(Redirect::to(&format!("/instances/{}", i.id)).into_response()),
-        Err(LaunchError::Limit(m)) => Err(catalogue_page(&app, &s, StatusCode::CONFLICT, Some(&m))),
-        Err(LaunchError::NoBlueprint(b)) => Err(catalogue_page(
-            &app,
+        Err(e) if e.kind == Kind::Internal => Err(failure(Some(&s.viewer), &e)),
+        Err(e) => Err(catalogue_page(
+            &service,
             &s,
-            StatusCode::NOT_FOUND,
-            Some(&format!("There is no enabled blueprint called {b}.")),
+            crate::api::status_of(e.kind),
+            Some(&e.message),
         )),
-        Err(e) => {
-            tracing::error!(error = %e, "launch failed");
-            Err(catalogue_page(
-                &app,
-                &s,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Some("The launch failed inside the controller; see its log."),
-            ))
-        }
     }
 }
 
 /// A table of instances; `owners` adds the owner and host columns (admin view).
-pub fn instance_table(list: &[Instance], owners: bool) -> Markup {
+pub fn instance_table(list: &[InstanceView], owners: bool) -> Markup {
     let now = now();
     html! {
         div class="table-wrap" {
@@ -160,7 +139,7 @@ pub fn instance_table(list: &[Instance], owners: bool) -> Markup {
                             }
                             td { (badge(state)) @if let Some(r) = &i.state_reason { @if i.state.is_terminal() { br; span class="muted" { (r) } } } }
                             td { (duration(now.saturating_sub(i.created_ms) / 1000)) }
-                            td { @if i.state.is_terminal() { span class="muted" { "—" } } @else { (duration(time_left(i))) } }
+                            td { @if i.state.is_terminal() { span class="muted" { "—" } } @else { (duration(i.time_left_secs)) } }
                             td {
                                 @if i.state == crate::instances::InstanceState::Running {
                                     a class="button" href={ "/i/" (i.id) "/" } { "Open" } " "
@@ -176,8 +155,11 @@ pub fn instance_table(list: &[Instance], owners: bool) -> Markup {
 }
 
 /// `GET /instances`: the user's instances, newest first.
-pub async fn my_instances(State(app): State<Arc<App>>, s: Session) -> Response {
-    let list = app.instances.list(&s.principal, false);
+pub async fn my_instances(State(service): State<Arc<Service>>, s: Session) -> Response {
+    let list = match service.list_instances(&s.caller, false) {
+        Ok(l) => l,
+        Err(e) => return failure(Some(&s.viewer), &e),
+    };
     let body = html! {
         @if list.is_empty() {
             p { "You have no instances. " a href="/" { "Launch one from the catalogue." } }
@@ -188,30 +170,19 @@ pub async fn my_instances(State(app): State<Arc<App>>, s: Session) -> Response {
     page("My instances", Some(&s.viewer), "/instances", body).into_response()
 }
 
-fn find(app: &App, s: &Session, id: &str) -> Result<Instance, Response> {
-    InstanceId::parse(id)
-        .ok()
-        .and_then(|id| app.instances.visible(&s.principal, &id))
-        .ok_or_else(|| not_found(&s.viewer, "There is no such instance, or it is not yours."))
-}
-
 /// `GET /instances/{id}`: live progress, Open, time left, logs, Stop.
 pub async fn instance(
-    State(app): State<Arc<App>>,
+    State(service): State<Arc<Service>>,
     s: Session,
     Path(id): Path<String>,
 ) -> Result<Response, Response> {
-    let i = find(&app, &s, &id)?;
-    let kind = app
-        .blueprints
-        .revision(&i.blueprint, i.revision)
-        .ok()
-        .flatten()
-        .map(|r| r.spec.app);
+    let i = service
+        .instance(&s.caller, &id)
+        .map_err(|e| failure(Some(&s.viewer), &e))?;
+    let kind = i.app.kind;
     let state = layout::state_name(i.state);
     let pct = layout::progress_of(i.state, i.state_reason.as_deref());
     let running = i.state == crate::instances::InstanceState::Running;
-    let is_owner = s.principal.user.as_deref() == Some(i.owner.as_str());
     let body = html! {
         div class="stack" data-instance=(i.id) {
             noscript { meta http-equiv="refresh" content="3"; }
@@ -240,20 +211,19 @@ pub async fn instance(
                 dt { "Blueprint" } dd { (i.blueprint) " (revision " (i.revision) ")" }
                 dt { "Owner" } dd { (i.owner) }
                 dt { "Instance" } dd { code { (i.id) } }
-                dt { "Time left" } dd id="time-left" { @if i.state.is_terminal() { "—" } @else { (duration(time_left(&i))) } }
+                dt { "Time left" } dd id="time-left" { @if i.state.is_terminal() { "—" } @else { (duration(i.time_left_secs)) } }
                 dt { "Started" } dd { (duration(now().saturating_sub(i.created_ms) / 1000)) " ago" }
                 @if let Some(h) = &i.host { dt { "Host" } dd { code { (h) } } }
                 dt { "Address" } dd { code { "/i/" (i.id) "/" } }
-                @if is_owner {
-                    @if let Some(t) = &i.secrets.jupyter_token {
-                        dt { "Jupyter token" } dd { details { summary { "Show" } code { (t) } p class="hint" { "Not needed in this browser: Cairn adds it for you." } } }
-                    }
-                    @if let Some(p) = &i.secrets.rstudio_password {
-                        dt { "RStudio password" } dd { details { summary { "Show" } code { (p) } } }
-                    }
+                // The service shows secrets to the owner only.
+                @if let Some(t) = &i.app.token {
+                    dt { "Jupyter token" } dd { details { summary { "Show" } code { (t) } p class="hint" { "Not needed in this browser: Cairn adds it for you." } } }
+                }
+                @if let Some(p) = &i.app.password {
+                    dt { "RStudio password" } dd { details { summary { "Show" } code { (p) } } }
                 }
             }
-            @if s.principal.is_admin() && !i.state.is_terminal() {
+            @if s.caller.is_admin() && !i.state.is_terminal() {
                 form class="row" method="post" action={ "/instances/" (i.id) "/extend" } {
                     input type="hidden" name="csrf" value=(s.viewer.csrf);
                     label for="hours" { "Extend by (hours)" }
@@ -288,17 +258,16 @@ pub struct CsrfOnly {
 
 /// `POST /instances/{id}/stop`.
 pub async fn stop(
-    State(app): State<Arc<App>>,
+    State(service): State<Arc<Service>>,
     s: Session,
     Path(id): Path<String>,
     Form(f): Form<CsrfOnly>,
 ) -> Result<Response, Response> {
     s.check(&f.csrf)?;
-    let i = find(&app, &s, &id)?;
-    let reason = format!("stopped by {}", s.principal.name());
-    if let Err(e) = app.instances.stop(&app, &i.id, reason, now()).await {
-        tracing::error!(error = %e, "stop failed");
-    }
+    let i = service
+        .stop(&s.caller, &id)
+        .await
+        .map_err(|e| failure(Some(&s.viewer), &e))?;
     Ok(Redirect::to(&format!("/instances/{}", i.id)).into_response())
 }
 
@@ -311,24 +280,15 @@ pub struct ExtendForm {
 
 /// `POST /instances/{id}/extend` (admins).
 pub async fn extend(
-    State(app): State<Arc<App>>,
+    State(service): State<Arc<Service>>,
     AdminSession(s): AdminSession,
     Path(id): Path<String>,
     Form(f): Form<ExtendForm>,
 ) -> Result<Response, Response> {
     s.check(&f.csrf)?;
-    let i = find(&app, &s, &id)?;
-    if !(1..=720).contains(&f.hours) {
-        return Err(error_page(
-            StatusCode::BAD_REQUEST,
-            Some(&s.viewer),
-            "Cannot extend",
-            "Choose between 1 and 720 hours.",
-        ));
-    }
-    if let Err(e) = app.instances.extend(&i.id, f.hours * 3_600_000).await {
-        tracing::error!(error = %e, "extend failed");
-    }
-    tracing::info!(instance = %i.id, by = %s.principal.name(), hours = f.hours, "lifetime extended");
+    let i = service
+        .extend(&s.caller, &id, f.hours.saturating_mul(3600))
+        .await
+        .map_err(|e| failure(Some(&s.viewer), &e))?;
     Ok(Redirect::to(&format!("/instances/{}", i.id)).into_response())
 }

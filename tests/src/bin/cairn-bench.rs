@@ -236,7 +236,7 @@ async fn heartbeats(n: usize, interval: &str, seconds: u64) -> Result<serde_json
         ));
     }
     loop {
-        let (_, health) = ctl.get_with("/healthz", None).await;
+        let (_, health) = ctl.get("/healthz").await;
         let active = health["hosts"]["active"].as_u64().unwrap_or(0) as usize;
         if active == n {
             break;
@@ -256,7 +256,7 @@ async fn heartbeats(n: usize, interval: &str, seconds: u64) -> Result<serde_json
         procstat::watch(me, Duration::from_secs(seconds), Duration::from_secs(1)),
     );
     let (c, h) = (usage(&c)?, usage(&h)?);
-    let (_, health) = ctl.get_with("/healthz", None).await;
+    let (_, health) = ctl.get("/healthz").await;
     let still_active = health["hosts"]["active"].as_u64().unwrap_or(0);
     let interval_s = humantime::parse_duration(interval)?.as_secs_f64();
     let rate = n as f64 / interval_s;

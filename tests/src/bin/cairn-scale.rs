@@ -128,7 +128,7 @@ async fn run(args: &Args) -> Result<Value> {
     }
     let t1 = Instant::now();
     loop {
-        let (_, health) = ctl.get_with("/healthz", None).await;
+        let (_, health) = ctl.get("/healthz").await;
         if health["hosts"]["active"].as_u64().unwrap_or(0) as usize == n {
             break;
         }
@@ -241,7 +241,7 @@ async fn run(args: &Args) -> Result<Value> {
     );
     let want = (m - failed) as u64;
     loop {
-        let (_, health) = ctl.get_with("/healthz", None).await;
+        let (_, health) = ctl.get("/healthz").await;
         let running = health["instances"]["running"].as_u64().unwrap_or(0);
         let failed_now = health["instances"]["failed"].as_u64().unwrap_or(0);
         if running + failed_now >= want {

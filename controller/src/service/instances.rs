@@ -1,0 +1,190 @@
+//! Instances: launch, list, read, stop, extend, logs.
+//!
+//! Rules: any logged-in user launches enabled blueprints within the blueprint's
+//! per-user limit and the controller's; a user sees and stops only their own
+//! instances — someone else's answers "not found", exactly like one that does not
+//! exist; admins see and stop all, and alone may extend a lifetime (1 s to 30 days
+//! at a time). App secrets are shown only to the owner.
+
+use cairn_shared::ids::InstanceId;
+
+use super::views::{AppView, InstanceView};
+use super::{now, Caller, Kind, Service, ServiceError, ServiceResult};
+use crate::instances::{base_url, Admission, Instance, LaunchError};
+use crate::link::ask::{self, AskError};
+
+/// The longest one extension may add.
+pub const MAX_EXTEND_SECS: u64 = 30 * 24 * 3600;
+
+fn not_found(id: &str) -> ServiceError {
+    ServiceError::not_found(format!("no instance {id}"))
+}
+
+impl Service {
+    /// Renders an instance for `caller`.
+    fn instance_view(&self, caller: &Caller, i: Instance) -> InstanceView {
+        let owner = caller.principal().is_some_and(|p| p.name() == i.owner);
+        let kind = self
+            .app
+            .blueprints
+            .revision(&i.blueprint, i.revision)
+            .ok()
+            .flatten()
+            .map(|r| r.spec.app);
+        InstanceView {
+            queue_position: self.app.instances.queue_position(&i.id),
+            app: AppView {
+                kind,
+                url: base_url(&i.id),
+                token: i.secrets.jupyter_token.clone().filter(|_| owner),
+                password: i.secrets.rstudio_password.clone().filter(|_| owner),
+            },
+            time_left_secs: if i.state.is_terminal() {
+                0
+            } else {
+                i.expires_ms.saturating_sub(now()) / 1000
+            },
+            id: i.id,
+            owner: i.owner,
+            blueprint: i.blueprint,
+            revision: i.revision,
+            state: i.state,
+            state_reason: i.state_reason,
+            host: i.host.map(|h| h.to_string()),
+            address: i.address,
+            created_ms: i.created_ms,
+            expires_ms: i.expires_ms,
+            transitions: i.transitions,
+        }
+    }
+
+    /// An instance the caller may see, by its id as typed.
+    fn visible_instance(&self, caller: &Caller, id: &str) -> ServiceResult<Instance> {
+        caller.user()?;
+        InstanceId::parse(id)
+            .ok()
+            .and_then(|parsed| self.app.instances.get(&parsed))
+            .filter(|i| caller.may_see(&i.owner))
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// The instance behind `/i/{id}/` if the caller may reach it (the proxy's
+    /// one question; it renders its own pages from the record).
+    pub fn proxied_instance(&self, caller: &Caller, id: &InstanceId) -> Option<Instance> {
+        caller.user().ok()?;
+        self.app
+            .instances
+            .get(id)
+            .filter(|i| caller.may_see(&i.owner))
+    }
+
+    /// Launches an instance of an enabled blueprint for the caller.
+    pub async fn launch(&self, caller: &Caller, blueprint: &str) -> ServiceResult<InstanceView> {
+        let p = caller.user()?;
+        let no_such = || ServiceError::not_found(format!("no blueprint named {blueprint:?}"));
+        if !crate::blueprints::spec::valid_name(blueprint) {
+            return Err(no_such());
+        }
+        let bp = self
+            .app
+            .blueprints
+            .get(blueprint)?
+            .filter(|b| b.spec.enabled)
+            .ok_or_else(no_such)?;
+        let limits = Admission {
+            per_blueprint: bp.spec.max_instances_per_user,
+            per_user: self.app.config.instances.max_per_user,
+        };
+        let i = self
+            .app
+            .instances
+            .launch(p.name(), &bp, limits, now())
+            .await
+            .map_err(|e| match e {
+                LaunchError::Limit(m) => ServiceError::conflict("limit_reached", m),
+                LaunchError::Store(e) => ServiceError::internal(e),
+            })?;
+        Ok(self.instance_view(caller, i))
+    }
+
+    /// The caller's instances; with `all`, an admin gets everyone's.
+    pub fn list_instances(&self, caller: &Caller, all: bool) -> ServiceResult<Vec<InstanceView>> {
+        let p = caller.user()?;
+        let owner = (!(all && p.is_admin())).then(|| p.name());
+        Ok(self
+            .app
+            .instances
+            .list(owner)
+            .into_iter()
+            .map(|i| self.instance_view(caller, i))
+            .collect())
+    }
+
+    pub fn instance(&self, caller: &Caller, id: &str) -> ServiceResult<InstanceView> {
+        let i = self.visible_instance(caller, id)?;
+        Ok(self.instance_view(caller, i))
+    }
+
+    /// Stops an instance; repeating it is harmless.
+    pub async fn stop(&self, caller: &Caller, id: &str) -> ServiceResult<InstanceView> {
+        let i = self.visible_instance(caller, id)?;
+        let reason = format!("stopped by {}", caller.user()?.name());
+        let i = self
+            .app
+            .instances
+            .stop(&i.id, reason, now())
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        Ok(self.instance_view(caller, i))
+    }
+
+    /// Gives an instance `seconds` more time (admins).
+    pub async fn extend(
+        &self,
+        caller: &Caller,
+        id: &str,
+        seconds: u64,
+    ) -> ServiceResult<InstanceView> {
+        let p = caller.admin()?;
+        if seconds == 0 || seconds > MAX_EXTEND_SECS {
+            return Err(ServiceError::invalid(format!(
+                "seconds must be between 1 and {MAX_EXTEND_SECS} (30 days)"
+            )));
+        }
+        let i = self.visible_instance(caller, id)?;
+        let i = self
+            .app
+            .instances
+            .extend(&i.id, seconds * 1000)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        tracing::info!(instance = %i.id, by = %p.name(), seconds, "lifetime extended");
+        Ok(self.instance_view(caller, i))
+    }
+
+    /// The instance's last `tail` lines of output, fetched from its agent now.
+    pub async fn logs(&self, caller: &Caller, id: &str, tail: u32) -> ServiceResult<String> {
+        let i = self.visible_instance(caller, id)?;
+        let host = i.host.ok_or_else(|| {
+            ServiceError::conflict(
+                "not_placed",
+                "the instance has not been placed on a host yet",
+            )
+        })?;
+        let conn = self.app.registry.connection(&host).ok_or_else(|| {
+            ServiceError::new(
+                Kind::Unavailable,
+                "host_unreachable",
+                format!("host {host} is not connected"),
+            )
+        })?;
+        ask::logs(&conn, &i.id, tail).await.map_err(|e| match e {
+            AskError::Timeout => {
+                ServiceError::new(Kind::AgentTimeout, "agent_timeout", e.to_string())
+            }
+            AskError::Agent(_) | AskError::Link(_) => {
+                ServiceError::new(Kind::AgentError, "agent_error", e.to_string())
+            }
+        })
+    }
+}

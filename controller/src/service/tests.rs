@@ -1,0 +1,276 @@
+//! The rules of every operation at each role's edge: owner, other user, admin,
+//! anonymous, disabled account.
+
+#![allow(clippy::unwrap_used)]
+
+use super::testing::World;
+use super::{Caller, Kind, ServiceError};
+use crate::blueprints::BlueprintInput;
+use crate::service::join_tokens::CreateToken;
+use crate::users::Role;
+
+fn kind<T: std::fmt::Debug>(r: Result<T, ServiceError>) -> Kind {
+    r.expect_err("expected a refusal").kind
+}
+
+fn notebook(name: &str, enabled: bool) -> BlueprintInput {
+    serde_json::from_value(serde_json::json!({
+        "name": name,
+        "image": "example/notebook:1",
+        "app": "jupyter",
+        "app_port": 8888,
+        "memory_mib": 64,
+        "pull": "never",
+        "max_instances_per_user": 2,
+        "enabled": enabled,
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn anonymous_callers_are_refused_everything() {
+    let w = World::new().await;
+    let s = &w.service;
+    let nobody = Caller::anonymous();
+    assert_eq!(kind(s.me(&nobody)), Kind::Unauthenticated);
+    assert_eq!(kind(s.launch(&nobody, "py").await), Kind::Unauthenticated);
+    assert_eq!(kind(s.list_instances(&nobody, true)), Kind::Unauthenticated);
+    assert_eq!(kind(s.instance(&nobody, "i-x")), Kind::Unauthenticated);
+    assert_eq!(kind(s.list_blueprints(&nobody)), Kind::Unauthenticated);
+    assert_eq!(kind(s.list_users(&nobody)), Kind::Unauthenticated);
+    assert_eq!(kind(s.list_hosts(&nobody)), Kind::Unauthenticated);
+    assert_eq!(kind(s.list_join_tokens(&nobody)), Kind::Unauthenticated);
+    assert_eq!(kind(s.list_images(&nobody)), Kind::Unauthenticated);
+    assert_eq!(kind(s.logout(&nobody).await), Kind::Unauthenticated);
+    // Health is for anyone, without the counts.
+    let h = s.health(&nobody).await.unwrap();
+    assert_eq!((h.status, h.store), ("ok", "writable"));
+    assert!(h.hosts.is_none() && h.instances.is_none());
+    let h = s.health(&w.admin).await.unwrap();
+    assert!(h.hosts.is_some() && h.instances.is_some());
+    assert!(s.health(&w.alice).await.unwrap().instances.is_none());
+}
+
+#[tokio::test]
+async fn disabled_accounts_cannot_log_in_and_their_tokens_stop_working() {
+    let w = World::new().await;
+    let s = &w.service;
+    let e = s.login("carol", "password-1", "", None).await.unwrap_err();
+    assert_eq!((e.kind, e.code), (Kind::Unauthenticated, "login_failed"));
+    // Same answer as a wrong password: the form does not tell which.
+    let wrong = s.login("alice", "nope-nope", "", None).await.unwrap_err();
+    assert_eq!(wrong.message, e.message);
+    let t = s.login("bob", "password-1", "", None).await.unwrap();
+    s.set_user_disabled(&w.admin, "bob", true).await.unwrap();
+    assert_eq!(kind(s.authenticate(&t.token)), Kind::Unauthenticated);
+    s.set_user_disabled(&w.admin, "bob", false).await.unwrap();
+    assert!(s.authenticate(&t.token).is_ok());
+    // Bounds are checked before anything else.
+    let long = "x".repeat(65);
+    assert_eq!(kind(s.login(&long, "p", "", None).await), Kind::Invalid);
+}
+
+#[tokio::test]
+async fn users_cannot_do_what_admins_do() {
+    let w = World::new().await;
+    let s = &w.service;
+    let u = &w.alice;
+    assert_eq!(
+        kind(s.create_blueprint(u, &notebook("py", true)).await),
+        Kind::Forbidden
+    );
+    assert_eq!(
+        kind(s.update_blueprint(u, "py", &notebook("py", true)).await),
+        Kind::Forbidden
+    );
+    assert_eq!(
+        kind(s.set_blueprint_enabled(u, "py", false).await),
+        Kind::Forbidden
+    );
+    assert_eq!(kind(s.refresh_blueprint(u, "py").await), Kind::Forbidden);
+    assert_eq!(kind(s.blueprint_revisions(u, "py")), Kind::Forbidden);
+    assert_eq!(kind(s.list_users(u)), Kind::Forbidden);
+    assert_eq!(
+        kind(s.create_user(u, "dave", "password-1", Role::Admin).await),
+        Kind::Forbidden
+    );
+    assert_eq!(
+        kind(s.set_user_disabled(u, "bob", true).await),
+        Kind::Forbidden
+    );
+    assert_eq!(kind(s.list_hosts(u)), Kind::Forbidden);
+    assert_eq!(kind(s.drain_host(u, "h-x", None).await), Kind::Forbidden);
+    assert_eq!(kind(s.autoscaler(u)), Kind::Forbidden);
+    let req = CreateToken {
+        ttl_secs: 60,
+        uses: 1,
+        description: String::new(),
+    };
+    assert_eq!(kind(s.create_join_token(u, &req).await), Kind::Forbidden);
+    assert_eq!(kind(s.list_images(u)), Kind::Forbidden);
+    assert_eq!(kind(s.remove_image(u, "abc").await), Kind::Forbidden);
+    assert_eq!(kind(s.extend(u, "i-x", 60).await), Kind::Forbidden);
+    // The same calls pass for the admin.
+    assert!(s.create_join_token(&w.admin, &req).await.is_ok());
+    assert!(s.list_users(&w.admin).is_ok());
+}
+
+#[tokio::test]
+async fn instances_belong_to_their_owner_and_admins() {
+    let w = World::new().await;
+    let s = &w.service;
+    s.create_blueprint(&w.admin, &notebook("py", true))
+        .await
+        .unwrap();
+    let mine = s.launch(&w.alice, "py").await.unwrap();
+    let id = mine.id.to_string();
+    assert_eq!(mine.owner, "alice");
+    // The owner sees the app's secret; nobody else does.
+    assert!(mine.app.token.is_some());
+    let seen_by_admin = s.instance(&w.admin, &id).unwrap();
+    assert_eq!(seen_by_admin.id, mine.id);
+    assert!(seen_by_admin.app.token.is_none());
+    // Another user finds nothing, exactly as for an id that does not exist.
+    for e in [
+        s.instance(&w.bob, &id).unwrap_err(),
+        s.stop(&w.bob, &id).await.unwrap_err(),
+        s.logs(&w.bob, &id, 10).await.unwrap_err(),
+    ] {
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (Kind::NotFound, format!("no instance {id}").as_str())
+        );
+    }
+    assert!(s.list_instances(&w.bob, true).unwrap().is_empty());
+    assert_eq!(s.list_instances(&w.admin, true).unwrap().len(), 1);
+    // No host yet: logs have nowhere to come from.
+    let e = s.logs(&w.alice, &id, 10).await.unwrap_err();
+    assert_eq!((e.kind, e.code), (Kind::Conflict, "not_placed"));
+    // Limits: two per user of this blueprint.
+    s.launch(&w.alice, "py").await.unwrap();
+    let e = s.launch(&w.alice, "py").await.unwrap_err();
+    assert_eq!((e.kind, e.code), (Kind::Conflict, "limit_reached"));
+    // The owner stops it (queued: at once), and again harmlessly.
+    let stopped = s.stop(&w.alice, &id).await.unwrap();
+    assert!(stopped.state.is_terminal());
+    assert_eq!(stopped.state_reason.as_deref(), Some("stopped by alice"));
+    assert!(s.stop(&w.alice, &id).await.unwrap().state.is_terminal());
+    // A disabled blueprint cannot be launched, and looks like none to users.
+    s.set_blueprint_enabled(&w.admin, "py", false)
+        .await
+        .unwrap();
+    assert_eq!(kind(s.launch(&w.bob, "py").await), Kind::NotFound);
+    assert_eq!(kind(s.blueprint(&w.bob, "py")), Kind::NotFound);
+    assert!(s.list_blueprints(&w.bob).unwrap().is_empty());
+    assert_eq!(s.list_blueprints(&w.admin).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn only_admins_extend_within_bounds() {
+    let w = World::new().await;
+    let s = &w.service;
+    s.create_blueprint(&w.admin, &notebook("py", true))
+        .await
+        .unwrap();
+    let i = s.launch(&w.alice, "py").await.unwrap();
+    let id = i.id.to_string();
+    assert_eq!(kind(s.extend(&w.alice, &id, 60).await), Kind::Forbidden);
+    assert_eq!(kind(s.extend(&w.admin, &id, 0).await), Kind::Invalid);
+    assert_eq!(
+        kind(s.extend(&w.admin, &id, 30 * 24 * 3600 + 1).await),
+        Kind::Invalid
+    );
+    let longer = s.extend(&w.admin, &id, 3600).await.unwrap();
+    assert_eq!(longer.expires_ms, i.expires_ms + 3_600_000);
+    assert_eq!(kind(s.extend(&w.admin, "i-nope", 60).await), Kind::NotFound);
+}
+
+#[tokio::test]
+async fn admins_cannot_disable_themselves() {
+    let w = World::new().await;
+    let s = &w.service;
+    let e = s
+        .set_user_disabled(&w.admin, "root", true)
+        .await
+        .unwrap_err();
+    assert_eq!((e.kind, e.code), (Kind::Conflict, "self_disable"));
+    // Enabling oneself is harmless; another admin may disable them.
+    assert!(s.set_user_disabled(&w.admin, "root", false).await.is_ok());
+    s.create_user(&w.admin, "ops", "password-1", Role::Admin)
+        .await
+        .unwrap();
+    let t = s.login("ops", "password-1", "", None).await.unwrap();
+    let ops = s.authenticate(&t.token).unwrap();
+    assert!(
+        s.set_user_disabled(&ops, "root", true)
+            .await
+            .unwrap()
+            .disabled
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_their_owners_to_list_and_revoke() {
+    let w = World::new().await;
+    let s = &w.service;
+    let alices = s.list_tokens(&w.alice).unwrap();
+    assert!(alices.iter().all(|t| t.user == "alice"));
+    let id = alices[0].id.clone();
+    assert_eq!(kind(s.revoke_token(&w.bob, &id).await), Kind::NotFound);
+    assert!(s.list_tokens(&w.admin).unwrap().len() >= 3);
+    s.revoke_token(&w.admin, &id).await.unwrap();
+    // The revoked session ends.
+    s.logout(&w.bob).await.unwrap();
+    assert!(s
+        .list_tokens(&w.admin)
+        .unwrap()
+        .iter()
+        .any(|t| t.id == id && t.revoked));
+}
+
+#[tokio::test]
+async fn join_tokens_are_bounded() {
+    let w = World::new().await;
+    let s = &w.service;
+    for (ttl, uses, desc) in [
+        (0, 1, 0),
+        (30 * 24 * 3600 + 1, 1, 0),
+        (60, 0, 0),
+        (60, 100_001, 0),
+        (60, 1, 257),
+    ] {
+        let req = CreateToken {
+            ttl_secs: ttl,
+            uses,
+            description: "d".repeat(desc),
+        };
+        assert_eq!(
+            kind(s.create_join_token(&w.admin, &req).await),
+            Kind::Invalid,
+            "{req:?}"
+        );
+    }
+    assert_eq!(
+        kind(s.revoke_join_token(&w.admin, "zz").await),
+        Kind::Invalid
+    );
+    assert_eq!(
+        kind(s.revoke_join_token(&w.admin, "0123abcd").await),
+        Kind::NotFound
+    );
+}
+
+#[tokio::test]
+async fn an_archive_in_use_is_not_removed_and_a_missing_one_is_not_found() {
+    let w = World::new().await;
+    let s = &w.service;
+    let e = s
+        .remove_image(&w.admin, "0".repeat(64).as_str())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, Kind::NotFound);
+    assert_eq!(
+        kind(s.drain_host(&w.admin, "not-a-host", None).await),
+        Kind::Invalid
+    );
+}
