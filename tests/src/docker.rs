@@ -1,8 +1,6 @@
-//! Whether a Docker Engine is reachable, and the rule that CI must have one.
-//!
-//! Tests that need Docker start with `if !require_docker() { return; }`. On a
-//! developer's machine without Docker they print why they skipped; under `CI=true` a
-//! missing engine fails the test instead, so CI can never pass by skipping.
+//! The Docker Engine from tests: whether it answers, running the CLI, and guards that
+//! remove what a test created. Tests that need it begin with
+//! `require(&[Need::Docker])` ([`crate::require`]).
 //!
 //! The `docker` CLI is used rather than bollard so the helpers stay synchronous and
 //! usable from any test, async or not.
@@ -30,33 +28,6 @@ pub fn docker_server_version() -> Result<String, String> {
         } else {
             err
         })
-    }
-}
-
-/// Whether `docker version` reaches a server.
-pub fn docker_available() -> bool {
-    docker_server_version().is_ok()
-}
-
-/// Whether this run is CI, where skipping a Docker test is a failure.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// True if Docker is there. If not: panics under `CI=true`, otherwise prints a skip
-/// line and returns false.
-pub fn require_docker() -> bool {
-    match docker_server_version() {
-        Ok(_) => true,
-        Err(e) if in_ci() => {
-            panic!(
-                "CI=true but the Docker Engine is not reachable ({e}); Docker tests must run in CI: start the engine (systemctl start docker) or set DOCKER_HOST"
-            )
-        }
-        Err(e) => {
-            eprintln!("skipping: no Docker Engine ({e})");
-            false
-        }
     }
 }
 

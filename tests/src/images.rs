@@ -636,6 +636,7 @@ fn unescape_mountinfo(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::require::{require, Need};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -740,7 +741,7 @@ mod tests {
 
     #[test]
     fn concurrent_callers_build_once() {
-        if !crate::docker::require_docker() {
+        if !require(&[Need::Docker]) {
             return;
         }
         let tag = format!("cairn-test/ensure-once-{}:1", std::process::id());
@@ -768,7 +769,7 @@ mod tests {
 
     #[test]
     fn busybox_rootfs_makes_a_working_image() {
-        if !crate::docker::require_docker() {
+        if !require(&[Need::Docker]) {
             return;
         }
         // A private tag, so the recipe is tested even where BUSYBOX_TAG is cached.

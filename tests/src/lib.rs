@@ -1,13 +1,15 @@
 //! Test support for Cairn's end-to-end tests and load tools.
 //!
 //! * [`cluster`] — controllers and agents as real processes on loopback.
-//! * [`docker`] — whether a Docker Engine is reachable, and the CI rule that it must be.
+//! * [`docker`] — the Docker Engine from tests: its CLI and clean-up guards.
 //! * [`hollow`] — hollow hosts enrolled in-process, for scale measurements.
 //! * [`images`] — small local images built without any registry, cached by tag.
 //! * [`jupyter`] — a minimal Jupyter client: run code in a kernel over HTTP and WebSocket.
 //! * [`procstat`] — CPU and memory of a process from /proc, for benchmarks.
 //! * [`registry`] — a real image registry (Debian's `docker-registry`) on loopback.
 //! * [`rawlink`] — a hand-driven link client for negative protocol tests.
+//! * [`require`] — what a test needs from the machine: a missing need fails the test
+//!   unless `CAIRN_TEST_SKIP` names it.
 //! * [`testapp`] — the image of the test app the proxy tests run.
 
 pub mod cluster;
@@ -18,4 +20,5 @@ pub mod jupyter;
 pub mod procstat;
 pub mod rawlink;
 pub mod registry;
+pub mod require;
 pub mod testapp;

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::free_tcp_port;
 use crate::docker::docker;
-
-/// Where Debian installs the registry.
-pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+use crate::require::{find_program, REGISTRY};
 
 /// A running registry process.
 pub struct Registry {
     pub addr: SocketAddr,
+    /// The `docker-registry` program.
+    bin: PathBuf,
     dir: PathBuf,
     storage: PathBuf,
     login: Option<(String, String)>,
@@ -35,11 +35,6 @@ impl std::fmt::Debug for Registry {
             .field("login", &self.login.as_ref().map(|(u, _)| u))
             .finish_non_exhaustive()
     }
-}
-
-/// Whether the registry binary is installed (CI installs it; `.ci/run`).
-pub fn available() -> bool {
-    Path::new(REGISTRY_BIN).exists()
 }
 
 impl Registry {
@@ -67,16 +62,17 @@ impl Registry {
     }
 
     fn launch(root: &Path, name: &str, storage: PathBuf, login: Option<(String, String)>) -> Self {
-        assert!(
-            available(),
-            "{REGISTRY_BIN} is missing: apt-get install docker-registry (.ci/run does)"
-        );
+        // Tests check with `require(&[Need::Registry])` first.
+        let bin = find_program(REGISTRY).unwrap_or_else(|| {
+            panic!("{REGISTRY} is not on PATH: apt-get install docker-registry")
+        });
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).expect("registry dir");
         std::fs::create_dir_all(&storage).expect("registry storage dir");
         let port = free_tcp_port();
         let mut r = Registry {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            bin,
             dir,
             storage,
             login,
@@ -127,7 +123,7 @@ impl Registry {
         self.stop();
         let log = std::fs::File::create(self.dir.join(format!("{}.log", self.name)))
             .expect("registry log");
-        let child = Command::new(REGISTRY_BIN)
+        let child = Command::new(&self.bin)
             .arg("serve")
             .arg(self.dir.join("config.yml"))
             .stdin(Stdio::null())

@@ -4,8 +4,11 @@
 //! Proves: an anonymous visitor is sent to the login page; a user logs in, sees the
 //! catalogue, launches a blueprint with one click, watches the instance page go to
 //! `running` on its own (the page's script polls the API), opens the app through the
-//! proxy, stops it and sees `stopped`, lists their instances and logs out; an admin
-//! sees the Hosts, Blueprints, one blueprint, Users and All instances pages. The login
+//! proxy, stops it and sees `stopped`, lists their instances and logs out. Logged out,
+//! a protected page (the instance page, an admin page) leads to the login page, and
+//! logging in there returns to that page; a `next` pointing at another site is not
+//! followed. An admin sees the Hosts, Blueprints, one blueprint, Users and All
+//! instances pages. The login
 //! and catalogue pages pass basic accessibility checks (every visible form field has a
 //! label, one `h1`, a `main` landmark). Every page is saved as a PNG screenshot under
 //! `artifacts/browser/` for people to look at.
@@ -21,11 +24,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use cairn_tests::cluster::{controller_with_agent, free_tcp_port, wait_for, Agent, Controller};
-use cairn_tests::docker::{in_ci, require_docker, InstanceContainers};
+use cairn_tests::docker::InstanceContainers;
+use cairn_tests::require::{find_program, require, Need, CHROMEDRIVER, CHROMIUM};
 use cairn_tests::testapp::{testapp_image, PORT};
-
-/// Where Debian's `chromium` package puts the browser.
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// A controller with one agent and the test app blueprint `app`.
 async fn stack(tmp: &Path) -> (Controller, Agent) {
@@ -40,19 +41,6 @@ async fn stack(tmp: &Path) -> (Controller, Agent) {
     (ctl, agent)
 }
 
-/// The chromedriver binary: `chromedriver` on PATH, or Debian's path.
-fn find_chromedriver() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("chromedriver"))
-            .find(|p| p.is_file())
-    });
-    on_path.or_else(|| {
-        let p = PathBuf::from("/usr/bin/chromedriver");
-        p.is_file().then_some(p)
-    })
-}
-
 /// A chromedriver process in its own process group; the whole group (chromedriver
 /// and the browsers it started) is killed when this is dropped.
 struct Chromedriver {
@@ -62,26 +50,10 @@ struct Chromedriver {
 }
 
 impl Chromedriver {
-    /// Starts chromedriver on a free port, or returns `None` (after printing why)
-    /// when it or Chromium is not installed outside CI. Under `CI=true` a missing
-    /// browser is a failure.
-    async fn start(tmp: &Path) -> Option<Self> {
-        let missing = match find_chromedriver() {
-            Some(driver) if Path::new(CHROMIUM).is_file() => {
-                return Some(Self::spawn(&driver, tmp).await)
-            }
-            Some(_) => CHROMIUM.to_string(),
-            None => "chromedriver".to_string(),
-        };
-        assert!(
-            !in_ci(),
-            "CI=true but {missing} is not installed; the browser test must run in CI: \
-             apt-get install chromium chromium-driver"
-        );
-        eprintln!(
-            "skipping: {missing} is not installed (apt-get install chromium chromium-driver)"
-        );
-        None
+    /// Starts chromedriver on a free port (the test has checked `Need::Chromium`).
+    async fn start(tmp: &Path) -> Self {
+        let driver = find_program(CHROMEDRIVER).expect("chromedriver, checked by require");
+        Self::spawn(&driver, tmp).await
     }
 
     async fn spawn(driver: &Path, tmp: &Path) -> Self {
@@ -158,7 +130,7 @@ impl Browser {
                     // In the test's temporary directory, so nothing is left in /tmp.
                     format!("--user-data-dir={}", profile.display()),
                 ],
-                "binary": CHROMIUM,
+                "binary": find_program(CHROMIUM).expect("chromium, checked by require"),
             }
         });
         let Value::Object(caps) = caps else {
@@ -295,6 +267,13 @@ impl Browser {
         .await;
     }
 
+    /// Logs out from the header's button; lands on the login page.
+    async fn log_out(&mut self) {
+        self.click("form.logout button[type=submit]").await;
+        self.wait_path("the login page", Duration::from_secs(10), |p| p == "/login")
+            .await;
+    }
+
     /// The page's single `h1` text.
     async fn h1(&self) -> String {
         self.text("main h1").await
@@ -340,14 +319,12 @@ impl Browser {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_logs_in_launches_opens_and_stops_an_app_and_an_admin_sees_the_admin_pages() {
-    if !require_docker() {
+    if !require(&[Need::Docker, Need::Chromium]) {
         return;
     }
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
-    let Some(driver) = Chromedriver::start(tmp.path()).await else {
-        return;
-    };
+    let driver = Chromedriver::start(tmp.path()).await;
     let (ctl, _agent) = stack(tmp.path()).await;
     // Removes whatever the browser launched, however the test ends.
     let mut cleanup = InstanceContainers(vec![]);
@@ -457,17 +434,51 @@ async fn a_user_logs_in_launches_opens_and_stops_an_app_and_an_admin_sees_the_ad
     b.shot("my-instances").await;
 
     // Log out from the header.
-    b.click("form.logout button[type=submit]").await;
-    b.wait_path("the login page", Duration::from_secs(10), |p| p == "/login")
-        .await;
+    b.log_out().await;
     b.shot("logged-out").await;
-    // The session is gone: back to the login page.
-    b.goto("/instances").await;
+    // The session is gone: a protected page sends to the login page, and logging in
+    // there returns to that page.
+    b.goto(&path).await;
     assert_eq!(b.path().await, "/login");
+    b.log_in("alice", "alice-password-1").await;
+    assert_eq!(
+        b.path().await,
+        path,
+        "login did not return to the page asked for"
+    );
+    assert_eq!(b.h1().await, "app", "{path}");
+    b.log_out().await;
 
-    // An admin: every admin page has its heading.
+    // A `next` pointing at another site is not followed: the login lands on the
+    // catalogue of this one.
+    for next in [
+        "//evil.example/",
+        "https://evil.example/x",
+        "/\\evil.example/",
+    ] {
+        let mut login = reqwest::Url::parse(&format!("{}/login", b.base)).unwrap();
+        login.query_pairs_mut().append_pair("next", next);
+        b.client.goto(login.as_str()).await.unwrap();
+        b.log_in("alice", "alice-password-1").await;
+        let url = b.client.current_url().await.unwrap();
+        assert_eq!(
+            url.as_str(),
+            format!("{}/", b.base),
+            "login followed next={next:?}"
+        );
+        b.log_out().await;
+    }
+
+    // An admin asks for an admin page logged out and lands on it after logging in;
+    // every admin page has its heading.
     b.goto("/admin/hosts").await;
+    assert_eq!(b.path().await, "/login");
     b.log_in("root1", "root1-password-1").await;
+    assert_eq!(
+        b.path().await,
+        "/admin/hosts",
+        "login did not return to the page asked for"
+    );
     for (page, title, check) in [
         ("/admin/hosts", "Hosts", "docker-host"),
         ("/admin/blueprints", "Blueprints", "cairn-test/testapp"),

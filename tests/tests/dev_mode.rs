@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cairn_tests::cluster::{bin, free_tcp_port, free_udp_port, wait_for};
-use cairn_tests::docker::require_docker;
+use cairn_tests::require::{require, Need};
 
 #[test]
 fn dev_mode_without_docker_fails_with_one_actionable_line() {
@@ -39,7 +39,7 @@ fn dev_mode_without_docker_fails_with_one_actionable_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_runs_a_controller_and_a_local_agent() {
-    if !require_docker() {
+    if !require(&[Need::Docker]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

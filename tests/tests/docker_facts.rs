@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use cairn_agent::facts::{FactsSource, HostFactsSource};
 use cairn_shared::resources::RuntimeFacts;
 use cairn_shared::validate::Validate;
-use cairn_tests::docker::{docker, require_docker, ContainerGuard};
+use cairn_tests::docker::{docker, ContainerGuard};
 use cairn_tests::images::busybox_image;
+use cairn_tests::require::{require, Need};
 
 #[tokio::test]
 async fn facts_list_labelled_containers_and_images_from_the_engine() {
-    if !require_docker() {
+    if !require(&[Need::Docker]) {
         return;
     }
     let image = busybox_image();

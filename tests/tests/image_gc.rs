@@ -11,9 +11,10 @@ use reqwest::Method;
 use serde_json::json;
 
 use cairn_tests::cluster::{Agent, Controller, ControllerOptions};
-use cairn_tests::docker::{docker, require_docker, ContainerGuard};
+use cairn_tests::docker::{docker, ContainerGuard};
 use cairn_tests::images::image_exists;
 use cairn_tests::registry::{forget_pulled, unique_http_image, Registry, HTTP_PORT};
+use cairn_tests::require::{require, Need};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -64,7 +65,7 @@ fn aggressive_gc(agent: &Agent) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_removes_unused_undesired_images_oldest_first_and_keeps_the_rest() {
-    if !require_docker() {
+    if !require(&[Need::Docker]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use cairn_tests::cluster::{controller_with_agent, start_agent, Controller, ControllerOptions};
-use cairn_tests::docker::{docker, require_docker};
+use cairn_tests::docker::docker;
 use cairn_tests::registry::{forget_pulled, unique_http_image, Registry, HTTP_PORT};
+use cairn_tests::require::{require, Need};
 
 const WAIT: Duration = Duration::from_secs(120);
 const MIB: usize = 1024 * 1024;
@@ -47,7 +48,7 @@ fn preparing_reasons(inst: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepull_warms_a_new_host_before_any_launch() {
-    if !require_docker() {
+    if !require(&[Need::Docker]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -121,7 +122,7 @@ async fn prepull_warms_a_new_host_before_any_launch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_demand_pull_shows_progress_and_is_shared_by_concurrent_launches() {
-    if !require_docker() {
+    if !require(&[Need::Docker]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -177,7 +178,7 @@ async fn on_demand_pull_shows_progress_and_is_shared_by_concurrent_launches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_down_fails_the_launch_readably_then_recovers() {
-    if !require_docker() {
+    if !require(&[Need::Docker]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -13,9 +13,10 @@ use reqwest::Method;
 use serde_json::json;
 
 use cairn_tests::cluster::{bin, Agent, Controller, ControllerOptions};
-use cairn_tests::docker::{docker, require_docker};
+use cairn_tests::docker::docker;
 use cairn_tests::images::image_exists;
 use cairn_tests::registry::{unique_http_image, HTTP_PORT};
+use cairn_tests::require::{require, Need};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -45,7 +46,7 @@ async fn start(ctl: &Controller, root: &std::path::Path, name: &str, site: &str)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pushed_image_reaches_two_agents_over_the_link_and_runs() {
-    if !require_docker() {
+    if !require(&[Need::Docker]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -14,6 +14,7 @@ use cairn_shared::identity;
 use cairn_shared::protocol::{AgentRequest, AgentResponse, Welcome, PROTOCOL_VERSION};
 use cairn_tests::cluster::{bin, stderr, wait_for, Controller, ControllerOptions};
 use cairn_tests::rawlink;
+use cairn_tests::require::{require, Need};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -256,7 +257,7 @@ async fn fetch(conn: &quinn::Connection, archive: &str, offset: u64) -> (AgentRe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_push_resumes_and_the_archive_is_served_over_the_link() {
-    if !cairn_tests::docker::require_docker() {
+    if !require(&[Need::Docker]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -12,8 +12,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use cairn_tests::cluster::{controller_with_agent, Controller};
-use cairn_tests::docker::{docker, require_docker, InstanceContainers};
-use cairn_tests::registry::{self, forget_pulled, unique_http_image, Registry, HTTP_PORT};
+use cairn_tests::docker::{docker, InstanceContainers};
+use cairn_tests::registry::{forget_pulled, unique_http_image, Registry, HTTP_PORT};
+use cairn_tests::require::{require, Need};
 
 const PASSWORD: &str = "pw-Zq81-never-shown";
 const WRONG_PASSWORD: &str = "pw-wrong-also-never-shown";
@@ -75,11 +76,7 @@ async fn configure_registries(ctl: &mut Controller, entries: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_resolve_to_digests_and_refresh_moves_them() {
-    if !require_docker() {
-        return;
-    }
-    if !registry::available() {
-        eprintln!("skipping: {} is missing", registry::REGISTRY_BIN);
+    if !require(&[Need::Docker, Need::Registry]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

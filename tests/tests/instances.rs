@@ -9,8 +9,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use cairn_tests::cluster::{controller_with_agent, wait_for};
-use cairn_tests::docker::{require_docker, InstanceContainers};
+use cairn_tests::docker::InstanceContainers;
 use cairn_tests::images::busybox_image;
+use cairn_tests::require::{require, Need};
 
 fn inspect(container: &str) -> Option<Value> {
     let out = std::process::Command::new("docker")
@@ -24,7 +25,7 @@ fn inspect(container: &str) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn launch_run_answer_stop_and_the_rules_around_it() {
-    if !require_docker() {
+    if !require(&[Need::Docker]) {
         return;
     }
     let image = busybox_image();

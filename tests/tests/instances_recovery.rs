@@ -1,6 +1,8 @@
 //! Restarts on a real Docker Engine: an agent killed with running instances adopts
 //! them, removes orphans and reports vanished containers; a controller killed during
-//! launches ends with every instance in a correct state; lifetimes run out on time.
+//! launches and a stop (the agent frozen, so both are surely in flight) ends with the
+//! launches running and the stop finished; lifetimes run out on time and admins
+//! extend them exactly.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::collections::BTreeSet;
@@ -10,8 +12,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use cairn_tests::cluster::{wait_for, Agent, Controller, ControllerOptions};
-use cairn_tests::docker::{docker, require_docker};
+use cairn_tests::docker::docker;
 use cairn_tests::images::busybox_image;
+use cairn_tests::require::{require, Need};
 
 /// Removes every container this test's agent created, whatever happens.
 struct Cleanup(String);
@@ -99,7 +102,7 @@ async fn setup(tmp: &std::path::Path) -> (Controller, Agent, String, String, Cle
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_agent_adopts_its_instances_removes_orphans_and_reports_vanished_ones() {
-    if !require_docker() {
+    if !require(&[Need::Docker]) {
         return;
     }
     let image = busybox_image();
@@ -185,14 +188,23 @@ async fn killed_agent_adopts_its_instances_removes_orphans_and_reports_vanished_
     assert_eq!(st.iter().filter(|s| s.1 == "running").count(), 4, "{st:?}");
 }
 
+/// Sends `signal` (`STOP`, `CONT`) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}: {status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_controller_during_launches_leaves_records_and_containers_in_agreement() {
-    if !require_docker() {
+async fn killed_controller_during_launches_and_a_stop_leaves_records_and_containers_in_agreement() {
+    if !require(&[Need::Docker]) {
         return;
     }
     let image = busybox_image();
     let tmp = tempfile::tempdir().unwrap();
-    let (mut ctl, _agent, host, alice, _cleanup) = setup(tmp.path()).await;
+    let (mut ctl, agent, host, alice, _cleanup) = setup(tmp.path()).await;
     assert_eq!(
         ctl.send(
             Method::POST,
@@ -203,20 +215,34 @@ async fn killed_controller_during_launches_leaves_records_and_containers_in_agre
         .0,
         201
     );
-    for _ in 0..6 {
-        let (s, _) = ctl
-            .request(
-                Some(&alice),
-                Method::POST,
-                "/api/v1/instances",
-                Some(json!({"blueprint": "web"})),
-            )
-            .await;
-        assert_eq!(s, 201);
+    // One instance running: its stop will be in flight when the controller dies.
+    let stopped = ctl.launch(&alice, "web").await;
+    ctl.wait_instance(&alice, &stopped, "running", Duration::from_secs(60))
+        .await;
+    // Five launches in flight.
+    let mut launched = BTreeSet::new();
+    for _ in 0..5 {
+        launched.insert(ctl.launch(&alice, "web").await);
     }
-    // Kill it with launches in flight, and stop one in flight too.
+    // The agent frozen, nothing the controller asks for from here on can be done
+    // before the kill: the launches and the stop are certainly in flight.
+    let agent_pid = agent.pid().unwrap();
+    signal(agent_pid, "STOP");
+    let (status, body) = ctl
+        .request(
+            Some(&alice),
+            Method::DELETE,
+            &format!("/api/v1/instances/{stopped}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["state"], "stopping", "{body:#}");
+    let killed_ms = cairn_shared::time::now_ms();
     ctl.kill9();
+    signal(agent_pid, "CONT");
     ctl.start().await;
+
     wait_for("every instance settled", Duration::from_secs(60), || {
         let (ctl, alice) = (&ctl, &alice);
         async move {
@@ -227,6 +253,22 @@ async fn killed_controller_during_launches_leaves_records_and_containers_in_agre
         }
     })
     .await;
+    // The stop begun before the kill was finished after it, by the new controller.
+    let i = ctl.instance(&alice, &stopped).await;
+    assert_eq!(i["state"], "stopped", "{i:#}");
+    assert_eq!(i["state_reason"], "stopped by alice", "{i:#}");
+    let at = |state: &str| {
+        i["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["state"] == state)
+            .and_then(|t| t["at_ms"].as_u64())
+            .unwrap_or_else(|| panic!("no {state} transition: {i:#}"))
+    };
+    assert!(at("stopping") < killed_ms, "{i:#}");
+    assert!(at("stopped") > killed_ms, "{i:#}");
+    // Every launch survived the restart.
     let st = states(&ctl, &alice).await;
     assert_eq!(st.len(), 6);
     let running: BTreeSet<String> = st
@@ -234,25 +276,24 @@ async fn killed_controller_during_launches_leaves_records_and_containers_in_agre
         .filter(|s| s.1 == "running")
         .map(|s| s.0.clone())
         .collect();
-    // Give the agent a pass to remove anything nobody wants.
+    assert_eq!(
+        running, launched,
+        "every launch should survive a controller restart: {st:?}"
+    );
+    // The host runs exactly those: the stopped one's container is gone, none doubled.
     wait_for("containers match records", Duration::from_secs(20), || {
         let (host, running) = (&host, &running);
         async move {
-            let c: BTreeSet<String> = containers(host).into_iter().map(|c| c.1).collect();
-            &c == running
+            let c: Vec<String> = containers(host).into_iter().map(|c| c.1).collect();
+            c.len() == running.len() && c.iter().cloned().collect::<BTreeSet<_>>() == *running
         }
     })
     .await;
-    assert_eq!(
-        running.len(),
-        6,
-        "every launch should survive a controller restart: {st:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifetimes_run_out_on_time() {
-    if !require_docker() {
+    if !require(&[Need::Docker]) {
         return;
     }
     let image = busybox_image();
@@ -304,7 +345,7 @@ async fn lifetimes_run_out_on_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn launches_wait_in_the_queue_until_a_fitting_host_appears() {
-    if !require_docker() {
+    if !require(&[Need::Docker]) {
         return;
     }
     let image = busybox_image();
@@ -353,7 +394,7 @@ async fn launches_wait_in_the_queue_until_a_fitting_host_appears() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_extend_lifetimes() {
-    if !require_docker() {
+    if !require(&[Need::Docker]) {
         return;
     }
     let image = busybox_image();
@@ -369,7 +410,7 @@ async fn admins_extend_lifetimes() {
         .0,
         201
     );
-    let (_, inst) = ctl
+    let (status, inst) = ctl
         .request(
             Some(&alice),
             Method::POST,
@@ -377,9 +418,11 @@ async fn admins_extend_lifetimes() {
             Some(json!({"blueprint": "short"})),
         )
         .await;
+    assert_eq!(status, 201, "{inst}");
     let id = inst["id"].as_str().unwrap().to_string();
+    let expires = inst["expires_ms"].as_u64().unwrap();
     let path = format!("/api/v1/instances/{id}/extend");
-    // Users cannot extend; admins can.
+    // Users cannot extend; admins can, and each extension adds exactly its seconds.
     assert_eq!(
         ctl.request(
             Some(&alice),
@@ -395,11 +438,35 @@ async fn admins_extend_lifetimes() {
         .send(Method::POST, &path, Some(json!({"seconds": 60})))
         .await;
     assert_eq!(status, 200, "{i}");
-    assert!(i["time_left_secs"].as_u64().unwrap() > 55, "{i}");
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(i["expires_ms"].as_u64(), Some(expires + 60_000), "{i:#}");
+    let (status, i) = ctl
+        .send(Method::POST, &path, Some(json!({"seconds": 30})))
+        .await;
+    assert_eq!(status, 200, "{i}");
+    let extended = expires + 90_000;
+    assert_eq!(i["expires_ms"].as_u64(), Some(extended), "{i:#}");
+    let left = i["time_left_secs"].as_u64().unwrap();
+    assert!((90..=94).contains(&left), "4 s lifetime + 90 s: {i:#}");
+    ctl.wait_instance(&alice, &id, "running", Duration::from_secs(60))
+        .await;
+
+    // Past the first expiry, and past the moment the lifecycle tick would have acted
+    // on it (`lifetimes_run_out_on_time` allows 1.5 s): nothing to await but time.
+    let past = expires + 3_000;
+    let now = cairn_shared::time::now_ms();
+    tokio::time::sleep(Duration::from_millis(past.saturating_sub(now))).await;
     let i = ctl.instance(&alice, &id).await;
+    assert_eq!(
+        i["state"], "running",
+        "extended instance not running: {i:#}"
+    );
+    assert_eq!(i["expires_ms"].as_u64(), Some(extended), "{i:#}");
     assert!(
-        i["state"] == "running" || i["state"] == "starting",
-        "extended instance stopped: {i:#}"
+        i["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["state"] != "stopping"),
+        "{i:#}"
     );
 }

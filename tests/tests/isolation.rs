@@ -13,8 +13,9 @@ use reqwest::Method;
 use serde_json::json;
 
 use cairn_tests::cluster::{controller_with_agent, wait_for};
-use cairn_tests::docker::{docker, require_docker};
+use cairn_tests::docker::docker;
 use cairn_tests::images::busybox_image;
+use cairn_tests::require::{require, Need};
 
 fn exec_wget(container: &str, url: &str) -> bool {
     Command::new("docker")
@@ -26,7 +27,7 @@ fn exec_wget(container: &str, url: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_reach_neither_each_other_nor_the_host() {
-    if !require_docker() {
+    if !require(&[Need::Docker]) {
         return;
     }
     let image = busybox_image();

@@ -8,9 +8,10 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cairn_tests::docker::{docker, require_docker, ContainerGuard};
+use cairn_tests::docker::{docker, ContainerGuard};
 use cairn_tests::images::jupyter_image;
 use cairn_tests::jupyter;
+use cairn_tests::require::{require, Need};
 
 /// Removes a Docker network when dropped; drop it after the containers on it.
 struct NetworkGuard(String);
@@ -32,7 +33,7 @@ fn random_hex() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jupyter_image_serves_a_kernel_under_its_base_url_with_a_token() {
-    if !require_docker() {
+    if !require(&[Need::Docker, Need::Jupyter]) {
         return;
     }
     let image = tokio::task::spawn_blocking(jupyter_image).await.unwrap();

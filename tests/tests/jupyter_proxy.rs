@@ -9,13 +9,14 @@ use std::time::Duration;
 use serde_json::json;
 
 use cairn_tests::cluster::controller_with_agent;
-use cairn_tests::docker::{require_docker, InstanceContainers};
+use cairn_tests::docker::InstanceContainers;
 use cairn_tests::images::jupyter_image;
 use cairn_tests::jupyter;
+use cairn_tests::require::{require, Need};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jupyterlab_through_the_proxy_runs_one_plus_one() {
-    if !require_docker() {
+    if !require(&[Need::Docker, Need::Jupyter]) {
         return;
     }
     let image = jupyter_image();

@@ -3,16 +3,20 @@
 //! alternates, a draining host takes nothing new and becomes drained when its last
 //! instance stops, and a host whose launches keep failing (a misconfigured OCI
 //! runtime) is quarantined after three failures while launches succeed elsewhere.
+//! The autoscaler, with the static provider, drains one of two idle hosts and opens
+//! it again when a launch uses up the other's room.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+use std::path::Path;
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
 
 use cairn_tests::cluster::{Agent, Controller, ControllerOptions};
-use cairn_tests::docker::{require_docker, InstanceContainers};
+use cairn_tests::docker::InstanceContainers;
 use cairn_tests::images::busybox_image;
+use cairn_tests::require::{require, Need};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -25,38 +29,53 @@ async fn standing(ctl: &Controller, host: &str) -> Value {
     ctl.get(&format!("/api/v1/hosts/{host}")).await.1["pool"].clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn binpack_spread_drain_and_quarantine_with_two_agents() {
-    if !require_docker() {
-        return;
-    }
-    let image = busybox_image();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut ctl = Controller::init(tmp.path(), &ControllerOptions::default());
+/// A started controller whose `default` pool has `rules` (TOML lines).
+async fn controller_with_pool(root: &Path, rules: &str) -> Controller {
+    let mut ctl = Controller::init(root, &ControllerOptions::default());
     let cfg = ctl.dir.join("config.toml");
     let mut text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("pools = []\n", "");
-    text.push_str("\n[[pools]]\nname = \"default\"\nmax_instances_per_host = 2\n");
+    text.push_str(&format!("\n[[pools]]\nname = \"default\"\n{rules}\n"));
     std::fs::write(&cfg, text).unwrap();
     ctl.start().await;
-    let mut alpha = Agent::new(tmp.path(), "alpha");
-    let mut beta = Agent::new(tmp.path(), "beta");
-    let a = alpha.join_ok(&ctl, &ctl.token("5m", 1), &[]);
-    let b = beta.join_ok(&ctl, &ctl.token("5m", 1), &[]);
+    ctl
+}
+
+/// Two agents, `alpha` and `beta`, joined and active; their handles and host ids.
+async fn two_agents(ctl: &Controller, root: &Path) -> (Agent, Agent, String, String) {
+    let mut alpha = Agent::new(root, "alpha");
+    let mut beta = Agent::new(root, "beta");
+    let a = alpha.join_ok(ctl, &ctl.token("5m", 1), &[]);
+    let b = beta.join_ok(ctl, &ctl.token("5m", 1), &[]);
     alpha.start();
     beta.start();
     ctl.wait_host_state(&a, "active", Duration::from_secs(20))
         .await;
     ctl.wait_host_state(&b, "active", Duration::from_secs(20))
         .await;
-    let web = |name: &str, strategy: Option<&str>| {
-        json!({
-            "name": name, "image": image, "pull": "never", "app": "http", "app_port": 8080, "memory_mib": 32,
-            "cpus": 0.1, "max_instances_per_user": 10, "strategy": strategy,
-            "command": ["sh", "-c", "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"],
-        })
-    };
+    (alpha, beta, a, b)
+}
+
+/// A small web server blueprint.
+fn web(image: &str, name: &str, strategy: Option<&str>, cpus: f64) -> Value {
+    json!({
+        "name": name, "image": image, "pull": "never", "app": "http", "app_port": 8080, "memory_mib": 32,
+        "cpus": cpus, "max_instances_per_user": 10, "strategy": strategy,
+        "command": ["sh", "-c", "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binpack_spread_drain_and_quarantine_with_two_agents() {
+    if !require(&[Need::Docker]) {
+        return;
+    }
+    let image = busybox_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = controller_with_pool(tmp.path(), "max_instances_per_host = 2").await;
+    let (_alpha, mut beta, a, b) = two_agents(&ctl, tmp.path()).await;
+    let web = |name: &str, strategy: Option<&str>| web(&image, name, strategy, 0.1);
     for (name, strategy) in [("packed", None), ("spread", Some("spread"))] {
         ctl.blueprint(web(name, strategy)).await;
     }
@@ -213,4 +232,99 @@ async fn binpack_spread_drain_and_quarantine_with_two_agents() {
     ctl.stop_instance(&alice, &on_alpha[0], WAIT).await;
     let body = ctl.wait_instance(&alice, &waiting, "running", WAIT).await;
     assert_eq!(body["host"], a.as_str());
+}
+
+/// The autoscaler's decisions as `GET /api/v1/autoscaler` lists them, oldest first.
+async fn decisions(ctl: &Controller) -> Vec<Value> {
+    let (status, body) = ctl.get("/api/v1/autoscaler").await;
+    assert_eq!(status, 200, "{body}");
+    let mut list = body["decisions"].as_array().cloned().unwrap();
+    list.reverse();
+    list
+}
+
+/// Waits for the autoscaler's `n`-th decision (1-based) and returns it; it runs a pass
+/// every 10 s.
+async fn nth_decision(ctl: &Controller, n: usize) -> Value {
+    cairn_tests::cluster::wait_for(
+        "an autoscaler decision",
+        Duration::from_secs(45),
+        || async { decisions(ctl).await.len() >= n },
+    )
+    .await;
+    decisions(ctl).await[n - 1].clone()
+}
+
+/// How many instances of the pool's typical size (64 MiB, 1 CPU) fit in a host's
+/// whole capacity, as the autoscaler counts room.
+fn typical_fits(host: &Value) -> u64 {
+    let c = &host["capacity"];
+    let by_mem = c["memory_total_bytes"].as_u64().unwrap() / (64 << 20);
+    by_mem.min(c["cpus"].as_u64().unwrap())
+}
+
+/// The autoscaler end to end with the static provider: of two idle hosts it drains
+/// one (the other is room enough for the headroom), and when a launch takes all of
+/// the open host's CPU it opens the drained host again. Each decision is in the
+/// decision list with its reason and outcome, and in the host's pool state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscaler_drains_an_idle_host_and_reopens_it_when_room_runs_out() {
+    if !require(&[Need::Docker]) {
+        return;
+    }
+    let image = busybox_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = controller_with_pool(
+        tmp.path(),
+        "min_hosts = 1\nheadroom_instances = 1\ntypical_memory_mib = 64\ntypical_cpus = 1.0\nidle_cooldown_secs = 0",
+    )
+    .await;
+    let (_alpha, _beta, a, b) = two_agents(&ctl, tmp.path()).await;
+
+    // Scale-down: one idle host is drained, and being empty it is drained at once.
+    let drain = nth_decision(&ctl, 1).await;
+    assert_eq!(drain["action"], "drain", "{drain:#}");
+    assert_eq!(drain["pool"], "default", "{drain:#}");
+    assert_eq!(drain["outcome"], "ok", "{drain:#}");
+    let idle = drain["host"].as_str().unwrap().to_string();
+    assert!(idle == a || idle == b, "{drain:#}");
+    let open = if idle == a { b.clone() } else { a.clone() };
+    let (_, open_host) = ctl.get(&format!("/api/v1/hosts/{open}")).await;
+    let reason = drain["reason"].as_str().unwrap();
+    let left = typical_fits(&open_host);
+    assert!(
+        reason.starts_with("idle for ")
+            && reason.ends_with(&format!(
+                " s (cooldown 0 s) with room for {left} more elsewhere"
+            )),
+        "{drain:#}"
+    );
+    cairn_tests::cluster::wait_for("the idle host drained", WAIT, || async {
+        standing(&ctl, &idle).await["standing"]["state"] == "drained"
+    })
+    .await;
+    assert_eq!(standing(&ctl, &open).await["standing"]["state"], "open");
+    // One idle host is the minimum: nothing more is drained.
+    assert_eq!(decisions(&ctl).await.len(), 1);
+
+    // A launch that takes every CPU of the open host leaves no room for the headroom:
+    // the drained host is opened again.
+    let cpus = open_host["capacity"]["cpus"].as_u64().unwrap();
+    ctl.blueprint(web(&image, "whole", None, cpus as f64)).await;
+    let alice = ctl.user("alice", "user").await;
+    let id = ctl.launch(&alice, "whole").await;
+    let _cleanup = InstanceContainers(vec![id.clone()]);
+    let running = ctl.wait_instance(&alice, &id, "running", WAIT).await;
+    assert_eq!(running["host"], open.as_str(), "{running:#}");
+    let undrain = nth_decision(&ctl, 2).await;
+    assert_eq!(undrain["action"], "undrain", "{undrain:#}");
+    assert_eq!(undrain["host"], idle.as_str(), "{undrain:#}");
+    assert_eq!(undrain["outcome"], "ok", "{undrain:#}");
+    assert_eq!(
+        undrain["reason"],
+        "0 request(s) waiting, room for 0 more of the typical size, headroom target 1",
+        "{undrain:#}"
+    );
+    assert_eq!(standing(&ctl, &idle).await["standing"]["state"], "open");
+    ctl.stop_instance(&alice, &id, WAIT).await;
 }

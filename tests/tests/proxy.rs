@@ -16,7 +16,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use cairn_tests::cluster::{start_agent, Agent, Controller, ControllerOptions};
-use cairn_tests::docker::{require_docker, InstanceContainers};
+use cairn_tests::docker::InstanceContainers;
+use cairn_tests::require::{require, Need};
 use cairn_tests::testapp::{testapp_image, PORT};
 
 /// A controller with one agent and the test app blueprint `app` (and `slow`, which
@@ -61,7 +62,7 @@ fn http() -> reqwest::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_reach_only_the_owner_and_websockets_live_until_the_idle_limit() {
-    if !require_docker() {
+    if !require(&[Need::Docker]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -236,7 +237,7 @@ fn pattern() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gibibytes_stream_up_and_down_with_flat_memory() {
-    if !require_docker() {
+    if !require(&[Need::Docker]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -428,6 +428,9 @@ fn labels_match(want: &BTreeMap<String, String>, have: &BTreeMap<String, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    // Not the prelude: its `Strategy` would clash with the scheduler's.
+    use proptest::prelude::{any, prop, prop_assert, prop_assert_eq, prop_oneof, proptest, Just};
+    use proptest::strategy::Strategy as _;
 
     const GIB: u64 = 1 << 30;
 
@@ -553,29 +556,198 @@ mod tests {
         assert_eq!(placed(s.submit(req(2, 1))), a.id);
     }
 
+    /// Per host, what the placements the scheduler announced add up to.
+    type Books = HashMap<HostId, (Resources, u32)>;
+
+    fn book(books: &mut Books, host: &HostId, r: Resources) {
+        let e = books.entry(host.clone()).or_default();
+        e.0 = e.0.add(r);
+        e.1 += 1;
+    }
+
     #[test]
     fn no_overbooking_under_a_thousand_requests() {
         let mut s = Scheduler::default();
+        // Half the hosts short of CPU, half short of memory.
+        let mut capacity = HashMap::new();
         for n in 0..10 {
-            s.upsert_host(host(n, 16, 16));
+            let h = if n % 2 == 0 {
+                host(n, 16, 8)
+            } else {
+                host(n, 8, 16)
+            };
+            capacity.insert(h.id.clone(), h.capacity);
+            s.upsert_host(h);
         }
-        let mut per_host: HashMap<HostId, u64> = HashMap::new();
+        // 1..4 GiB and 0.5..2.5 CPUs, in a deterministic mix that exhausts memory on
+        // some hosts and CPU on others.
+        let size = |i: u32| {
+            Resources::new(
+                (1 + u64::from(i % 4)) * GIB,
+                500 * (1 + u64::from(i * 7 % 5)),
+            )
+        };
+        let mut books = Books::new();
         let mut queued = 0;
         for i in 0..1000 {
-            // 1..4 GiB, a deterministic mix.
-            let r = req(i, 1 + u64::from(i % 4));
-            let mem = r.resources.memory;
+            let r = Request {
+                resources: size(i),
+                ..req(i, 0)
+            };
+            let res = r.resources;
             match s.submit(r) {
-                Outcome::Placed(h) => *per_host.entry(h).or_default() += mem,
+                Outcome::Placed(h) => book(&mut books, &h, res),
                 Outcome::Queued { .. } => queued += 1,
             }
         }
-        assert!(per_host.values().all(|m| *m <= 16 * GIB));
-        let total: u64 = per_host.values().sum();
-        assert!(total > 150 * GIB, "packed only {total} bytes");
+        // Arrivals queue behind the first that waits; a drain fills what is left.
+        let sizes: HashMap<InstanceId, Resources> = (0..1000).map(|i| (inst(i), size(i))).collect();
+        for (i, h) in s.drain() {
+            book(&mut books, &h, sizes[&i]);
+            queued -= 1;
+        }
+        for (h, (used, n)) in &books {
+            let cap = capacity[h];
+            assert!(used.memory <= cap.memory, "{h}: {used:?} of {cap:?}");
+            assert!(used.millicpus <= cap.millicpus, "{h}: {used:?} of {cap:?}");
+            assert_eq!(s.reserved(h), Some((*used, *n)));
+        }
+        // Every host is full: the smallest request (1 GiB, 0.5 CPU) fits nowhere. Some
+        // are full in memory, some in CPU, so both limits were really tested.
+        let free: Vec<Resources> = books
+            .iter()
+            .map(|(h, (used, _))| capacity[h].sub(*used))
+            .collect();
+        assert_eq!(free.len(), 10);
+        assert!(
+            free.iter().all(|f| f.memory < GIB || f.millicpus < 500),
+            "{free:?}"
+        );
+        assert!(
+            free.iter().any(|f| f.memory < GIB),
+            "no host full in memory: {free:?}"
+        );
+        assert!(
+            free.iter().any(|f| f.millicpus < 500),
+            "no host full in CPU: {free:?}"
+        );
         assert_eq!(queued, s.queue_len());
     }
 
+    #[test]
+    fn cpu_alone_can_be_what_is_full() {
+        let mut s = Scheduler::default();
+        let h = host(1, 64, 2);
+        s.upsert_host(h.clone());
+        let cpu_heavy = |n: u32| Request {
+            resources: Resources::new(GIB / 2, 1000),
+            ..req(n, 0)
+        };
+        assert_eq!(placed(s.submit(cpu_heavy(1))), h.id);
+        assert_eq!(placed(s.submit(cpu_heavy(2))), h.id);
+        // 63 GiB of memory free, no CPU.
+        assert_eq!(s.submit(cpu_heavy(3)), Outcome::Queued { position: 1 });
+        assert_eq!(s.shortfall()["default"].resources.millicpus, 1000);
+    }
+
+    /// One step of the property below.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Submit {
+            mib: u64,
+            millicpus: u64,
+        },
+        /// Releases the `n`-th (modulo) instance submitted so far.
+        Release(usize),
+        Drain,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        prop_oneof![
+            4 => (64u64..6144, 100u64..4000)
+                .prop_map(|(mib, millicpus)| Op::Submit { mib, millicpus }),
+            2 => any::<usize>().prop_map(Op::Release),
+            1 => Just(Op::Drain),
+        ]
+    }
+
+    proptest! {
+        /// Whatever arrives, leaves and is drained, under any over-commit: no host is
+        /// ever promised more memory or more CPU than its capacity times the pool's
+        /// ratio, and the scheduler's books agree with the placements it announced.
+        #[test]
+        fn no_host_is_overbooked_in_memory_or_cpu(
+            hosts in prop::collection::vec((1u64..32, 1u64..16), 1..6),
+            memory_overcommit in prop::sample::select(vec![1.0, 1.5]),
+            cpu_overcommit in prop::sample::select(vec![1.0, 2.0, 4.0]),
+            ops in prop::collection::vec(op(), 1..200),
+        ) {
+            let mut s = Scheduler::new(PoolPolicy {
+                memory_overcommit,
+                cpu_overcommit,
+                ..Default::default()
+            });
+            let mut limits = HashMap::new();
+            for (n, (gib, cpus)) in hosts.iter().enumerate() {
+                let snap = host(n as u32, *gib, *cpus);
+                limits.insert(
+                    snap.id.clone(),
+                    Resources::new(
+                        (snap.capacity.memory as f64 * memory_overcommit) as u64,
+                        (snap.capacity.millicpus as f64 * cpu_overcommit) as u64,
+                    ),
+                );
+                s.upsert_host(snap);
+            }
+            let mut submitted: Vec<(InstanceId, Resources)> = vec![];
+            let mut placements: HashMap<InstanceId, (HostId, Resources)> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Submit { mib, millicpus } => {
+                        let id = inst(submitted.len() as u32);
+                        let r = Request {
+                            resources: Resources::new(mib << 20, millicpus),
+                            ..req(submitted.len() as u32, 0)
+                        };
+                        submitted.push((id.clone(), r.resources));
+                        if let Outcome::Placed(h) = s.submit(r.clone()) {
+                            placements.insert(id, (h, r.resources));
+                        }
+                    }
+                    Op::Release(n) if !submitted.is_empty() => {
+                        let (id, _) = &submitted[n % submitted.len()];
+                        s.release(id);
+                        placements.remove(id);
+                    }
+                    Op::Release(_) => {}
+                    Op::Drain => {
+                        for (id, h) in s.drain() {
+                            let r = submitted.iter().find(|(i, _)| *i == id).map(|(_, r)| *r);
+                            prop_assert!(r.is_some(), "drain placed {} it was never given", id);
+                            prop_assert!(!placements.contains_key(&id), "{} placed twice", id);
+                            placements.insert(id, (h, r.unwrap_or_default()));
+                        }
+                    }
+                }
+                let mut books = Books::new();
+                for (h, r) in placements.values() {
+                    book(&mut books, h, *r);
+                }
+                for (h, limit) in &limits {
+                    let (used, n) = books.get(h).copied().unwrap_or_default();
+                    prop_assert!(used.memory <= limit.memory, "{}: {:?} > {:?}", h, used, limit);
+                    prop_assert!(used.millicpus <= limit.millicpus, "{}: {:?} > {:?}", h, used, limit);
+                    prop_assert_eq!(s.reserved(h), Some((used, n)));
+                }
+            }
+        }
+    }
+
+    /// The queue's rule as the core implements it: **an arrival never overtakes a
+    /// waiting request of its priority or higher** (it queues even if it would fit),
+    /// and **a drain places in queue order whatever fits**, so a small request passes
+    /// a big one that fits nowhere yet, while the big one keeps the head of the queue
+    /// and goes first once it fits.
     #[test]
     fn the_queue_is_fifo_per_priority_and_fills_when_capacity_appears() {
         let mut s = Scheduler::default();
@@ -595,13 +767,46 @@ mod tests {
         let placed_now: Vec<InstanceId> = s.drain().into_iter().map(|(i, _)| i).collect();
         assert_eq!(placed_now, vec![inst(4), inst(2)]);
         assert_eq!(s.position(&inst(3)), Some(1));
-        // A new request waits behind the queue of its priority, even if it would fit.
-        s.upsert_host(host(2, 1, 8));
-        s.release(&inst(3));
-        assert_eq!(
-            placed(s.submit(req(5, 1))).to_string(),
-            host(2, 1, 8).id.to_string()
-        );
+        // Room appears (a new host) while 3 waits: a new request that would fit there
+        // still queues behind 3, and the drain gives the room to 3 first.
+        let h2 = host(2, 1, 8);
+        s.upsert_host(h2.clone());
+        assert_eq!(s.choose(&req(5, 1)), Some(h2.id.clone()), "5 would fit");
+        assert_eq!(s.submit(req(5, 1)), Outcome::Queued { position: 2 });
+        assert_eq!(s.reserved(&h2.id), Some((Resources::default(), 0)));
+        assert_eq!(s.drain(), vec![(inst(3), h2.id.clone())]);
+        assert_eq!(s.position(&inst(5)), Some(1));
+        s.release(&inst(4));
+        assert_eq!(s.drain(), vec![(inst(5), host(1, 2, 8).id)]);
+        assert_eq!(s.queue_len(), 0);
+    }
+
+    #[test]
+    fn a_small_request_behind_a_big_one_waits_then_passes_it_at_the_next_drain() {
+        let mut s = Scheduler::default();
+        let h = host(1, 4, 8);
+        s.upsert_host(h.clone());
+        placed(s.submit(req(1, 2)));
+        let before = s.reserved(&h.id);
+        // Big: 3 GiB, 2 free. Small: 1 GiB, fits, but arrives behind big.
+        assert_eq!(s.submit(req(2, 3)), Outcome::Queued { position: 1 });
+        assert_eq!(s.choose(&req(3, 1)), Some(h.id.clone()), "small would fit");
+        assert_eq!(s.submit(req(3, 1)), Outcome::Queued { position: 2 });
+        assert_eq!(s.reserved(&h.id), before, "a queued arrival took room");
+        // The next drain passes big, which fits nowhere, and places small.
+        assert_eq!(s.drain(), vec![(inst(3), h.id.clone())]);
+        assert_eq!(s.position(&inst(2)), Some(1));
+        // A higher priority is not held back by a lower one waiting.
+        let mut urgent = req(4, 1);
+        urgent.priority = 1;
+        assert_eq!(s.submit(urgent), Outcome::Placed(h.id.clone()));
+        // Another small one at big's priority queues behind it again.
+        assert_eq!(s.submit(req(5, 1)), Outcome::Queued { position: 2 });
+        // Room for big: it goes first, and what no longer fits after it waits.
+        s.release(&inst(1));
+        s.release(&inst(4));
+        assert_eq!(s.drain(), vec![(inst(2), h.id.clone())]);
+        assert_eq!(s.position(&inst(5)), Some(1));
     }
 
     #[test]
