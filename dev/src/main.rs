@@ -11,7 +11,7 @@
 //! * [`example`] — the example image, built without any registry or package.
 //! * [`serve`] — the example app the image runs (the hidden `serve-example`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -119,6 +119,15 @@ fn serve_example(port: u16) -> ExitCode {
 }
 
 async fn run(data_dir: PathBuf, api_port: u16, link_port: u16) -> Result<(), DevError> {
+    // Listen for Ctrl-C from the start: a signal during start-up (the example image's
+    // first import takes seconds) stops cleanly once start-up is done, instead of
+    // killing the process half-way.
+    let stop = CancellationToken::new();
+    let stop_on_signal = stop.clone();
+    tokio::spawn(async move {
+        cairn_shared::process::shutdown_signal().await;
+        stop_on_signal.cancel();
+    });
     let engine = cairn_agent::facts::ping_docker()
         .await
         .map_err(DevError::Unavailable)?;
@@ -153,9 +162,20 @@ async fn run(data_dir: PathBuf, api_port: u16, link_port: u16) -> Result<(), Dev
     let host = state.config.host_id.clone();
     let shutdown = running.shutdown_token();
     let agent_stop = CancellationToken::new();
+    let login_file = data_dir.join("dev-login.txt");
+    let mut notes = vec![];
+    if let Err(e) = controller::ensure_admin(&app, DEV_USER, &login_file).await {
+        notes.push(format!("could not create the development account: {e}"));
+    }
     let agent = tokio::spawn(cairn_agent::run::run(agent_dir, state, agent_stop.clone()));
     // After the agent starts: the first import of the example image takes seconds.
-    let seeded = seed(&app, &data_dir).await;
+    let hello = match seed_example(&app).await {
+        Ok(()) => true,
+        Err(e) => {
+            notes.push(e);
+            false
+        }
+    };
 
     println!();
     println!("Cairn is running (development mode) — Docker Engine {engine}, local host {host}");
@@ -170,19 +190,19 @@ async fn run(data_dir: PathBuf, api_port: u16, link_port: u16) -> Result<(), Dev
         "  log in:       as {} in the web UI, or: cairn login --url http://{api_addr} --user {}   (password in {})",
         DEV_USER,
         DEV_USER,
-        seeded.login_file.display()
+        login_file.display()
     );
-    if seeded.hello {
+    if hello {
         println!("  launch:       cairn launch hello --wait");
     }
-    for note in &seeded.notes {
+    for note in &notes {
         println!("  note:         {note}");
     }
     println!("  stop:         Ctrl-C");
     println!();
 
     tokio::select! {
-        _ = cairn_shared::process::shutdown_signal() => {}
+        _ = stop.cancelled() => {}
         _ = shutdown.cancelled() => {}
     }
     // The agent says goodbye first, so the controller records a clean disconnect.
@@ -195,49 +215,16 @@ async fn run(data_dir: PathBuf, api_port: u16, link_port: u16) -> Result<(), Dev
 /// The development admin account.
 const DEV_USER: &str = "dev";
 
-/// What [`seed`] set up, and what went wrong, for the operator.
-struct Seeded {
-    login_file: PathBuf,
-    hello: bool,
-    notes: Vec<String>,
-}
-
-/// Creates the development admin account and, with the example image, the example
-/// blueprint, unless they exist.
-async fn seed(app: &cairn_controller::app::App, data_dir: &Path) -> Seeded {
-    let login_file = data_dir.join("dev-login.txt");
-    let mut notes = vec![];
-    if let Err(e) = controller::ensure_admin(app, DEV_USER, &login_file).await {
-        notes.push(format!("could not create the development account: {e}"));
-    }
-    let image = match cairn_agent::docker::connect(DOCKER_TIMEOUT).await {
-        Ok(docker) => example::ensure_hello_image(&docker)
-            .await
-            .map_err(|e| format!("cannot build the example image: {e}")),
-        Err(e) => Err(format!(
-            "cannot build the example image: Docker Engine: {e}"
-        )),
-    };
-    let hello = match image {
-        Ok(()) => {
-            match controller::ensure_hello_blueprint(app, example::HELLO_IMAGE, example::APP_PORT)
-                .await
-            {
-                Ok(()) => true,
-                Err(e) => {
-                    notes.push(format!("could not create the example blueprint: {e}"));
-                    false
-                }
-            }
-        }
-        Err(e) => {
-            notes.push(e);
-            false
-        }
-    };
-    Seeded {
-        login_file,
-        hello,
-        notes,
-    }
+/// Makes the example image and, with it, the example blueprint, unless they exist;
+/// else says what went wrong, for the operator.
+async fn seed_example(app: &cairn_controller::app::App) -> Result<(), String> {
+    let docker = cairn_agent::docker::connect(DOCKER_TIMEOUT)
+        .await
+        .map_err(|e| format!("cannot build the example image: Docker Engine: {e}"))?;
+    example::ensure_hello_image(&docker)
+        .await
+        .map_err(|e| format!("cannot build the example image: {e}"))?;
+    controller::ensure_hello_blueprint(app, example::HELLO_IMAGE, example::APP_PORT)
+        .await
+        .map_err(|e| format!("could not create the example blueprint: {e}"))
 }

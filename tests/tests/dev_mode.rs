@@ -150,19 +150,21 @@ async fn check_seeded_content(api_port: u16, dir: &std::path::Path) {
         .await
         .unwrap();
     let token = r["token"].as_str().expect("dev login").to_string();
-    let bps: serde_json::Value = http
-        .get(format!("{base}/blueprints"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        bps.as_array().unwrap().iter().any(|b| b["name"] == "hello"),
-        "{bps}"
-    );
+    // The example blueprint appears once its image is imported (the first import of
+    // a debug build of cairn-dev takes a while on a busy machine).
+    wait_for("the hello blueprint", Duration::from_secs(180), || {
+        let request = http.get(format!("{base}/blueprints")).bearer_auth(&token);
+        async move {
+            let Ok(r) = request.send().await else {
+                return false;
+            };
+            r.json::<serde_json::Value>().await.is_ok_and(|bps| {
+                bps.as_array()
+                    .is_some_and(|a| a.iter().any(|b| b["name"] == "hello"))
+            })
+        }
+    })
+    .await;
     // The example image is the cairn-dev binary serving its page, not busybox: the
     // builder needs nothing installed on this machine.
     let cmd = docker(&[
