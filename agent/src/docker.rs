@@ -147,6 +147,6 @@ mod tests {
         let started = std::time::Instant::now();
         let err = endpoint.connect(Duration::from_secs(5)).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(15));
-        assert!(err.0.starts_with("negotiating the API version: "), "{err}");
+        assert!(err.0.contains("docker.sock"), "the socket is named: {err}");
     }
 }
