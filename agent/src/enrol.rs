@@ -72,6 +72,11 @@ impl JoinError {
     }
 }
 
+/// The name a host reports when none is given: the system host name.
+pub fn system_hostname() -> String {
+    sysinfo::System::host_name().unwrap_or_else(|| "unknown".into())
+}
+
 /// Resolves `HOST:PORT` to one socket address.
 pub async fn resolve(addr: &str) -> Result<SocketAddr, JoinError> {
     let mut addrs = tokio::net::lookup_host(addr)

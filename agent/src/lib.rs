@@ -4,12 +4,15 @@
 //! directory ([`state`]), and then holds one mutually authenticated QUIC connection to
 //! the controller ([`link`]), over which it reports what it sees of its host
 //! ([`facts`]) and on which it receives the instances to run ([`runtime`]) and the
-//! images to hold ([`images`]).
+//! images to hold ([`images`]). [`docker`] is its one way to reach the Docker Engine;
+//! [`run`] wires a running agent from its state directory.
 #![forbid(unsafe_code)]
 
+pub mod docker;
 pub mod enrol;
 pub mod facts;
 pub mod images;
 pub mod link;
+pub mod run;
 pub mod runtime;
 pub mod state;

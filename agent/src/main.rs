@@ -2,15 +2,9 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use cairn_agent::enrol::{self, JoinOptions};
-use cairn_agent::facts::HostFactsSource;
-use cairn_agent::images::gc::{DesiredImagesFeed, DockerGc, GcHandle, ImageGc};
-use cairn_agent::images::ImageManager;
-use cairn_agent::link::{self, LinkError, LinkOptions, WorkloadsHandle};
-use cairn_agent::runtime::docker::DockerRuntime;
-use cairn_agent::runtime::{ContainerRuntime, Supervisor};
+use cairn_agent::link::LinkError;
 use cairn_agent::state::{AgentState, StateDir};
 use cairn_shared::identity::Fingerprint;
 use clap::{Parser, Subcommand};
@@ -71,10 +65,6 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     cairn_shared::validate::parse_label(s).map_err(|e| e.to_string())
 }
 
-fn system_hostname() -> String {
-    sysinfo::System::host_name().unwrap_or_else(|| "unknown".into())
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cairn_shared::process::init_logging();
@@ -114,7 +104,7 @@ fn main() -> ExitCode {
                     ca_sha256,
                     state_dir: state_dir.clone(),
                     labels: labels.into_iter().collect(),
-                    hostname: hostname.unwrap_or_else(system_hostname),
+                    hostname: hostname.unwrap_or_else(enrol::system_hostname),
                     force,
                 };
                 match enrol::join(&opts).await {
@@ -143,7 +133,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(state_dir: PathBuf) -> i32 {
-    let dir = StateDir::new(state_dir.clone());
+    let dir = StateDir::new(state_dir);
     let state = match AgentState::load(&dir) {
         Ok(s) => s,
         Err(e) => {
@@ -151,39 +141,9 @@ async fn run(state_dir: PathBuf) -> i32 {
             return 3;
         }
     };
-    let facts = Arc::new(HostFactsSource::new(state.config.labels.clone(), state_dir).await);
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    // Instances keep running when the agent stops; the supervisor adopts them again
-    // when it starts.
-    let runtime = DockerRuntime::new(&state.config.host_id)
-        .with_oci_runtime(state.config.oci_runtime.clone());
-    // Partial archive fetches live in the state directory, so a restart resumes them.
-    let images = ImageManager::new(
-        runtime.image_backend(),
-        &state.config.images,
-        dir.root().join("images").join("partial"),
-    );
-    let supervisor = Supervisor::with_images(runtime, images.clone());
-    tokio::spawn(supervisor.clone().run(shutdown.clone()));
-    // Image GC runs only here, on the real Docker runtime (never for hollow agents).
-    // The feed tells it, from the controller's desired updates, which images to keep.
-    let gc = GcHandle::new();
-    let brought = gc.clone();
-    images.on_ready(move |reference| brought.note_brought(reference));
-    let used = gc.clone();
-    images.on_launch(move |reference| used.note_used(reference));
-    let image_gc = ImageGc::new(DockerGc::new(), gc.clone(), &dir, &state.config.images);
-    tokio::spawn(image_gc.run(shutdown.clone()));
-    let opts = LinkOptions {
-        state_dir: Some(dir),
-        images: Some(images),
-        workloads: Some(WorkloadsHandle(Arc::new(DesiredImagesFeed::new(
-            supervisor, gc,
-        )))),
-        ..LinkOptions::default()
-    };
-    match link::run(state, facts, None, opts, shutdown).await {
+    match cairn_agent::run::run(dir, state, shutdown).await {
         Ok(()) => 0,
         Err(e @ LinkError::Rejected { .. }) => {
             eprintln!("error: {e}");

@@ -78,19 +78,6 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Development mode: initialise if needed and run a controller plus a local agent
-    /// against this machine's Docker Engine.
-    Dev {
-        /// Data directory for development state.
-        #[arg(long, env = "CAIRN_DEV_DIR", default_value = ".cairn-dev")]
-        data_dir: PathBuf,
-        /// API port on 127.0.0.1.
-        #[arg(long, default_value_t = 7080)]
-        api_port: u16,
-        /// Link port (UDP) on 127.0.0.1.
-        #[arg(long, default_value_t = 7443)]
-        link_port: u16,
-    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -195,7 +182,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
             let running = app::start(DataDir::new(&dir.data_dir)).await?;
             let token = running.shutdown_token();
             tokio::spawn(async move {
-                crate::dev::wait_for_signal().await;
+                cairn_shared::process::shutdown_signal().await;
                 token.cancel();
             });
             running.wait().await;
@@ -276,11 +263,6 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Dev {
-            data_dir,
-            api_port,
-            link_port,
-        } => crate::dev::run(data_dir, api_port, link_port).await,
     }
 }
 

@@ -18,7 +18,6 @@
 //! * [`web`] — the web UI: server-rendered pages for users and admins.
 //! * [`proxy`] — the reverse proxy to instances, over the agents' links.
 //! * [`app`] — wiring, start and graceful shutdown.
-//! * [`dev`] — development mode: a controller and a local agent in one process.
 //! * [`cli`] — the `cairn-controller` subcommands.
 #![forbid(unsafe_code)]
 
@@ -29,7 +28,6 @@ pub mod autoscaler;
 pub mod blueprints;
 pub mod cli;
 pub mod config;
-pub mod dev;
 pub mod hosts;
 pub mod https;
 pub mod images;

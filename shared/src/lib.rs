@@ -10,6 +10,8 @@
 //! * [`fsutil`] — atomic, private file writes for keys and configs.
 //! * [`workload`] — desired instances and instance reports on the link.
 //! * [`images`] — image sources, pre-pull sets, registry credentials and pull progress.
+//! * [`reference`] — image references (`[REGISTRY/]REPO[:TAG][@DIGEST]`), parsed and
+//!   normalised as Docker does.
 //! * [`validate`] — bounds checks every input crosses before it is trusted.
 #![forbid(unsafe_code)]
 
@@ -21,6 +23,7 @@ pub mod ids;
 pub mod images;
 pub mod process;
 pub mod protocol;
+pub mod reference;
 pub mod resources;
 pub mod time;
 pub mod validate;

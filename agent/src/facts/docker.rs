@@ -21,12 +21,12 @@ use cairn_shared::resources::{
 use tokio::sync::Mutex;
 
 use super::clip;
+use crate::docker::{describe, Endpoint};
 
 /// Longest wait for any one engine call; a heartbeat needs at most a few of them.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Containers Cairn manages carry labels with this prefix; others are not reported.
 const LABEL_PREFIX: &str = "cairn.";
-const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
 // Bounds from `Validate for RuntimeFacts` in cairn-shared.
 const MAX_ERROR: usize = 4096;
@@ -38,65 +38,6 @@ const MAX_VERSION: usize = 64;
 const MAX_PATH: usize = 4096;
 const MAX_TAGS: usize = 64;
 const MAX_LABEL_KEY: usize = 128;
-
-/// Which engine to talk to.
-#[derive(Debug, Clone)]
-enum Endpoint {
-    /// `DOCKER_HOST`, or the local socket: what the `docker` CLI would use.
-    Defaults,
-    /// A given Unix socket; lets tests point at an engine that is not there.
-    #[cfg(test)]
-    Unix(String),
-}
-
-impl Endpoint {
-    /// Where the engine is, in words for error messages.
-    fn address(&self) -> String {
-        match self {
-            Endpoint::Defaults => std::env::var("DOCKER_HOST")
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| DEFAULT_HOST.into()),
-            #[cfg(test)]
-            Endpoint::Unix(path) => format!("unix://{path}"),
-        }
-    }
-
-    async fn connect(&self) -> Result<Docker, String> {
-        let docker = match self {
-            // Like the CLI, treat an empty DOCKER_HOST as unset; bollard would reject
-            // it as a URI without a scheme.
-            Endpoint::Defaults if std::env::var_os("DOCKER_HOST").is_some_and(|h| h.is_empty()) => {
-                Docker::connect_with_local_defaults()
-            }
-            Endpoint::Defaults => Docker::connect_with_defaults(),
-            #[cfg(test)]
-            Endpoint::Unix(path) => Docker::connect_with_unix(
-                path,
-                CALL_TIMEOUT.as_secs(),
-                bollard::API_DEFAULT_VERSION,
-            ),
-        }
-        .map_err(|e| describe(&e))?;
-        bounded("negotiating the API version", docker.negotiate_version()).await
-    }
-}
-
-/// An error and its causes on one line: hyper's "client error (Connect)" alone does
-/// not say that the socket refused the connection.
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text.replace(['\n', '\r'], " ")
-}
 
 /// Runs one engine call with [`CALL_TIMEOUT`], naming the call in the error.
 async fn bounded<T>(
@@ -123,7 +64,10 @@ pub async fn ping_docker() -> Result<String, String> {
             endpoint.address()
         )
     };
-    let docker = endpoint.connect().await.map_err(fail)?;
+    let docker = endpoint
+        .connect(CALL_TIMEOUT)
+        .await
+        .map_err(|e| fail(e.0))?;
     let v = bounded("version", docker.version()).await.map_err(fail)?;
     Ok(v.version.unwrap_or_else(|| "unknown".into()))
 }
@@ -201,7 +145,7 @@ impl DockerProbe {
             match &*slot {
                 Some(d) => (d.clone(), false),
                 None => {
-                    let d = self.endpoint.connect().await?;
+                    let d = self.endpoint.connect(CALL_TIMEOUT).await.map_err(|e| e.0)?;
                     *slot = Some(d.clone());
                     (d, true)
                 }
@@ -457,30 +401,6 @@ mod tests {
         assert!(c.labels.contains_key("cairn.l000"));
         assert!(c.labels.keys().all(|k| k.len() <= MAX_LABEL_KEY));
         RuntimeFacts::Docker(f).validate().unwrap();
-    }
-
-    #[test]
-    fn describe_includes_causes_on_one_line() {
-        #[derive(Debug)]
-        struct Outer(std::io::Error);
-        impl std::fmt::Display for Outer {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("client error (Connect)")
-            }
-        }
-        impl std::error::Error for Outer {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                Some(&self.0)
-            }
-        }
-        let e = Outer(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "Connection refused\n(os error 111)",
-        ));
-        assert_eq!(
-            describe(&e),
-            "client error (Connect): Connection refused (os error 111)"
-        );
     }
 
     #[tokio::test]

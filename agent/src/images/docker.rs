@@ -13,7 +13,7 @@ use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
 use super::{BackendError, ImageBackend, PullEvents};
-use crate::runtime::docker::DockerClient;
+use crate::docker::DockerClient;
 
 /// How long an `inspect` may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);

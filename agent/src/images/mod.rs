@@ -27,6 +27,7 @@ use std::path::Path;
 
 use bollard::models::CreateImageInfo;
 use cairn_shared::images::RegistryCredential;
+use cairn_shared::reference::Reference;
 use futures::future::BoxFuture;
 
 pub use pull::{ImageManager, PullError, PullHandle, PullState};
@@ -54,53 +55,21 @@ pub trait ImageBackend: Send + Sync + 'static {
     fn load<'a>(&'a self, archive: &'a Path) -> BoxFuture<'a, Result<(), BackendError>>;
 }
 
-/// Docker Hub's names: references without a registry part pull from it, and a
-/// login for any of these names is a login for it.
-const DOCKER_HUB: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
-
-/// The registry a reference pulls from: its first path component when that looks
-/// like a host (has a '.' or a ':', or is `localhost`), else Docker Hub — the rule
-/// Docker itself applies.
-pub fn registry_host(reference: &str) -> &str {
-    match reference.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            first
-        }
-        _ => DOCKER_HUB[0],
-    }
-}
-
-/// The login for the registry `reference` pulls from, if there is one.
+/// The login for the registry `reference` pulls from, if there is one. Docker Hub's
+/// names all match each other; a reference that does not parse has none.
 pub fn credential_for<'a>(
     reference: &str,
     credentials: &'a [RegistryCredential],
 ) -> Option<&'a RegistryCredential> {
-    let host = registry_host(reference);
-    let hub = DOCKER_HUB.contains(&host);
+    let reference = Reference::parse(reference).ok()?;
     credentials
         .iter()
-        .find(|c| c.registry == host || (hub && DOCKER_HUB.contains(&c.registry.as_str())))
+        .find(|c| reference.registry_matches(&c.registry))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_registry_is_the_first_component_when_it_looks_like_a_host() {
-        assert_eq!(
-            registry_host("127.0.0.1:5000/x@sha256:00"),
-            "127.0.0.1:5000"
-        );
-        assert_eq!(
-            registry_host("registry.example.org/a/b@sha256:00"),
-            "registry.example.org"
-        );
-        assert_eq!(registry_host("localhost/x@sha256:00"), "localhost");
-        assert_eq!(registry_host("jupyter/base@sha256:00"), "docker.io");
-        assert_eq!(registry_host("busybox@sha256:00"), "docker.io");
-        assert_eq!(registry_host("sha256:00"), "docker.io");
-    }
 
     #[test]
     fn credentials_are_matched_by_registry() {
@@ -111,9 +80,12 @@ mod tests {
         };
         let creds = vec![c("127.0.0.1:5000", "local"), c("index.docker.io", "hub")];
         let user = |r: &str| credential_for(r, &creds).map(|c| c.username.as_str());
-        assert_eq!(user("127.0.0.1:5000/x@sha256:00"), Some("local"));
-        assert_eq!(user("127.0.0.1:5001/x@sha256:00"), None);
-        assert_eq!(user("jupyter/base@sha256:00"), Some("hub"));
-        assert_eq!(user("example.org/x@sha256:00"), None);
+        let digest = format!("sha256:{}", "0".repeat(64));
+        assert_eq!(user(&format!("127.0.0.1:5000/x@{digest}")), Some("local"));
+        assert_eq!(user(&format!("127.0.0.1:5001/x@{digest}")), None);
+        assert_eq!(user(&format!("jupyter/base@{digest}")), Some("hub"));
+        assert_eq!(user("docker.io/library/busybox:1"), Some("hub"));
+        assert_eq!(user(&format!("example.org/x@{digest}")), None);
+        assert_eq!(user("not a reference"), None);
     }
 }

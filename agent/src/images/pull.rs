@@ -1046,7 +1046,10 @@ mod tests {
     async fn the_desired_set_is_prepulled_with_its_logins() {
         let tmp = tempfile::tempdir().unwrap();
         let backend = Arc::new(FakeBackend::open());
-        let (have, want) = ("r.example/have@sha256:11", "r.example/want@sha256:22");
+        // Real digests: the login is found by parsing the reference.
+        let have = format!("r.example/have@sha256:{}", "11".repeat(32));
+        let want = format!("r.example/want@sha256:{}", "22".repeat(32));
+        let (have, want) = (have.as_str(), want.as_str());
         backend.present.lock().unwrap().insert(have.into());
         let m = manager(&backend, settings(2, 4), tmp.path());
         m.set_desired(DesiredImages {

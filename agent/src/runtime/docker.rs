@@ -21,6 +21,7 @@ use cairn_shared::workload::{DesiredInstance, MAX_LOG_BYTES};
 use futures::StreamExt;
 
 use super::{labels, ContainerRuntime, ContainerState, Observed, RuntimeError};
+use crate::docker::DockerClient;
 use crate::images::docker::DockerImages;
 use crate::images::ImageBackend;
 
@@ -51,33 +52,6 @@ async fn bounded<T>(
     }
 }
 
-/// A Docker client that connects on first use (and again until it works), so an
-/// agent started before the engine comes up catches up by itself. Clones share one
-/// connection.
-#[derive(Debug, Clone, Default)]
-pub struct DockerClient(Arc<tokio::sync::OnceCell<Docker>>);
-
-impl DockerClient {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The connected client.
-    pub async fn get(&self) -> Result<&Docker, RuntimeError> {
-        self.0
-            .get_or_try_init(|| async {
-                let docker = Docker::connect_with_defaults()
-                    .map_err(|e| docker_err("connecting to Docker", e))?;
-                bounded(
-                    "negotiating the Docker API version",
-                    docker.negotiate_version(),
-                )
-                .await
-            })
-            .await
-    }
-}
-
 /// Docker, through bollard.
 #[derive(Debug)]
 pub struct DockerRuntime {
@@ -91,7 +65,7 @@ pub struct DockerRuntime {
 impl DockerRuntime {
     pub fn new(host: &cairn_shared::ids::HostId) -> Self {
         DockerRuntime {
-            client: DockerClient::new(),
+            client: DockerClient::new(CALL_TIMEOUT),
             host: host.to_string(),
             oci_runtime: None,
         }
@@ -104,7 +78,10 @@ impl DockerRuntime {
     }
 
     async fn docker(&self) -> Result<&Docker, RuntimeError> {
-        self.client.get().await
+        self.client
+            .get()
+            .await
+            .map_err(|e| RuntimeError(format!("Docker Engine: {e}")))
     }
 
     fn name(id: &InstanceId) -> String {

@@ -18,9 +18,9 @@ use reqwest::header::{HeaderMap, ACCEPT, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256};
 
-use super::reference::{valid_digest, Reference};
 use crate::config::{ImagesConfig, RegistryConfig};
 use cairn_shared::images::RegistryCredential;
+use cairn_shared::reference::{valid_digest, Reference};
 
 /// Every manifest type a tag may point at: multi-platform indexes first, since
 /// Docker pulls by the index digest and picks the platform on the host.

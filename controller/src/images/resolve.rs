@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use cairn_shared::images::ImageSource;
 
-use super::reference::Reference;
 use super::registry::{self, RegistryClient, RegistryError, Target};
 use crate::blueprints::catalog::ImageResolver;
 use crate::blueprints::spec::{BlueprintSpec, FieldError, PullPolicy, ResolvedImage};
 use crate::config::ImagesConfig;
+use cairn_shared::reference::Reference;
 
 /// An uploaded image, as far as resolution needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +73,7 @@ fn image_error(message: impl Into<String>) -> FieldError {
 /// Whether `s` is a full image id (`sha256:` and 64 hex digits), which Docker
 /// accepts wherever a name goes.
 fn is_image_id(s: &str) -> bool {
-    super::reference::valid_digest(s)
+    cairn_shared::reference::valid_digest(s)
 }
 
 /// Resolves `spec`'s image; see the module documentation for the order.

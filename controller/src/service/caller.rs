@@ -16,6 +16,16 @@ impl Caller {
         Caller { principal: None }
     }
 
+    /// The local operator: whoever runs the controller's process (development mode,
+    /// the offline commands). Holds the bootstrap admin's rights.
+    pub fn operator() -> Self {
+        Caller::of(Principal {
+            user: None,
+            role: crate::users::Role::Admin,
+            token_id: None,
+        })
+    }
+
     /// An authenticated principal (doors get one from [`super::Service::authenticate`]).
     pub fn of(p: Principal) -> Self {
         Caller { principal: Some(p) }
