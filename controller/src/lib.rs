@@ -13,6 +13,7 @@
 //! * [`hosts`] — the host registry and its liveness state machine.
 //! * [`link`] — the QUIC server agents dial: enrolment and sessions.
 //! * [`api`] — the REST API.
+//! * [`http_server`] — the HTTP listener: accept loop, timeouts, connection cap.
 //! * [`https`] — TLS for the HTTP listener, with certificate reload.
 //! * [`web`] — the web UI: server-rendered pages for users and admins.
 //! * [`proxy`] — the reverse proxy to instances, over the agents' links.
@@ -30,6 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod hosts;
+pub mod http_server;
 pub mod https;
 pub mod images;
 pub mod instances;
