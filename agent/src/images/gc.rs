@@ -676,6 +676,10 @@ impl Workloads for DesiredImagesFeed {
         self.inner.changed()
     }
 
+    fn isolation(&self) -> cairn_shared::resources::Isolation {
+        self.inner.isolation()
+    }
+
     fn logs(&self, instance: InstanceId, tail: u32) -> BoxFuture<'_, Result<String, String>> {
         self.inner.logs(instance, tail)
     }
@@ -1837,6 +1841,9 @@ mod tests {
             }
             fn app_address(&self, _: &InstanceId) -> Option<std::net::SocketAddr> {
                 None
+            }
+            fn isolation(&self) -> cairn_shared::resources::Isolation {
+                cairn_shared::resources::Isolation::Enforced
             }
         }
 

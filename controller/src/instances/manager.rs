@@ -945,6 +945,7 @@ fn snapshot(h: &crate::hosts::HostView) -> HostSnapshot {
             && h.connected
             && h.capacity.is_some()
             && h.pool.open(),
+        isolated: h.isolation.is_enforced(),
         capacity: h
             .capacity
             .as_ref()
