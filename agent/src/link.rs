@@ -23,6 +23,7 @@ use cairn_shared::protocol::{
     application_close, describe_connection_error, AgentMsg, AgentRequest, AgentResponse, CloseCode,
     ControllerMsg, Heartbeat, Hello, Welcome, PROTOCOL_VERSION,
 };
+use cairn_shared::resources::Isolation;
 use tokio_util::sync::CancellationToken;
 
 use crate::facts::FactsSource;
@@ -246,11 +247,13 @@ async fn converse<F: FactsSource>(
     if let Some(name) = &state.config.hostname {
         host_facts.hostname = name.clone();
     }
+    let mut isolation = isolation_of(&opts.workloads);
     let hello = Hello {
         protocol_version: opts.protocol_version,
         facts: host_facts,
         capacity: facts.capacity().await,
         runtime: facts.runtime().await,
+        isolation: isolation.clone(),
     };
     if let Err(e) = framing::write(&mut send, &hello, framing::MAX_FRAME_LEN).await {
         return lost(conn, false, format!("sending hello: {e}"));
@@ -340,8 +343,8 @@ async fn converse<F: FactsSource>(
             }
             _ = ticker.tick() => {
                 seq += 1;
-                let pulls = images.as_ref().map(|i| i.progress()).unwrap_or_default();
-                let hb = AgentMsg::Heartbeat(Heartbeat { seq, capacity: facts.capacity().await, runtime: facts.runtime().await, pulls });
+                isolation = isolation_of(&workloads);
+                let hb = heartbeat(seq, facts, &images, isolation.clone()).await;
                 if let Err(e) = framing::write(&mut send, &hb, framing::MAX_FRAME_LEN).await {
                     return lost(conn, true, format!("sending heartbeat: {e}"));
                 }
@@ -354,6 +357,16 @@ async fn converse<F: FactsSource>(
                         if let Err(e) = framing::write(&mut send, &m, framing::MAX_FRAME_LEN).await {
                             return lost(conn, true, format!("sending instance reports: {e}"));
                         }
+                    }
+                }
+                // The controller places instances by isolation: a change (the runtime
+                // prepared after the Hello) goes out now, not a heartbeat later.
+                if isolation_of(&workloads) != isolation {
+                    seq += 1;
+                    isolation = isolation_of(&workloads);
+                    let hb = heartbeat(seq, facts, &images, isolation.clone()).await;
+                    if let Err(e) = framing::write(&mut send, &hb, framing::MAX_FRAME_LEN).await {
+                        return lost(conn, true, format!("sending heartbeat: {e}"));
                     }
                 }
             }
@@ -387,6 +400,29 @@ async fn converse<F: FactsSource>(
             },
         }
     }
+}
+
+/// The supervisor's isolation; an agent without one runs nothing, so has none.
+fn isolation_of(workloads: &Option<WorkloadsHandle>) -> Isolation {
+    workloads
+        .as_ref()
+        .map(|w| w.0.isolation())
+        .unwrap_or_default()
+}
+
+async fn heartbeat<F: FactsSource>(
+    seq: u64,
+    facts: &F,
+    images: &Option<Arc<ImageManager>>,
+    isolation: Isolation,
+) -> AgentMsg {
+    AgentMsg::Heartbeat(Heartbeat {
+        seq,
+        capacity: facts.capacity().await,
+        runtime: facts.runtime().await,
+        pulls: images.as_ref().map(|i| i.progress()).unwrap_or_default(),
+        isolation,
+    })
 }
 
 /// Resolves when the supervisor has queued reports (never, without one). Dropping it

@@ -176,27 +176,16 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
     ));
     {
         let router = crate::api::routes(app.clone(), service.clone());
-        let s = shutdown.clone();
-        match &app.config.api.tls {
-            Some(files) => {
-                let root = app.data_dir.root();
-                let acceptor =
-                    crate::https::acceptor(root.join(&files.cert), root.join(&files.key))
-                        .map_err(|e| StartError::Config(e.to_string()))?;
-                tasks.spawn(crate::https::serve(listener, acceptor, router, s));
-            }
-            None => {
-                let router = router.into_make_service_with_connect_info::<SocketAddr>();
-                tasks.spawn(async move {
-                    let served = axum::serve(listener, router)
-                        .with_graceful_shutdown(async move { s.cancelled().await })
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "API server failed");
-                    }
-                });
-            }
-        }
+        let tls = crate::https::configured(&app.config.api, app.data_dir.root())
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let limits = crate::http_server::Limits::from(&app.config.api);
+        tasks.spawn(crate::http_server::serve(
+            listener,
+            tls,
+            router,
+            limits,
+            shutdown.clone(),
+        ));
     }
     tasks.spawn(liveness_loop(app.clone(), shutdown.clone()));
     tasks.spawn(crate::autoscaler::run(

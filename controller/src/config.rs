@@ -116,6 +116,10 @@ pub struct PoolConfig {
     /// Most instances per host; 0 = no limit.
     #[serde(default)]
     pub max_instances_per_host: u32,
+    /// Place instances on hosts whose agent could not install its packet filter
+    /// rules (instances there can reach the host's services). For laptops and labs.
+    #[serde(default)]
+    pub allow_unisolated: bool,
 }
 
 fn default_provider() -> String {
@@ -150,6 +154,7 @@ impl PoolConfig {
             cpu_overcommit: self.cpu_overcommit,
             strategy: self.strategy,
             max_instances_per_host: self.max_instances_per_host,
+            allow_unisolated: self.allow_unisolated,
         }
     }
 
@@ -298,9 +303,42 @@ pub struct ApiConfig {
     /// marked `Secure` and apps are told `X-Forwarded-Proto: https`.
     #[serde(default)]
     pub behind_tls_proxy: bool,
+    /// A new connection that has not sent its first complete request head (TLS
+    /// handshake included) this long after it was accepted is closed.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// A keep-alive connection waiting this long for its next request is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Most connections open at once (WebSockets through the proxy included); more
+    /// wait in the listen backlog until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_header_read_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    120
+}
+fn default_max_connections() -> u32 {
+    4096
 }
 
 impl ApiConfig {
+    /// Plain HTTP on `listen` with the default limits.
+    pub fn plain(listen: SocketAddr) -> Self {
+        ApiConfig {
+            listen,
+            tls: None,
+            behind_tls_proxy: false,
+            header_read_timeout_secs: default_header_read_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
+            max_connections: default_max_connections(),
+        }
+    }
+
     pub fn serves_https(&self) -> bool {
         self.tls.is_some()
     }
@@ -417,6 +455,16 @@ impl ControllerConfig {
         if self.certificates.agent_cert_ttl_secs < 30 {
             return Err("certificates.agent_cert_ttl_secs must be at least 30".into());
         }
+        let a = &self.api;
+        if !(1..=300).contains(&a.header_read_timeout_secs) {
+            return Err("api.header_read_timeout_secs must be between 1 and 300".into());
+        }
+        if !(1..=3600).contains(&a.idle_timeout_secs) {
+            return Err("api.idle_timeout_secs must be between 1 and 3600".into());
+        }
+        if !(1..=1_000_000).contains(&a.max_connections) {
+            return Err("api.max_connections must be between 1 and 1000000".into());
+        }
         if self.auth.admin_token_sha256.len() != 64 {
             return Err("auth.admin_token_sha256 must be 64 hex digits".into());
         }
@@ -449,11 +497,7 @@ mod tests {
     fn sample() -> ControllerConfig {
         ControllerConfig {
             images: Default::default(),
-            api: ApiConfig {
-                listen: "127.0.0.1:7080".parse().unwrap(),
-                tls: None,
-                behind_tls_proxy: false,
-            },
+            api: ApiConfig::plain("127.0.0.1:7080".parse().unwrap()),
             link: LinkConfig {
                 listen: "127.0.0.1:7443".parse().unwrap(),
                 max_frame_bytes: default_max_frame(),
@@ -488,5 +532,38 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("lost_after_ms"));
         let text = c.to_toml().replace("[api]", "[api]\nlisten_typo = 1");
         assert!(toml::from_str::<ControllerConfig>(&text).is_err());
+    }
+
+    #[test]
+    fn http_limits_default_and_are_bounded() {
+        // A config written before the limits existed gets the defaults.
+        let text = sample()
+            .to_toml()
+            .lines()
+            .filter(|l| !l.contains("timeout_secs") && !l.contains("max_connections"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c: ControllerConfig = toml::from_str(&text).unwrap();
+        assert_eq!(
+            (
+                c.api.header_read_timeout_secs,
+                c.api.idle_timeout_secs,
+                c.api.max_connections
+            ),
+            (10, 120, 4096)
+        );
+        for (field, set) in [
+            (
+                "header_read_timeout_secs",
+                (|c: &mut ControllerConfig| c.api.header_read_timeout_secs = 0)
+                    as fn(&mut ControllerConfig),
+            ),
+            ("idle_timeout_secs", |c| c.api.idle_timeout_secs = 7200),
+            ("max_connections", |c| c.api.max_connections = 0),
+        ] {
+            let mut c = sample();
+            set(&mut c);
+            assert!(c.validate().unwrap_err().contains(field), "{field}");
+        }
     }
 }

@@ -1,23 +1,19 @@
-//! Serving the API, UI and proxy over HTTPS.
+//! The TLS side of the HTTP listener: the acceptor [`crate::http_server`] wraps
+//! connections in.
 //!
 //! The certificate is read from files (the one `init` made, or the admin's own) and
 //! re-read when they change, checked at most once a minute on a handshake: the
 //! controller renews its own certificate in place, and sites rotate theirs with
 //! certbot or similar, neither of which should need a restart.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::extract::ConnectInfo;
-use axum::Router;
-use hyper_util::rt::TokioIo;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_util::sync::CancellationToken;
 
 /// Why the HTTPS listener cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -124,65 +120,14 @@ pub fn acceptor(cert: PathBuf, key: PathBuf) -> Result<tokio_rustls::TlsAcceptor
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
-/// Accepts TLS connections and serves `router` on each until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    router: Router,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, router, shutdown) = (acceptor.clone(), router.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(15), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            serve_connection(TokioIo::new(tls), peer, router, shutdown).await;
-        });
-    }
-}
-
-async fn serve_connection<I>(io: I, peer: SocketAddr, router: Router, shutdown: CancellationToken)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
-        let router = router.clone();
-        async move {
-            use tower::ServiceExt;
-            router.oneshot(req.map(axum::body::Body::new)).await
-        }
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .serve_connection(io, svc)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended") },
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
-        }
-    }
+/// The acceptor for the `[api]` settings: `None` for plain HTTP. Relative paths are
+/// in the data directory `root`.
+pub fn configured(
+    api: &crate::config::ApiConfig,
+    root: &std::path::Path,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, TlsError> {
+    api.tls
+        .as_ref()
+        .map(|files| acceptor(root.join(&files.cert), root.join(&files.key)))
+        .transpose()
 }

@@ -14,6 +14,7 @@
 //! * [`link`] — the QUIC server agents dial: enrolment and sessions.
 //! * [`service`] — every user and admin action as one typed operation: the rules.
 //! * [`api`] — the REST API.
+//! * [`http_server`] — the HTTP listener: accept loop, timeouts, connection cap.
 //! * [`https`] — TLS for the HTTP listener, with certificate reload.
 //! * [`web`] — the web UI: server-rendered pages for users and admins.
 //! * [`proxy`] — the reverse proxy to instances, over the agents' links.
@@ -29,6 +30,7 @@ pub mod blueprints;
 pub mod cli;
 pub mod config;
 pub mod hosts;
+pub mod http_server;
 pub mod https;
 pub mod images;
 pub mod instances;

@@ -144,6 +144,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<InitOutcome, PkiError> 
                 WebTls::Http | WebTls::BehindProxy => None,
             },
             behind_tls_proxy: opts.web == WebTls::BehindProxy,
+            ..ApiConfig::plain(opts.api_listen)
         },
         link: LinkConfig {
             listen: opts.link_listen,

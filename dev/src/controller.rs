@@ -32,6 +32,16 @@ pub fn init_if_new(data: &DataDir, api_port: u16, link_port: u16) -> Result<bool
         force: false,
     };
     pki::init(data, &opts)?;
+    // The local agent may run without root, and so without the packet filter that
+    // keeps instances off the host; on a loopback-only development controller that
+    // must not leave the example queued forever.
+    let pool = "\n# Development mode: instances may run on a host without the packet filter.\n\
+                [[pools]]\nname = \"default\"\nallow_unisolated = true\n";
+    let mut config = std::fs::read_to_string(data.config())
+        .map_err(|e| CliError::Other(format!("reading {}: {e}", data.config().display())))?;
+    config.push_str(pool);
+    std::fs::write(data.config(), config)
+        .map_err(|e| CliError::Other(format!("writing {}: {e}", data.config().display())))?;
     Ok(true)
 }
 

@@ -188,6 +188,9 @@ mod tests {
                     .collect(),
                 ..Default::default()
             }),
+            isolation: Isolation::Failed {
+                error: "iptables: permission denied".into(),
+            },
         }
     }
 
@@ -208,6 +211,7 @@ mod tests {
                 capacity: Capacity { memory_total_bytes: avail, memory_available_bytes: avail, load_average: [load; 3], ..Default::default() },
                 runtime: RuntimeFacts::Unavailable { error: "docker down".into() },
                 pulls: vec![],
+                isolation: Isolation::Enforced,
             });
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let back: AgentMsg = rt.block_on(async {

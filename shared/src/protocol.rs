@@ -26,12 +26,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::HostId;
-use crate::resources::{Capacity, HostFacts, RuntimeFacts};
+use crate::resources::{Capacity, HostFacts, Isolation, RuntimeFacts};
 use crate::validate::{self, Invalid, Validate};
 use crate::workload::{DesiredUpdate, InstanceReport};
 
 /// The link protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// ALPN of enrolment connections.
 pub const ALPN_ENROL: &[u8] = b"cairn-enrol";
@@ -171,13 +171,16 @@ pub struct Hello {
     pub facts: HostFacts,
     pub capacity: Capacity,
     pub runtime: RuntimeFacts,
+    /// Whether instances on this host are fenced in.
+    pub isolation: Isolation,
 }
 
 impl Validate for Hello {
     fn validate(&self) -> Result<(), Invalid> {
         self.facts.validate()?;
         self.capacity.validate()?;
-        self.runtime.validate()
+        self.runtime.validate()?;
+        self.isolation.validate()
     }
 }
 
@@ -216,6 +219,7 @@ impl Validate for AgentMsg {
             AgentMsg::Heartbeat(h) => {
                 h.capacity.validate()?;
                 h.runtime.validate()?;
+                h.isolation.validate()?;
                 validate::max_items("pulls", &h.pulls, crate::images::MAX_PULLS)?;
                 h.pulls.iter().try_for_each(Validate::validate)
             }
@@ -236,6 +240,9 @@ pub struct Heartbeat {
     pub runtime: RuntimeFacts,
     /// Image pulls under way or recently failed (finished ones show up as images).
     pub pulls: Vec<crate::images::PullProgress>,
+    /// Whether instances on this host are fenced in; a change is sent at once, not
+    /// only with the next periodic heartbeat.
+    pub isolation: Isolation,
 }
 
 /// Messages from the controller on the control stream, after the Welcome.

@@ -46,6 +46,36 @@ impl Validate for HostFacts {
     }
 }
 
+/// Whether the host fences its instances off from itself and from the cloud
+/// metadata address (the agent's packet filter rules).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// Not known yet: the runtime is still being prepared, or the agent runs no
+    /// instances.
+    #[default]
+    Pending,
+    /// The rules are installed.
+    Enforced,
+    /// Installing the rules failed: instances could reach the host's services.
+    Failed { error: String },
+}
+
+impl Isolation {
+    pub fn is_enforced(&self) -> bool {
+        matches!(self, Isolation::Enforced)
+    }
+}
+
+impl Validate for Isolation {
+    fn validate(&self) -> Result<(), Invalid> {
+        match self {
+            Isolation::Failed { error } => validate::max_len("isolation.error", error, 4096),
+            Isolation::Pending | Isolation::Enforced => Ok(()),
+        }
+    }
+}
+
 /// Space on one file system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct DiskUsage {

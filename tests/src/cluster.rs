@@ -205,6 +205,35 @@ impl Controller {
         .await;
     }
 
+    /// Closes the HTTP connections this handle keeps open to the controller, for
+    /// tests that count the controller's connections.
+    pub fn drop_idle_connections(&mut self) {
+        self.http = reqwest::Client::new();
+    }
+
+    /// Sets `key = value` in the controller's `config.toml` (the line `init`
+    /// wrote); takes effect at the next start.
+    pub fn set_config(&self, key: &str, value: &str) {
+        let path = self.dir.join("config.toml");
+        let text = std::fs::read_to_string(&path).expect("read config.toml");
+        let prefix = format!("{key} = ");
+        assert!(
+            text.lines().any(|l| l.starts_with(&prefix)),
+            "no {key} in config.toml"
+        );
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with(&prefix) {
+                    format!("{prefix}{value}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        std::fs::write(&path, text.join("\n") + "\n").expect("write config.toml");
+    }
+
     /// `kill -9` the controller.
     pub fn kill9(&mut self) {
         kill9(&mut self.child);
@@ -542,9 +571,16 @@ impl Agent {
     }
 
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// Starts `cairn-agent run` with extra environment variables (a `PATH` with a
+    /// failing `iptables` first, say).
+    pub fn start_with_env(&mut self, env: &[(&str, &std::ffi::OsStr)]) {
         assert!(self.child.is_none(), "agent already running");
         let mut cmd = Command::new(bin("cairn-agent"));
         cmd.args(["run", "--state-dir"]).arg(&self.state_dir);
+        cmd.envs(env.iter().copied());
         self.child = Some(spawn_logged(cmd, &self.log));
     }
 

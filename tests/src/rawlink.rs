@@ -25,6 +25,7 @@ pub fn hello(version: u32, hostname: &str) -> cairn_shared::protocol::Hello {
         runtime: RuntimeFacts::Unavailable {
             error: "none".into(),
         },
+        isolation: Default::default(),
     }
 }
 

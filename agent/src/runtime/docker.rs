@@ -17,6 +17,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use cairn_shared::ids::InstanceId;
+use cairn_shared::resources::Isolation;
 use cairn_shared::workload::{DesiredInstance, MAX_LOG_BYTES};
 use futures::StreamExt;
 
@@ -91,18 +92,22 @@ impl DockerRuntime {
 
 impl DockerRuntime {
     /// The Cairn network and the isolation rules around it.
-    async fn prepare_all(&self) -> Result<(), RuntimeError> {
+    async fn prepare_all(&self) -> Result<Isolation, RuntimeError> {
         self.ensure_network().await?;
         // Without the rules an instance could reach the host's services. Refusing to
         // run anything would make a laptop without root useless for trying Cairn, so
-        // this is loud rather than fatal.
+        // the failure is reported to the controller, whose pools place nothing here
+        // unless they allow unisolated hosts.
         let isolation = tokio::task::spawn_blocking(|| super::isolation::install(BRIDGE))
             .await
             .map_err(|e| RuntimeError(e.to_string()))?;
-        if let Err(e) = isolation {
-            tracing::error!(error = %e, "instances are NOT fenced off from this host: installing packet filter rules failed");
-        }
-        Ok(())
+        Ok(match isolation {
+            Ok(()) => Isolation::Enforced,
+            Err(error) => {
+                tracing::error!(%error, "instances are NOT fenced off from this host: installing packet filter rules failed");
+                Isolation::Failed { error }
+            }
+        })
     }
 }
 
@@ -166,7 +171,7 @@ impl DockerRuntime {
 }
 
 impl ContainerRuntime for DockerRuntime {
-    async fn prepare(&self) -> Result<(), RuntimeError> {
+    async fn prepare(&self) -> Result<Isolation, RuntimeError> {
         DockerRuntime::prepare_all(self).await
     }
 

@@ -85,8 +85,9 @@ impl HollowRuntime {
 }
 
 impl ContainerRuntime for HollowRuntime {
-    async fn prepare(&self) -> Result<(), RuntimeError> {
-        Ok(())
+    async fn prepare(&self) -> Result<cairn_shared::resources::Isolation, RuntimeError> {
+        // Nothing runs, so nothing can get out: the scheduler may use hollow hosts.
+        Ok(cairn_shared::resources::Isolation::Enforced)
     }
 
     fn image_backend(&self) -> Arc<dyn ImageBackend> {

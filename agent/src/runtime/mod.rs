@@ -20,6 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use cairn_shared::ids::InstanceId;
+use cairn_shared::resources::Isolation;
 use cairn_shared::workload::{DesiredInstance, Probe};
 
 use crate::images::ImageBackend;
@@ -46,8 +47,9 @@ pub struct RuntimeError(pub String);
 
 /// What the supervisor needs from a container runtime.
 pub trait ContainerRuntime: Send + Sync + 'static {
-    /// One-time set-up (the Cairn network).
-    fn prepare(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// One-time set-up (the Cairn network); says whether instances are fenced in,
+    /// which the link reports to the controller.
+    fn prepare(&self) -> impl Future<Output = Result<Isolation, RuntimeError>> + Send;
     /// Where the images containers are created from live: the supervisor's image
     /// manager pulls through it before [`ContainerRuntime::create`].
     fn image_backend(&self) -> Arc<dyn ImageBackend>;

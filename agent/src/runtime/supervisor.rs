@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use cairn_shared::ids::InstanceId;
 use cairn_shared::images::{ImageSpec, PullPhase, PullProgress};
+use cairn_shared::resources::Isolation;
 use cairn_shared::workload::{
     DesiredInstance, DesiredUpdate, InstancePhase, InstanceReport, Probe,
 };
@@ -56,6 +57,10 @@ pub trait Workloads: Send + Sync + 'static {
     fn images(&self) -> Option<Arc<ImageManager>> {
         None
     }
+    /// Whether the runtime fences instances in, as its preparation found. No
+    /// default: a wrapper that forgot to pass it on would report a fenced host as
+    /// unknown.
+    fn isolation(&self) -> Isolation;
 }
 
 #[derive(Default)]
@@ -64,6 +69,7 @@ struct State {
     version: Option<u64>,
     memory: Memory,
     queue: Vec<InstanceReport>,
+    isolation: Isolation,
 }
 
 /// Drives one host's instances through a [`ContainerRuntime`].
@@ -142,7 +148,12 @@ impl<R: ContainerRuntime> Supervisor<R> {
         loop {
             if !prepared {
                 match self.runtime.prepare().await {
-                    Ok(()) => prepared = true,
+                    Ok(isolation) => {
+                        prepared = true;
+                        self.lock().isolation = isolation;
+                        // The link sends a change of isolation at once.
+                        self.changed.notify_one();
+                    }
                     Err(e) => tracing::warn!(error = %e, "runtime not ready; retrying"),
                 }
             }
@@ -446,6 +457,10 @@ impl<R: ContainerRuntime> Workloads for Supervisor<R> {
     fn images(&self) -> Option<Arc<ImageManager>> {
         Some(self.images.clone())
     }
+
+    fn isolation(&self) -> Isolation {
+        self.lock().isolation.clone()
+    }
 }
 
 #[cfg(test)]
@@ -474,8 +489,8 @@ mod tests {
     }
 
     impl ContainerRuntime for Fake {
-        async fn prepare(&self) -> Result<(), RuntimeError> {
-            Ok(())
+        async fn prepare(&self) -> Result<Isolation, RuntimeError> {
+            Ok(Isolation::Enforced)
         }
         fn image_backend(&self) -> Arc<dyn crate::images::ImageBackend> {
             self.images.clone()

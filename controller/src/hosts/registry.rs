@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use cairn_shared::ids::HostId;
 use cairn_shared::protocol::CloseCode;
-use cairn_shared::resources::{Capacity, HostFacts, RuntimeFacts};
+use cairn_shared::resources::{Capacity, HostFacts, Isolation, RuntimeFacts};
 use serde::{Deserialize, Serialize};
 
 use super::pool::{PoolAction, PoolEvent, PoolRefusal, PoolState, QuarantinePolicy};
@@ -41,6 +41,9 @@ pub struct HostRecord {
     pub capacity: Option<Capacity>,
     #[serde(default)]
     pub runtime: Option<RuntimeFacts>,
+    /// Whether the agent fences instances in, as it last said.
+    #[serde(default)]
+    pub isolation: Isolation,
     /// Expiry of the newest client certificate issued to this host.
     pub cert_not_after_unix: i64,
     #[serde(default)]
@@ -103,6 +106,7 @@ impl HostRecord {
             facts: None,
             capacity: None,
             runtime: None,
+            isolation: Isolation::Pending,
             cert_not_after_unix,
             remote_addr: None,
             pool: PoolState::default(),
@@ -121,6 +125,21 @@ impl HostRecord {
     }
 }
 
+/// Takes the isolation a host reports; logs and returns whether it changed.
+fn note_isolation(r: &mut HostRecord, isolation: Isolation) -> bool {
+    if r.isolation == isolation {
+        return false;
+    }
+    match &isolation {
+        Isolation::Failed { error } => {
+            tracing::warn!(host = %r.id, %error, "host reports that its instances are not isolated; only pools with allow_unisolated place instances there")
+        }
+        other => tracing::info!(host = %r.id, isolation = ?other, "host isolation changed"),
+    }
+    r.isolation = isolation;
+    true
+}
+
 /// A host as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostView {
@@ -136,6 +155,9 @@ pub struct HostView {
     pub facts: Option<HostFacts>,
     pub capacity: Option<Capacity>,
     pub runtime: Option<RuntimeFacts>,
+    /// `pending`, `enforced`, or `{"failed": {"error": …}}`: instances go to a host
+    /// whose isolation failed only in pools that allow it.
+    pub isolation: Isolation,
     pub cert_not_after_unix: i64,
     pub remote_addr: Option<String>,
     pub transitions: Vec<Transition>,
@@ -159,6 +181,7 @@ impl From<&HostRecord> for HostView {
             facts: r.facts.clone(),
             capacity: r.capacity.clone(),
             runtime: r.runtime.clone(),
+            isolation: r.isolation.clone(),
             cert_not_after_unix: r.cert_not_after_unix,
             remote_addr: r.remote_addr.clone(),
             transitions: r.transitions.clone(),
@@ -276,6 +299,7 @@ impl Registry {
             facts,
             capacity,
             runtime,
+            isolation,
             ..
         } = hello;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
@@ -297,6 +321,7 @@ impl Registry {
             r.facts = Some(facts);
             r.capacity = Some(capacity);
             r.runtime = Some(runtime);
+            note_isolation(r, isolation);
             r.pulls = vec![];
             if let Some(t) = r
                 .liveness
@@ -317,11 +342,16 @@ impl Registry {
         &self,
         id: &HostId,
         generation: u64,
-        capacity: Capacity,
-        runtime: RuntimeFacts,
-        pulls: Vec<cairn_shared::images::PullProgress>,
+        heartbeat: cairn_shared::protocol::Heartbeat,
         now_ms: u64,
     ) -> Result<(), RegistryError> {
+        let cairn_shared::protocol::Heartbeat {
+            capacity,
+            runtime,
+            pulls,
+            isolation,
+            ..
+        } = heartbeat;
         let changed = {
             let mut hosts = self.lock();
             let entry = hosts
@@ -335,19 +365,22 @@ impl Registry {
             r.capacity = Some(capacity);
             r.runtime = Some(runtime);
             r.pulls = pulls;
+            // A change of isolation decides placement: written now, like a
+            // transition, not with the next batch.
+            let isolation_changed = note_isolation(r, isolation);
             let t = r
                 .liveness
                 .apply(&Event::Heartbeat, now_ms, &self.thresholds);
             entry.dirty = true;
-            match t {
-                Some(t) => {
-                    entry.record.record(t);
-                    entry.dirty = false;
-                    self.store.put(Tree::Hosts, id.as_str(), &entry.record)?;
-                    true
-                }
-                None => false,
+            let transitioned = t.is_some();
+            if let Some(t) = t {
+                entry.record.record(t);
             }
+            if transitioned || isolation_changed {
+                entry.dirty = false;
+                self.store.put(Tree::Hosts, id.as_str(), &entry.record)?;
+            }
+            transitioned || isolation_changed
         };
         if changed {
             self.store.flush().await?;

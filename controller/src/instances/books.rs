@@ -133,5 +133,6 @@ pub fn snapshot(h: &HostView) -> HostSnapshot {
         labels: h.labels.clone(),
         images: super::prepull::present_images(h),
         recent_failures: h.pool.consecutive_failures,
+        isolated: h.isolation.is_enforced(),
     }
 }

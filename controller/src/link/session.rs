@@ -157,14 +157,7 @@ async fn control_loop(
                 let AgentMsg::Heartbeat(hb) = m else { continue };
                 if let Err(e) = app
                     .registry
-                    .heartbeat(
-                        host,
-                        generation,
-                        hb.capacity,
-                        hb.runtime,
-                        hb.pulls,
-                        cairn_shared::time::now_ms(),
-                    )
+                    .heartbeat(host, generation, hb, cairn_shared::time::now_ms())
                     .await
                 {
                     tracing::error!(error = %e, "could not record heartbeat");

@@ -3,9 +3,10 @@
 //! inputs always give the same placements.
 //!
 //! * **Filter**: the host is schedulable (active, connected, not draining or
-//!   quarantined); its *reserved* memory and CPU plus the request stay within its
-//!   capacity times the pool's over-commit ratio; it has every label the request
-//!   asks for; it is under its instance cap.
+//!   quarantined); it fences instances in, unless its pool allows unisolated hosts;
+//!   its *reserved* memory and CPU plus the request stay within its capacity times
+//!   the pool's over-commit ratio; it has every label the request asks for; it is
+//!   under its instance cap.
 //! * **Score**: bin-pack (fill busy hosts so idle ones can be removed) or spread;
 //!   a bonus when the host already has the image; whatever the [`Bonus`] extension
 //!   adds (data locality, later); a penalty per recent launch failure. Ties go to the
@@ -69,6 +70,8 @@ pub struct PoolPolicy {
     pub strategy: Strategy,
     /// Most instances on one host; 0 = no limit.
     pub max_instances_per_host: u32,
+    /// Place instances on hosts whose isolation failed or is not known yet.
+    pub allow_unisolated: bool,
 }
 
 impl Default for PoolPolicy {
@@ -78,6 +81,7 @@ impl Default for PoolPolicy {
             cpu_overcommit: 1.0,
             strategy: Strategy::Binpack,
             max_instances_per_host: 0,
+            allow_unisolated: false,
         }
     }
 }
@@ -89,6 +93,8 @@ pub struct HostSnapshot {
     pub pool: String,
     /// Active, connected, neither draining nor quarantined.
     pub schedulable: bool,
+    /// The agent reported its instances fenced off from the host.
+    pub isolated: bool,
     pub capacity: Resources,
     pub labels: BTreeMap<String, String>,
     /// Images present on the host (tags and digests).
@@ -372,6 +378,7 @@ impl Scheduler {
         let limit = self.limit(e);
         let after = e.reserved.add(req.resources);
         e.snap.schedulable
+            && (e.snap.isolated || p.allow_unisolated)
             && after.memory <= limit.memory
             && after.millicpus <= limit.millicpus
             && (p.max_instances_per_host == 0 || e.instances < p.max_instances_per_host)
@@ -439,6 +446,7 @@ mod tests {
             id: HostId::parse(&format!("h-{n:016x}")).unwrap(),
             pool: "default".into(),
             schedulable: true,
+            isolated: true,
             capacity: Resources::new(mem_gib * GIB, cpus * 1000),
             labels: BTreeMap::new(),
             images: BTreeSet::new(),
@@ -515,6 +523,36 @@ mod tests {
         let mut r = req(2, 1);
         r.labels.insert("zone".into(), "b".into());
         assert_eq!(s.submit(r), Outcome::Queued { position: 1 });
+    }
+
+    #[test]
+    fn unisolated_hosts_only_in_pools_that_allow_them() {
+        let mut s = Scheduler::default();
+        let mut open = host(1, 64, 64);
+        open.isolated = false;
+        let mut lab = host(2, 64, 64);
+        lab.isolated = false;
+        lab.pool = "lab".into();
+        s.upsert_host(open.clone());
+        s.upsert_host(lab.clone());
+        s.set_pool_policy(
+            "lab",
+            PoolPolicy {
+                allow_unisolated: true,
+                ..Default::default()
+            },
+        );
+        // Only the lab pool takes it, though the default pool's host is emptier
+        // by id order and would otherwise win the tie.
+        assert_eq!(placed(s.submit(req(1, 1))), lab.id);
+        // With the lab host gone, requests wait rather than land unfenced.
+        s.remove_host(&lab.id);
+        assert_eq!(s.submit(req(2, 1)), Outcome::Queued { position: 1 });
+        assert_eq!(s.drain(), vec![]);
+        // The host reports its rules installed: the waiting request goes there.
+        open.isolated = true;
+        s.upsert_host(open.clone());
+        assert_eq!(s.drain(), vec![(inst(2), open.id.clone())]);
     }
 
     #[test]

@@ -3,15 +3,18 @@
 //!
 //! * [`accounts`] — users with argon2 password hashes, roles, and a disabled flag.
 //! * [`api_tokens`] — bearer tokens created by login, revocable, stored hashed.
+//! * [`throttle`] — delays and lock-outs after failed logins.
 //! * [`Principal`] — the authenticated caller, attached to each API request.
 
 pub mod accounts;
 pub mod api_tokens;
+pub mod throttle;
 
 use serde::{Deserialize, Serialize};
 
 pub use accounts::{Accounts, AccountsError, Role, User};
 pub use api_tokens::{ApiTokenRecord, ApiTokens};
+pub use throttle::{LoginThrottle, Throttled};
 
 /// The caller of an API request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -227,6 +227,10 @@ impl Workloads for DesiredImagesFeed {
         self.inner.app_address(instance)
     }
 
+    fn isolation(&self) -> cairn_shared::resources::Isolation {
+        self.inner.isolation()
+    }
+
     fn images(&self) -> Option<Arc<crate::images::pull::ImageManager>> {
         self.inner.images()
     }
@@ -288,6 +292,9 @@ mod tests {
             }
             fn app_address(&self, _: &InstanceId) -> Option<std::net::SocketAddr> {
                 None
+            }
+            fn isolation(&self) -> cairn_shared::resources::Isolation {
+                cairn_shared::resources::Isolation::Enforced
             }
         }
 
