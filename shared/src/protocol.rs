@@ -95,6 +95,7 @@ impl CloseCode {
     }
 }
 
+#[cfg(feature = "link")]
 impl From<CloseCode> for quinn::VarInt {
     fn from(c: CloseCode) -> Self {
         quinn::VarInt::from_u32(c as u32)
@@ -292,6 +293,7 @@ pub enum AgentResponse {
 }
 
 /// Describes why a connection ended, in words an operator can act on.
+#[cfg(feature = "link")]
 pub fn describe_connection_error(err: &quinn::ConnectionError) -> String {
     use quinn::ConnectionError as E;
     match err {
@@ -315,6 +317,7 @@ pub fn describe_connection_error(err: &quinn::ConnectionError) -> String {
 }
 
 /// The close code and reason of an application close, if that is how it ended.
+#[cfg(feature = "link")]
 pub fn application_close(err: &quinn::ConnectionError) -> Option<(Option<CloseCode>, String)> {
     match err {
         quinn::ConnectionError::ApplicationClosed(c) => Some((

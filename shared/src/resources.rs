@@ -15,6 +15,7 @@ pub const MAX_CONTAINERS: usize = 2048;
 const MAX_TEXT: usize = 512;
 
 /// Facts about a host that change rarely; sent once per connection in the Hello.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct HostFacts {
     pub hostname: String,
@@ -47,6 +48,7 @@ impl Validate for HostFacts {
 }
 
 /// Space on one file system.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct DiskUsage {
     pub total_bytes: u64,
@@ -54,6 +56,7 @@ pub struct DiskUsage {
 }
 
 /// What a host can hold and how busy it is; sent in every heartbeat.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Capacity {
     pub cpus: u32,
@@ -96,6 +99,7 @@ impl Validate for Capacity {
 }
 
 /// An image present in the host's Docker Engine.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageInfo {
     pub id: String,
@@ -108,6 +112,7 @@ pub struct ImageInfo {
 }
 
 /// A container carrying `cairn.*` labels.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerInfo {
     pub id: String,
@@ -120,6 +125,7 @@ pub struct ContainerInfo {
 }
 
 /// What the agent sees of its container runtime.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RuntimeFacts {
     /// The engine answered.
@@ -128,6 +134,7 @@ pub enum RuntimeFacts {
     Unavailable { error: String },
 }
 
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct DockerFacts {
     pub engine_version: String,
