@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use cairn_shared::ids::HostId;
 use futures::future::BoxFuture;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
@@ -56,18 +55,9 @@ impl Provider for StaticProvider {
     }
 }
 
-/// A decision as admins see it.
-#[derive(Debug, Clone, Serialize)]
-pub struct LoggedDecision {
-    pub at_ms: u64,
-    pub pool: String,
-    pub action: String,
-    pub host: Option<HostId>,
-    pub count: Option<u32>,
-    pub reason: String,
-    /// What carrying it out gave: "ok" or the error.
-    pub outcome: String,
-}
+/// A decision as admins see it: the API model's type.
+pub use cairn_api::autoscaler::Decision as LoggedDecision;
+use cairn_api::autoscaler::ScaleAction;
 
 /// Most decisions kept for display.
 const LOG: usize = 200;
@@ -184,28 +174,28 @@ impl Autoscaler {
         let (action, host, count, reason, result) = match d {
             Decision::Create { count, reason } => {
                 let r = self.provider.create(pool, count).await;
-                ("create", None, Some(count), reason, r)
+                (ScaleAction::Create, None, Some(count), reason, r)
             }
             Decision::Undrain { host, reason } => {
                 let r = event(&host, PoolEvent::Undrain).await;
-                ("undrain", Some(host), None, reason, r)
+                (ScaleAction::Undrain, Some(host), None, reason, r)
             }
             Decision::Drain { host, reason } => {
                 let r = event(&host, PoolEvent::Drain { deadline_ms: None }).await;
-                ("drain", Some(host), None, reason, r)
+                (ScaleAction::Drain, Some(host), None, reason, r)
             }
             Decision::Remove { host, reason } => {
                 let mut r = event(&host, PoolEvent::Remove).await;
                 if r.is_ok() {
                     r = self.provider.destroy(&host).await;
                 }
-                ("remove", Some(host), None, reason, r)
+                (ScaleAction::Remove, Some(host), None, reason, r)
             }
         };
         self.record(LoggedDecision {
             at_ms: now_ms,
             pool: pool.to_string(),
-            action: action.into(),
+            action,
             host,
             count,
             reason,
