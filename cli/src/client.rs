@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::Settings;
-use crate::error::{one_line, ApiError, Error, FieldError};
+use cairn_api::error::ErrorBody;
+use cairn_api::session::Login;
+
+use crate::error::{one_line, ApiError, Error};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -222,8 +224,11 @@ impl Client {
         password: &str,
         description: &str,
     ) -> Result<Value, Error> {
-        let body =
-            serde_json::json!({"user": user, "password": password, "description": description});
+        let body = body(&Login {
+            user: user.into(),
+            password: password.into(),
+            description: description.into(),
+        })?;
         let resp = self
             .send(
                 Method::POST,
@@ -259,6 +264,11 @@ pub fn parse<T: DeserializeOwned>(v: &Value, what: &str) -> Result<T, Error> {
     })
 }
 
+/// A typed request body as the JSON the client sends.
+pub fn body<T: serde::Serialize>(b: &T) -> Result<Value, Error> {
+    serde_json::to_value(b).map_err(|e| Error::Http(format!("cannot encode the request: {e}")))
+}
+
 /// Checks a base URL: plain `http://` (this build has no TLS), with a host.
 pub fn parse_base_url(url: &str) -> Result<Url, Error> {
     let u = Url::parse(url).map_err(|e| {
@@ -279,25 +289,10 @@ pub fn parse_base_url(url: &str) -> Result<Url, Error> {
     }
 }
 
-#[derive(Deserialize)]
-struct ErrorEnvelope {
-    error: ErrorDetail,
-}
-
-#[derive(Deserialize)]
-struct ErrorDetail {
-    #[serde(default)]
-    code: String,
-    #[serde(default)]
-    message: String,
-    #[serde(default)]
-    fields: Vec<FieldError>,
-}
-
 /// The API error in an error answer, or a stand-in made from the status and the first
 /// line of the body when the body is not the API's error JSON.
 pub fn api_error(status: u16, reason: &str, body: &str) -> ApiError {
-    if let Ok(ErrorEnvelope { error }) = serde_json::from_str::<ErrorEnvelope>(body) {
+    if let Ok(ErrorBody { error }) = serde_json::from_str::<ErrorBody>(body) {
         return ApiError {
             status,
             code: if error.code.is_empty() {

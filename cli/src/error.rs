@@ -7,8 +7,6 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
-
 /// Exit codes of `cairn` (2, bad usage, is clap's own).
 pub mod exit {
     pub const OTHER: u8 = 1;
@@ -22,11 +20,7 @@ pub mod exit {
 }
 
 /// One problem with one field of a request body, as the API reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
+pub use cairn_api::error::FieldError;
 
 /// An error answer of the API: `{"error": {"code", "message", "fields"?}}` and its status.
 #[derive(Debug, Clone, PartialEq, Eq)]

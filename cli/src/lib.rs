@@ -4,8 +4,8 @@
 //!
 //! * [`args`] — the command line (clap).
 //! * [`config`] — where the URL and token come from; the config file `login` writes.
-//! * [`client`] — the typed HTTP client over the REST API.
-//! * [`model`] — the API's JSON shapes, parsed leniently.
+//! * [`client`] — the HTTP client over the REST API; answers are read into the API
+//!   model's types (`cairn_api`).
 //! * [`output`] — tables, human units, and `--json`.
 //! * [`commands`] — one module per command group.
 //! * [`error`] — failures, their one-line messages, and the exit-code mapping.
@@ -16,7 +16,6 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod error;
-pub mod model;
 pub mod output;
 
 pub use args::Cli;

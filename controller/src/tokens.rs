@@ -104,6 +104,38 @@ pub struct CreatedToken {
     pub record: JoinToken,
 }
 
+/// A join token as the API lists it: without its secret's hash.
+impl From<JoinToken> for cairn_api::join_tokens::JoinTokenView {
+    fn from(t: JoinToken) -> Self {
+        cairn_api::join_tokens::JoinTokenView {
+            id: t.id,
+            description: t.description,
+            created_ms: t.created_ms,
+            expires_ms: t.expires_ms,
+            max_uses: t.max_uses,
+            uses: t.uses,
+            used_by: t.used_by,
+        }
+    }
+}
+
+impl CreatedToken {
+    /// The answer that shows the secret, once, with the CA fingerprint a joining
+    /// host pins.
+    pub fn view(
+        self,
+        ca: &cairn_shared::identity::Fingerprint,
+    ) -> cairn_api::join_tokens::CreatedTokenView {
+        cairn_api::join_tokens::CreatedTokenView {
+            token: self.token,
+            id: self.record.id,
+            expires_ms: self.record.expires_ms,
+            uses: self.record.max_uses,
+            ca_sha256: ca.to_string(),
+        }
+    }
+}
+
 /// Join tokens in the store.
 #[derive(Debug)]
 pub struct TokenStore {

@@ -20,6 +20,7 @@ pub struct IdError {
 
 /// A host's identity: the subject of its client certificate, `h-` followed by 16
 /// lowercase hex digits.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct HostId(String);
@@ -83,6 +84,7 @@ impl fmt::Debug for HostId {
 }
 
 /// An instance's identity: `i-` followed by 16 lowercase hex digits.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct InstanceId(String);

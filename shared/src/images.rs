@@ -21,6 +21,7 @@ pub const MAX_PULLS: usize = 256;
 pub const MAX_REFERENCE: usize = 512;
 
 /// Where the bytes of an image come from.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ImageSource {
     /// Already on the host, put there by the operator (blueprint `pull = "never"`,
@@ -104,6 +105,7 @@ impl Validate for ImageSpec {
 }
 
 /// Where one pull stands.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PullPhase {
     /// Waiting for a free pull slot.
@@ -119,6 +121,7 @@ pub enum PullPhase {
 }
 
 /// Progress of one image pull (or archive fetch) on a host.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PullProgress {
     pub reference: String,

@@ -13,14 +13,22 @@
 //! * [`reference`] — image references (`[REGISTRY/]REPO[:TAG][@DIGEST]`), parsed and
 //!   normalised as Docker does.
 //! * [`validate`] — bounds checks every input crosses before it is trusted.
+//!
+//! `identity`, `framing` and the quinn helpers of `protocol` need the `link` feature
+//! (on by default), `process` the `process` feature: without them the crate is plain
+//! data with no QUIC/TLS dependency, for the REST API model and the CLI. The
+//! `schema` feature derives OpenAPI schemas for the types the REST API shows.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+#[cfg(feature = "link")]
 pub mod framing;
 pub mod fsutil;
+#[cfg(feature = "link")]
 pub mod identity;
 pub mod ids;
 pub mod images;
+#[cfg(feature = "process")]
 pub mod process;
 pub mod protocol;
 pub mod reference;

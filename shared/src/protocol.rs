@@ -95,6 +95,7 @@ impl CloseCode {
     }
 }
 
+#[cfg(feature = "link")]
 impl From<CloseCode> for quinn::VarInt {
     fn from(c: CloseCode) -> Self {
         quinn::VarInt::from_u32(c as u32)
@@ -299,6 +300,7 @@ pub enum AgentResponse {
 }
 
 /// Describes why a connection ended, in words an operator can act on.
+#[cfg(feature = "link")]
 pub fn describe_connection_error(err: &quinn::ConnectionError) -> String {
     use quinn::ConnectionError as E;
     match err {
@@ -322,6 +324,7 @@ pub fn describe_connection_error(err: &quinn::ConnectionError) -> String {
 }
 
 /// The close code and reason of an application close, if that is how it ended.
+#[cfg(feature = "link")]
 pub fn application_close(err: &quinn::ConnectionError) -> Option<(Option<CloseCode>, String)> {
     match err {
         quinn::ConnectionError::ApplicationClosed(c) => Some((

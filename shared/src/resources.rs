@@ -15,6 +15,7 @@ pub const MAX_CONTAINERS: usize = 2048;
 const MAX_TEXT: usize = 512;
 
 /// Facts about a host that change rarely; sent once per connection in the Hello.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct HostFacts {
     pub hostname: String,
@@ -49,6 +50,7 @@ impl Validate for HostFacts {
 /// Whether the host fences its instances off from itself and from the cloud
 /// metadata address (the agent's packet filter rules).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Isolation {
     /// Not known yet: the runtime is still being prepared, or the agent runs no
@@ -77,6 +79,7 @@ impl Validate for Isolation {
 }
 
 /// Space on one file system.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct DiskUsage {
     pub total_bytes: u64,
@@ -84,6 +87,7 @@ pub struct DiskUsage {
 }
 
 /// What a host can hold and how busy it is; sent in every heartbeat.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Capacity {
     pub cpus: u32,
@@ -126,6 +130,7 @@ impl Validate for Capacity {
 }
 
 /// An image present in the host's Docker Engine.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageInfo {
     pub id: String,
@@ -138,6 +143,7 @@ pub struct ImageInfo {
 }
 
 /// A container carrying `cairn.*` labels.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerInfo {
     pub id: String,
@@ -150,6 +156,7 @@ pub struct ContainerInfo {
 }
 
 /// What the agent sees of its container runtime.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RuntimeFacts {
     /// The engine answered.
@@ -158,6 +165,7 @@ pub enum RuntimeFacts {
     Unavailable { error: String },
 }
 
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct DockerFacts {
     pub engine_version: String,

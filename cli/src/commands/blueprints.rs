@@ -13,8 +13,11 @@ use serde_json::Value;
 use super::Ctx;
 use crate::client::parse;
 use crate::error::Error;
-use crate::model::{Blueprint, Refreshed, Revision};
 use crate::output::{self, Table};
+use cairn_api::blueprints::{
+    BlueprintRecord as Blueprint, BlueprintSpec, Prepull, PullPolicy, Refreshed, Revision,
+};
+use cairn_api::ImageSource;
 
 pub async fn list(ctx: &Ctx) -> Result<(), Error> {
     let v = ctx.client.get(&["blueprints"]).await?;
@@ -42,7 +45,7 @@ pub async fn create(ctx: &Ctx, file: &Path) -> Result<(), Error> {
         let b: Blueprint = parse(&v, "the new blueprint")?;
         Ok(format!(
             "created blueprint {} (revision {})\n",
-            output::clean(&b.name),
+            output::clean(&b.spec.name),
             b.revision
         ))
     })
@@ -58,7 +61,7 @@ pub async fn edit(ctx: &Ctx, name: &str, file: &Path) -> Result<(), Error> {
         let b: Blueprint = parse(&v, "the blueprint")?;
         Ok(format!(
             "updated blueprint {} (now revision {})\n",
-            output::clean(&b.name),
+            output::clean(&b.spec.name),
             b.revision
         ))
     })
@@ -71,7 +74,7 @@ pub async fn set_enabled(ctx: &Ctx, name: &str, enabled: bool) -> Result<(), Err
         let b: Blueprint = parse(&v, "the blueprint")?;
         Ok(format!(
             "blueprint {} {verb}d (revision {})\n",
-            output::clean(&b.name),
+            output::clean(&b.spec.name),
             b.revision
         ))
     })
@@ -92,60 +95,44 @@ pub async fn refresh(ctx: &Ctx, name: &str) -> Result<(), Error> {
 /// `NAME: REFERENCE (revision N)`, or `NAME: unchanged (REFERENCE, revision N)`.
 pub fn render_refresh(r: &Refreshed) -> String {
     let b = &r.blueprint;
-    let reference = output::clean(resolved_reference(b));
+    let reference = output::clean(b.spec.run_image());
     if r.changed {
         format!(
             "{}: {reference} (revision {})\n",
-            output::clean(&b.name),
+            output::clean(&b.spec.name),
             b.revision
         )
     } else {
         format!(
             "{}: unchanged ({reference}, revision {})\n",
-            output::clean(&b.name),
+            output::clean(&b.spec.name),
             b.revision
         )
     }
 }
 
-/// What instances of `b` run: the resolved reference, else the image as written.
-fn resolved_reference(b: &Blueprint) -> &str {
-    b.resolved
-        .as_ref()
-        .map(|r| r.reference.as_str())
-        .filter(|r| !r.is_empty())
-        .unwrap_or(&b.image)
-}
-
-fn pull(b: &Blueprint) -> String {
-    match b.pull.as_str() {
-        "never" => "never (the image is already on every host)".into(),
-        "" | "registry" => "registry".into(),
-        other => output::clean(other),
+fn pull(p: PullPolicy) -> String {
+    match p {
+        PullPolicy::Never => "never (the image is already on every host)".into(),
+        PullPolicy::Registry => "registry".into(),
     }
 }
 
-fn prepull(v: &Value) -> String {
-    match v {
-        Value::String(s) => output::clean(s),
-        Value::Object(m) => match m.get("hosts").and_then(Value::as_u64) {
-            Some(1) => "1 host".into(),
-            Some(n) => format!("{n} hosts"),
-            None => "-".into(),
-        },
-        _ => "-".into(),
+fn prepull(p: Prepull) -> String {
+    match p {
+        Prepull::Hosts(1) => "1 host".into(),
+        Prepull::Hosts(n) => format!("{n} hosts"),
+        other => other.to_string(),
     }
 }
 
-fn resolved(b: &Blueprint, now_ms: u64) -> String {
+fn resolved(b: &BlueprintSpec, now_ms: u64) -> String {
     match &b.resolved {
         Some(r) if !r.reference.is_empty() => {
             let how = match &r.source {
-                Value::String(s) if s == "Host" => "as on each host".to_string(),
-                Value::Object(m) if m.contains_key("Controller") => {
-                    "uploaded to the controller".to_string()
-                }
-                _ => "from the registry".to_string(),
+                ImageSource::Host => "as on each host",
+                ImageSource::Controller { .. } => "uploaded to the controller",
+                ImageSource::Registry => "from the registry",
             };
             format!(
                 "{} ({how}, resolved {})",
@@ -247,34 +234,20 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-fn cpus(c: Option<f64>) -> String {
-    c.map_or_else(|| "-".into(), |c| format!("{c}"))
+fn cpus(c: f64) -> String {
+    format!("{c}")
 }
 
-fn memory(mib: Option<u64>) -> String {
-    mib.map_or_else(
-        || "-".into(),
-        |m| output::bytes(m.saturating_mul(1024 * 1024)),
-    )
+fn memory(mib: u64) -> String {
+    output::bytes(mib.saturating_mul(1024 * 1024))
 }
 
-fn lifetime(secs: Option<u64>) -> String {
-    secs.map_or_else(
-        || "-".into(),
-        |s| output::duration_ms(s.saturating_mul(1000)),
-    )
+fn lifetime(secs: u64) -> String {
+    output::duration_ms(secs.saturating_mul(1000))
 }
 
 fn status(enabled: bool) -> String {
     if enabled { "enabled" } else { "disabled" }.into()
-}
-
-fn or_dash(s: &str) -> String {
-    if s.is_empty() {
-        "-".into()
-    } else {
-        s.into()
-    }
 }
 
 /// The `blueprints ls` table.
@@ -294,10 +267,11 @@ pub fn render_list(bps: &[Blueprint]) -> String {
         "DESCRIPTION",
     ]);
     for b in bps {
+        let (rev, b) = (b.revision, &b.spec);
         t.row(vec![
             b.name.clone(),
-            b.revision.to_string(),
-            or_dash(&b.app),
+            rev.to_string(),
+            b.app.to_string(),
             b.image.clone(),
             cpus(b.cpus),
             memory(b.memory_mib),
@@ -320,11 +294,9 @@ fn pairs(map: &std::collections::BTreeMap<String, String>) -> String {
 }
 
 /// `blueprints show`.
-pub fn render_detail(b: &Blueprint, now_ms: u64) -> String {
-    let app = match b.app_port {
-        Some(p) => format!("{} on port {p}", or_dash(&b.app)),
-        None => or_dash(&b.app),
-    };
+pub fn render_detail(record: &Blueprint, now_ms: u64) -> String {
+    let b = &record.spec;
+    let app = format!("{} on port {}", b.app, b.app_port);
     let command = match &b.command {
         Some(c) => serde_json::to_string(c).unwrap_or_default(),
         None => "(the image's own)".into(),
@@ -335,26 +307,22 @@ pub fn render_detail(b: &Blueprint, now_ms: u64) -> String {
             "revision",
             format!(
                 "{} (saved {})",
-                b.revision,
-                output::ago(now_ms, b.updated_ms)
+                record.revision,
+                output::ago(now_ms, record.updated_ms)
             ),
         ),
         ("status", status(b.enabled)),
         ("description", b.description.clone()),
         ("image", b.image.clone()),
         ("resolved", resolved(b, now_ms)),
-        ("pull", pull(b)),
-        ("prepull", prepull(&b.prepull)),
+        ("pull", pull(b.pull)),
+        ("prepull", prepull(b.prepull)),
         ("app", app),
         ("command", command),
         ("cpus", cpus(b.cpus)),
         ("memory", memory(b.memory_mib)),
         ("max lifetime", lifetime(b.max_lifetime_secs)),
-        (
-            "max per user",
-            b.max_instances_per_user
-                .map_or_else(|| "-".into(), |n| n.to_string()),
-        ),
+        ("max per user", b.max_instances_per_user.to_string()),
         ("env", pairs(&b.env)),
         ("placement", pairs(&b.placement)),
     ])
@@ -373,7 +341,7 @@ pub fn render_history(revs: &[Revision], now_ms: u64) -> String {
             r.revision.to_string(),
             output::ago(now_ms, r.saved_ms),
             status(s.enabled),
-            or_dash(&s.app),
+            s.app.to_string(),
             s.image.clone(),
             cpus(s.cpus),
             memory(s.memory_mib),
@@ -386,6 +354,7 @@ pub fn render_history(revs: &[Revision], now_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_api::blueprints::AppKind;
     use serde_json::json;
 
     const TOML: &str = r#"
@@ -454,13 +423,13 @@ zone = "a"
     #[test]
     fn list_renders_a_table() {
         let mut off = sample();
-        off.name = "r".into();
-        off.enabled = false;
-        off.app = "rstudio".into();
-        off.description = String::new();
-        off.memory_mib = Some(4096);
-        off.cpus = Some(2.0);
-        off.max_lifetime_secs = Some(30 * 86_400);
+        off.spec.name = "r".into();
+        off.spec.enabled = false;
+        off.spec.app = AppKind::Rstudio;
+        off.spec.description = String::new();
+        off.spec.memory_mib = 4096;
+        off.spec.cpus = 2.0;
+        off.spec.max_lifetime_secs = 30 * 86_400;
         assert_eq!(
             render_list(&[sample(), off]),
             "NAME     REV   APP       IMAGE   CPUS   MEMORY    LIFETIME   STATUS     DESCRIPTION\n\
@@ -492,9 +461,9 @@ zone = "a"
     #[test]
     fn show_renders_the_resolved_image() {
         let mut b = sample();
-        b.pull = "registry".into();
-        b.prepull = json!({"hosts": 2});
-        b.resolved = serde_json::from_value(json!({
+        b.spec.pull = PullPolicy::Registry;
+        b.spec.prepull = Prepull::Hosts(2);
+        b.spec.resolved = serde_json::from_value(json!({
             "reference": "127.0.0.1:5000/course/python@sha256:abc",
             "source": "Registry", "resolved_ms": 50_000}))
         .unwrap();
@@ -509,8 +478,8 @@ zone = "a"
         assert!(text.contains("prepull:       2 hosts\n"), "{text}");
         // An old record without resolution, and pull = never.
         let mut old = sample();
-        old.pull = "never".into();
-        old.prepull = json!("none");
+        old.spec.pull = PullPolicy::Never;
+        old.spec.prepull = Prepull::None;
         let text = render_detail(&old, 110_000);
         assert!(text.contains("resolved:      - (not resolved"), "{text}");
         assert!(text.contains("pull:          never"), "{text}");
@@ -521,7 +490,7 @@ zone = "a"
     fn refresh_says_what_changed() {
         let mut b = sample();
         b.revision = 3;
-        b.resolved = serde_json::from_value(
+        b.spec.resolved = serde_json::from_value(
             json!({"reference": "r/x@sha256:1", "source": "Registry", "resolved_ms": 1}),
         )
         .unwrap();
@@ -549,7 +518,7 @@ zone = "a"
             .map(|n| Revision {
                 revision: n,
                 saved_ms: u64::from(n) * 1000,
-                spec: sample(),
+                spec: sample().spec,
             })
             .collect();
         let text = render_history(&revs, 10_000);

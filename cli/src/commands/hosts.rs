@@ -2,10 +2,10 @@
 //! the pool requests drain, undrain and remove (admins).
 
 use super::Ctx;
-use crate::client::parse;
+use crate::client::{body, parse};
 use crate::error::Error;
-use crate::model::Host;
 use crate::output::{self, Table};
+use cairn_api::hosts::{Drain, HostView as Host};
 
 pub async fn list(ctx: &Ctx) -> Result<(), Error> {
     let v = ctx.client.get(&["hosts"]).await?;
@@ -21,11 +21,10 @@ pub async fn drain(
     id: &str,
     deadline: Option<std::time::Duration>,
 ) -> Result<(), Error> {
-    let body = serde_json::json!({ "deadline_secs": deadline.map(|d| d.as_secs()) });
-    let v = ctx
-        .client
-        .post(&["hosts", id, "drain"], Some(&body))
-        .await?;
+    let req = body(&Drain {
+        deadline_secs: deadline.map(|d| d.as_secs()),
+    })?;
+    let v = ctx.client.post(&["hosts", id, "drain"], Some(&req)).await?;
     emit_standing(ctx, &v)
 }
 
@@ -33,11 +32,7 @@ pub async fn drain(
 fn emit_standing(ctx: &Ctx, v: &serde_json::Value) -> Result<(), Error> {
     ctx.emit(v, || {
         let h: Host = parse(v, "the host")?;
-        Ok(format!(
-            "host {} is {}\n",
-            output::clean(&h.id),
-            output::clean(&h.standing())
-        ))
+        Ok(format!("host {} is {}\n", h.id, h.pool.standing))
     })
 }
 
@@ -52,7 +47,7 @@ pub async fn remove(ctx: &Ctx, id: &str) -> Result<(), Error> {
     let v = ctx.client.delete(&["hosts", id]).await?;
     ctx.emit(&v, || {
         let h: Host = parse(&v, "the host")?;
-        Ok(format!("host {} removed\n", output::clean(&h.id)))
+        Ok(format!("host {} removed\n", h.id))
     })
 }
 
@@ -95,10 +90,10 @@ pub fn render(hosts: &[Host], now_ms: u64) -> String {
                 .join(",")
         };
         t.row(vec![
-            h.id.clone(),
+            h.id.to_string(),
             h.hostname.clone(),
-            h.state.clone(),
-            h.standing(),
+            h.state.to_string(),
+            h.pool.standing.to_string(),
             cpus,
             mem,
             output::ago(now_ms, h.last_seen_ms),
@@ -112,7 +107,7 @@ pub fn render(hosts: &[Host], now_ms: u64) -> String {
 /// `-`, `2 pulling`, `1 pulling, 1 failed`: details are on the Hosts page and in
 /// `--json`.
 fn pulls(h: &Host) -> String {
-    let failed = h.pulls.iter().filter(|p| p.failed()).count();
+    let failed = h.failed_pulls();
     let active = h.pulls.len() - failed;
     match (active, failed) {
         (0, 0) => "-".into(),
@@ -129,6 +124,10 @@ mod tests {
 
     #[test]
     fn hosts_render_with_human_units_and_ages() {
+        let pull = |reference: &str, phase: serde_json::Value| {
+            json!({"reference":reference,"phase":phase,"attempt":1,"layers_done":0,"layers_total":2,
+                   "bytes_done":0,"bytes_total":0,"prepull":true})
+        };
         let hosts: Vec<Host> = serde_json::from_value(json!([
             {"id":"h-0123456789abcdef","hostname":"node1","state":"active","state_since_ms":1,
              "state_reason":"hello","last_seen_ms":99_000,"connected":true,"enrolled_ms":1,
@@ -136,11 +135,15 @@ mod tests {
              "capacity":{"cpus":2,"memory_total_bytes":25_769_803_776u64,"memory_available_bytes":8_270_000_000u64,
                          "load_average":[0.1,0.2,0.3],"docker_disk":null,"state_disk":null},
              "runtime":null,"cert_not_after_unix":0,"remote_addr":"127.0.0.1:5000","transitions":[],
-             "pool":{"standing":{"state":"quarantined","until_ms":5},"consecutive_failures":3},
-             "pulls":[{"reference":"r/a@sha256:1","phase":"Pulling"},
-                      {"reference":"r/b@sha256:2","phase":{"Failed":{"error":"unreachable"}}}]},
-            {"id":"h-fedcba9876543210","hostname":"node2","state":"joining","last_seen_ms":0,
-             "labels":{},"capacity":null}
+             "pool":{"standing":{"state":"quarantined","until_ms":5},"consecutive_failures":3,
+                     "quarantines":1,"last_failure":"disk full"},
+             "pool_history":[],
+             "pulls":[pull("r/a@sha256:1", json!("Pulling")),
+                      pull("r/b@sha256:2", json!({"Failed":{"error":"unreachable"}}))]},
+            {"id":"h-fedcba9876543210","hostname":"node2","state":"joining","state_since_ms":0,
+             "state_reason":null,"last_seen_ms":0,"connected":false,"enrolled_ms":0,"labels":{},
+             "facts":null,"capacity":null,"runtime":null,"cert_not_after_unix":0,"remote_addr":null,
+             "transitions":[],"pool":{"standing":{"state":"open"}},"pool_history":[],"pulls":[]}
         ]))
         .unwrap();
         assert_eq!(

@@ -14,14 +14,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, ReadBuf};
 
 use super::Ctx;
-use crate::client::parse;
+use crate::client::{body, parse};
 use crate::error::{ApiError, Error};
-use crate::model::{Image, Upload};
 use crate::output::{self, Table};
+use cairn_api::images::{CreateUpload, ImageRecord as Image, UploadAnswer as Upload};
 
 /// Bytes per `PATCH` request: big enough that requests cost nothing, small enough that
 /// a broken one loses little.
@@ -65,7 +65,7 @@ pub async fn remove(ctx: &Ctx, which: &str) -> Result<(), Error> {
 }
 
 fn is_hash(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    cairn_shared::images::is_archive_hash(s)
 }
 
 /// The one image `which` names: by tag, or by a prefix of its archive hash or image
@@ -189,7 +189,10 @@ async fn begin(ctx: &Ctx, hash: &str, size: u64) -> Result<Upload, Error> {
         .client
         .post(
             &["images", "uploads"],
-            Some(&json!({"size_bytes": size, "blake3": hash})),
+            Some(&body(&CreateUpload {
+                size_bytes: size,
+                blake3: hash.to_string(),
+            })?),
         )
         .await?;
     parse(&v, "the upload")
@@ -348,17 +351,11 @@ fn check_header(head: &[u8]) -> Result<(), String> {
 async fn hash_file(file: &Path) -> Result<String, Error> {
     let path = file.to_path_buf();
     let shown = file.display().to_string();
-    // The same hash as `cairn_shared::images::blake3_file`; the CLI does not link the
-    // shared crate (QUIC and TLS it never uses).
-    tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        let f = std::fs::File::open(&path)?;
-        let mut h = blake3::Hasher::new();
-        h.update_reader(std::io::BufReader::with_capacity(READ_SIZE, f))?;
-        Ok(h.finalize().to_hex().to_string())
-    })
-    .await
-    .map_err(|e| Error::Http(format!("hashing {shown}: {e}")))?
-    .map_err(Error::io(format!("cannot read {shown}")))
+    // The hash the controller checks and the agent verifies.
+    tokio::task::spawn_blocking(move || cairn_shared::images::blake3_file(&path))
+        .await
+        .map_err(|e| Error::Http(format!("hashing {shown}: {e}")))?
+        .map_err(Error::io(format!("cannot read {shown}")))
 }
 
 /// Upload progress on stderr, when stderr is a terminal: one line, redrawn at most

@@ -7,13 +7,13 @@
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::Ctx;
-use crate::client::{parse, Client};
+use crate::client::{body, parse, Client};
 use crate::error::Error;
-use crate::model::Instance;
 use crate::output::{self, Table};
+use cairn_api::instances::{InstanceState, InstanceView as Instance, Launch};
 
 /// How often `launch --wait` asks.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -21,13 +21,13 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 pub async fn launch(ctx: &Ctx, blueprint: &str, wait: Option<Duration>) -> Result<(), Error> {
     let v = ctx
         .client
-        .post(&["instances"], Some(&launch_body(blueprint)))
+        .post(&["instances"], Some(&launch_body(blueprint)?))
         .await?;
     let inst: Instance = parse(&v, "the new instance")?;
     let Some(timeout) = wait else {
         return ctx.emit(&v, || {
-            let mut s = state_line(&inst.id, &inst.state, None);
-            if inst.state == "running" {
+            let mut s = state_line(inst.id.as_str(), inst.state.as_str(), None);
+            if inst.state == InstanceState::Running {
                 s.push_str(&render_access(&inst, &ctx.client));
             }
             Ok(s)
@@ -63,13 +63,13 @@ pub async fn launch(ctx: &Ctx, blueprint: &str, wait: Option<Duration>) -> Resul
         }
         if Instant::now() >= deadline {
             return Err(Error::WaitTimeout {
-                id: inst.id.clone(),
-                state: inst.state.clone(),
+                id: inst.id.to_string(),
+                state: inst.state.to_string(),
                 waited: humantime::format_duration(timeout).to_string(),
             });
         }
         tokio::time::sleep(POLL_INTERVAL).await;
-        v = ctx.client.get(&["instances", &inst.id]).await?;
+        v = ctx.client.get(&["instances", inst.id.as_str()]).await?;
         inst = parse(&v, "the instance")?;
         progress(tracker.update(&inst))?;
     }
@@ -99,7 +99,7 @@ pub async fn stop(ctx: &Ctx, id: &str) -> Result<(), Error> {
         .await?;
     ctx.emit(&v, || {
         let inst: Instance = parse(&v, "the instance")?;
-        Ok(state_line(&inst.id, &inst.state, None))
+        Ok(state_line(inst.id.as_str(), inst.state.as_str(), None))
     })
 }
 
@@ -132,14 +132,16 @@ pub enum Outcome {
 
 /// Whether an instance being waited for has arrived, is on its way, or never will.
 pub fn outcome(i: &Instance) -> Outcome {
-    match i.state.as_str() {
-        "running" => Outcome::Running,
-        "failed" | "stopping" | "stopped" => Outcome::Failed(Error::InstanceFailed {
-            id: i.id.clone(),
-            state: i.state.clone(),
+    if i.state == InstanceState::Running {
+        Outcome::Running
+    } else if i.state.is_over() {
+        Outcome::Failed(Error::InstanceFailed {
+            id: i.id.to_string(),
+            state: i.state.to_string(),
             reason: reason(i).unwrap_or_else(|| "no reason given".into()),
-        }),
-        _ => Outcome::Pending,
+        })
+    } else {
+        Outcome::Pending
     }
 }
 
@@ -160,7 +162,7 @@ fn reason(i: &Instance) -> Option<String> {
 #[derive(Debug, Clone)]
 pub struct Progress {
     seen_transitions: usize,
-    last_state: String,
+    last_state: InstanceState,
 }
 
 impl Progress {
@@ -168,9 +170,16 @@ impl Progress {
     pub fn start(i: &Instance) -> (Self, Vec<String>) {
         let p = Progress {
             seen_transitions: i.transitions.len(),
-            last_state: i.state.clone(),
+            last_state: i.state,
         };
-        (p, vec![state_line(&i.id, &i.state, reason(i).as_deref())])
+        (
+            p,
+            vec![state_line(
+                i.id.as_str(),
+                i.state.as_str(),
+                reason(i).as_deref(),
+            )],
+        )
     }
 
     /// The lines for what happened since the last look.
@@ -180,14 +189,22 @@ impl Progress {
         self.seen_transitions = self.seen_transitions.min(i.transitions.len());
         for t in &i.transitions[self.seen_transitions..] {
             if t.state != self.last_state {
-                lines.push(state_line(&i.id, &t.state, t.reason.as_deref()));
-                self.last_state = t.state.clone();
+                lines.push(state_line(
+                    i.id.as_str(),
+                    t.state.as_str(),
+                    t.reason.as_deref(),
+                ));
+                self.last_state = t.state;
             }
         }
         self.seen_transitions = i.transitions.len();
         if i.state != self.last_state {
-            lines.push(state_line(&i.id, &i.state, i.state_reason.as_deref()));
-            self.last_state = i.state.clone();
+            lines.push(state_line(
+                i.id.as_str(),
+                i.state.as_str(),
+                i.state_reason.as_deref(),
+            ));
+            self.last_state = i.state;
         }
         lines
     }
@@ -195,20 +212,18 @@ impl Progress {
 
 /// How to reach a running instance's app.
 pub fn render_access(i: &Instance, client: &Client) -> String {
-    let mut head = format!("{} {}", output::clean(&i.id), output::clean(&i.state));
+    let mut head = format!("{} {}", i.id, i.state);
     if let Some(h) = &i.host {
-        head.push_str(&format!(" on {}", output::clean(h)));
+        head.push_str(&format!(" on {h}"));
     }
     head.push('\n');
-    let Some(app) = &i.app else {
-        return head;
-    };
+    let app = &i.app;
     let mut pairs = vec![];
-    if let Some(k) = app.kind.as_ref().filter(|k| !k.is_empty()) {
-        pairs.push(("app", k.clone()));
+    if let Some(k) = app.kind {
+        pairs.push(("app", k.to_string()));
     }
-    if let Some(u) = &app.url {
-        pairs.push(("url", client.absolute(u)));
+    if !app.url.is_empty() {
+        pairs.push(("url", client.absolute(&app.url)));
     }
     if let Some(t) = &app.token {
         pairs.push(("token", t.clone()));
@@ -234,82 +249,128 @@ pub fn render_ps(list: &[Instance], all: bool, now_ms: u64) -> String {
     }
     let mut t = Table::new(&headers);
     for i in list {
-        let age = i.created_ms.map_or_else(
-            || "-".into(),
-            |c| output::duration_ms(now_ms.saturating_sub(c)),
-        );
-        let left = time_left(i, now_ms);
+        let age = output::duration_ms(now_ms.saturating_sub(i.created_ms));
+        let left = time_left(i);
         let mut row = vec![
-            i.id.clone(),
-            i.blueprint.clone().unwrap_or_else(|| "-".into()),
-            i.state.clone(),
-            i.host.clone().unwrap_or_else(|| "-".into()),
+            i.id.to_string(),
+            i.blueprint.clone(),
+            i.state.to_string(),
+            i.host
+                .as_ref()
+                .map_or_else(|| "-".into(), |h| h.to_string()),
             age,
             left,
         ];
         if all {
-            row.push(i.owner.clone().unwrap_or_else(|| "-".into()));
+            row.push(i.owner.clone());
         }
         t.row(row);
     }
     t.render()
 }
 
-/// What is left of an instance's lifetime: the controller's `time_left_secs` if it
-/// sent one, else `expires_ms` against our clock; `-` once the instance is over.
-pub fn time_left(i: &Instance, now_ms: u64) -> String {
-    if i.is_over() {
+/// What is left of an instance's lifetime, by the controller's count (immune to a
+/// skewed local clock); `-` once the instance is over.
+pub fn time_left(i: &Instance) -> String {
+    if i.state.is_over() {
         return "-".into();
     }
-    let left_ms = match (i.time_left_secs, i.expires_ms) {
-        (Some(s), _) => s.saturating_mul(1000),
-        (None, Some(e)) => e.saturating_sub(now_ms),
-        (None, None) => return "-".into(),
-    };
-    if left_ms == 0 {
-        "expired".into()
-    } else {
-        output::duration_ms(left_ms)
+    match i.time_left_secs {
+        0 => "expired".into(),
+        s => output::duration_ms(s.saturating_mul(1000)),
     }
 }
 
 /// The JSON an instance command sends (exposed for tests).
-pub fn launch_body(blueprint: &str) -> Value {
-    json!({ "blueprint": blueprint })
+pub fn launch_body(blueprint: &str) -> Result<Value, Error> {
+    body(&Launch {
+        blueprint: blueprint.into(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Settings, Source};
+    use cairn_api::instances::{AppView, Transition};
+    use cairn_api::{HostId, InstanceId};
+    use serde_json::json;
 
-    fn inst(v: Value) -> Instance {
-        serde_json::from_value(v).unwrap()
+    const I1: &str = "i-0000000000000001";
+
+    /// An instance in `state` with nothing else to say.
+    fn inst(id: &str, state: InstanceState) -> Instance {
+        Instance {
+            id: InstanceId::parse(id).unwrap(),
+            owner: "alice".into(),
+            blueprint: "python".into(),
+            revision: 1,
+            state,
+            state_reason: None,
+            host: None,
+            address: None,
+            created_ms: 0,
+            expires_ms: 0,
+            time_left_secs: 0,
+            transitions: vec![],
+            app: AppView {
+                kind: None,
+                url: format!("/i/{id}/"),
+                token: None,
+                password: None,
+            },
+            queue_position: None,
+        }
+    }
+
+    fn step(state: InstanceState, at_ms: u64, reason: &str) -> Transition {
+        Transition {
+            state,
+            at_ms,
+            reason: Some(reason.into()),
+        }
     }
 
     fn sample() -> Vec<Instance> {
-        serde_json::from_value(json!([
+        // As the controller sends it (the owner sees the app's token).
+        let first: Instance = serde_json::from_value(json!(
             {"id":"i-0123456789abcdef","owner":"alice","blueprint":"python","revision":2,"state":"running",
-             "state_reason":null,"host":"h-aaaa","created_ms":1_000_000,"expires_ms":1_000_000 + 3_600_000,
-             "transitions":[],"app":{"kind":"jupyter","url":"/i/i-0123456789abcdef/","token":"tok","password":null}},
-            {"id":"i-fedcba9876543210","owner":"bob","blueprint":"rstudio","state":"queued",
-             "host":null,"created_ms":1_590_000,"expires_ms":1_200_000},
-            {"id":"i-1111111111111111","owner":"bob","blueprint":"python","state":"failed",
-             "state_reason":"image not found","host":"h-bbbb","created_ms":400_000,"expires_ms":4_000_000},
-            {"id":"i-2222222222222222","state":"starting"}
-        ]))
-        .unwrap()
+             "state_reason":null,"host":"h-aaaaaaaaaaaaaaaa","address":"172.18.0.2:8888",
+             "created_ms":1_000_000,"expires_ms":1_000_000 + 3_600_000,"time_left_secs":3000,
+             "transitions":[],"app":{"kind":"jupyter","url":"/i/i-0123456789abcdef/","token":"tok"}}
+        ))
+        .unwrap();
+        let queued = Instance {
+            owner: "bob".into(),
+            blueprint: "rstudio".into(),
+            created_ms: 1_590_000,
+            ..inst("i-fedcba9876543210", InstanceState::Queued)
+        };
+        let failed = Instance {
+            owner: "bob".into(),
+            state_reason: Some("image not found".into()),
+            host: Some(HostId::parse("h-bbbbbbbbbbbbbbbb").unwrap()),
+            created_ms: 400_000,
+            ..inst("i-1111111111111111", InstanceState::Failed)
+        };
+        let starting = Instance {
+            owner: "carol".into(),
+            created_ms: 1_540_000,
+            time_left_secs: 60,
+            ..inst("i-2222222222222222", InstanceState::Starting)
+        };
+        vec![first, queued, failed, starting]
     }
 
     #[test]
     fn ps_renders_own_instances() {
         assert_eq!(
             render_ps(&sample(), false, 1_600_000),
-            "ID                   BLUEPRINT   STATE      HOST     AGE   TIME LEFT\n\
-             i-0123456789abcdef   python      running    h-aaaa   10m   50m\n\
-             i-fedcba9876543210   rstudio     queued     -        10s   expired\n\
-             i-1111111111111111   python      failed     h-bbbb   20m   -\n\
-             i-2222222222222222   -           starting   -        -     -\n"
+            "ID                   BLUEPRINT   STATE      HOST                 AGE   TIME LEFT\n\
+             i-0123456789abcdef   python      running    h-aaaaaaaaaaaaaaaa   10m   50m\n\
+             i-fedcba9876543210   rstudio     queued     -                    10s   expired\n\
+             i-1111111111111111   python      failed     h-bbbbbbbbbbbbbbbb   20m   -\n\
+             i-2222222222222222   python      starting   -                    1m    1m\n"
         );
     }
 
@@ -319,10 +380,10 @@ mod tests {
         let mut lines = text.lines();
         assert_eq!(
             lines.next().unwrap(),
-            "ID                   BLUEPRINT   STATE      HOST     AGE   TIME LEFT   OWNER"
+            "ID                   BLUEPRINT   STATE      HOST                 AGE   TIME LEFT   OWNER"
         );
         assert!(lines.next().unwrap().ends_with("50m         alice"));
-        assert!(lines.last().unwrap().ends_with("-           -"));
+        assert!(lines.last().unwrap().ends_with("1m          carol"));
         assert_eq!(
             render_ps(&[], false, 0),
             "no instances; start one with `cairn launch BLUEPRINT`\n"
@@ -330,65 +391,81 @@ mod tests {
     }
 
     #[test]
-    fn time_left_prefers_the_controllers_count() {
-        let i = inst(json!({"id":"i-1","state":"running","expires_ms":10_000,"time_left_secs":90}));
-        assert_eq!(time_left(&i, 0), "1m");
-        let i = inst(json!({"id":"i-1","state":"running","expires_ms":10_000}));
-        assert_eq!(time_left(&i, 4_000), "6s");
-        let i = inst(json!({"id":"i-1","state":"running","time_left_secs":0}));
-        assert_eq!(time_left(&i, 0), "expired");
-        let i = inst(json!({"id":"i-1","state":"stopped","time_left_secs":0}));
-        assert_eq!(time_left(&i, 0), "-");
+    fn time_left_is_the_controllers_count() {
+        let running = |secs| Instance {
+            time_left_secs: secs,
+            ..inst(I1, InstanceState::Running)
+        };
+        assert_eq!(time_left(&running(90)), "1m");
+        assert_eq!(time_left(&running(0)), "expired");
+        assert_eq!(time_left(&inst(I1, InstanceState::Stopped)), "-");
+        assert_eq!(time_left(&inst(I1, InstanceState::Stopping)), "-");
     }
 
     #[test]
     fn waiting_shows_every_state_once_even_between_polls() {
-        let launched = inst(json!({"id":"i-1","state":"queued",
-            "transitions":[{"state":"queued","at_ms":1,"reason":"launched"}]}));
+        let launched = Instance {
+            transitions: vec![step(InstanceState::Queued, 1, "launched")],
+            ..inst(I1, InstanceState::Queued)
+        };
         let (mut p, first) = Progress::start(&launched);
-        assert_eq!(first, ["i-1 queued: launched\n"]);
+        assert_eq!(first, [format!("{I1} queued: launched\n")]);
         // Two states passed between polls.
-        let later = inst(json!({"id":"i-1","state":"preparing","transitions":[
-            {"state":"queued","at_ms":1,"reason":"launched"},
-            {"state":"scheduled","at_ms":2,"reason":"placed on h-1"},
-            {"state":"preparing","at_ms":3,"reason":"pulling the image"}]}));
+        let later = Instance {
+            transitions: vec![
+                step(InstanceState::Queued, 1, "launched"),
+                step(InstanceState::Scheduled, 2, "placed on h-1"),
+                step(InstanceState::Preparing, 3, "pulling the image"),
+            ],
+            ..inst(I1, InstanceState::Preparing)
+        };
         assert_eq!(
             p.update(&later),
             [
-                "i-1 scheduled: placed on h-1\n",
-                "i-1 preparing: pulling the image\n"
+                format!("{I1} scheduled: placed on h-1\n"),
+                format!("{I1} preparing: pulling the image\n")
             ]
         );
         assert!(p.update(&later).is_empty(), "nothing new, nothing printed");
-        // A server without transitions: the state alone tells.
-        let bare = inst(json!({"id":"i-1","state":"running","state_reason":null}));
-        assert_eq!(p.update(&bare), ["i-1 running\n"]);
+        // A server that trimmed its transitions: the state alone tells.
+        let bare = inst(I1, InstanceState::Running);
+        assert_eq!(p.update(&bare), [format!("{I1} running\n")]);
     }
 
     #[test]
     fn outcomes_of_waiting() {
         assert!(matches!(
-            outcome(&inst(json!({"id":"i-1","state":"running"}))),
+            outcome(&inst(I1, InstanceState::Running)),
             Outcome::Running
         ));
         assert!(matches!(
-            outcome(&inst(json!({"id":"i-1","state":"preparing"}))),
+            outcome(&inst(I1, InstanceState::Preparing)),
             Outcome::Pending
         ));
-        match outcome(&inst(
-            json!({"id":"i-1","state":"failed","state_reason":"image not found"}),
-        )) {
+        let failed = Instance {
+            state_reason: Some("image not found".into()),
+            ..inst(I1, InstanceState::Failed)
+        };
+        match outcome(&failed) {
             Outcome::Failed(e) => {
-                assert_eq!(e.to_string(), "instance i-1 failed: image not found");
+                assert_eq!(
+                    e.to_string(),
+                    format!("instance {I1} failed: image not found")
+                );
                 assert_eq!(e.exit_code(), 1);
             }
             other => panic!("{other:?}"),
         }
-        match outcome(&inst(json!({"id":"i-1","state":"stopped",
-            "transitions":[{"state":"stopped","at_ms":1,"reason":"stopped by alice"}]})))
-        {
+        let stopped = Instance {
+            transitions: vec![step(InstanceState::Stopped, 1, "stopped by alice")],
+            ..inst(I1, InstanceState::Stopped)
+        };
+        match outcome(&stopped) {
             Outcome::Failed(e) => {
-                assert_eq!(e.to_string(), "instance i-1 stopped: stopped by alice")
+                assert_eq!(
+                    e.to_string(),
+                    format!("instance {I1} stopped: stopped by alice")
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -406,12 +483,15 @@ mod tests {
         .unwrap();
         assert_eq!(
             render_access(&sample()[0], &client),
-            "i-0123456789abcdef running on h-aaaa\n\
+            "i-0123456789abcdef running on h-aaaaaaaaaaaaaaaa\n\
              app:    jupyter\n\
              url:    http://cairn.example.org:7080/i/i-0123456789abcdef/\n\
              token:  tok\n"
         );
         assert_eq!(state_line("i-1", "stopping", Some(" ")), "i-1 stopping\n");
-        assert_eq!(launch_body("python"), json!({"blueprint": "python"}));
+        assert_eq!(
+            launch_body("python").unwrap(),
+            json!({"blueprint": "python"})
+        );
     }
 }

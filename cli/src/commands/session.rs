@@ -10,8 +10,9 @@ use super::{prompt, Ctx};
 use crate::client::parse;
 use crate::config::{self, ConfigFile, Source};
 use crate::error::Error;
-use crate::model::{LoginResponse, Principal};
 use crate::output;
+use cairn_api::session::LoginResponse;
+use cairn_api::users::Principal;
 
 /// What the token is recorded as on the controller.
 pub fn token_description() -> String {
@@ -80,7 +81,7 @@ pub async fn login(ctx: &Ctx, user: Option<String>, password_stdin: bool) -> Res
         "logged in to {} as {} ({})\ntoken saved in {}{expires}\n",
         ctx.client.url(),
         output::clean(&resp.user),
-        output::clean(&resp.role),
+        resp.role,
         ctx.config_path.display(),
     ))
 }
@@ -145,14 +146,10 @@ pub async fn whoami(ctx: &Ctx) -> Result<(), Error> {
 /// `alice (user) at URL`, or the bootstrap admin token's stand-in.
 pub fn render_whoami(p: &Principal, url: &str) -> String {
     match &p.user {
-        Some(u) => format!(
-            "{} ({}) at {url}\n",
-            output::clean(u),
-            output::clean(&p.role)
-        ),
+        Some(u) => format!("{} ({}) at {url}\n", output::clean(u), p.role),
         None => format!(
             "the controller's bootstrap admin token ({}) at {url}\n",
-            output::clean(&p.role)
+            p.role
         ),
     }
 }
@@ -160,12 +157,13 @@ pub fn render_whoami(p: &Principal, url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_api::users::Role;
 
     #[test]
     fn whoami_names_the_user_or_the_bootstrap_token() {
         let p = Principal {
             user: Some("alice".into()),
-            role: "user".into(),
+            role: Role::User,
             token_id: Some("t".into()),
         };
         assert_eq!(
@@ -174,7 +172,7 @@ mod tests {
         );
         let p = Principal {
             user: None,
-            role: "admin".into(),
+            role: Role::Admin,
             token_id: None,
         };
         assert_eq!(

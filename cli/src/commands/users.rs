@@ -1,12 +1,10 @@
 //! `users ls|create|disable|enable`: local accounts (admins).
 
-use serde_json::json;
-
 use super::{prompt, Ctx};
-use crate::client::parse;
+use crate::client::{body, parse};
 use crate::error::Error;
-use crate::model::User;
 use crate::output::{self, Table};
+use cairn_api::users::{NewUser, Role, User};
 
 pub async fn list(ctx: &Ctx) -> Result<(), Error> {
     let v = ctx.client.get(&["users"]).await?;
@@ -19,20 +17,19 @@ pub async fn list(ctx: &Ctx) -> Result<(), Error> {
 pub async fn create(ctx: &Ctx, name: &str, admin: bool, password_stdin: bool) -> Result<(), Error> {
     // Ask for the password before anything goes over the wire.
     let password = prompt::get_password(password_stdin, true)?;
-    let role = if admin { "admin" } else { "user" };
-    let v = ctx
-        .client
-        .post(
-            &["users"],
-            Some(&json!({"name": name, "password": password, "role": role})),
-        )
-        .await?;
+    let role = if admin { Role::Admin } else { Role::User };
+    let new = NewUser {
+        name: name.into(),
+        password,
+        role,
+    };
+    let v = ctx.client.post(&["users"], Some(&body(&new)?)).await?;
     ctx.emit(&v, || {
         let u: User = parse(&v, "the new user")?;
         Ok(format!(
             "created user {} ({})\n",
             output::clean(&u.name),
-            output::clean(&u.role)
+            u.role
         ))
     })
 }
@@ -55,7 +52,7 @@ pub fn render(users: &[User], now_ms: u64) -> String {
     for u in users {
         t.row(vec![
             u.name.clone(),
-            u.role.clone(),
+            u.role.to_string(),
             if u.disabled { "disabled" } else { "enabled" }.into(),
             output::ago(now_ms, u.created_ms),
         ]);
@@ -66,6 +63,7 @@ pub fn render(users: &[User], now_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn users_render_as_a_table() {

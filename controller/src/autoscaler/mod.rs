@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use cairn_shared::ids::HostId;
 use futures::future::BoxFuture;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
@@ -60,18 +59,9 @@ impl Provider for StaticProvider {
     }
 }
 
-/// A decision as admins see it.
-#[derive(Debug, Clone, Serialize)]
-pub struct LoggedDecision {
-    pub at_ms: u64,
-    pub pool: String,
-    pub action: String,
-    pub host: Option<HostId>,
-    pub count: Option<u32>,
-    pub reason: String,
-    /// What carrying it out gave: "ok" or the error.
-    pub outcome: String,
-}
+/// A decision as admins see it: the API model's type.
+pub use cairn_api::autoscaler::Decision as LoggedDecision;
+use cairn_api::autoscaler::ScaleAction;
 
 /// Most decisions kept for display.
 const LOG: usize = 200;
@@ -224,33 +214,33 @@ impl Autoscaler {
                         .or_default()
                         .asked(count, size, now_ms);
                 }
-                ("create", None, Some(count), reason, r)
+                (ScaleAction::Create, None, Some(count), reason, r)
             }
             Decision::Short { count, reason } => {
                 // The provider says in its own words why it cannot.
                 let r = self.provider.create(pool, count).await;
-                ("short", None, Some(count), reason, r)
+                (ScaleAction::Short, None, Some(count), reason, r)
             }
             Decision::Undrain { host, reason } => {
                 let r = event(&host, PoolEvent::Undrain).await;
-                ("undrain", Some(host), None, reason, r)
+                (ScaleAction::Undrain, Some(host), None, reason, r)
             }
             Decision::Drain { host, reason } => {
                 let r = event(&host, PoolEvent::Drain { deadline_ms: None }).await;
-                ("drain", Some(host), None, reason, r)
+                (ScaleAction::Drain, Some(host), None, reason, r)
             }
             Decision::Remove { host, reason } => {
                 let mut r = event(&host, PoolEvent::Remove).await;
                 if r.is_ok() {
                     r = self.provider.destroy(&host).await;
                 }
-                ("remove", Some(host), None, reason, r)
+                (ScaleAction::Remove, Some(host), None, reason, r)
             }
         };
         self.record(LoggedDecision {
             at_ms: now_ms,
             pool: pool.to_string(),
-            action: action.into(),
+            action,
             host,
             count,
             reason,

@@ -11,28 +11,10 @@
 
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
-
 use super::spec::{self, BlueprintInput, BlueprintSpec, FieldError, ResolvedImage};
 use crate::store::{Store, StoreError, Tree};
 
-/// The current state of a blueprint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BlueprintRecord {
-    pub revision: u32,
-    pub created_ms: u64,
-    pub updated_ms: u64,
-    #[serde(flatten)]
-    pub spec: BlueprintSpec,
-}
-
-/// One saved revision.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Revision {
-    pub revision: u32,
-    pub saved_ms: u64,
-    pub spec: BlueprintSpec,
-}
+pub use cairn_api::blueprints::{BlueprintRecord, Revision};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {

@@ -3,11 +3,13 @@
 //! Input arrives as [`BlueprintInput`], every field optional, so that one pass can
 //! report *all* problems, each with the field it belongs to, instead of stopping at
 //! the first (or at a serde error that names no field). [`validate`] turns a good
-//! input into a [`BlueprintSpec`] with defaults filled in.
+//! input into a [`BlueprintSpec`] with defaults filled in. The types are the API
+//! model's (`cairn_api::blueprints`), re-exported here; the rules are the controller's.
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
+pub use cairn_api::blueprints::{
+    AppKind, BlueprintInput, BlueprintSpec, Prepull, PrepullInput, PullPolicy, ResolvedImage,
+};
+pub use cairn_api::error::FieldError;
 
 /// Default maximum lifetime of an instance: one hour.
 pub const DEFAULT_LIFETIME_SECS: u64 = 3600;
@@ -16,156 +18,6 @@ pub const MAX_LIFETIME_SECS: u64 = 30 * 24 * 3600;
 /// Smallest memory limit: below this, Docker and most apps do not start.
 pub const MIN_MEMORY_MIB: u64 = 16;
 pub const MAX_MEMORY_MIB: u64 = 4 * 1024 * 1024;
-
-/// What runs inside, which decides readiness checks and per-app conventions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AppKind {
-    Jupyter,
-    Rstudio,
-    Http,
-}
-
-impl AppKind {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "jupyter" => Some(AppKind::Jupyter),
-            "rstudio" => Some(AppKind::Rstudio),
-            "http" => Some(AppKind::Http),
-            _ => None,
-        }
-    }
-}
-
-/// A blueprint as submitted: everything optional, checked by [`validate`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BlueprintInput {
-    pub name: Option<String>,
-    pub description: Option<String>,
-    pub image: Option<String>,
-    pub command: Option<Vec<String>>,
-    pub env: Option<BTreeMap<String, String>>,
-    pub app: Option<String>,
-    pub app_port: Option<i64>,
-    pub memory_mib: Option<i64>,
-    pub cpus: Option<f64>,
-    pub max_lifetime_secs: Option<i64>,
-    pub max_instances_per_user: Option<i64>,
-    pub placement: Option<BTreeMap<String, String>>,
-    /// `binpack` or `spread`; the pool's choice when absent.
-    #[serde(default)]
-    pub strategy: Option<String>,
-    /// `registry` (default: resolve the tag to a digest and pull it) or `never` (the
-    /// image is already on every host, like Kubernetes' `imagePullPolicy: Never`).
-    #[serde(default)]
-    pub pull: Option<String>,
-    /// Which hosts hold the image before anyone launches: `"all"` (default),
-    /// `"none"`, or a number of hosts the scheduler picks.
-    #[serde(default)]
-    pub prepull: Option<PrepullInput>,
-    pub enabled: Option<bool>,
-}
-
-/// `prepull` as written: a word or a number.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum PrepullInput {
-    Word(String),
-    Hosts(i64),
-}
-
-/// How a blueprint's image reaches hosts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PullPolicy {
-    /// Resolve the tag to a digest when saved (or an uploaded image by its tag);
-    /// pre-pull and pull on demand.
-    #[default]
-    Registry,
-    /// Use the image as it is on each host; never pulled or pre-pulled.
-    Never,
-}
-
-/// Which hosts hold a blueprint's image ahead of launches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Prepull {
-    /// Every host of the pool.
-    #[default]
-    All,
-    /// None: pulled at the first launch on each host.
-    None,
-    /// This many hosts, picked by the scheduler.
-    Hosts(u32),
-}
-
-/// A blueprint image as the controller resolved it when the blueprint was saved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResolvedImage {
-    /// What instances run: `REGISTRY/REPO@sha256:…`, or `sha256:…` for an uploaded
-    /// image, or the name as written for `pull = never`.
-    pub reference: String,
-    pub source: cairn_shared::images::ImageSource,
-    pub resolved_ms: u64,
-}
-
-/// A valid blueprint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BlueprintSpec {
-    pub name: String,
-    pub description: String,
-    pub image: String,
-    pub command: Option<Vec<String>>,
-    pub env: BTreeMap<String, String>,
-    pub app: AppKind,
-    pub app_port: u16,
-    pub memory_mib: u64,
-    pub cpus: f64,
-    pub max_lifetime_secs: u64,
-    pub max_instances_per_user: u32,
-    /// Labels a host must carry to run this blueprint, e.g. `gpu = "true"`.
-    pub placement: BTreeMap<String, String>,
-    /// Overrides the pool's placement strategy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub strategy: Option<crate::scheduler::Strategy>,
-    #[serde(default)]
-    pub pull: PullPolicy,
-    #[serde(default)]
-    pub prepull: Prepull,
-    /// Set by the controller when the blueprint is saved (or refreshed); `None` only
-    /// before resolution, or in records older than image resolution.
-    #[serde(default)]
-    pub resolved: Option<ResolvedImage>,
-    pub enabled: bool,
-}
-
-impl BlueprintSpec {
-    /// The image reference instances of this spec run.
-    pub fn run_image(&self) -> &str {
-        self.resolved
-            .as_ref()
-            .map(|r| r.reference.as_str())
-            .unwrap_or(&self.image)
-    }
-
-    /// Where hosts get the image from.
-    pub fn image_source(&self) -> cairn_shared::images::ImageSource {
-        match (&self.resolved, self.pull) {
-            (Some(r), _) => r.source.clone(),
-            (None, PullPolicy::Never) => cairn_shared::images::ImageSource::Host,
-            // Unresolved records from before resolution existed: Docker pulls by tag.
-            (None, PullPolicy::Registry) => cairn_shared::images::ImageSource::Registry,
-        }
-    }
-}
-
-/// One problem with one field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
 
 fn err(errors: &mut Vec<FieldError>, field: impl Into<String>, message: impl Into<String>) {
     errors.push(FieldError {
@@ -353,8 +205,8 @@ pub fn validate(input: &BlueprintInput) -> Result<BlueprintSpec, Vec<FieldError>
     };
     let strategy = match input.strategy.as_deref() {
         None | Some("") => None,
-        Some("binpack") => Some(crate::scheduler::Strategy::Binpack),
-        Some("spread") => Some(crate::scheduler::Strategy::Spread),
+        Some("binpack") => Some(cairn_api::blueprints::Strategy::Binpack),
+        Some("spread") => Some(cairn_api::blueprints::Strategy::Spread),
         Some(other) => {
             err(
                 &mut e,

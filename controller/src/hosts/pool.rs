@@ -13,36 +13,8 @@
 //! launch the scheduler sends it. Each quarantine in a row lasts twice as long as the
 //! last; a successful launch resets the count and the back-off.
 
-use serde::{Deserialize, Serialize};
-
-/// Where a host stands in the pool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case", tag = "state")]
-pub enum Standing {
-    /// Takes new instances (if live).
-    #[default]
-    Open,
-    /// Takes no new instances; running ones finish, or are stopped at the deadline.
-    Draining { deadline_ms: Option<u64> },
-    /// Drained: empty, taking nothing. Can be removed or opened again.
-    Drained,
-    /// Removed from the pool; its agent is refused from now on.
-    Removed,
-    /// Too many launches failed in a row; open again at `until_ms`.
-    Quarantined { until_ms: u64 },
-}
-
-impl Standing {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Standing::Open => "open",
-            Standing::Draining { .. } => "draining",
-            Standing::Drained => "drained",
-            Standing::Removed => "removed",
-            Standing::Quarantined { .. } => "quarantined",
-        }
-    }
-}
+/// The standing and the pool record are the API model's: hosts are shown as stored.
+pub use cairn_api::hosts::{PoolState, Standing};
 
 /// Settings of error tracking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,43 +76,42 @@ pub enum PoolRefusal {
     Removed,
 }
 
-/// The pool part of a host record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct PoolState {
-    #[serde(default)]
-    pub standing: Standing,
-    /// Launch failures since the last success.
-    #[serde(default)]
-    pub consecutive_failures: u32,
-    /// Quarantines in a row (sets the back-off).
-    #[serde(default)]
-    pub quarantines: u32,
-    /// The last launch failure, for admins.
-    #[serde(default)]
-    pub last_failure: Option<String>,
+/// The pool state machine over [`PoolState`] (a type of the API model, so the
+/// machine is a trait here; import it to drive a host's standing).
+pub trait PoolMachine {
+    /// Applies an admin request; refusals change nothing.
+    fn request(
+        &mut self,
+        event: PoolEvent,
+        now_ms: u64,
+        policy: &QuarantinePolicy,
+    ) -> Result<Vec<PoolAction>, PoolRefusal>;
+
+    /// Applies one event at `now_ms`.
+    fn apply(
+        &mut self,
+        event: PoolEvent,
+        now_ms: u64,
+        policy: &QuarantinePolicy,
+    ) -> Vec<PoolAction>;
 }
 
-impl PoolState {
-    /// Whether the scheduler may place here (liveness permitting).
-    pub fn open(&self) -> bool {
-        self.standing == Standing::Open
+/// Moves to `to`, and says so unless it was there already.
+fn go(s: &mut PoolState, to: Standing, reason: String) -> Vec<PoolAction> {
+    if s.standing == to {
+        return vec![];
     }
+    let from = s.standing.as_str();
+    s.standing = to;
+    vec![PoolAction::Changed {
+        from,
+        to: s.standing.as_str(),
+        reason,
+    }]
+}
 
-    fn go(&mut self, to: Standing, reason: String) -> Vec<PoolAction> {
-        if self.standing == to {
-            return vec![];
-        }
-        let from = self.standing.as_str();
-        self.standing = to;
-        vec![PoolAction::Changed {
-            from,
-            to: self.standing.as_str(),
-            reason,
-        }]
-    }
-
-    /// Applies an admin request; refusals change nothing.
-    pub fn request(
+impl PoolMachine for PoolState {
+    fn request(
         &mut self,
         event: PoolEvent,
         now_ms: u64,
@@ -155,8 +126,7 @@ impl PoolState {
         Ok(self.apply(event, now_ms, policy))
     }
 
-    /// Applies one event at `now_ms`.
-    pub fn apply(
+    fn apply(
         &mut self,
         event: PoolEvent,
         now_ms: u64,
@@ -166,17 +136,19 @@ impl PoolState {
             return vec![];
         }
         match event {
-            PoolEvent::Drain { deadline_ms } => {
-                self.go(Standing::Draining { deadline_ms }, "drain requested".into())
-            }
+            PoolEvent::Drain { deadline_ms } => go(
+                self,
+                Standing::Draining { deadline_ms },
+                "drain requested".into(),
+            ),
             PoolEvent::Undrain => match self.standing {
                 Standing::Draining { .. } | Standing::Drained => {
-                    self.go(Standing::Open, "undrain requested".into())
+                    go(self, Standing::Open, "undrain requested".into())
                 }
                 _ => vec![],
             },
             PoolEvent::Remove => match self.standing {
-                Standing::Drained => self.go(Standing::Removed, "removed".into()),
+                Standing::Drained => go(self, Standing::Removed, "removed".into()),
                 _ => vec![],
             },
             PoolEvent::LaunchSucceeded => {
@@ -197,7 +169,8 @@ impl PoolState {
                         .min(policy.max_ms);
                     self.quarantines += 1;
                     let n = self.consecutive_failures;
-                    self.go(
+                    go(
+                        self,
                         Standing::Quarantined {
                             until_ms: now_ms + len,
                         },
@@ -214,10 +187,10 @@ impl PoolState {
                 Standing::Quarantined { until_ms } if now_ms >= until_ms => {
                     // On probation: one more failure quarantines it again, for longer.
                     self.consecutive_failures = policy.failures.saturating_sub(1);
-                    self.go(Standing::Open, "quarantine over; on probation".into())
+                    go(self, Standing::Open, "quarantine over; on probation".into())
                 }
                 Standing::Draining { .. } if instances == 0 => {
-                    self.go(Standing::Drained, "no instances left".into())
+                    go(self, Standing::Drained, "no instances left".into())
                 }
                 Standing::Draining {
                     deadline_ms: Some(d),

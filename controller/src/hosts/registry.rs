@@ -15,7 +15,7 @@ use cairn_shared::protocol::CloseCode;
 use cairn_shared::resources::{Capacity, HostFacts, Isolation, RuntimeFacts};
 use serde::{Deserialize, Serialize};
 
-use super::pool::{PoolAction, PoolEvent, PoolRefusal, PoolState, QuarantinePolicy};
+use super::pool::{PoolAction, PoolEvent, PoolMachine, PoolRefusal, PoolState, QuarantinePolicy};
 use super::state::{Event, HostState, Liveness, Thresholds, Transition};
 use crate::store::{Store, StoreError, Tree};
 
@@ -60,14 +60,8 @@ pub struct HostRecord {
     pub pulls: Vec<cairn_shared::images::PullProgress>,
 }
 
-/// One change of a host's standing.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PoolNote {
-    pub at_ms: u64,
-    pub from: String,
-    pub to: String,
-    pub reason: String,
-}
+/// A change of standing, and the host as the API shows it, are the API model's.
+pub use cairn_api::hosts::{HostView, PoolNote};
 
 impl Entry {
     fn note(&mut self, actions: &[PoolAction], now_ms: u64) {
@@ -138,32 +132,6 @@ fn note_isolation(r: &mut HostRecord, isolation: Isolation) -> bool {
     }
     r.isolation = isolation;
     true
-}
-
-/// A host as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct HostView {
-    pub id: HostId,
-    pub hostname: String,
-    pub state: HostState,
-    pub state_since_ms: u64,
-    pub state_reason: Option<String>,
-    pub last_seen_ms: u64,
-    pub connected: bool,
-    pub enrolled_ms: u64,
-    pub labels: std::collections::BTreeMap<String, String>,
-    pub facts: Option<HostFacts>,
-    pub capacity: Option<Capacity>,
-    pub runtime: Option<RuntimeFacts>,
-    /// `pending`, `enforced`, or `{"failed": {"error": …}}`: instances go to a host
-    /// whose isolation failed only in pools that allow it.
-    pub isolation: Isolation,
-    pub cert_not_after_unix: i64,
-    pub remote_addr: Option<String>,
-    pub transitions: Vec<Transition>,
-    pub pool: PoolState,
-    pub pool_history: Vec<PoolNote>,
-    pub pulls: Vec<cairn_shared::images::PullProgress>,
 }
 
 impl From<&HostRecord> for HostView {

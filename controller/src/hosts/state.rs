@@ -12,29 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HostState {
-    /// Enrolled, but its agent has not connected yet.
-    Joining,
-    /// Connected and heartbeating.
-    Active,
-    /// No link, or heartbeats missed; may come back.
-    Unreachable,
-    /// Unreachable for longer than the lost threshold.
-    Lost,
-}
-
-impl HostState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HostState::Joining => "joining",
-            HostState::Active => "active",
-            HostState::Unreachable => "unreachable",
-            HostState::Lost => "lost",
-        }
-    }
-}
+/// The state and its transition record are the API model's: hosts are shown as stored.
+pub use cairn_api::hosts::{HostState, HostTransition as Transition};
 
 /// When silence turns into a state change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,15 +46,6 @@ pub enum Event {
     Disconnected { reason: String },
     /// Time passed.
     Tick,
-}
-
-/// A state change and why it happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Transition {
-    pub at_ms: u64,
-    pub from: HostState,
-    pub to: HostState,
-    pub reason: String,
 }
 
 /// The part of a host record the state machine owns.

@@ -43,19 +43,8 @@ const BUSY_WAIT: Duration = Duration::from_secs(5);
 /// Read size for hashing and for serving archives.
 pub const READ_CHUNK: usize = 1 << 20;
 
-/// A committed archive.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageRecord {
-    /// BLAKE3 of the archive, lowercase hex: its name on disk and on the link.
-    pub archive: String,
-    pub size_bytes: u64,
-    /// `sha256:<hex of the image config>`: what Docker calls the image after loading.
-    pub image_id: String,
-    /// The archive's `RepoTags`; empty for an image saved by id.
-    pub tags: Vec<String>,
-    pub uploaded_ms: u64,
-    pub uploaded_by: String,
-}
+/// A committed archive, as stored and as the API shows it.
+pub use cairn_api::images::ImageRecord;
 
 /// An upload in progress. The offset is not stored: it is the part file's length.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +68,20 @@ pub struct UploadStatus {
     pub offset: u64,
     pub created_ms: u64,
     pub updated_ms: u64,
+}
+
+/// An upload as the API answers about it: not done yet.
+impl From<UploadStatus> for cairn_api::images::UploadAnswer {
+    fn from(s: UploadStatus) -> Self {
+        cairn_api::images::UploadAnswer {
+            id: Some(s.id),
+            blake3: s.blake3,
+            size_bytes: s.size_bytes,
+            offset: s.offset,
+            done: false,
+            image: None,
+        }
+    }
 }
 
 /// What starting an upload found.

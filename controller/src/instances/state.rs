@@ -14,55 +14,8 @@ use serde::{Deserialize, Serialize};
 use cairn_shared::ids::{HostId, InstanceId};
 use cairn_shared::workload::InstancePhase;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InstanceState {
-    Queued,
-    Scheduled,
-    Preparing,
-    Starting,
-    Running,
-    Stopping,
-    Stopped,
-    Failed,
-}
-
-impl InstanceState {
-    /// No further transitions.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, InstanceState::Stopped | InstanceState::Failed)
-    }
-
-    /// Holds a place on a host (counts against its reserved capacity).
-    pub fn holds_host(self) -> bool {
-        matches!(
-            self,
-            InstanceState::Scheduled
-                | InstanceState::Preparing
-                | InstanceState::Starting
-                | InstanceState::Running
-                | InstanceState::Stopping
-        )
-    }
-
-    /// The host should be running it.
-    pub fn desired_on_host(self) -> bool {
-        matches!(
-            self,
-            InstanceState::Scheduled
-                | InstanceState::Preparing
-                | InstanceState::Starting
-                | InstanceState::Running
-        )
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Transition {
-    pub state: InstanceState,
-    pub at_ms: u64,
-    pub reason: Option<String>,
-}
+/// The states and their record are the API model's: the API shows them as stored.
+pub use cairn_api::instances::{InstanceState, Transition};
 
 /// Per-app secrets, shown only to the owner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

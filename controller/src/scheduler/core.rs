@@ -49,16 +49,8 @@ impl Resources {
     }
 }
 
-/// How a pool prefers to place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Strategy {
-    /// Fill the busiest host that fits, so idle hosts can be removed.
-    #[default]
-    Binpack,
-    /// Use the emptiest host, so one host's failure touches few users.
-    Spread,
-}
+/// How a pool prefers to place: the API model's type, since blueprints name it.
+pub use cairn_api::blueprints::Strategy;
 
 /// Placement rules of a pool.
 #[derive(Debug, Clone, PartialEq)]

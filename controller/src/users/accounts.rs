@@ -11,12 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, StoreError, Tree};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Admin,
-    User,
-}
+pub use cairn_api::users::Role;
 
 /// A stored account.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +30,18 @@ impl User {
         User {
             password_hash: String::new(),
             ..self.clone()
+        }
+    }
+}
+
+/// The account as the API shows it: everything but the hash.
+impl From<&User> for cairn_api::users::User {
+    fn from(u: &User) -> Self {
+        cairn_api::users::User {
+            name: u.name.clone(),
+            role: u.role,
+            disabled: u.disabled,
+            created_ms: u.created_ms,
         }
     }
 }

@@ -20,6 +20,20 @@ pub struct ApiTokenRecord {
     pub description: String,
 }
 
+/// An API token as the API lists it: without its secret's hash.
+impl From<ApiTokenRecord> for cairn_api::session::ApiTokenView {
+    fn from(t: ApiTokenRecord) -> Self {
+        cairn_api::session::ApiTokenView {
+            id: t.id,
+            user: t.user,
+            description: t.description,
+            created_ms: t.created_ms,
+            expires_ms: t.expires_ms,
+            revoked: t.revoked,
+        }
+    }
+}
+
 /// Splits `cairn_ID.SECRET`.
 fn split(token: &str) -> Option<(&str, &str)> {
     let rest = token.strip_prefix("cairn_")?;

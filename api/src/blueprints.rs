@@ -1,0 +1,254 @@
+//! Blueprints, the templates an administrator defines and users launch: the input as
+//! submitted, the validated spec, the stored record with its revision, and the
+//! answer to a refresh.
+//!
+//! [`BlueprintInput`] keeps every field optional and loosely typed on purpose: the
+//! controller reports *all* problems, each with its field, instead of a serde error
+//! that names none. The validated [`BlueprintSpec`] has the real types.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use cairn_shared::images::ImageSource;
+
+/// What runs inside, which decides readiness checks and per-app conventions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AppKind {
+    Jupyter,
+    Rstudio,
+    Http,
+}
+
+impl AppKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "jupyter" => Some(AppKind::Jupyter),
+            "rstudio" => Some(AppKind::Rstudio),
+            "http" => Some(AppKind::Http),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppKind::Jupyter => "jupyter",
+            AppKind::Rstudio => "rstudio",
+            AppKind::Http => "http",
+        }
+    }
+}
+
+impl std::fmt::Display for AppKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a pool, or one blueprint, prefers to place instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Fill the busiest host that fits, so idle hosts can be removed.
+    #[default]
+    Binpack,
+    /// Use the emptiest host, so one host's failure touches few users.
+    Spread,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Binpack => "binpack",
+            Strategy::Spread => "spread",
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A blueprint as submitted (`POST /api/v1/blueprints`, `PUT /api/v1/blueprints/{name}`):
+/// everything optional, checked by the controller field by field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BlueprintInput {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub image: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, String>>,
+    /// `jupyter`, `rstudio` or `http`.
+    pub app: Option<String>,
+    pub app_port: Option<i64>,
+    pub memory_mib: Option<i64>,
+    pub cpus: Option<f64>,
+    pub max_lifetime_secs: Option<i64>,
+    pub max_instances_per_user: Option<i64>,
+    pub placement: Option<BTreeMap<String, String>>,
+    /// `binpack` or `spread`; the pool's choice when absent.
+    #[serde(default)]
+    pub strategy: Option<String>,
+    /// `registry` (default: resolve the tag to a digest and pull it) or `never` (the
+    /// image is already on every host, like Kubernetes' `imagePullPolicy: Never`).
+    #[serde(default)]
+    pub pull: Option<String>,
+    /// Which hosts hold the image before anyone launches: `"all"` (default),
+    /// `"none"`, or a number of hosts the scheduler picks.
+    #[serde(default)]
+    pub prepull: Option<PrepullInput>,
+    pub enabled: Option<bool>,
+}
+
+/// `prepull` as written: a word or a number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PrepullInput {
+    Word(String),
+    Hosts(i64),
+}
+
+/// How a blueprint's image reaches hosts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Resolve the tag to a digest when saved (or an uploaded image by its tag);
+    /// pre-pull and pull on demand.
+    #[default]
+    Registry,
+    /// Use the image as it is on each host; never pulled or pre-pulled.
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Registry => "registry",
+            PullPolicy::Never => "never",
+        }
+    }
+}
+
+impl std::fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which hosts hold a blueprint's image ahead of launches: `"all"`, `"none"` or
+/// `{"hosts": N}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Prepull {
+    /// Every host of the pool.
+    #[default]
+    All,
+    /// None: pulled at the first launch on each host.
+    None,
+    /// This many hosts, picked by the scheduler.
+    Hosts(u32),
+}
+
+impl std::fmt::Display for Prepull {
+    /// As a blueprint file writes it: `all`, `none`, or the number of hosts.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Prepull::All => f.write_str("all"),
+            Prepull::None => f.write_str("none"),
+            Prepull::Hosts(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// A blueprint image as the controller resolved it when the blueprint was saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ResolvedImage {
+    /// What instances run: `REGISTRY/REPO@sha256:…`, or `sha256:…` for an uploaded
+    /// image, or the name as written for `pull = never`.
+    pub reference: String,
+    pub source: ImageSource,
+    pub resolved_ms: u64,
+}
+
+/// A valid blueprint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BlueprintSpec {
+    pub name: String,
+    pub description: String,
+    pub image: String,
+    pub command: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    pub app: AppKind,
+    pub app_port: u16,
+    pub memory_mib: u64,
+    pub cpus: f64,
+    pub max_lifetime_secs: u64,
+    pub max_instances_per_user: u32,
+    /// Labels a host must carry to run this blueprint, e.g. `gpu = "true"`.
+    pub placement: BTreeMap<String, String>,
+    /// Overrides the pool's placement strategy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    #[serde(default)]
+    pub pull: PullPolicy,
+    #[serde(default)]
+    pub prepull: Prepull,
+    /// Set by the controller when the blueprint is saved (or refreshed); `None` only
+    /// before resolution, or in records older than image resolution.
+    #[serde(default)]
+    pub resolved: Option<ResolvedImage>,
+    pub enabled: bool,
+}
+
+impl BlueprintSpec {
+    /// The image reference instances of this spec run.
+    pub fn run_image(&self) -> &str {
+        self.resolved
+            .as_ref()
+            .map(|r| r.reference.as_str())
+            .unwrap_or(&self.image)
+    }
+
+    /// Where hosts get the image from.
+    pub fn image_source(&self) -> ImageSource {
+        match (&self.resolved, self.pull) {
+            (Some(r), _) => r.source.clone(),
+            (None, PullPolicy::Never) => ImageSource::Host,
+            // Unresolved records from before resolution existed: Docker pulls by tag.
+            (None, PullPolicy::Registry) => ImageSource::Registry,
+        }
+    }
+}
+
+/// The current state of a blueprint (`GET /api/v1/blueprints[/NAME]`): its spec's
+/// fields beside the revision and times.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BlueprintRecord {
+    pub revision: u32,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    #[serde(flatten)]
+    pub spec: BlueprintSpec,
+}
+
+/// One saved revision (`GET /api/v1/blueprints/NAME/revisions`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Revision {
+    pub revision: u32,
+    pub saved_ms: u64,
+    pub spec: BlueprintSpec,
+}
+
+/// The answer to `POST /api/v1/blueprints/{name}/refresh`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Refreshed {
+    /// Whether the image now resolves to something else (and a new revision was
+    /// saved).
+    pub changed: bool,
+    pub blueprint: BlueprintRecord,
+}
