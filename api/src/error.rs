@@ -28,6 +28,9 @@ pub struct ErrorDetail {
     /// Field-level problems of an invalid request body; absent when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<FieldError>,
+    /// When a throttled request may be tried again (also in `Retry-After`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
 }
 
 /// The error body of an upload offset conflict (`409 offset_mismatch` on `PATCH

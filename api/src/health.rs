@@ -1,5 +1,5 @@
-//! `GET /healthz`: the process is up, and how many hosts and instances are in each
-//! state.
+//! `GET /healthz`: the process is up and its store takes writes; with an admin's
+//! token, how many hosts and instances are in each state.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -15,6 +15,12 @@ pub struct Health {
     pub status: String,
     /// The controller's version.
     pub version: String,
-    pub hosts: HashMap<HostState, usize>,
-    pub instances: BTreeMap<InstanceState, usize>,
+    /// `writable`: a write was made durable just now.
+    pub store: String,
+    /// Admins only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<HashMap<HostState, usize>>,
+    /// Admins only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<BTreeMap<InstanceState, usize>>,
 }

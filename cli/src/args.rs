@@ -194,6 +194,8 @@ pub enum UsersCommand {
     Disable { name: String },
     /// Enable a disabled account.
     Enable { name: String },
+    /// Lift the delay or lock-out that failed logins put on an account.
+    Unlock { name: String },
 }
 
 #[cfg(test)]

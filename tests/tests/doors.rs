@@ -222,3 +222,89 @@ async fn an_unisolated_host_is_shown_and_gets_instances_only_where_allowed() {
     assert_eq!(i["host"], host.as_str(), "{i:#}");
     agent.kill9();
 }
+
+/// Failed logins slow the next ones down, with the wait in the answer (for the REST
+/// API and the login page alike), even for the right password; an admin lifts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_throttled_with_the_wait_in_the_answer_until_an_admin_lifts_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ctl = Controller::init(tmp.path(), &ControllerOptions::default());
+    ctl.start().await;
+    ctl.user("alice", "user").await;
+    let login = |password: &str| {
+        let body = json!({"user": "alice", "password": password});
+        let ctl = &ctl;
+        async move {
+            ctl.request(None, reqwest::Method::POST, "/api/v1/login", Some(body))
+                .await
+        }
+    };
+    // Three free failures; the fourth answer says what the next attempt faces.
+    for n in 1..=4 {
+        let (status, body) = login("wrong-password").await;
+        assert_eq!(status, 401, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        if n < 4 {
+            assert_eq!(
+                message,
+                "wrong user name or password, or the account is disabled"
+            );
+        } else {
+            assert_eq!(
+                message,
+                "wrong user name or password, or the account is disabled; too many failed logins for this account; try again in 1 s"
+            );
+            assert_eq!(body["error"]["retry_after_secs"], 1, "{body}");
+        }
+    }
+    // Right away, even the right password is held back, with the wait.
+    let (status, body) = login("alice-password-1").await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "login_throttled");
+    assert_eq!(
+        body["error"]["message"],
+        "too many failed logins for this account; try again in 1 s"
+    );
+    // The login page shows the same sentence.
+    let page = reqwest::Client::new()
+        .post(format!("{}/login", ctl.api))
+        .form(&[("user", "alice"), ("password", "alice-password-1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 429);
+    assert!(page
+        .text()
+        .await
+        .unwrap()
+        .contains("too many failed logins for this account; try again in 1 s"));
+    // An admin lifts it; the right password works at once. Lifting twice says
+    // there is nothing left to lift.
+    let (status, body) = ctl
+        .send(reqwest::Method::POST, "/api/v1/users/alice/unlock", None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = ctl
+        .send(reqwest::Method::POST, "/api/v1/users/alice/unlock", None)
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = login("alice-password-1").await;
+    assert_eq!(status, 200, "{body}");
+    // A user may not lift anything.
+    let alice = body["token"].as_str().unwrap().to_string();
+    let (status, _) = ctl
+        .request(
+            Some(&alice),
+            reqwest::Method::POST,
+            "/api/v1/users/alice/unlock",
+            None,
+        )
+        .await;
+    assert_eq!(status, 403);
+    let log = ctl.log_text();
+    assert!(
+        log.contains("failed login; further attempts delayed"),
+        "{log}"
+    );
+    assert!(log.contains("login lock-out lifted"), "{log}");
+}

@@ -119,6 +119,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             } => users::create(&ctx, &name, admin, password_stdin).await,
             UsersCommand::Disable { name } => users::set_disabled(&ctx, &name, true).await,
             UsersCommand::Enable { name } => users::set_disabled(&ctx, &name, false).await,
+            UsersCommand::Unlock { name } => users::unlock(&ctx, &name).await,
         },
         Command::Completions { .. } => Ok(()),
     }

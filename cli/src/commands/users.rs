@@ -1,4 +1,4 @@
-//! `users ls|create|disable|enable`: local accounts (admins).
+//! `users ls|create|disable|enable|unlock`: local accounts (admins).
 
 use super::{prompt, Ctx};
 use crate::client::{body, parse};
@@ -40,6 +40,17 @@ pub async fn set_disabled(ctx: &Ctx, name: &str, disabled: bool) -> Result<(), E
     ctx.emit(&v, || {
         let u: User = parse(&v, "the user")?;
         Ok(format!("user {} {verb}d\n", output::clean(&u.name)))
+    })
+}
+
+/// Lifts the failed-login delay or lock-out on an account.
+pub async fn unlock(ctx: &Ctx, name: &str) -> Result<(), Error> {
+    let v = ctx.client.post(&["users", name, "unlock"], None).await?;
+    ctx.emit(&v, || {
+        Ok(format!(
+            "failed logins of {} forgiven; it may log in again\n",
+            output::clean(name)
+        ))
     })
 }
 

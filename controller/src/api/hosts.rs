@@ -5,6 +5,8 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::Json;
 
+use cairn_api::hosts::Drain;
+
 use super::{ApiError, ApiResult};
 use crate::hosts::HostView;
 use crate::service::{Caller, Service};
@@ -19,14 +21,6 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Json<HostView>> {
     Ok(Json(s.host(&caller, &id)?))
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Drain {
-    /// Stop instances still running this long after the drain began.
-    #[serde(default)]
-    pub deadline_secs: Option<u64>,
 }
 
 /// `POST /hosts/{id}/drain`; the body is optional (none: no deadline).

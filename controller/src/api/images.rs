@@ -19,7 +19,9 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use cairn_api::error::{ErrorDetail, OffsetConflict};
+use cairn_api::images::CreateUpload;
+use serde::Serialize;
 
 use super::{body, ApiError, ApiResult};
 use crate::images::archives::ImageRecord;
@@ -34,14 +36,6 @@ fn with_offset(status: StatusCode, offset: u64, body: impl Serialize) -> Respons
     resp.headers_mut()
         .insert(UPLOAD_OFFSET, HeaderValue::from(offset));
     resp
-}
-
-/// Body of `POST /images/uploads`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateUpload {
-    pub size_bytes: u64,
-    pub blake3: String,
 }
 
 pub async fn create_upload(
@@ -66,20 +60,6 @@ pub async fn upload_status(
 ) -> ApiResult<Response> {
     let a = s.upload_status(&caller, &id)?;
     Ok(with_offset(StatusCode::OK, a.offset, a))
-}
-
-/// The error body of an offset conflict: the usual error, and the offset to go on
-/// from (also in the `Upload-Offset` header).
-#[derive(Serialize)]
-struct Conflict {
-    error: ConflictDetail,
-    offset: u64,
-}
-
-#[derive(Serialize)]
-struct ConflictDetail {
-    code: &'static str,
-    message: String,
 }
 
 /// `PATCH /images/uploads/{id}`: the body is streamed to disk as it arrives.
@@ -118,10 +98,12 @@ pub async fn append(
         Appended::OffsetMismatch { current, message } => Ok(with_offset(
             StatusCode::CONFLICT,
             current,
-            Conflict {
-                error: ConflictDetail {
-                    code: "offset_mismatch",
+            OffsetConflict {
+                error: ErrorDetail {
+                    code: "offset_mismatch".into(),
                     message,
+                    fields: vec![],
+                    retry_after_secs: None,
                 },
                 offset: current,
             },

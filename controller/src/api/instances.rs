@@ -7,17 +7,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use serde::Deserialize;
+use cairn_api::instances::{Extend, Launch, ListQuery, LogsQuery};
 
 use super::{body, ApiResult};
 use crate::service::views::InstanceView;
 use crate::service::{Caller, Service};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Launch {
-    pub blueprint: String,
-}
 
 pub async fn launch(
     State(s): State<Arc<Service>>,
@@ -27,12 +21,6 @@ pub async fn launch(
     let req = body(b)?;
     let i = s.launch(&caller, &req.blueprint).await?;
     Ok((StatusCode::CREATED, Json(i)))
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    #[serde(default)]
-    pub all: bool,
 }
 
 pub async fn list(
@@ -60,12 +48,6 @@ pub async fn stop(
     Ok((StatusCode::ACCEPTED, Json(s.stop(&caller, &id).await?)))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Extend {
-    pub seconds: u64,
-}
-
 pub async fn extend(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -74,16 +56,6 @@ pub async fn extend(
 ) -> ApiResult<Json<InstanceView>> {
     let req = body(b)?;
     Ok(Json(s.extend(&caller, &id, req.seconds).await?))
-}
-
-#[derive(Debug, Deserialize)]
-pub struct LogsQuery {
-    #[serde(default = "default_tail")]
-    pub tail: u32,
-}
-
-fn default_tail() -> u32 {
-    200
 }
 
 /// The instance's recent output, fetched from its agent now.

@@ -25,10 +25,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use cairn_api::error::{ErrorBody, ErrorDetail};
 
 use crate::auth;
-use crate::blueprints::FieldError;
 use crate::service::{Caller, Kind, Service, ServiceError};
 
 /// An API error: a service error with its HTTP status.
@@ -66,30 +65,15 @@ pub fn status_of(kind: Kind) -> StatusCode {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    fields: &'a [FieldError],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    retry_after_secs: Option<u64>,
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let e = self.0;
         let status = status_of(e.kind);
         let body = ErrorBody {
             error: ErrorDetail {
-                code: e.code,
-                message: &e.message,
-                fields: &e.fields,
+                code: e.code.into(),
+                message: e.message,
+                fields: e.fields,
                 retry_after_secs: e.retry_after_secs,
             },
         };
@@ -129,6 +113,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/users", get(users::list).post(users::create))
         .route("/users/{name}/disable", post(users::disable))
         .route("/users/{name}/enable", post(users::enable))
+        .route("/users/{name}/unlock", post(users::unlock))
         .route("/instances", get(instances::list).post(instances::launch))
         .route(
             "/instances/{id}",

@@ -6,22 +6,12 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
+use cairn_api::session::Login;
 
 use super::{body, ApiResult, ClientAddr};
-use crate::service::views::{LoginResponse, TokenView};
+use crate::service::views::{ApiTokenView, LoginResponse};
 use crate::service::{Caller, Service};
 use crate::users::Principal;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Login {
-    pub user: String,
-    pub password: String,
-    /// What this token is for, e.g. "cli on laptop".
-    #[serde(default)]
-    pub description: String,
-}
 
 /// `POST /api/v1/login`: trades a user name and password for an API token.
 pub async fn login(
@@ -50,7 +40,7 @@ pub async fn me(State(s): State<Arc<Service>>, caller: Caller) -> ApiResult<Json
 pub async fn list_tokens(
     State(s): State<Arc<Service>>,
     caller: Caller,
-) -> ApiResult<Json<Vec<TokenView>>> {
+) -> ApiResult<Json<Vec<ApiTokenView>>> {
     Ok(Json(s.list_tokens(&caller)?))
 }
 

@@ -6,24 +6,10 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
+use cairn_api::users::{NewUser, User};
 
 use super::{body, ApiResult};
 use crate::service::{Caller, Service};
-use crate::users::{Role, User};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewUser {
-    pub name: String,
-    pub password: String,
-    #[serde(default = "default_role")]
-    pub role: Role,
-}
-
-fn default_role() -> Role {
-    Role::User
-}
 
 pub async fn list(State(s): State<Arc<Service>>, caller: Caller) -> ApiResult<Json<Vec<User>>> {
     Ok(Json(s.list_users(&caller)?))
@@ -47,6 +33,16 @@ pub async fn disable(
     Path(name): Path<String>,
 ) -> ApiResult<Json<User>> {
     Ok(Json(s.set_user_disabled(&caller, &name, true).await?))
+}
+
+/// `POST /api/v1/users/{name}/unlock`: lifts a login lock-out or delay.
+pub async fn unlock(
+    State(s): State<Arc<Service>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.unlock_login(&caller, &name)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn enable(

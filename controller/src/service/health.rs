@@ -17,9 +17,9 @@ impl Service {
         }
         let admin = caller.is_admin();
         Ok(Health {
-            status: "ok",
-            version: env!("CARGO_PKG_VERSION"),
-            store: "writable",
+            status: "ok".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            store: "writable".into(),
             hosts: admin.then(|| self.app.registry.count_by_state()),
             instances: admin.then(|| self.app.instances.count_by_state()),
         })

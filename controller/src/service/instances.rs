@@ -50,7 +50,7 @@ impl Service {
             revision: i.revision,
             state: i.state,
             state_reason: i.state_reason,
-            host: i.host.map(|h| h.to_string()),
+            host: i.host,
             address: i.address,
             created_ms: i.created_ms,
             expires_ms: i.expires_ms,

@@ -3,36 +3,17 @@
 //! directly by the local operator) goes through [`create`] too, so both paths keep
 //! the same bounds.
 
-use cairn_shared::identity::Fingerprint;
-use serde::{Deserialize, Serialize};
-
 use super::views::{CreatedTokenView, JoinTokenView};
 use super::{now, Caller, Service, ServiceError, ServiceResult};
 use crate::tokens::TokenStore;
+use cairn_shared::identity::Fingerprint;
 
 /// Longest a join token may live: tokens are for bootstrapping, not credentials.
 pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
 pub const MAX_USES: u32 = 100_000;
 pub const MAX_DESCRIPTION: usize = 256;
 
-/// A request for a join token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateToken {
-    #[serde(default = "default_ttl")]
-    pub ttl_secs: u64,
-    #[serde(default = "default_uses")]
-    pub uses: u32,
-    #[serde(default)]
-    pub description: String,
-}
-
-fn default_ttl() -> u64 {
-    3600
-}
-fn default_uses() -> u32 {
-    1
-}
+pub use cairn_api::join_tokens::CreateToken;
 
 /// Checks a token request's bounds.
 pub fn check(req: &CreateToken) -> ServiceResult<()> {
@@ -97,15 +78,7 @@ impl Service {
             .tokens
             .list()?
             .into_iter()
-            .map(|t| JoinTokenView {
-                id: t.id,
-                description: t.description,
-                created_ms: t.created_ms,
-                expires_ms: t.expires_ms,
-                max_uses: t.max_uses,
-                uses: t.uses,
-                used_by: t.used_by.iter().map(|h| h.to_string()).collect(),
-            })
+            .map(JoinTokenView::from)
             .collect();
         tokens.sort_by_key(|t| t.created_ms);
         Ok(tokens)

@@ -45,6 +45,8 @@ pub struct Service {
     /// use (blueprint saves) with its removal, so a blueprint cannot start using an
     /// archive between the in-use check and the delete.
     image_use: tokio::sync::Mutex<()>,
+    /// Failed logins per account and per client address.
+    throttle: crate::users::LoginThrottle,
 }
 
 fn now() -> u64 {
@@ -56,6 +58,7 @@ impl Service {
         Arc::new(Service {
             app,
             image_use: tokio::sync::Mutex::new(()),
+            throttle: crate::users::LoginThrottle::default(),
         })
     }
 

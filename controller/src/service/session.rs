@@ -2,11 +2,11 @@
 //! and one's own API tokens (admins see and revoke everyone's; someone else's
 //! token answers "not found").
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use super::views::{LoginResponse, TokenView};
+use super::views::{ApiTokenView, LoginResponse};
 use super::{now, Caller, Kind, Service, ServiceError, ServiceResult};
-use crate::users::Principal;
+use crate::users::{Principal, Throttled};
 
 /// Longest user name and password a login considers.
 pub const MAX_LOGIN_NAME: usize = 64;
@@ -34,14 +34,19 @@ impl Service {
                 "description must be at most 256 bytes",
             ));
         }
+        // In-process callers have no address; they share one slot.
+        let addr = client.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        self.throttle.check(user, addr).map_err(throttled)?;
         let Some(found) = self.app.accounts.authenticate(user, password).await? else {
-            tracing::info!(user = %user, client = ?client, "login failed");
-            return Err(ServiceError::new(
-                Kind::Unauthenticated,
-                "login_failed",
-                LOGIN_FAILED,
-            ));
+            // The answer says what the next attempt faces, so a person knows to wait.
+            let mut e = ServiceError::new(Kind::Unauthenticated, "login_failed", LOGIN_FAILED);
+            if let Some(next) = self.throttle.failed(user, addr) {
+                e.message = format!("{LOGIN_FAILED}; {next}");
+                e.retry_after_secs = Some(next.retry_after_secs());
+            }
+            return Err(e);
         };
+        self.throttle.succeeded(user);
         let (token, rec) = self
             .app
             .api_tokens
@@ -55,6 +60,19 @@ impl Service {
             role: found.role,
             expires_ms: rec.expires_ms,
         })
+    }
+
+    /// Lifts a login lock-out or delay on `account` (admins). Not found if the
+    /// account has none.
+    pub fn unlock_login(&self, caller: &Caller, account: &str) -> ServiceResult<()> {
+        let by = caller.admin()?;
+        if self.throttle.lift(account, by.name()) {
+            Ok(())
+        } else {
+            Err(ServiceError::not_found(format!(
+                "{account:?} has no failed logins held against it"
+            )))
+        }
     }
 
     /// Revokes the token the caller used.
@@ -76,7 +94,7 @@ impl Service {
     }
 
     /// The caller's API tokens (an admin: everyone's).
-    pub fn list_tokens(&self, caller: &Caller) -> ServiceResult<Vec<TokenView>> {
+    pub fn list_tokens(&self, caller: &Caller) -> ServiceResult<Vec<ApiTokenView>> {
         let p = caller.user()?;
         let filter = (!p.is_admin()).then(|| p.name());
         Ok(self
@@ -84,14 +102,7 @@ impl Service {
             .api_tokens
             .list_for(filter)?
             .into_iter()
-            .map(|t| TokenView {
-                id: t.id,
-                user: t.user,
-                description: t.description,
-                created_ms: t.created_ms,
-                expires_ms: t.expires_ms,
-                revoked: t.revoked,
-            })
+            .map(ApiTokenView::from)
             .collect())
     }
 
@@ -105,4 +116,16 @@ impl Service {
             _ => Err(ServiceError::not_found(format!("no token {id}"))),
         }
     }
+}
+
+/// A held-back login: 429 with the wait in words and in `retry_after_secs`.
+fn throttled(t: Throttled) -> ServiceError {
+    let code = if t.locked {
+        "account_locked"
+    } else {
+        "login_throttled"
+    };
+    let mut e = ServiceError::new(Kind::Throttled, code, t.to_string());
+    e.retry_after_secs = Some(t.retry_after_secs());
+    e
 }

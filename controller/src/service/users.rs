@@ -2,7 +2,9 @@
 //! their own account: the last admin could lock everyone out.
 
 use super::{now, Caller, Service, ServiceError, ServiceResult};
-use crate::users::{AccountsError, Role, User};
+use cairn_api::users::User;
+
+use crate::users::{AccountsError, Role};
 
 impl From<AccountsError> for ServiceError {
     fn from(e: AccountsError) -> Self {
@@ -20,7 +22,7 @@ impl From<AccountsError> for ServiceError {
 impl Service {
     pub fn list_users(&self, caller: &Caller) -> ServiceResult<Vec<User>> {
         caller.admin()?;
-        Ok(self.app.accounts.list()?.iter().map(User::public).collect())
+        Ok(self.app.accounts.list()?.iter().map(User::from).collect())
     }
 
     pub async fn create_user(
@@ -37,7 +39,7 @@ impl Service {
             .create(name, password, role, now())
             .await?;
         tracing::info!(user = %user.name, role = ?user.role, by = %by.name(), "user created");
-        Ok(user.public())
+        Ok(User::from(&user))
     }
 
     /// Disables or enables an account. A disabled account's tokens stop working at
@@ -57,6 +59,6 @@ impl Service {
         }
         let user = self.app.accounts.set_disabled(name, disabled).await?;
         tracing::info!(user = %name, disabled, by = %by.name(), "user disabled flag set");
-        Ok(user.public())
+        Ok(User::from(&user))
     }
 }
