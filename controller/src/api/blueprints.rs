@@ -14,6 +14,13 @@ use crate::blueprints::{BlueprintInput, BlueprintRecord};
 use crate::service::views::Refreshed;
 use crate::service::{Caller, Service};
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/blueprints",
+    tag = "blueprints",
+    summary = "The catalogue (admins: disabled ones too)",
+    responses((status = 200, description = "blueprints", body = Vec<BlueprintRecord>), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn list(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -21,6 +28,14 @@ pub async fn list(
     Ok(Json(s.list_blueprints(&caller)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/blueprints/{name}",
+    tag = "blueprints",
+    summary = "One blueprint",
+    params(("name" = String, Path, description = "blueprint name")),
+    responses((status = 200, description = "the blueprint", body = BlueprintRecord), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn get(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -29,6 +44,14 @@ pub async fn get(
     Ok(Json(s.blueprint(&caller, &name)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/blueprints",
+    tag = "blueprints",
+    summary = "Create a blueprint (admins)",
+    request_body = BlueprintInput,
+    responses((status = 201, description = "revision 1", body = BlueprintRecord), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn create(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -41,6 +64,15 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/blueprints/{name}",
+    tag = "blueprints",
+    summary = "Edit a blueprint: a new revision (admins)",
+    params(("name" = String, Path, description = "blueprint name")),
+    request_body = BlueprintInput,
+    responses((status = 200, description = "the new revision", body = BlueprintRecord), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn update(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -51,6 +83,14 @@ pub async fn update(
     Ok(Json(s.update_blueprint(&caller, &name, &input).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/blueprints/{name}/enable",
+    tag = "blueprints",
+    summary = "Enable a blueprint (admins)",
+    params(("name" = String, Path, description = "blueprint name")),
+    responses((status = 200, description = "the new revision", body = BlueprintRecord), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn enable(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -59,6 +99,14 @@ pub async fn enable(
     Ok(Json(s.set_blueprint_enabled(&caller, &name, true).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/blueprints/{name}/disable",
+    tag = "blueprints",
+    summary = "Disable a blueprint (admins)",
+    params(("name" = String, Path, description = "blueprint name")),
+    responses((status = 200, description = "the new revision", body = BlueprintRecord), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn disable(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -67,6 +115,14 @@ pub async fn disable(
     Ok(Json(s.set_blueprint_enabled(&caller, &name, false).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/blueprints/{name}/refresh",
+    tag = "blueprints",
+    summary = "Resolve the image's tag again (admins)",
+    params(("name" = String, Path, description = "blueprint name")),
+    responses((status = 200, description = "changed or not", body = Refreshed), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn refresh(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -75,6 +131,14 @@ pub async fn refresh(
     Ok(Json(s.refresh_blueprint(&caller, &name).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/blueprints/{name}/revisions",
+    tag = "blueprints",
+    summary = "Revision history (admins)",
+    params(("name" = String, Path, description = "blueprint name")),
+    responses((status = 200, description = "oldest first", body = Vec<Revision>), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn revisions(
     State(s): State<Arc<Service>>,
     caller: Caller,

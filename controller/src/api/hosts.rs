@@ -11,10 +11,25 @@ use super::{ApiError, ApiResult};
 use crate::hosts::HostView;
 use crate::service::{Caller, Service};
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/hosts",
+    tag = "hosts",
+    summary = "Every host (admins)",
+    responses((status = 200, description = "hosts", body = Vec<HostView>), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn list(State(s): State<Arc<Service>>, caller: Caller) -> ApiResult<Json<Vec<HostView>>> {
     Ok(Json(s.list_hosts(&caller)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/hosts/{id}",
+    tag = "hosts",
+    summary = "One host (admins)",
+    params(("id" = String, Path, description = "host id")),
+    responses((status = 200, description = "the host", body = HostView), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn get(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -24,6 +39,15 @@ pub async fn get(
 }
 
 /// `POST /hosts/{id}/drain`; the body is optional (none: no deadline).
+#[utoipa::path(
+    post,
+    path = "/api/v1/hosts/{id}/drain",
+    tag = "hosts",
+    summary = "Drain a host (admins)",
+    params(("id" = String, Path, description = "host id")),
+    request_body = Drain,
+    responses((status = 200, description = "the host", body = HostView), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn drain(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -39,6 +63,14 @@ pub async fn drain(
     Ok(Json(s.drain_host(&caller, &id, req.deadline_secs).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/hosts/{id}/undrain",
+    tag = "hosts",
+    summary = "Open a draining or drained host again (admins)",
+    params(("id" = String, Path, description = "host id")),
+    responses((status = 200, description = "the host", body = HostView), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn undrain(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -47,6 +79,14 @@ pub async fn undrain(
     Ok(Json(s.undrain_host(&caller, &id).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/hosts/{id}",
+    tag = "hosts",
+    summary = "Remove a drained host (admins)",
+    params(("id" = String, Path, description = "host id")),
+    responses((status = 200, description = "the host", body = HostView), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn remove(
     State(s): State<Arc<Service>>,
     caller: Caller,

@@ -20,7 +20,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cairn_api::error::{ErrorDetail, OffsetConflict};
-use cairn_api::images::CreateUpload;
+use cairn_api::images::{CreateUpload, UploadAnswer};
 use serde::Serialize;
 
 use super::{body, ApiError, ApiResult};
@@ -38,6 +38,14 @@ fn with_offset(status: StatusCode, offset: u64, body: impl Serialize) -> Respons
     resp
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/images/uploads",
+    tag = "images",
+    summary = "Begin (or resume) an image archive upload (admins)",
+    request_body = CreateUpload,
+    responses((status = 201, description = "a new upload", body = UploadAnswer), (status = 200, description = "the unfinished upload of the same bytes, or the committed image", body = UploadAnswer), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn create_upload(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -53,6 +61,14 @@ pub async fn create_upload(
     Ok(with_offset(status, answer.offset, answer))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/images/uploads/{id}",
+    tag = "images",
+    summary = "Where an upload stands (admins)",
+    params(("id" = String, Path, description = "upload id")),
+    responses((status = 200, description = "the upload", body = UploadAnswer), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn upload_status(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -63,6 +79,15 @@ pub async fn upload_status(
 }
 
 /// `PATCH /images/uploads/{id}`: the body is streamed to disk as it arrives.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/images/uploads/{id}",
+    tag = "images",
+    summary = "Append bytes at Upload-Offset (admins)",
+    params(("id" = String, Path, description = "upload id"), ("upload-offset" = u64, Header, description = "the byte of the archive this body starts at")),
+    request_body = Vec<u8>,
+    responses((status = 200, description = "the upload", body = UploadAnswer), (status = 409, description = "the offset is not the upload's", body = cairn_api::error::OffsetConflict), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn append(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -111,6 +136,14 @@ pub async fn append(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/images/uploads/{id}/commit",
+    tag = "images",
+    summary = "Verify and commit an upload (admins)",
+    params(("id" = String, Path, description = "upload id")),
+    responses((status = 201, description = "the new image", body = ImageRecord), (status = 200, description = "committed before", body = ImageRecord), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn commit(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -125,6 +158,14 @@ pub async fn commit(
     Ok((status, Json(rec)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/images/uploads/{id}",
+    tag = "images",
+    summary = "Cancel an upload (admins)",
+    params(("id" = String, Path, description = "upload id")),
+    responses((status = 204, description = "cancelled"), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn cancel_upload(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -134,6 +175,13 @@ pub async fn cancel_upload(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/images",
+    tag = "images",
+    summary = "Committed image archives (admins)",
+    responses((status = 200, description = "images", body = Vec<ImageRecord>), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn list(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -141,6 +189,14 @@ pub async fn list(
     Ok(Json(s.list_images(&caller)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/images/{archive}",
+    tag = "images",
+    summary = "One image archive (admins)",
+    params(("archive" = String, Path, description = "BLAKE3 of the archive, hex")),
+    responses((status = 200, description = "the image", body = ImageRecord), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn get(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -150,6 +206,14 @@ pub async fn get(
 }
 
 /// Refused while an enabled blueprint runs the archive.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/images/{archive}",
+    tag = "images",
+    summary = "Remove an archive no enabled blueprint runs (admins)",
+    params(("archive" = String, Path, description = "BLAKE3 of the archive, hex")),
+    responses((status = 200, description = "the removed image", body = ImageRecord), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn remove(
     State(s): State<Arc<Service>>,
     caller: Caller,

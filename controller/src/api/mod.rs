@@ -23,7 +23,7 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use cairn_api::error::{ErrorBody, ErrorDetail};
 
@@ -100,67 +100,106 @@ pub(crate) fn body<T>(b: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
         .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
-/// Builds the API's router (`/healthz` and `/api/v1`).
-///
-/// Every `/api/v1` route except `login` passes [`authenticate`], which attaches the
-/// caller; the service operations decide what each caller may do.
-pub fn router(service: Arc<Service>) -> Router {
-    let api = Router::new()
-        .route("/me", get(session::me))
-        .route("/logout", post(session::logout))
-        .route("/tokens", get(session::list_tokens))
-        .route("/tokens/{id}", delete(session::revoke_token))
-        .route("/users", get(users::list).post(users::create))
-        .route("/users/{name}/disable", post(users::disable))
-        .route("/users/{name}/enable", post(users::enable))
-        .route("/users/{name}/unlock", post(users::unlock))
-        .route("/instances", get(instances::list).post(instances::launch))
-        .route(
-            "/instances/{id}",
-            get(instances::get).delete(instances::stop),
-        )
-        .route("/instances/{id}/extend", post(instances::extend))
-        .route("/instances/{id}/logs", get(instances::logs))
-        .route("/hosts", get(hosts::list))
-        .route("/hosts/{id}", get(hosts::get).delete(hosts::remove))
-        .route("/hosts/{id}/drain", post(hosts::drain))
-        .route("/hosts/{id}/undrain", post(hosts::undrain))
-        .route("/autoscaler", get(autoscaler::autoscaler))
-        .route("/join-tokens", get(tokens::list).post(tokens::create))
-        .route("/join-tokens/{id}", delete(tokens::revoke))
-        .route(
-            "/blueprints",
-            get(blueprints::list).post(blueprints::create),
-        )
-        .route(
-            "/blueprints/{name}",
-            get(blueprints::get).put(blueprints::update),
-        )
-        .route("/blueprints/{name}/revisions", get(blueprints::revisions))
-        .route("/blueprints/{name}/enable", post(blueprints::enable))
-        .route("/blueprints/{name}/disable", post(blueprints::disable))
-        .route("/blueprints/{name}/refresh", post(blueprints::refresh))
-        .route("/images", get(images::list))
-        .route("/images/uploads", post(images::create_upload))
-        .route(
-            "/images/uploads/{id}",
-            get(images::upload_status)
-                .patch(images::append)
-                .delete(images::cancel_upload)
-                // Archive bytes are streamed to disk, never buffered; the upload's
-                // declared size bounds them.
+/// The OpenAPI document's frame: title, version, the bearer scheme, and the
+/// schemas of the API model; the paths come from the routes themselves.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Cairn",
+        description = "Personal Jupyter, RStudio and web-app environments on a pool of Docker hosts. Every /api/v1 route except login takes `Authorization: Bearer <token>`; errors are `{\"error\": {\"code\", \"message\"}}`."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The API's routes, each registered with its description (so a route cannot be
+/// served without being in the document), and the document.
+fn described(service: &Arc<Service>) -> (Router<Arc<Service>>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    let mut doc = ApiDoc::openapi();
+    doc.merge(cairn_api::openapi::ApiModel::openapi());
+    OpenApiRouter::with_openapi(doc)
+        .routes(routes!(session::me))
+        .routes(routes!(session::logout))
+        .routes(routes!(session::list_tokens))
+        .routes(routes!(session::revoke_token))
+        .routes(routes!(users::list, users::create))
+        .routes(routes!(users::disable))
+        .routes(routes!(users::enable))
+        .routes(routes!(users::unlock))
+        .routes(routes!(instances::list, instances::launch))
+        .routes(routes!(instances::get, instances::stop))
+        .routes(routes!(instances::extend))
+        .routes(routes!(instances::logs))
+        .routes(routes!(hosts::list))
+        .routes(routes!(hosts::get, hosts::remove))
+        .routes(routes!(hosts::drain))
+        .routes(routes!(hosts::undrain))
+        .routes(routes!(autoscaler::autoscaler))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(blueprints::list, blueprints::create))
+        .routes(routes!(blueprints::get, blueprints::update))
+        .routes(routes!(blueprints::revisions))
+        .routes(routes!(blueprints::enable))
+        .routes(routes!(blueprints::disable))
+        .routes(routes!(blueprints::refresh))
+        .routes(routes!(images::list))
+        .routes(routes!(images::create_upload))
+        .merge(
+            // Archive bytes are streamed to disk, never buffered; the upload's
+            // declared size bounds them. Everything else is small JSON.
+            OpenApiRouter::new()
+                .routes(routes!(
+                    images::upload_status,
+                    images::append,
+                    images::cancel_upload
+                ))
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         )
-        .route("/images/uploads/{id}/commit", post(images::commit))
-        .route("/images/{archive}", get(images::get).delete(images::remove))
+        .routes(routes!(images::commit))
+        .routes(routes!(images::get, images::remove))
         .route_layer(middleware::from_fn_with_state(
             service.clone(),
             authenticate,
         ))
-        .route("/login", post(session::login));
+        .routes(routes!(session::login))
+        .split_for_parts()
+}
+
+/// Builds the API's router (`/healthz`, `/api/v1` and `/api/v1/openapi.json`).
+///
+/// Every `/api/v1` route except `login` and the document passes [`authenticate`],
+/// which attaches the caller; the service operations decide what each caller may do.
+pub fn router(service: Arc<Service>) -> Router {
+    let (api, doc) = described(&service);
+    let doc = Arc::new(doc);
     Router::new()
         .route("/healthz", get(healthz))
-        .nest("/api/v1", api)
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+        .merge(api)
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(service)
 }

@@ -12,6 +12,14 @@ use crate::service::join_tokens::CreateToken;
 use crate::service::views::{CreatedTokenView, JoinTokenView};
 use crate::service::{Caller, Service};
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/join-tokens",
+    tag = "join-tokens",
+    summary = "Create a join token: its secret is shown once (admins)",
+    request_body = CreateToken,
+    responses((status = 201, description = "the token", body = CreatedTokenView), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn create(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -24,6 +32,13 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/join-tokens",
+    tag = "join-tokens",
+    summary = "Join tokens, without secrets (admins)",
+    responses((status = 200, description = "tokens", body = Vec<JoinTokenView>), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn list(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -31,6 +46,14 @@ pub async fn list(
     Ok(Json(s.list_join_tokens(&caller)?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/join-tokens/{id}",
+    tag = "join-tokens",
+    summary = "Revoke a join token (admins)",
+    params(("id" = String, Path, description = "token id, 8 hex digits")),
+    responses((status = 204, description = "revoked"), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn revoke(
     State(s): State<Arc<Service>>,
     caller: Caller,

@@ -11,10 +11,25 @@ use cairn_api::users::{NewUser, User};
 use super::{body, ApiResult};
 use crate::service::{Caller, Service};
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/users",
+    tag = "users",
+    summary = "Accounts (admins)",
+    responses((status = 200, description = "accounts", body = Vec<User>), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn list(State(s): State<Arc<Service>>, caller: Caller) -> ApiResult<Json<Vec<User>>> {
     Ok(Json(s.list_users(&caller)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users",
+    tag = "users",
+    summary = "Create an account (admins)",
+    request_body = NewUser,
+    responses((status = 201, description = "the account", body = User), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn create(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -27,6 +42,14 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(u)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{name}/disable",
+    tag = "users",
+    summary = "Disable an account (admins; not one's own)",
+    params(("name" = String, Path, description = "user name")),
+    responses((status = 200, description = "the account", body = User), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn disable(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -36,6 +59,14 @@ pub async fn disable(
 }
 
 /// `POST /api/v1/users/{name}/unlock`: lifts a login lock-out or delay.
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{name}/unlock",
+    tag = "users",
+    summary = "Lift the failed-login delay or lock-out (admins)",
+    params(("name" = String, Path, description = "user name")),
+    responses((status = 204, description = "lifted"), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn unlock(
     State(s): State<Arc<Service>>,
     caller: Caller,
@@ -45,6 +76,14 @@ pub async fn unlock(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{name}/enable",
+    tag = "users",
+    summary = "Enable an account (admins)",
+    params(("name" = String, Path, description = "user name")),
+    responses((status = 200, description = "the account", body = User), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+)]
 pub async fn enable(
     State(s): State<Arc<Service>>,
     caller: Caller,
