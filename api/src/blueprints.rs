@@ -90,6 +90,9 @@ pub struct BlueprintInput {
     pub cpus: Option<f64>,
     pub max_lifetime_secs: Option<i64>,
     pub max_instances_per_user: Option<i64>,
+    /// Place in the launch queue, -100 to 100 (default 0): higher goes first.
+    #[serde(default)]
+    pub priority: Option<i64>,
     pub placement: Option<BTreeMap<String, String>>,
     /// `binpack` or `spread`; the pool's choice when absent.
     #[serde(default)]
@@ -189,6 +192,11 @@ pub struct BlueprintSpec {
     pub cpus: f64,
     pub max_lifetime_secs: u64,
     pub max_instances_per_user: u32,
+    /// Place in the launch queue, -100 to 100: a waiting launch of a higher priority
+    /// is placed before older ones of a lower priority. It never preempts: running
+    /// instances are not stopped to make room. 0 in records older than priorities.
+    #[serde(default)]
+    pub priority: i8,
     /// Labels a host must carry to run this blueprint, e.g. `gpu = "true"`.
     pub placement: BTreeMap<String, String>,
     /// Overrides the pool's placement strategy.

@@ -38,7 +38,7 @@ fn spec() -> Value {
     json!({"name":"python","description":"Python course","image":"jupyter/base-notebook:2024-01-01",
         "command":["start-notebook.sh","--debug"],"env":{"COURSE":"intro"},"app":"jupyter","app_port":8888,
         "memory_mib":512,"cpus":1.5,"max_lifetime_secs":3600,"max_instances_per_user":1,
-        "placement":{"zone":"a"},"strategy":"spread","pull":"registry","prepull":{"hosts":2},
+        "priority":-5,"placement":{"zone":"a"},"strategy":"spread","pull":"registry","prepull":{"hosts":2},
         "resolved":{"reference":"127.0.0.1:5000/course/python@sha256:ab","source":"Registry","resolved_ms":7},
         "enabled":true})
 }
@@ -99,15 +99,15 @@ fn blueprints() {
     assert_eq!(r.spec.strategy, Some(Strategy::Spread));
     assert_eq!(r.spec.prepull, Prepull::Hosts(2));
     assert_eq!(r.spec.run_image(), "127.0.0.1:5000/course/python@sha256:ab");
-    // Stored before image resolution: no strategy, pull, prepull or resolution.
+    // Stored before image resolution: no strategy, pull, prepull, resolution or priority.
     let old: BlueprintRecord = serde_json::from_value(json!({"revision":1,"created_ms":1,"updated_ms":1,
         "name":"r","description":"","image":"rocker/rstudio:4","command":null,"env":{},"app":"rstudio",
         "app_port":8787,"memory_mib":1024,"cpus":1.0,"max_lifetime_secs":3600,
         "max_instances_per_user":1,"placement":{},"enabled":false}))
     .unwrap();
     assert_eq!(
-        (old.spec.pull, old.spec.prepull),
-        (PullPolicy::Registry, Prepull::All)
+        (old.spec.pull, old.spec.prepull, old.spec.priority),
+        (PullPolicy::Registry, Prepull::All, 0)
     );
     assert_eq!(
         serde_json::to_value(&old).unwrap()["prepull"],
@@ -125,7 +125,7 @@ fn blueprints() {
     round_trip::<Refreshed>(json!({"changed":true,"blueprint":record()}));
     let input: BlueprintInput = round_trip(json!({"name":"python","description":null,
         "image":"img:1","command":null,"env":null,"app":"http","app_port":8080,"memory_mib":64,
-        "cpus":null,"max_lifetime_secs":null,"max_instances_per_user":null,"placement":null,
+        "cpus":null,"max_lifetime_secs":null,"max_instances_per_user":null,"priority":null,"placement":null,
         "strategy":"binpack","pull":null,"prepull":"all","enabled":null}));
     assert_eq!(input.app.as_deref(), Some("http"));
 }

@@ -323,6 +323,7 @@ pub fn render_detail(record: &Blueprint, now_ms: u64) -> String {
         ("memory", memory(b.memory_mib)),
         ("max lifetime", lifetime(b.max_lifetime_secs)),
         ("max per user", b.max_instances_per_user.to_string()),
+        ("priority", b.priority.to_string()),
         ("env", pairs(&b.env)),
         ("placement", pairs(&b.placement)),
     ])
@@ -456,6 +457,12 @@ zone = "a"
             "{text}"
         );
         assert!(text.contains("placement:     -\n"), "{text}");
+        // A record from before priorities reads as the default.
+        assert!(text.contains("priority:      0\n"), "{text}");
+        let mut urgent = sample();
+        urgent.spec.priority = -7;
+        let text = render_detail(&urgent, 110_000);
+        assert!(text.contains("priority:      -7\n"), "{text}");
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub const MAX_LIFETIME_SECS: u64 = 30 * 24 * 3600;
 /// Smallest memory limit: below this, Docker and most apps do not start.
 pub const MIN_MEMORY_MIB: u64 = 16;
 pub const MAX_MEMORY_MIB: u64 = 4 * 1024 * 1024;
+/// The range of a blueprint's launch-queue priority (default 0). Bounded so the
+/// scale stays readable and any value fits the scheduler's `i8`.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i8> = -100..=100;
 
 fn err(errors: &mut Vec<FieldError>, field: impl Into<String>, message: impl Into<String>) {
     errors.push(FieldError {
@@ -203,6 +206,24 @@ pub fn validate(input: &BlueprintInput) -> Result<BlueprintSpec, Vec<FieldError>
             0
         }
     };
+    let priority = match input.priority {
+        None => 0,
+        Some(p) => match i8::try_from(p) {
+            Ok(p) if PRIORITY_RANGE.contains(&p) => p,
+            _ => {
+                err(
+                    &mut e,
+                    "priority",
+                    format!(
+                        "{p} is out of range {} to {}",
+                        PRIORITY_RANGE.start(),
+                        PRIORITY_RANGE.end()
+                    ),
+                );
+                0
+            }
+        },
+    };
     let strategy = match input.strategy.as_deref() {
         None | Some("") => None,
         Some("binpack") => Some(cairn_api::blueprints::Strategy::Binpack),
@@ -277,6 +298,7 @@ pub fn validate(input: &BlueprintInput) -> Result<BlueprintSpec, Vec<FieldError>
         cpus,
         max_lifetime_secs,
         max_instances_per_user,
+        priority,
         placement,
         strategy,
         pull,
@@ -312,9 +334,10 @@ mod tests {
                 s.app_port,
                 s.max_lifetime_secs,
                 s.max_instances_per_user,
+                s.priority,
                 s.enabled
             ),
-            (8888, 3600, 1, true)
+            (8888, 3600, 1, 0, true)
         );
         assert_eq!(s.cpus, 1.0);
     }
@@ -330,6 +353,7 @@ mod tests {
             cpus: Some(0.0),
             max_lifetime_secs: Some(0),
             max_instances_per_user: Some(0),
+            priority: Some(101),
             env: Some(
                 [
                     ("JUPYTER_TOKEN".to_string(), "x".to_string()),
@@ -350,6 +374,7 @@ mod tests {
             "cpus",
             "max_lifetime_secs",
             "max_instances_per_user",
+            "priority",
             "env.JUPYTER_TOKEN",
             "env.1X",
         ] {
@@ -382,6 +407,27 @@ mod tests {
             ..good()
         })
         .is_ok());
+    }
+
+    #[test]
+    fn priority_boundary() {
+        let with = |p| {
+            validate(&BlueprintInput {
+                priority: Some(p),
+                ..good()
+            })
+        };
+        for ok in [-100i8, -1, 0, 7, 100] {
+            assert_eq!(with(i64::from(ok)).unwrap().priority, ok, "{ok}");
+        }
+        // Values past i8's and i64's ends too: none may wrap into the range.
+        for bad in [-101, 101, 128, 256 + 5, i64::MIN, i64::MAX] {
+            let errs = with(bad).unwrap_err();
+            assert_eq!(
+                (errs[0].field.as_str(), errs[0].message.clone()),
+                ("priority", format!("{bad} is out of range -100 to 100")),
+            );
+        }
     }
 
     #[test]

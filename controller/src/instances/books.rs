@@ -108,7 +108,7 @@ pub fn request_of(i: &Instance, spec: &BlueprintSpec) -> Request {
         labels: spec.placement.clone(),
         image: spec.run_image().to_string(),
         strategy: spec.strategy,
-        priority: 0,
+        priority: spec.priority,
     }
 }
 
@@ -134,5 +134,91 @@ pub fn snapshot(h: &HostView) -> HostSnapshot {
         images: super::prepull::present_images(h),
         recent_failures: h.pool.consecutive_failures,
         isolated: h.isolation.is_enforced(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::blueprints::spec::{validate, BlueprintInput};
+    use crate::instances::state::AppSecrets;
+    use crate::scheduler::Outcome;
+
+    /// A 1 GiB blueprint of the given priority (`None`: left out, so the default).
+    fn blueprint(name: &str, priority: Option<i64>) -> BlueprintSpec {
+        validate(&BlueprintInput {
+            name: Some(name.into()),
+            image: Some("img:1".into()),
+            app: Some("jupyter".into()),
+            memory_mib: Some(1024),
+            priority,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn launch(spec: &BlueprintSpec, now_ms: u64) -> Instance {
+        Instance::new(
+            InstanceId::generate(),
+            "alice".into(),
+            spec.name.clone(),
+            1,
+            3_600_000,
+            AppSecrets::default(),
+            now_ms,
+        )
+    }
+
+    /// Room for one such instance.
+    fn one_slot_host() -> HostSnapshot {
+        HostSnapshot {
+            id: HostId::parse("h-0000000000000001").unwrap(),
+            pool: "default".into(),
+            schedulable: true,
+            isolated: true,
+            capacity: Resources::new(1024 * MIB, 2000),
+            labels: BTreeMap::new(),
+            images: BTreeSet::new(),
+            recent_failures: 0,
+        }
+    }
+
+    /// The blueprint's priority reaches the queue: when room appears, a waiting
+    /// launch of a higher-priority blueprint is placed before an older one of a
+    /// lower priority, which keeps waiting at the head of what is left.
+    #[test]
+    fn a_higher_priority_blueprint_is_placed_first_when_room_appears() {
+        let course = blueprint("course", None);
+        let exam = blueprint("exam", Some(50));
+        assert_eq!((course.priority, exam.priority), (0, 50));
+        let mut s = Scheduler::default();
+        let host = one_slot_host();
+        s.upsert_host(host.clone());
+
+        let running = launch(&course, 0);
+        assert_eq!(
+            s.submit(request_of(&running, &course)),
+            Outcome::Placed(host.id.clone())
+        );
+        let older = launch(&course, 1);
+        assert_eq!(
+            s.submit(request_of(&older, &course)),
+            Outcome::Queued { position: 1 }
+        );
+        let urgent = launch(&exam, 2);
+        assert_eq!(
+            s.submit(request_of(&urgent, &exam)),
+            Outcome::Queued { position: 1 },
+            "queued ahead of the older launch, but not placed: no preemption"
+        );
+        assert_eq!(s.placement(&running.id), Some(&host.id));
+
+        s.release(&running.id);
+        assert_eq!(s.drain(), vec![(urgent.id.clone(), host.id.clone())]);
+        assert_eq!(s.position(&older.id), Some(1));
     }
 }

@@ -105,8 +105,9 @@ pub struct Request {
     pub image: String,
     /// Overrides the pool's strategy (a blueprint may ask to spread).
     pub strategy: Option<Strategy>,
-    /// Higher goes first.
-    pub priority: u8,
+    /// Higher goes first in the queue; the blueprint's, -100 to 100, default 0.
+    /// Never preempts: a placed request keeps its room.
+    pub priority: i8,
 }
 
 /// Extra score for a host, for what the core does not know about (cached datasets,
@@ -159,8 +160,8 @@ pub struct Scheduler {
     hosts: BTreeMap<HostId, HostEntry>,
     placed: HashMap<InstanceId, (HostId, Resources)>,
     /// Waiting requests by (priority descending, arrival).
-    queue: BTreeMap<(std::cmp::Reverse<u8>, u64), Request>,
-    queued: HashMap<InstanceId, (std::cmp::Reverse<u8>, u64)>,
+    queue: BTreeMap<(std::cmp::Reverse<i8>, u64), Request>,
+    queued: HashMap<InstanceId, (std::cmp::Reverse<i8>, u64)>,
     seq: u64,
     pools: HashMap<String, PoolPolicy>,
     default_policy: PoolPolicy,

@@ -238,6 +238,9 @@ pub struct BlueprintForm {
     lifetime_hours: String,
     #[serde(default)]
     max_instances_per_user: String,
+    /// Launch-queue priority, -100 to 100; empty means the default (0).
+    #[serde(default)]
+    priority: String,
     #[serde(default)]
     placement: String,
     #[serde(default)]
@@ -279,6 +282,7 @@ impl BlueprintForm {
             cpus: b.cpus.to_string(),
             lifetime_hours: format!("{}", b.max_lifetime_secs as f64 / 3600.0),
             max_instances_per_user: b.max_instances_per_user.to_string(),
+            priority: b.priority.to_string(),
             placement: pairs(&b.placement),
             strategy: match b.strategy {
                 Some(crate::scheduler::Strategy::Binpack) => "binpack".into(),
@@ -341,6 +345,7 @@ impl BlueprintForm {
             "max_instances_per_user",
             &mut bad,
         );
+        let priority = opt_int(&self.priority, "priority", &mut bad);
         let cpus = if self.cpus.trim().is_empty() {
             None
         } else {
@@ -384,6 +389,7 @@ impl BlueprintForm {
             cpus,
             max_lifetime_secs: lifetime,
             max_instances_per_user,
+            priority,
             placement: Some(placement),
             strategy: text(&self.strategy),
             pull: text(&self.pull),
@@ -458,6 +464,7 @@ fn blueprint_form(
             (field("max_lifetime_secs", "Maximum lifetime (hours)", "", html! {
                 input id="max_lifetime_secs" name="lifetime_hours" value=(f.lifetime_hours) aria-invalid=[invalid("max_lifetime_secs")]; }, errors))
             (field("max_instances_per_user", "Instances per user", "", text("max_instances_per_user", &f.max_instances_per_user, false), errors))
+            (field("priority", "Queue priority", "-100 to 100, default 0: when hosts are full, higher launches go first; running instances are never stopped for them", text("priority", &f.priority, false), errors))
             (field("command", "Command", "one argument per line; empty keeps the image's", html! {
                 textarea id="command" name="command" rows="3" { (f.command) } }, errors))
             (field("env", "Environment", "KEY=VALUE, one per line", html! {
@@ -494,6 +501,7 @@ pub async fn new_blueprint(AdminSession(s): AdminSession) -> Response {
         cpus: "1".into(),
         lifetime_hours: "1".into(),
         max_instances_per_user: "1".into(),
+        priority: "0".into(),
         enabled: Some("on".into()),
         ..Default::default()
     };
@@ -915,14 +923,17 @@ mod tests {
         assert_eq!(input.env.unwrap()["B"], "x=y");
         assert_eq!(input.enabled, Some(true));
 
+        assert_eq!(input.priority, None, "empty: the default");
+
         let bad = BlueprintForm {
             memory_mib: "lots".into(),
             env: "NOEQUALS".into(),
+            priority: "high".into(),
             ..f
         };
         let errors = bad.input().unwrap_err();
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, vec!["env", "memory_mib"]);
+        assert_eq!(fields, vec!["env", "memory_mib", "priority"]);
     }
 
     #[test]
@@ -937,6 +948,7 @@ mod tests {
             cpus: "1".into(),
             lifetime_hours: "2".into(),
             max_instances_per_user: "1".into(),
+            priority: "-20".into(),
             placement: "zone=a".into(),
             enabled: Some("on".into()),
             ..Default::default()
@@ -944,6 +956,7 @@ mod tests {
         .input()
         .unwrap();
         let spec = crate::blueprints::spec::validate(&input).unwrap();
+        assert_eq!(spec.priority, -20);
         let again = BlueprintForm::from_spec(&spec).input().unwrap();
         assert_eq!(crate::blueprints::spec::validate(&again).unwrap(), spec);
     }
