@@ -236,8 +236,12 @@ fn errors_health_and_autoscaler() {
     round_trip::<ErrorBody>(json!({"error":{"code":"not_found","message":"no instance i-1"}}));
     round_trip::<OffsetConflict>(json!({"error":{"code":"offset_mismatch",
         "message":"the upload is at byte 4, not 0"},"offset":4}));
-    round_trip::<Health>(json!({"status":"ok","version":"0.1.0","hosts":{"active":2},
-        "instances":{"queued":1,"running":3}}));
+    round_trip::<Health>(json!({"status":"ok","version":"0.1.0","store":"writable",
+        "hosts":{"active":2},"instances":{"queued":1,"running":3}}));
+    // What anyone sees: no counts.
+    round_trip::<Health>(json!({"status":"ok","version":"0.1.0","store":"writable"}));
+    round_trip::<ErrorBody>(json!({"error":{"code":"login_throttled",
+        "message":"too many failed logins for this account; try again in 2 s","retry_after_secs":2}}));
     round_trip::<AutoscalerView>(json!({"waiting":{"(no matching pool)":{"waiting":2,
         "memory_bytes":1_073_741_824u64,"millicpus":2000}},
         "decisions":[{"at_ms":5,"pool":"default","action":"create","host":null,"count":2,
