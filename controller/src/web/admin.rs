@@ -60,6 +60,14 @@ pub async fn hosts(State(service): State<Arc<Service>>, AdminSession(s): AdminSe
                     @if let Some(f) = &h.pool.last_failure { @if h.pool.consecutive_failures > 0 {
                         p class="muted" { (plural(h.pool.consecutive_failures, "launch", "launches")) " failed in a row; last: " (f) } } }
                     @if let Some(r) = &h.state_reason { p class="muted" { (r) } }
+                    @match &h.isolation {
+                        cairn_shared::resources::Isolation::Failed { error } => {
+                            p class="error" role="alert" { "Not isolated: instances here could reach the host's services ("
+                                (error) "). Only pools with allow_unisolated place instances here." }
+                        }
+                        cairn_shared::resources::Isolation::Pending => { p class="muted" { "Isolation not reported yet." } }
+                        cairn_shared::resources::Isolation::Enforced => {}
+                    }
                     @if let Some(c) = &h.capacity {
                         div class="bars" {
                         (bar("Reserved", res_mem, c.memory_total_bytes,

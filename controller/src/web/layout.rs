@@ -124,17 +124,9 @@ fn pull_percent(reason: &str) -> Option<u8> {
         .ok()
 }
 
+/// The word for an instance state, as the API spells it.
 pub fn state_name(state: InstanceState) -> &'static str {
-    match state {
-        InstanceState::Queued => "queued",
-        InstanceState::Scheduled => "scheduled",
-        InstanceState::Preparing => "preparing",
-        InstanceState::Starting => "starting",
-        InstanceState::Running => "running",
-        InstanceState::Stopping => "stopping",
-        InstanceState::Stopped => "stopped",
-        InstanceState::Failed => "failed",
-    }
+    state.as_str()
 }
 
 /// A coloured badge for a state (the word is always there: colour is never the only
