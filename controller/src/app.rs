@@ -175,7 +175,7 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
         shutdown.clone(),
     ));
     {
-        let router = crate::api::routes(app.clone(), service.clone());
+        let router = routes(app.clone(), service.clone());
         let tls = crate::https::configured(&app.config.api, app.data_dir.root())
             .map_err(|e| StartError::Config(e.to_string()))?;
         let limits = crate::http_server::Limits::from(&app.config.api);
@@ -208,6 +208,19 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
         tasks,
         endpoint,
     })
+}
+
+/// Everything the HTTP listener serves: the API under `/api/v1`, the proxy under
+/// `/i/`, and the web UI everywhere else.
+fn routes(app: Arc<App>, service: Arc<crate::service::Service>) -> axum::Router {
+    axum::Router::new()
+        .merge(crate::api::router(service.clone()))
+        .merge(crate::proxy::router(crate::proxy::Proxy::new(
+            app,
+            service.clone(),
+        )))
+        .merge(crate::web::router(service))
+        .fallback(crate::api::fallback)
 }
 
 /// Advances host liveness on a short period and writes heartbeat-only changes in

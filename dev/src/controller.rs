@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cairn_controller::app::{self, Running};
 use cairn_controller::cli::CliError;
-use cairn_controller::config::{DataDir, HostsConfig};
+use cairn_controller::config::{ControllerConfig, DataDir, HostsConfig, PoolConfig};
 use cairn_controller::pki::{self, InitOptions};
 use cairn_controller::service::join_tokens::CreateToken;
 use cairn_controller::service::{Caller, Kind, Service};
@@ -35,13 +35,13 @@ pub fn init_if_new(data: &DataDir, api_port: u16, link_port: u16) -> Result<bool
     // The local agent may run without root, and so without the packet filter that
     // keeps instances off the host; on a loopback-only development controller that
     // must not leave the example queued forever.
-    let pool = "\n# Development mode: instances may run on a host without the packet filter.\n\
-                [[pools]]\nname = \"default\"\nallow_unisolated = true\n";
-    let mut config = std::fs::read_to_string(data.config())
-        .map_err(|e| CliError::Other(format!("reading {}: {e}", data.config().display())))?;
-    config.push_str(pool);
-    std::fs::write(data.config(), config)
-        .map_err(|e| CliError::Other(format!("writing {}: {e}", data.config().display())))?;
+    let other = |e: String| CliError::Other(e);
+    let mut config = ControllerConfig::load(&data.config()).map_err(other)?;
+    let pool: PoolConfig = toml::from_str("name = \"default\"\nallow_unisolated = true\n")
+        .map_err(|e| other(format!("the development pool: {e}")))?;
+    config.pools.push(pool);
+    std::fs::write(data.config(), config.to_toml())
+        .map_err(|e| other(format!("writing {}: {e}", data.config().display())))?;
     Ok(true)
 }
 

@@ -9,10 +9,9 @@ use axum::http::StatusCode;
 use axum::Json;
 
 use super::{body, ApiResult};
-use crate::blueprints::catalog::Revision;
-use crate::blueprints::{BlueprintInput, BlueprintRecord};
 use crate::service::views::Refreshed;
 use crate::service::{Caller, Service};
+use cairn_api::blueprints::{BlueprintInput, BlueprintRecord, Revision};
 
 #[utoipa::path(
     get,

@@ -8,8 +8,8 @@ use axum::Json;
 use cairn_api::hosts::Drain;
 
 use super::{ApiError, ApiResult};
-use crate::hosts::HostView;
 use crate::service::{Caller, Service};
+use cairn_api::hosts::HostView;
 
 #[utoipa::path(
     get,

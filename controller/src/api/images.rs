@@ -24,9 +24,9 @@ use cairn_api::images::{CreateUpload, UploadAnswer};
 use serde::Serialize;
 
 use super::{body, ApiError, ApiResult};
-use crate::images::archives::ImageRecord;
 use crate::service::images::Appended;
 use crate::service::{Caller, Service};
+use cairn_api::images::ImageRecord;
 
 /// The header carrying an upload's offset, both ways.
 pub const UPLOAD_OFFSET: &str = "upload-offset";

@@ -204,20 +204,9 @@ pub fn router(service: Arc<Service>) -> Router {
         .with_state(service)
 }
 
-/// Everything the HTTP listener serves: the API under `/api/v1`, the proxy under
-/// `/i/`, and the web UI everywhere else.
-pub fn routes(app: Arc<crate::app::App>, service: Arc<Service>) -> Router {
-    Router::new()
-        .merge(router(service.clone()))
-        .merge(crate::proxy::router(crate::proxy::Proxy::new(
-            app,
-            service.clone(),
-        )))
-        .merge(crate::web::router(service))
-        .fallback(fallback)
-}
-
-async fn fallback(req: Request) -> Response {
+/// What answers an address no door serves: a JSON error under `/api/`, a page
+/// elsewhere.
+pub async fn fallback(req: Request) -> Response {
     if req.uri().path().starts_with("/api/") {
         ApiError(ServiceError::not_found("no such endpoint")).into_response()
     } else {

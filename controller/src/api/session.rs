@@ -11,7 +11,7 @@ use cairn_api::session::Login;
 use super::{body, ApiResult, ClientAddr};
 use crate::service::views::{ApiTokenView, LoginResponse};
 use crate::service::{Caller, Service};
-use crate::users::Principal;
+use cairn_api::users::Principal;
 
 /// `POST /api/v1/login`: trades a user name and password for an API token.
 #[utoipa::path(

@@ -14,10 +14,12 @@ use serde::Deserialize;
 use super::layout::{badge, bar, count as plural, duration, message, mib, page};
 use super::user::{app_name, instance_table};
 use super::{failure, AdminSession};
-use crate::blueprints::spec::{Prepull, PrepullInput, PullPolicy};
-use crate::blueprints::{BlueprintInput, BlueprintSpec, FieldError};
 use crate::service::{Kind, Service, ServiceError};
-use crate::users::Role;
+use cairn_api::blueprints::{
+    BlueprintInput, BlueprintSpec, Prepull, PrepullInput, PullPolicy, Strategy,
+};
+use cairn_api::error::FieldError;
+use cairn_api::users::Role;
 use cairn_shared::resources::RuntimeFacts;
 
 fn now() -> u64 {
@@ -293,8 +295,8 @@ impl BlueprintForm {
             priority: b.priority.to_string(),
             placement: pairs(&b.placement),
             strategy: match b.strategy {
-                Some(crate::scheduler::Strategy::Binpack) => "binpack".into(),
-                Some(crate::scheduler::Strategy::Spread) => "spread".into(),
+                Some(Strategy::Binpack) => "binpack".into(),
+                Some(Strategy::Spread) => "spread".into(),
                 None => String::new(),
             },
             pull: match b.pull {

@@ -6,8 +6,8 @@
 
 use maud::{html, Markup, DOCTYPE};
 
-use crate::instances::InstanceState;
-use crate::users::Principal;
+use cairn_api::instances::InstanceState;
+use cairn_api::users::Principal;
 
 /// Who is looking at a page, for the navigation.
 #[derive(Debug, Clone, Default)]

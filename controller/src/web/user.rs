@@ -12,10 +12,10 @@ use serde::Deserialize;
 
 use super::layout::{self, badge, duration, message, page};
 use super::{failure, AdminSession, Session};
-use crate::blueprints::catalog::BlueprintRecord;
-use crate::blueprints::AppKind;
 use crate::service::views::InstanceView;
 use crate::service::{Kind, Service};
+use cairn_api::blueprints::{AppKind, BlueprintRecord};
+use cairn_api::instances::InstanceState;
 
 pub fn app_name(kind: AppKind) -> &'static str {
     match kind {
@@ -141,7 +141,7 @@ pub fn instance_table(list: &[InstanceView], owners: bool) -> Markup {
                             td { (duration(now.saturating_sub(i.created_ms) / 1000)) }
                             td { @if i.state.is_terminal() { span class="muted" { "—" } } @else { (duration(i.time_left_secs)) } }
                             td {
-                                @if i.state == crate::instances::InstanceState::Running {
+                                @if i.state == InstanceState::Running {
                                     a class="button" href={ "/i/" (i.id) "/" } { "Open" } " "
                                 }
                                 a href={ "/instances/" (i.id) } { "Details" }
@@ -182,14 +182,14 @@ pub async fn instance(
     let kind = i.app.kind;
     let state = layout::state_name(i.state);
     let pct = layout::progress_of(i.state, i.state_reason.as_deref());
-    let running = i.state == crate::instances::InstanceState::Running;
+    let running = i.state == InstanceState::Running;
     let body = html! {
         div class="stack" data-instance=(i.id) {
             noscript { meta http-equiv="refresh" content="3"; }
             div class="stack big-progress" role="status" aria-live="polite" {
                 p { span id="progress-text" {
                     @if running { "Ready to open" }
-                    @else if i.state == crate::instances::InstanceState::Failed { "This instance failed" }
+                    @else if i.state == InstanceState::Failed { "This instance failed" }
                     @else if i.state.is_terminal() { "This instance has ended" }
                     @else { (state) " — " (pct) "%" }
                 } " " span id="state" class={ "badge s-" (state) } { (state) } }
