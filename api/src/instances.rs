@@ -65,15 +65,9 @@ impl InstanceState {
         )
     }
 
-    /// The host should be running it.
+    /// The host should be running it: it holds a place and is not being stopped.
     pub fn desired_on_host(self) -> bool {
-        matches!(
-            self,
-            InstanceState::Scheduled
-                | InstanceState::Preparing
-                | InstanceState::Starting
-                | InstanceState::Running
-        )
+        self.holds_host() && self != InstanceState::Stopping
     }
 }
 
