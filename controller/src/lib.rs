@@ -27,6 +27,7 @@ pub mod app;
 pub mod auth;
 pub mod autoscaler;
 pub mod blueprints;
+pub mod chunks;
 pub mod cli;
 pub mod config;
 pub mod hosts;

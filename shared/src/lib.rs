@@ -12,6 +12,8 @@
 //! * [`images`] — image sources, pre-pull sets, registry credentials and pull progress.
 //! * [`reference`] — image references (`[REGISTRY/]REPO[:TAG][@DIGEST]`), parsed and
 //!   normalised as Docker does.
+//! * [`chunks`] — content-defined chunks named by BLAKE3 and the manifests that list
+//!   them: the one way Cairn stores and moves bytes (feature `chunks`).
 //! * [`validate`] — bounds checks every input crosses before it is trusted.
 //!
 //! `identity`, `framing` and the quinn helpers of `protocol` need the `link` feature
@@ -21,6 +23,8 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+#[cfg(feature = "chunks")]
+pub mod chunks;
 #[cfg(feature = "link")]
 pub mod framing;
 pub mod fsutil;

@@ -1,0 +1,1 @@
+//! FastCDC chunk boundaries.

@@ -1,0 +1,1 @@
+//! A manifest written out as a tree.
