@@ -422,6 +422,7 @@ async fn heartbeat<F: FactsSource>(
         runtime: facts.runtime().await,
         pulls: images.as_ref().map(|i| i.progress()).unwrap_or_default(),
         isolation,
+        datasets: vec![],
     })
 }
 

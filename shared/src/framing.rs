@@ -212,6 +212,7 @@ mod tests {
                 runtime: RuntimeFacts::Unavailable { error: "docker down".into() },
                 pulls: vec![],
                 isolation: Isolation::Enforced,
+                datasets: vec![],
             });
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let back: AgentMsg = rt.block_on(async {

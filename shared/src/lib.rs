@@ -13,7 +13,8 @@
 //! * [`reference`] — image references (`[REGISTRY/]REPO[:TAG][@DIGEST]`), parsed and
 //!   normalised as Docker does.
 //! * [`chunks`] — content-defined chunks named by BLAKE3 and the manifests that list
-//!   them: the one way Cairn stores and moves bytes (feature `chunks`).
+//!   them: the one way Cairn stores and moves bytes. The parts that touch files
+//!   (chunker, scans, trees, chunk directories) need the `chunks` feature.
 //! * [`validate`] — bounds checks every input crosses before it is trusted.
 //!
 //! `identity`, `framing` and the quinn helpers of `protocol` need the `link` feature
@@ -23,7 +24,6 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
-#[cfg(feature = "chunks")]
 pub mod chunks;
 #[cfg(feature = "link")]
 pub mod framing;

@@ -222,6 +222,7 @@ impl Validate for AgentMsg {
                 h.runtime.validate()?;
                 h.isolation.validate()?;
                 validate::max_items("pulls", &h.pulls, crate::images::MAX_PULLS)?;
+                validate::max_items("datasets", &h.datasets, MAX_CACHED_DATASETS)?;
                 h.pulls.iter().try_for_each(Validate::validate)
             }
             AgentMsg::Instances { reports, .. } => {
@@ -244,7 +245,13 @@ pub struct Heartbeat {
     /// Whether instances on this host are fenced in; a change is sent at once, not
     /// only with the next periodic heartbeat.
     pub isolation: Isolation,
+    /// Dataset versions (their manifests) materialised and ready on this host: the
+    /// scheduler prefers hosts that hold what a launch mounts.
+    pub datasets: Vec<crate::chunks::ChunkId>,
 }
+
+/// Most cached dataset versions listed in one heartbeat.
+pub const MAX_CACHED_DATASETS: usize = 1024;
 
 /// Messages from the controller on the control stream, after the Welcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

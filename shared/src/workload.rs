@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::chunks::ChunkId;
 use crate::ids::InstanceId;
 use crate::images::{DesiredImages, ImageSource};
 use crate::validate::{self, Invalid, Validate};
@@ -46,6 +47,59 @@ pub struct DesiredInstance {
     /// container, it reports it missing instead of creating a new one: the user's
     /// environment vanished, and silently replacing it would hide that.
     pub expect_existing: bool,
+    /// Dataset versions mounted read-only into the container, materialised on the
+    /// host before it starts.
+    pub datasets: Vec<DatasetMount>,
+}
+
+/// One immutable dataset version, as the link names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DatasetSpec {
+    pub name: String,
+    pub version: u32,
+    /// The version's manifest: what the agent fetches and verifies.
+    pub manifest: ChunkId,
+    /// Bytes of its files, for progress and cache room.
+    pub bytes: u64,
+}
+
+/// A dataset version mounted into an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetMount {
+    pub dataset: DatasetSpec,
+    /// Absolute path inside the container.
+    pub path: String,
+}
+
+/// The dataset versions a host should hold before any launch asks (pre-fetch, with
+/// the blueprint's pre-pull policy).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredDatasets {
+    pub prefetch: Vec<DatasetSpec>,
+}
+
+/// Most datasets one instance mounts.
+pub const MAX_INSTANCE_DATASETS: usize = 16;
+/// Most datasets in a host's pre-fetch set.
+pub const MAX_PREFETCH_DATASETS: usize = 256;
+/// Longest dataset name on the link.
+pub const MAX_DATASET_NAME: usize = 63;
+
+impl Validate for DatasetSpec {
+    fn validate(&self) -> Result<(), Invalid> {
+        validate::max_len("dataset.name", &self.name, MAX_DATASET_NAME)
+    }
+}
+
+impl Validate for DatasetMount {
+    fn validate(&self) -> Result<(), Invalid> {
+        self.dataset.validate()?;
+        validate::max_len("dataset.path", &self.path, 1024)?;
+        if !self.path.starts_with('/') || self.path.contains('\0') {
+            return Err(Invalid::new("dataset.path", "not an absolute path"));
+        }
+        Ok(())
+    }
 }
 
 /// A change to a host's desired instances.
@@ -59,6 +113,9 @@ pub struct DesiredUpdate {
     /// The host's desired image set and registry credentials; `None` leaves the last
     /// set as it is. Always present when `full`.
     pub images: Option<DesiredImages>,
+    /// The host's dataset pre-fetch set; `None` leaves the last set as it is.
+    /// Always present when `full`.
+    pub datasets: Option<DesiredDatasets>,
 }
 
 /// Most instances in one update.
@@ -71,6 +128,14 @@ impl Validate for DesiredUpdate {
         if let Some(images) = &self.images {
             images.validate()?;
         }
+        if let Some(datasets) = &self.datasets {
+            validate::max_items(
+                "desired.datasets.prefetch",
+                &datasets.prefetch,
+                MAX_PREFETCH_DATASETS,
+            )?;
+            datasets.prefetch.iter().try_for_each(Validate::validate)?;
+        }
         for d in &self.upsert {
             validate::max_len("desired.image", &d.image, crate::images::MAX_REFERENCE)?;
             if let ImageSource::Controller { archive, .. } = &d.image_source {
@@ -82,6 +147,8 @@ impl Validate for DesiredUpdate {
             if let Some(c) = &d.command {
                 validate::max_items("desired.command", c, 64)?;
             }
+            validate::max_items("desired.datasets", &d.datasets, MAX_INSTANCE_DATASETS)?;
+            d.datasets.iter().try_for_each(Validate::validate)?;
         }
         Ok(())
     }

@@ -144,6 +144,7 @@ mod tests {
             probe: Probe::Tcp,
             start_timeout_ms: 1000,
             expect_existing: existing,
+            datasets: vec![],
         }
     }
 

@@ -547,6 +547,7 @@ mod tests {
             upsert: vec![],
             remove: vec![],
             images: None,
+            datasets: None,
         }));
         assert!(sup.apply(DesiredUpdate {
             version: 5,
@@ -554,6 +555,7 @@ mod tests {
             upsert: vec![],
             remove: vec![],
             images: None,
+            datasets: None,
         }));
         sup.pass().await;
         for _ in 0..10 {
@@ -570,6 +572,7 @@ mod tests {
             upsert: vec![],
             remove: vec![],
             images: None,
+            datasets: None,
         }));
         assert!(sup.apply(DesiredUpdate {
             version: 6,
@@ -577,6 +580,7 @@ mod tests {
             upsert: vec![],
             remove: vec![],
             images: None,
+            datasets: None,
         }));
     }
 
@@ -598,6 +602,7 @@ mod tests {
             probe: Probe::Tcp,
             start_timeout_ms: 60_000,
             expect_existing: false,
+            datasets: vec![],
         }
     }
 
@@ -608,6 +613,7 @@ mod tests {
             upsert: vec![d.clone()],
             remove: vec![],
             images: None,
+            datasets: None,
         }));
     }
 
@@ -715,6 +721,7 @@ mod tests {
             upsert: vec![],
             remove: vec![],
             images: Some(set.clone()),
+            datasets: Some(Default::default()),
         }));
         assert_eq!(sup.image_manager().desired(), set);
         // A delta without images leaves the set alone.
@@ -724,6 +731,7 @@ mod tests {
             upsert: vec![],
             remove: vec![],
             images: None,
+            datasets: None,
         }));
         assert_eq!(sup.image_manager().desired(), set);
         let stop = CancellationToken::new();

@@ -74,5 +74,6 @@ pub fn desired_of(i: &Instance, spec: &BlueprintSpec, start_timeout_ms: u64) -> 
         probe,
         start_timeout_ms,
         expect_existing: i.container_seen,
+        datasets: vec![],
     }
 }

@@ -130,6 +130,7 @@ impl Syncs {
                     upsert: vec![],
                     remove: vec![],
                     images: Some(images),
+                    datasets: Some(Default::default()),
                 },
             ));
         }

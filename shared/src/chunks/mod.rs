@@ -14,10 +14,15 @@
 //! * [`plan`] — the sans-I/O transfer planner: have/want in, batches out.
 //! * [`materialise`] — a manifest written out as a tree from verified chunks.
 
-pub mod chunker;
+// Plain data and pure logic, always built (the link's messages name chunks):
 pub mod manifest;
-pub mod materialise;
 pub mod plan;
+// The parts that read and write files, behind the `chunks` feature:
+#[cfg(feature = "chunks")]
+pub mod chunker;
+#[cfg(feature = "chunks")]
+pub mod materialise;
+#[cfg(feature = "chunks")]
 pub mod scan;
 
 use serde::{Deserialize, Serialize};

@@ -313,6 +313,7 @@ mod tests {
             probe: Probe::Tcp,
             start_timeout_ms: 1,
             expect_existing: false,
+            datasets: vec![],
         };
         let h = GcHandle::new();
         let feed = DesiredImagesFeed::new(Arc::new(Accept::default()), h.clone());
@@ -339,6 +340,7 @@ mod tests {
             upsert: vec![],
             remove: vec![one_id],
             images: None,
+            datasets: None,
         }));
         assert_eq!(h.desired(), Some(set(&["two:1", "pre@sha256:ab"])));
         // A gap is refused by the supervisor, so the feed ignores it too.
@@ -348,6 +350,7 @@ mod tests {
             upsert: vec![inst("three:1")],
             remove: vec![],
             images: None,
+            datasets: None,
         }));
         assert_eq!(h.desired(), Some(set(&["two:1", "pre@sha256:ab"])));
     }
