@@ -47,7 +47,9 @@ impl ChunkId {
         if s.len() != 64 {
             return None;
         }
-        blake3::Hash::from_hex(s).ok().map(|h| ChunkId(*h.as_bytes()))
+        blake3::Hash::from_hex(s)
+            .ok()
+            .map(|h| ChunkId(*h.as_bytes()))
     }
 
     /// Whether `bytes` are the chunk this id names.
@@ -92,6 +94,31 @@ impl Params {
             min: avg / 4,
             avg,
             max: avg * 4,
+        }
+    }
+
+    /// Whether fastcdc accepts these sizes and every chunk fits [`MAX_CHUNK_LEN`]:
+    /// `64 ≤ min ≤ avg ≤ max ≤ MAX_CHUNK_LEN`, `avg ≥ 256`, `max ≥ 1024`, all even.
+    /// A manifest (or a caller) with other sizes is refused rather than handed to
+    /// fastcdc, which only debug-asserts them.
+    pub fn check(&self) -> Result<(), String> {
+        let ok = self.min >= 64
+            && self.min <= 1_048_576
+            && self.avg >= 256
+            && self.max >= 1024
+            && self.min <= self.avg
+            && self.avg <= self.max
+            && self.max <= MAX_CHUNK_LEN
+            && self.min % 2 == 0
+            && self.avg % 2 == 0
+            && self.max % 2 == 0;
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "chunker sizes min {} avg {} max {} are invalid (need 64 <= min <= avg <= max <= {MAX_CHUNK_LEN}, avg >= 256, max >= 1024, all even)",
+                self.min, self.avg, self.max
+            ))
         }
     }
 }
