@@ -11,10 +11,12 @@
 //!   encoded, hashed list of entries, validated whole before anything trusts it.
 //! * [`scan`] — a directory turned into a manifest, reusing the chunks of files whose
 //!   size, mtime, ctime and inode did not change since the last scan.
+//! * [`dir`] — a local directory of verified chunks named by hash ([`dir::ChunkDir`]).
 //! * [`plan`] — the sans-I/O transfer planner: have/want in, batches out.
 //! * [`materialise`] — a manifest written out as a tree from verified chunks.
 
 pub mod chunker;
+pub mod dir;
 pub mod manifest;
 pub mod materialise;
 pub mod plan;
@@ -109,9 +111,9 @@ impl Params {
             && self.min <= self.avg
             && self.avg <= self.max
             && self.max <= MAX_CHUNK_LEN
-            && self.min % 2 == 0
-            && self.avg % 2 == 0
-            && self.max % 2 == 0;
+            && self.min.is_multiple_of(2)
+            && self.avg.is_multiple_of(2)
+            && self.max.is_multiple_of(2);
         if ok {
             Ok(())
         } else {
