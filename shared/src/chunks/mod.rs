@@ -14,6 +14,14 @@
 //! * [`dir`] — a local directory of verified chunks named by hash ([`dir::ChunkDir`]).
 //! * [`plan`] — the sans-I/O transfer planner: have/want in, batches out.
 //! * [`materialise`] — a manifest written out as a tree from verified chunks.
+//!
+//! The usual path of a push: [`scan()`] a directory (with last time's
+//! [`ScanCache`]), store the chunks its `locations` point at in a [`ChunkDir`] or
+//! send them, store `manifest.encode()` under `manifest.id()`. A pull:
+//! [`Manifest::decode`] (bounded, validated), [`Transfer`] over
+//! `manifest.unique_chunks()` minus what the local [`ChunkDir`] has, then
+//! [`materialise()`] from the `ChunkDir`. Every chunk is verified against its id on
+//! arrival, on read from disk and when written into a tree.
 
 pub mod chunker;
 pub mod dir;
@@ -21,6 +29,13 @@ pub mod manifest;
 pub mod materialise;
 pub mod plan;
 pub mod scan;
+
+pub use chunker::{chunk_bytes, chunk_reader};
+pub use dir::{ChunkDir, ChunkDirError};
+pub use manifest::{Entry, EntryKind, Limits, Manifest, ManifestError, ManifestId, FORMAT};
+pub use materialise::{materialise, verify_tree, MaterialiseError};
+pub use plan::{Batch, PlanError, PlanOptions, Transfer};
+pub use scan::{scan, ChunkLocation, Scan, ScanCache, ScanError, ScanProgress};
 
 use serde::{Deserialize, Serialize};
 
