@@ -9,11 +9,11 @@
 //! * [`chunker`] — FastCDC boundaries with the sizes in [`Params`].
 //! * [`manifest`] — a tree (files, directories, symlinks) as a versioned, postcard
 //!   encoded, hashed list of entries, validated whole before anything trusts it.
-//! * [`scan`] — a directory turned into a manifest, reusing the chunks of files whose
+//! * [`scan`](mod@scan) — a directory turned into a manifest, reusing the chunks of files whose
 //!   size, mtime, ctime and inode did not change since the last scan.
 //! * [`dir`] — a local directory of verified chunks named by hash ([`dir::ChunkDir`]).
 //! * [`plan`] — the sans-I/O transfer planner: have/want in, batches out.
-//! * [`materialise`] — a manifest written out as a tree from verified chunks.
+//! * [`materialise`](mod@materialise) — a manifest written out as a tree from verified chunks.
 //!
 //! The usual path of a push: [`scan()`] a directory (with last time's
 //! [`ScanCache`]), store the chunks its `locations` point at in a [`ChunkDir`] or
