@@ -183,7 +183,8 @@ fn build(
     dirs.sort_by_key(|e| std::cmp::Reverse(e.path.split('/').count()));
     for e in dirs {
         let full = staging.join(&e.path);
-        fs::set_permissions(&full, fs::Permissions::from_mode(tree_mode(e.mode))).map_err(io_at(&full))?;
+        fs::set_permissions(&full, fs::Permissions::from_mode(tree_mode(e.mode)))
+            .map_err(io_at(&full))?;
         set_mtime(&full, e.mtime_ns)?;
     }
     Ok(())
@@ -266,7 +267,11 @@ pub fn verify_tree(manifest: &Manifest, dir: &Path) -> Result<(), MaterialiseErr
         if md.mode() & 0o7777 != tree_mode(e.mode) {
             return Err(differs(
                 &e.path,
-                format!("mode {:o}, manifest says {:o}", md.mode() & 0o7777, tree_mode(e.mode)),
+                format!(
+                    "mode {:o}, manifest says {:o}",
+                    md.mode() & 0o7777,
+                    tree_mode(e.mode)
+                ),
             ));
         }
     }
