@@ -3,7 +3,9 @@
 
 use utoipa::OpenApi;
 
-use crate::{autoscaler, blueprints, error, health, hosts, images, instances, join_tokens};
+use crate::{
+    autoscaler, blueprints, datasets, error, health, hosts, images, instances, join_tokens,
+};
 use crate::{session, users};
 
 /// The components (`#/components/schemas/…`) of every type in this crate.
@@ -55,6 +57,12 @@ use crate::{session, users};
     autoscaler::Waiting,
     autoscaler::ScaleAction,
     autoscaler::Decision,
+    datasets::DatasetVersionView,
+    datasets::DatasetRecord,
+    datasets::CommitAnswer,
+    datasets::MissingQuery,
+    datasets::MissingAnswer,
+    datasets::PackAnswer,
 )))]
 #[derive(Debug)]
 pub struct ApiModel;
