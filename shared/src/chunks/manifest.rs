@@ -16,10 +16,14 @@ pub type ManifestId = super::ChunkId;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
     /// A regular file: its bytes are its chunks, in order.
-    File { chunks: Vec<ChunkRef> },
+    File {
+        chunks: Vec<ChunkRef>,
+    },
     Directory,
     /// A symbolic link and its target, as written (never followed by Cairn).
-    Symlink { target: String },
+    Symlink {
+        target: String,
+    },
 }
 
 /// One path in the tree.

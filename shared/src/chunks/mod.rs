@@ -52,7 +52,9 @@ impl ChunkId {
         if s.len() != 64 {
             return None;
         }
-        blake3::Hash::from_hex(s).ok().map(|h| ChunkId(*h.as_bytes()))
+        blake3::Hash::from_hex(s)
+            .ok()
+            .map(|h| ChunkId(*h.as_bytes()))
     }
 
     /// Whether `bytes` are the chunk this id names.
