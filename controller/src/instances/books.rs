@@ -248,4 +248,36 @@ mod tests {
         assert_eq!(s.drain(), vec![(urgent.id.clone(), host.id.clone())]);
         assert_eq!(s.position(&older.id), Some(1));
     }
+
+    /// What a heartbeat said the host holds reaches the scheduler, and a launch's
+    /// mounts reach its request, so the data-locality bonus can match them.
+    #[test]
+    fn held_datasets_and_mounts_reach_the_scheduler() {
+        let mut r = crate::hosts::HostRecord::new(HostId::generate(), "h".into(), "t".into(), 0, 0);
+        r.datasets = vec![ChunkId([7; 32]), ChunkId([8; 32])];
+        let view = HostView::from(&r);
+        assert_eq!(view.datasets, vec!["07".repeat(32), "08".repeat(32)]);
+        assert_eq!(
+            snapshot(&view).datasets,
+            [ChunkId([7; 32]), ChunkId([8; 32])].into_iter().collect()
+        );
+        let spec = blueprint("course", None);
+        let mut i = launch(&spec, 0);
+        i.datasets = vec![cairn_shared::workload::DatasetMount {
+            dataset: cairn_shared::workload::DatasetSpec {
+                name: "course-data".into(),
+                version: 2,
+                manifest: ChunkId([7; 32]),
+                bytes: 5,
+            },
+            path: "/data".into(),
+        }];
+        assert_eq!(
+            request_of(&i, &spec).datasets,
+            vec![DatasetNeed {
+                manifest: ChunkId([7; 32]),
+                bytes: 5
+            }]
+        );
+    }
 }

@@ -155,3 +155,89 @@ impl Syncs {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use cairn_shared::chunks::ChunkId;
+    use cairn_shared::images::{ImageSource, ImageSpec};
+    use cairn_shared::workload::DatasetSpec;
+
+    fn images(refs: &[&str]) -> DesiredImages {
+        DesiredImages {
+            prepull: refs
+                .iter()
+                .map(|r| ImageSpec {
+                    reference: r.to_string(),
+                    source: ImageSource::Registry,
+                })
+                .collect(),
+            credentials: vec![],
+        }
+    }
+
+    fn datasets(versions: &[u32]) -> DesiredDatasets {
+        DesiredDatasets {
+            prefetch: versions
+                .iter()
+                .map(|&v| DatasetSpec {
+                    name: "course-data".into(),
+                    version: v,
+                    manifest: ChunkId([v as u8; 32]),
+                    bytes: 1,
+                })
+                .collect(),
+        }
+    }
+
+    /// The full update carries both sets; later, only a set that changed travels,
+    /// and the other stays `None` (which the agent reads as "keep it").
+    #[test]
+    fn each_prefetch_set_is_sent_in_full_updates_and_when_it_changes() {
+        let host = HostId::generate();
+        let mut s = Syncs::default();
+        let all = BTreeMap::new();
+        let mut placed = BTreeSet::new();
+        let full = s
+            .update(
+                &host,
+                true,
+                &mut placed,
+                &all,
+                |_| None,
+                || images(&["a"]),
+                || datasets(&[1]),
+            )
+            .unwrap();
+        assert!(full.full);
+        assert_eq!(full.images, Some(images(&["a"])));
+        assert_eq!(full.datasets, Some(datasets(&[1])));
+
+        // Nothing changed: nothing to send.
+        assert!(s
+            .prefetch_updates(|_| images(&["a"]), |_| datasets(&[1]))
+            .is_empty());
+        // A new dataset version: a datasets-only update.
+        let u = s.prefetch_updates(|_| images(&["a"]), |_| datasets(&[2]));
+        assert_eq!(u.len(), 1);
+        let (to, u) = &u[0];
+        assert_eq!(to, &host);
+        assert_eq!((u.version, u.full), (full.version + 1, false));
+        assert_eq!(
+            (u.images.as_ref(), u.datasets.as_ref()),
+            (None, Some(&datasets(&[2])))
+        );
+        // A new image: an images-only update; the pre-fetch set is left alone.
+        let u = s.prefetch_updates(|_| images(&["b"]), |_| datasets(&[2]));
+        assert_eq!(
+            (u[0].1.images.as_ref(), u[0].1.datasets.as_ref()),
+            (Some(&images(&["b"])), None)
+        );
+        // A host never sent a full update gets nothing from here.
+        s.forget(&host);
+        assert!(s
+            .prefetch_updates(|_| images(&["c"]), |_| datasets(&[3]))
+            .is_empty());
+    }
+}
