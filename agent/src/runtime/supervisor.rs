@@ -27,7 +27,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::plan::{self, Action, Memory};
-use super::{ContainerRuntime, RuntimeError};
+use super::{ContainerRuntime, DatasetBind, RuntimeError};
+use crate::datasets::DatasetCache;
 use crate::images::ImageManager;
 use crate::state::ImagesSettings;
 
@@ -57,6 +58,11 @@ pub trait Workloads: Send + Sync + 'static {
     fn images(&self) -> Option<Arc<ImageManager>> {
         None
     }
+    /// The host's dataset cache: the link lists its ready versions in heartbeats
+    /// and hands it the connection chunks are fetched on.
+    fn datasets(&self) -> Option<Arc<DatasetCache>> {
+        None
+    }
     /// Whether the runtime fences instances in, as its preparation found. No
     /// default: a wrapper that forgot to pass it on would report a fenced host as
     /// unknown.
@@ -76,6 +82,7 @@ struct State {
 pub struct Supervisor<R> {
     runtime: Arc<R>,
     images: Arc<ImageManager>,
+    datasets: std::sync::OnceLock<Arc<DatasetCache>>,
     state: Mutex<State>,
     changed: Notify,
     wake: Notify,
@@ -106,10 +113,17 @@ impl<R: ContainerRuntime> Supervisor<R> {
         Arc::new(Supervisor {
             runtime: Arc::new(runtime),
             images,
+            datasets: std::sync::OnceLock::new(),
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             wake: Notify::new(),
         })
+    }
+
+    /// Materialises launches' datasets through `cache` (set once; without one, an
+    /// instance that mounts datasets fails with a clear reason).
+    pub fn set_datasets(&self, cache: Arc<DatasetCache>) {
+        let _ = self.datasets.set(cache);
     }
 
     /// The image manager launches pull through.
@@ -144,6 +158,9 @@ impl<R: ContainerRuntime> Supervisor<R> {
     /// Runs passes until `shutdown`. Containers keep running when the agent stops.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         tokio::spawn(self.images.clone().run(shutdown.clone()));
+        if let Some(cache) = self.datasets.get() {
+            tokio::spawn(cache.clone().run(shutdown.clone()));
+        }
         let mut prepared = false;
         loop {
             if !prepared {
@@ -225,14 +242,19 @@ impl<R: ContainerRuntime> Supervisor<R> {
     }
 
     async fn create_and_probe(self: Arc<Self>, d: DesiredInstance) {
-        if self.pull_image(&d).await {
+        let binds = if self.pull_image(&d).await {
+            self.prepare_datasets(&d).await
+        } else {
+            None
+        };
+        if let Some(binds) = binds {
             self.report(
                 &d.id,
                 InstancePhase::Preparing {
                     detail: "creating container".into(),
                 },
             );
-            match self.runtime.create(&d).await {
+            match self.runtime.create(&d, &binds).await {
                 Err(RuntimeError(reason)) => self.report(&d.id, InstancePhase::Failed { reason }),
                 Ok(_) => {
                     self.report(&d.id, InstancePhase::Starting);
@@ -288,6 +310,89 @@ impl<R: ContainerRuntime> Supervisor<R> {
                 );
                 false
             }
+        }
+    }
+
+    /// Makes every dataset version the instance mounts ready on this host,
+    /// reporting `Preparing { detail: "datasets 40%" }` (bytes fetched over bytes
+    /// of all its versions). `None` if no container must be created: a version
+    /// failed (reported, naming the dataset and why), or the instance is no longer
+    /// desired (the fetch goes on for whoever wants the version next).
+    async fn prepare_datasets(&self, d: &DesiredInstance) -> Option<Vec<DatasetBind>> {
+        if d.datasets.is_empty() || !self.runtime.mounts_datasets() {
+            return Some(vec![]);
+        }
+        let Some(cache) = self.datasets.get() else {
+            self.report(
+                &d.id,
+                InstancePhase::Failed {
+                    reason: "this agent keeps no dataset cache, so it cannot mount datasets"
+                        .into(),
+                },
+            );
+            return None;
+        };
+        let flights: Vec<_> = d
+            .datasets
+            .iter()
+            .map(|m| (m, cache.ensure(&m.dataset, true)))
+            .collect();
+        let mut shown = String::new();
+        let mut binds = vec![];
+        for (mount, flight) in &flights {
+            let outcome = loop {
+                let (done, total) = flights.iter().fold((0u64, 0u64), |(d, t), (_, f)| {
+                    let p = f.progress();
+                    (d + p.done_bytes.min(p.total_bytes), t + p.total_bytes)
+                });
+                let percent = if total == 0 { 100 } else { done * 100 / total };
+                let detail = format!("datasets {percent}%");
+                if detail != shown {
+                    self.report(
+                        &d.id,
+                        InstancePhase::Preparing {
+                            detail: detail.clone(),
+                        },
+                    );
+                    shown = detail;
+                }
+                if !self.lock().desired.contains_key(&d.id) {
+                    return None;
+                }
+                tokio::select! {
+                    r = flight.wait() => break r,
+                    _ = tokio::time::sleep(PULL_REPORT_INTERVAL) => {}
+                }
+            };
+            match outcome {
+                Ok(source) => binds.push(DatasetBind {
+                    source,
+                    target: mount.path.clone(),
+                }),
+                Err(e) => {
+                    let reason = format!(
+                        "dataset {}@{}: {e}",
+                        mount.dataset.name, mount.dataset.version
+                    );
+                    tracing::warn!(instance = %d.id, %reason, "cannot prepare the instance's datasets");
+                    self.report(&d.id, InstancePhase::Failed { reason });
+                    return None;
+                }
+            }
+        }
+        Some(binds)
+    }
+
+    /// Tells the dataset cache which versions desired instances mount.
+    fn note_datasets_in_use(&self) {
+        if let Some(cache) = self.datasets.get() {
+            let in_use = self
+                .lock()
+                .desired
+                .values()
+                .flat_map(|d| d.datasets.iter().map(|m| m.dataset.manifest))
+                .collect();
+            cache.set_in_use(in_use);
         }
     }
 
@@ -418,6 +523,12 @@ impl<R: ContainerRuntime> Workloads for Supervisor<R> {
         if let Some(images) = update.images.take() {
             self.images.set_desired(images);
         }
+        if let Some(cache) = self.datasets.get() {
+            if let Some(datasets) = update.datasets.take() {
+                cache.set_prefetch(datasets.prefetch);
+            }
+        }
+        self.note_datasets_in_use();
         self.wake.notify_one();
         true
     }
@@ -458,6 +569,10 @@ impl<R: ContainerRuntime> Workloads for Supervisor<R> {
         Some(self.images.clone())
     }
 
+    fn datasets(&self) -> Option<Arc<DatasetCache>> {
+        self.datasets.get().cloned()
+    }
+
     fn isolation(&self) -> Isolation {
         self.lock().isolation.clone()
     }
@@ -476,6 +591,7 @@ mod tests {
         containers: Mutex<Map<InstanceId, Observed>>,
         removed: Mutex<Vec<String>>,
         images: Arc<FakeBackend>,
+        binds: Mutex<Map<InstanceId, Vec<DatasetBind>>>,
     }
 
     impl Default for Fake {
@@ -484,6 +600,7 @@ mod tests {
                 containers: Default::default(),
                 removed: Default::default(),
                 images: Arc::new(FakeBackend::open()),
+                binds: Default::default(),
             }
         }
     }
@@ -498,7 +615,15 @@ mod tests {
         async fn list(&self) -> Result<Map<InstanceId, Observed>, RuntimeError> {
             Ok(self.containers.lock().unwrap().clone())
         }
-        async fn create(&self, d: &DesiredInstance) -> Result<String, RuntimeError> {
+        async fn create(
+            &self,
+            d: &DesiredInstance,
+            binds: &[DatasetBind],
+        ) -> Result<String, RuntimeError> {
+            self.binds
+                .lock()
+                .unwrap()
+                .insert(d.id.clone(), binds.to_vec());
             let o = Observed {
                 container_id: format!("c-{}", d.id),
                 state: ContainerState::Running,
