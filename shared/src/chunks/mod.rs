@@ -11,6 +11,7 @@
 //!   encoded, hashed list of entries, validated whole before anything trusts it.
 //! * [`scan`] — a directory turned into a manifest, reusing the chunks of files whose
 //!   size, mtime, ctime and inode did not change since the last scan.
+//! * [`dir`] — a local directory of verified chunks named by hash ([`dir::ChunkDir`]).
 //! * [`plan`] — the sans-I/O transfer planner: have/want in, batches out.
 //! * [`materialise`] — a manifest written out as a tree from verified chunks.
 
@@ -20,6 +21,8 @@ pub mod plan;
 // The parts that read and write files, behind the `chunks` feature:
 #[cfg(feature = "chunks")]
 pub mod chunker;
+#[cfg(feature = "chunks")]
+pub mod dir;
 #[cfg(feature = "chunks")]
 pub mod materialise;
 #[cfg(feature = "chunks")]
@@ -52,7 +55,9 @@ impl ChunkId {
         if s.len() != 64 {
             return None;
         }
-        blake3::Hash::from_hex(s).ok().map(|h| ChunkId(*h.as_bytes()))
+        blake3::Hash::from_hex(s)
+            .ok()
+            .map(|h| ChunkId(*h.as_bytes()))
     }
 
     /// Whether `bytes` are the chunk this id names.
@@ -97,6 +102,31 @@ impl Params {
             min: avg / 4,
             avg,
             max: avg * 4,
+        }
+    }
+
+    /// Whether fastcdc accepts these sizes and every chunk fits [`MAX_CHUNK_LEN`]:
+    /// `64 ≤ min ≤ avg ≤ max ≤ MAX_CHUNK_LEN`, `avg ≥ 256`, `max ≥ 1024`, all even.
+    /// A manifest (or a caller) with other sizes is refused rather than handed to
+    /// fastcdc, which only debug-asserts them.
+    pub fn check(&self) -> Result<(), String> {
+        let ok = self.min >= 64
+            && self.min <= 1_048_576
+            && self.avg >= 256
+            && self.max >= 1024
+            && self.min <= self.avg
+            && self.avg <= self.max
+            && self.max <= MAX_CHUNK_LEN
+            && self.min.is_multiple_of(2)
+            && self.avg.is_multiple_of(2)
+            && self.max.is_multiple_of(2);
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "chunker sizes min {} avg {} max {} are invalid (need 64 <= min <= avg <= max <= {MAX_CHUNK_LEN}, avg >= 256, max >= 1024, all even)",
+                self.min, self.avg, self.max
+            ))
         }
     }
 }
