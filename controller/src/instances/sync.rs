@@ -105,6 +105,7 @@ impl Syncs {
             upsert,
             remove,
             images,
+            datasets: full.then(Default::default),
         })
     }
 

@@ -59,6 +59,13 @@ pub fn staging_path(dest: &Path) -> PathBuf {
 }
 
 /// Writes `manifest` as a new tree at `dest` (which must not exist), taking each
+/// The mode a tree entry gets: the manifest's, without set-user-id and set-group-id.
+/// A pushed tree is data; it must never hand a container user someone else's
+/// identity (bind mounts from Docker cannot be `nosuid`).
+fn tree_mode(mode: u32) -> u32 {
+    mode & !0o6000
+}
+
 /// chunk's bytes from `source` and reporting bytes written to `progress`.
 pub fn materialise(
     manifest: &Manifest,
@@ -160,7 +167,7 @@ fn build(
                         what: format!("wrote {written} bytes, manifest says {}", e.size),
                     });
                 }
-                f.set_permissions(fs::Permissions::from_mode(e.mode))
+                f.set_permissions(fs::Permissions::from_mode(tree_mode(e.mode)))
                     .map_err(io_at(&full))?;
                 drop(f);
                 set_mtime(&full, e.mtime_ns)?;
@@ -176,7 +183,8 @@ fn build(
     dirs.sort_by_key(|e| std::cmp::Reverse(e.path.split('/').count()));
     for e in dirs {
         let full = staging.join(&e.path);
-        fs::set_permissions(&full, fs::Permissions::from_mode(e.mode)).map_err(io_at(&full))?;
+        fs::set_permissions(&full, fs::Permissions::from_mode(tree_mode(e.mode)))
+            .map_err(io_at(&full))?;
         set_mtime(&full, e.mtime_ns)?;
     }
     Ok(())
@@ -256,10 +264,14 @@ pub fn verify_tree(manifest: &Manifest, dir: &Path) -> Result<(), MaterialiseErr
             }
             EntryKind::Directory => {}
         }
-        if md.mode() & 0o7777 != e.mode {
+        if md.mode() & 0o7777 != tree_mode(e.mode) {
             return Err(differs(
                 &e.path,
-                format!("mode {:o}, manifest says {:o}", md.mode() & 0o7777, e.mode),
+                format!(
+                    "mode {:o}, manifest says {:o}",
+                    md.mode() & 0o7777,
+                    tree_mode(e.mode)
+                ),
             ));
         }
     }

@@ -9,11 +9,19 @@
 //! * [`chunker`] — FastCDC boundaries with the sizes in [`Params`].
 //! * [`manifest`] — a tree (files, directories, symlinks) as a versioned, postcard
 //!   encoded, hashed list of entries, validated whole before anything trusts it.
-//! * [`scan`] — a directory turned into a manifest, reusing the chunks of files whose
+//! * [`scan`](mod@scan) — a directory turned into a manifest, reusing the chunks of files whose
 //!   size, mtime, ctime and inode did not change since the last scan.
 //! * [`dir`] — a local directory of verified chunks named by hash ([`dir::ChunkDir`]).
 //! * [`plan`] — the sans-I/O transfer planner: have/want in, batches out.
-//! * [`materialise`] — a manifest written out as a tree from verified chunks.
+//! * [`materialise`](mod@materialise) — a manifest written out as a tree from verified chunks.
+//!
+//! The usual path of a push: [`scan()`] a directory (with last time's
+//! [`ScanCache`]), store the chunks its `locations` point at in a [`ChunkDir`] or
+//! send them, store `manifest.encode()` under `manifest.id()`. A pull:
+//! [`Manifest::decode`] (bounded, validated), [`Transfer`] over
+//! `manifest.unique_chunks()` minus what the local [`ChunkDir`] has, then
+//! [`materialise()`] from the `ChunkDir`. Every chunk is verified against its id on
+//! arrival, on read from disk and when written into a tree.
 
 // Plain data and pure logic, always built (the link's messages name chunks):
 pub mod manifest;
@@ -27,6 +35,16 @@ pub mod dir;
 pub mod materialise;
 #[cfg(feature = "chunks")]
 pub mod scan;
+
+pub use manifest::{Entry, EntryKind, Limits, Manifest, ManifestError, ManifestId, FORMAT};
+pub use plan::{Batch, PlanError, PlanOptions, Transfer};
+#[cfg(feature = "chunks")]
+pub use {
+    chunker::{chunk_bytes, chunk_reader},
+    dir::{ChunkDir, ChunkDirError},
+    materialise::{materialise, verify_tree, MaterialiseError},
+    scan::{scan, ChunkLocation, Scan, ScanCache, ScanError, ScanProgress},
+};
 
 use serde::{Deserialize, Serialize};
 

@@ -14,6 +14,14 @@
 //!   (requests/s), with the CPU of nginx, the controller and the agent. Needs Docker,
 //!   root (the agent's iptables rules) and Debian's nginx (`apt-get install nginx-light`).
 //!
+//! * `datasets` — dataset push and fetch beside `rsync -a` to an rsync daemon on the
+//!   same trees (about 1 GiB of 10,000 small files, and a few multi-GiB files): first
+//!   push, unchanged push, fetch, and both after a 1% change; time and bytes on the
+//!   wire; then launch to `running` with a 1 GiB dataset, cold and warm cache. Needs
+//!   Docker, root and Debian's `rsync`.
+//! * `chunk-sizes` — the FastCDC average size: chunks, manifest size, scan speed and
+//!   bytes re-sent after a 1% change at 16, 64 and 256 KiB.
+//!
 //! Each prints a table and, with `--json FILE`, writes the figures as JSON (`--json -`
 //! prints them after the table).
 //! Build with `--release`; the controller, agent and test-app binaries are taken
@@ -22,6 +30,8 @@
 //! ```text
 //! cargo build --release --workspace --bins && target/release/cairn-bench proxy
 //! ```
+
+mod data;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,6 +91,28 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Dataset push and fetch beside rsync (see the module header).
+    Datasets {
+        /// Where trees, the controller, the agent and the rsync daemon live (needs
+        /// about 8× the trees' size free).
+        #[arg(long, default_value = "/var/tmp/cairn-bench-data")]
+        dir: std::path::PathBuf,
+        /// Files in the large tree.
+        #[arg(long, default_value_t = 2)]
+        large_files: usize,
+        /// GiB in the large tree.
+        #[arg(long, default_value_t = 4.0)]
+        large_gib: f64,
+    },
+    /// Chunk-size study for FastCDC (16, 64, 256 KiB averages).
+    ChunkSizes {
+        #[arg(long, default_value = "/var/tmp/cairn-bench-data")]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 2)]
+        large_files: usize,
+        #[arg(long, default_value_t = 4.0)]
+        large_gib: f64,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -128,6 +160,16 @@ async fn main() -> Result<()> {
         Cmd::Launch { count } => launch(count).await?,
         Cmd::Proxy(args) => proxy(args).await?,
         Cmd::FirstLaunch { image_mib, rounds } => first_launch(image_mib, rounds).await?,
+        Cmd::Datasets {
+            dir,
+            large_files,
+            large_gib,
+        } => data::datasets(dir, large_files, large_gib).await?,
+        Cmd::ChunkSizes {
+            dir,
+            large_files,
+            large_gib,
+        } => data::chunk_sizes(dir, large_files, large_gib)?,
     };
     match cli.json {
         Some(p) if p.as_os_str() == "-" => {

@@ -328,6 +328,7 @@ mod tests {
             full: true,
             upsert: vec![one, two],
             remove: vec![],
+            datasets: None,
             images: Some(DesiredImages {
                 prepull: vec![ImageSpec {
                     reference: "pre@sha256:ab".into(),
