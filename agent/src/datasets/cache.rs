@@ -669,42 +669,7 @@ enum Materialise {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::datasets::fetch::testing::{FakeSource, Shared as FakeShared};
-    use cairn_shared::chunks::manifest::{Entry, EntryKind};
-    use cairn_shared::chunks::DEFAULT_PARAMS;
-
-    /// A version of `files` files of one distinct chunk each.
-    fn version(src: &FakeSource, tag: &str, files: usize, len: usize) -> DatasetSpec {
-        let mut entries = vec![];
-        for f in 0..files {
-            let bytes: Vec<u8> = format!("{tag}-{f}-")
-                .bytes()
-                .cycle()
-                .take(len)
-                .collect();
-            let id = src.add(&bytes);
-            entries.push(Entry {
-                path: format!("file{f}"),
-                kind: EntryKind::File {
-                    chunks: vec![ChunkRef {
-                        id,
-                        len: len as u32,
-                    }],
-                },
-                mode: 0o644,
-                size: len as u64,
-                mtime_ns: 0,
-            });
-        }
-        let m = Manifest::new(DEFAULT_PARAMS, entries);
-        let manifest = src.add(&m.encode());
-        DatasetSpec {
-            name: tag.into(),
-            version: 1,
-            manifest,
-            bytes: (files * len) as u64,
-        }
-    }
+    use crate::datasets::fetch::testing::{version, FakeSource, Shared as FakeShared};
 
     fn open(root: &Path, src: &Arc<FakeSource>, limit: u64) -> Arc<DatasetCache> {
         DatasetCache::with_source(

@@ -497,6 +497,9 @@ pub(crate) mod testing {
     //! A controller in memory, with knobs for failures.
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use cairn_shared::chunks::manifest::{Entry, EntryKind};
+    use cairn_shared::chunks::DEFAULT_PARAMS;
+    use cairn_shared::workload::DatasetSpec;
     use std::collections::HashSet;
     use std::sync::Mutex;
 
@@ -518,6 +521,40 @@ pub(crate) mod testing {
         /// Holds every chunk read until released (for single-flight tests).
         pub gate: Option<Arc<tokio::sync::Semaphore>>,
     }
+
+    /// A version of `files` files of one distinct chunk each.
+    pub fn version(src: &FakeSource, tag: &str, files: usize, len: usize) -> DatasetSpec {
+        let mut entries = vec![];
+        for f in 0..files {
+            let bytes: Vec<u8> = format!("{tag}-{f}-")
+                .bytes()
+                .cycle()
+                .take(len)
+                .collect();
+            let id = src.add(&bytes);
+            entries.push(Entry {
+                path: format!("file{f}"),
+                kind: EntryKind::File {
+                    chunks: vec![ChunkRef {
+                        id,
+                        len: len as u32,
+                    }],
+                },
+                mode: 0o644,
+                size: len as u64,
+                mtime_ns: 0,
+            });
+        }
+        let m = Manifest::new(DEFAULT_PARAMS, entries);
+        let manifest = src.add(&m.encode());
+        DatasetSpec {
+            name: tag.into(),
+            version: 1,
+            manifest,
+            bytes: (files * len) as u64,
+        }
+    }
+
 
     impl FakeSource {
         pub fn add(&self, bytes: &[u8]) -> ChunkId {

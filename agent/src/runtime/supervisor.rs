@@ -584,6 +584,7 @@ mod tests {
     use crate::images::testing::FakeBackend;
     use crate::runtime::{ContainerState, Observed};
     use cairn_shared::images::ImageSource;
+    use cairn_shared::workload::DatasetSpec;
     use std::collections::BTreeMap as Map;
 
     /// A runtime that only remembers containers.
@@ -889,6 +890,104 @@ mod tests {
             matches!(reports.last(), Some(InstancePhase::Running { .. })),
             "{reports:?}"
         );
+    }
+
+    fn with_datasets(
+        tmp: &std::path::Path,
+        src: &Arc<crate::datasets::fetch::testing::FakeSource>,
+    ) -> Arc<Supervisor<Fake>> {
+        let fake = Fake::default();
+        fake.images.present.lock().unwrap().insert(IMAGE.into());
+        let sup = Supervisor::new(fake);
+        let cache = DatasetCache::with_source(
+            tmp,
+            &Default::default(),
+            Arc::new(crate::datasets::fetch::testing::Shared(src.clone())),
+        )
+        .unwrap();
+        sup.set_datasets(cache);
+        sup
+    }
+
+    async fn settle(sup: &Arc<Supervisor<Fake>>, id: &InstanceId) -> Vec<InstancePhase> {
+        let mut all = vec![];
+        for _ in 0..500 {
+            all.extend(phases(sup.drain()));
+            if matches!(
+                all.last(),
+                Some(InstancePhase::Starting | InstancePhase::Failed { .. })
+            ) || sup.runtime.containers.lock().unwrap().contains_key(id)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        all.extend(phases(sup.drain()));
+        all
+    }
+
+    #[tokio::test]
+    async fn a_launch_materialises_its_datasets_first_and_binds_them() {
+        use crate::datasets::fetch::testing::{version, FakeSource};
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Arc::new(FakeSource::default());
+        let spec = version(&src, "course", 4, 5000);
+        let sup = with_datasets(tmp.path(), &src);
+        let mut d = instance(IMAGE);
+        d.datasets = vec![cairn_shared::workload::DatasetMount {
+            dataset: spec.clone(),
+            path: "/data/course".into(),
+        }];
+        launch(&sup, &d);
+        sup.pass().await;
+        let reports = settle(&sup, &d.id).await;
+        assert_eq!(reports.first(), Some(&preparing("datasets 0%")), "{reports:?}");
+        assert!(reports.contains(&preparing("creating container")), "{reports:?}");
+        let binds = sup.runtime.binds.lock().unwrap().get(&d.id).cloned().unwrap();
+        assert_eq!(
+            binds,
+            vec![DatasetBind {
+                source: tmp.path().join("trees").join(spec.manifest.to_hex()),
+                target: "/data/course".into(),
+            }]
+        );
+        assert_eq!(std::fs::read(binds[0].source.join("file2")).unwrap().len(), 5000);
+        assert_eq!(sup.datasets().unwrap().ready(), vec![spec.manifest]);
+    }
+
+    #[tokio::test]
+    async fn a_dataset_that_cannot_be_fetched_fails_the_launch_with_the_reason() {
+        use crate::datasets::fetch::testing::{version, FakeSource};
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Arc::new(FakeSource::default());
+        let spec = version(&src, "course", 2, 1000);
+        let bad = *src
+            .objects
+            .lock()
+            .unwrap()
+            .keys()
+            .find(|k| **k != spec.manifest)
+            .unwrap();
+        src.corrupt.lock().unwrap().insert(bad);
+        let sup = with_datasets(tmp.path(), &src);
+        let mut d = instance(IMAGE);
+        d.datasets = vec![cairn_shared::workload::DatasetMount {
+            dataset: DatasetSpec {
+                version: 3,
+                ..spec
+            },
+            path: "/data".into(),
+        }];
+        launch(&sup, &d);
+        sup.pass().await;
+        let reports = settle(&sup, &d.id).await;
+        assert_eq!(
+            reports.last(),
+            Some(&InstancePhase::Failed {
+                reason: format!("dataset course@3: chunk {bad} is corrupt on the controller")
+            })
+        );
+        assert!(sup.runtime.containers.lock().unwrap().is_empty());
     }
 
     #[test]

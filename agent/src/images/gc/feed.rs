@@ -336,7 +336,6 @@ mod tests {
                 }],
                 credentials: vec![],
             }),
-            datasets: None,
         }));
         assert_eq!(h.desired(), Some(set(&["one:1", "two:1", "pre@sha256:ab"])));
         // A change: one instance gone, the pre-pull set untouched.
