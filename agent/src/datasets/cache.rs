@@ -184,7 +184,8 @@ fn remove_tree(path: &Path) -> std::io::Result<()> {
             while let Some(d) = stack.pop() {
                 if let Ok(md) = d.symlink_metadata() {
                     if md.is_dir() {
-                        let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700));
+                        let _ =
+                            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700));
                         if let Ok(rd) = std::fs::read_dir(&d) {
                             stack.extend(rd.flatten().map(|e| e.path()));
                         }
@@ -201,7 +202,12 @@ impl DatasetCache {
     /// [`DatasetCache::set_connection`].
     pub fn open(root: &Path, settings: &DatasetsSettings) -> Result<Arc<Self>, CacheError> {
         let (connection, rx) = watch::channel(None);
-        Self::build(root, settings, Arc::new(QuicChunkSource::new(rx)), connection)
+        Self::build(
+            root,
+            settings,
+            Arc::new(QuicChunkSource::new(rx)),
+            connection,
+        )
     }
 
     /// Like [`DatasetCache::open`], with chunks from `source`.
@@ -224,8 +230,8 @@ impl DatasetCache {
         std::fs::create_dir_all(&trees_dir)
             .map_err(io(format!("creating {}", trees_dir.display())))?;
         let chunks_dir = root.join("chunks");
-        let chunks = ChunkDir::open(&chunks_dir)
-            .map_err(io(format!("opening {}", chunks_dir.display())))?;
+        let chunks =
+            ChunkDir::open(&chunks_dir).map_err(io(format!("opening {}", chunks_dir.display())))?;
         let trees = Self::index(&trees_dir)?;
         tracing::info!(
             versions = trees.len(),
@@ -252,8 +258,8 @@ impl DatasetCache {
     fn index(trees_dir: &Path) -> Result<BTreeMap<ChunkId, TreeInfo>, CacheError> {
         let mut trees = BTreeMap::new();
         let mut infos = HashSet::new();
-        let rd = std::fs::read_dir(trees_dir)
-            .map_err(io(format!("reading {}", trees_dir.display())))?;
+        let rd =
+            std::fs::read_dir(trees_dir).map_err(io(format!("reading {}", trees_dir.display())))?;
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let path = e.path();
@@ -371,7 +377,11 @@ impl DatasetCache {
         let task = tokio::spawn(async move {
             use tracing::Instrument;
             let span = tracing::info_span!("dataset", name = %spec2.name, version = spec2.version, manifest = %spec2.manifest);
-            let r = me.clone().build_version(&spec2, tx, streams2, launch).instrument(span).await;
+            let r = me
+                .clone()
+                .build_version(&spec2, tx, streams2, launch)
+                .instrument(span)
+                .await;
             me.finish(&spec2.manifest, &r);
             r.map(|(path, _)| path)
         });
@@ -413,7 +423,10 @@ impl DatasetCache {
     ) -> Result<(PathBuf, TreeInfo), String> {
         let id = spec.manifest;
         let started = std::time::Instant::now();
-        let manifest = self.manifest_with_retries(id).await.map_err(|e| e.to_string())?;
+        let manifest = self
+            .manifest_with_retries(id)
+            .await
+            .map_err(|e| e.to_string())?;
         let chunk_bytes: u64 = manifest
             .unique_chunks()
             .iter()
@@ -428,7 +441,11 @@ impl DatasetCache {
                     self.limit
                 ));
             }
-            tracing::warn!(short_by, limit = self.limit, "dataset cache over its limit: every cached version is in use");
+            tracing::warn!(
+                short_by,
+                limit = self.limit,
+                "dataset cache over its limit: every cached version is in use"
+            );
         }
         let opts = FetchOptions {
             streams,
@@ -509,7 +526,10 @@ impl DatasetCache {
                     Ok(None) => {
                         *bad2.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some(format!("chunk {} is missing from the chunk cache", r.id));
-                        Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("chunk {} is missing from the chunk cache", r.id)))
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("chunk {} is missing from the chunk cache", r.id),
+                        ))
                     }
                     Err(e) => {
                         let _ = chunks.remove(&r.id);
@@ -627,10 +647,9 @@ impl DatasetCache {
                     .find(|s| {
                         !inner.trees.contains_key(&s.manifest)
                             && !inner.flights.contains_key(&s.manifest)
-                            && inner
-                                .prefetch_failed
-                                .get(&s.manifest)
-                                .is_none_or(|t| now.saturating_sub(*t) > PREFETCH_RETRY.as_millis() as u64)
+                            && inner.prefetch_failed.get(&s.manifest).is_none_or(|t| {
+                                now.saturating_sub(*t) > PREFETCH_RETRY.as_millis() as u64
+                            })
                     })
                     .cloned()
             };
@@ -719,7 +738,10 @@ mod tests {
             let cache = open(tmp.path(), &src, 1 << 30);
             cache.ensure(&spec, true).wait().await.unwrap();
         }
-        let leftover = tmp.path().join("trees").join(format!("{}.partial", ChunkId::of(b"x")));
+        let leftover = tmp
+            .path()
+            .join("trees")
+            .join(format!("{}.partial", ChunkId::of(b"x")));
         std::fs::create_dir_all(leftover.join("sub")).unwrap();
         let cache = open(tmp.path(), &src, 1 << 30);
         assert!(!leftover.exists());

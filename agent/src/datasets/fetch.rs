@@ -171,12 +171,11 @@ pub async fn fetch_manifest(
             bytes
         }
     };
-    let manifest = Manifest::decode(&bytes, &Limits::DEFAULT).map_err(|e| {
-        FetchError::BadManifest {
+    let manifest =
+        Manifest::decode(&bytes, &Limits::DEFAULT).map_err(|e| FetchError::BadManifest {
             manifest: id,
             rule: e.to_string(),
-        }
-    })?;
+        })?;
     let c = cache.clone();
     tokio::task::spawn_blocking(move || c.put(&id, &bytes, true))
         .await
@@ -206,8 +205,11 @@ pub async fn fetch_chunks(
     let (have, want) = {
         let c = cache.clone();
         tokio::task::spawn_blocking(move || {
-            let have: std::collections::HashSet<ChunkId> =
-                want.iter().filter(|r| c.contains(&r.id)).map(|r| r.id).collect();
+            let have: std::collections::HashSet<ChunkId> = want
+                .iter()
+                .filter(|r| c.contains(&r.id))
+                .map(|r| r.id)
+                .collect();
             (have, want)
         })
         .await
@@ -243,9 +245,14 @@ pub async fn fetch_chunks(
         if plan.is_complete() {
             break Ok(stats);
         }
-        let streams = opts.streams.load(Ordering::Relaxed).clamp(1, LAUNCH_STREAMS);
+        let streams = opts
+            .streams
+            .load(Ordering::Relaxed)
+            .clamp(1, LAUNCH_STREAMS);
         while in_flight.len() < streams {
-            let Some(batch) = plan.next_batch() else { break };
+            let Some(batch) = plan.next_batch() else {
+                break;
+            };
             let seq = batch.seq;
             let chunks: Vec<ChunkRef> = batch.chunks.clone();
             let task = tokio::spawn(run_batch(
@@ -459,7 +466,9 @@ impl ChunkStream for QuicChunkStream {
 impl ChunkSource for QuicChunkSource {
     fn manifest(&self, id: ChunkId) -> BoxFuture<'_, Result<Vec<u8>, FetchError>> {
         Box::pin(async move {
-            let (resp, mut recv) = self.ask(&AgentRequest::FetchManifest { manifest: id }).await?;
+            let (resp, mut recv) = self
+                .ask(&AgentRequest::FetchManifest { manifest: id })
+                .await?;
             let AgentResponse::Manifest { len } = resp else {
                 return Err(FetchError::Link(format!(
                     "the controller answered a manifest fetch with {resp:?}"
@@ -481,7 +490,9 @@ impl ChunkSource for QuicChunkSource {
         Box::pin(async move {
             let (resp, recv) = self.ask(&AgentRequest::FetchChunks { chunks: ids }).await?;
             match resp {
-                AgentResponse::Chunks => Ok(Box::new(QuicChunkStream(recv)) as Box<dyn ChunkStream>),
+                AgentResponse::Chunks => {
+                    Ok(Box::new(QuicChunkStream(recv)) as Box<dyn ChunkStream>)
+                }
                 other => Err(FetchError::Link(format!(
                     "the controller answered a chunk fetch with {other:?}"
                 ))),
@@ -526,11 +537,7 @@ pub(crate) mod testing {
     pub fn version(src: &FakeSource, tag: &str, files: usize, len: usize) -> DatasetSpec {
         let mut entries = vec![];
         for f in 0..files {
-            let bytes: Vec<u8> = format!("{tag}-{f}-")
-                .bytes()
-                .cycle()
-                .take(len)
-                .collect();
+            let bytes: Vec<u8> = format!("{tag}-{f}-").bytes().cycle().take(len).collect();
             let id = src.add(&bytes);
             entries.push(Entry {
                 path: format!("file{f}"),
@@ -554,7 +561,6 @@ pub(crate) mod testing {
             bytes: (files * len) as u64,
         }
     }
-
 
     impl FakeSource {
         pub fn add(&self, bytes: &[u8]) -> ChunkId {
@@ -620,7 +626,9 @@ pub(crate) mod testing {
                     .unwrap()
                     .get(&id)
                     .cloned()
-                    .ok_or_else(|| FetchError::Refused(format!("manifest {id} is not on the controller")))
+                    .ok_or_else(|| {
+                        FetchError::Refused(format!("manifest {id} is not on the controller"))
+                    })
             })
         }
         fn chunks(
@@ -655,7 +663,12 @@ mod tests {
     use cairn_shared::chunks::DEFAULT_PARAMS;
 
     /// A manifest of `files` files of `chunks` distinct chunks each, all in `src`.
-    fn tree(src: &FakeSource, files: usize, chunks: usize, chunk_len: usize) -> (ChunkId, Manifest) {
+    fn tree(
+        src: &FakeSource,
+        files: usize,
+        chunks: usize,
+        chunk_len: usize,
+    ) -> (ChunkId, Manifest) {
         let mut entries = vec![];
         for f in 0..files {
             let mut refs = vec![];
@@ -730,11 +743,19 @@ mod tests {
         assert!(second.iter().all(|c| !first.contains(c)));
         assert_eq!(stats.chunks_present, 37);
         assert_eq!(stats.chunks_fetched, 63);
-        assert_eq!(*rx.borrow(), FetchProgress { done_bytes: 100_000, total_bytes: 100_000 });
+        assert_eq!(
+            *rx.borrow(),
+            FetchProgress {
+                done_bytes: 100_000,
+                total_bytes: 100_000
+            }
+        );
         // Whole: nothing more is fetched, the manifest comes from the cache.
         src.served.lock().unwrap().clear();
         let manifest = fetch_manifest(source.as_ref(), &cache, id).await.unwrap();
-        fetch_chunks(source, cache, &manifest, &opts(), &tx).await.unwrap();
+        fetch_chunks(source, cache, &manifest, &opts(), &tx)
+            .await
+            .unwrap();
         assert!(src.served.lock().unwrap().is_empty());
         assert_eq!(src.manifests_served.load(Ordering::SeqCst), 1);
     }
@@ -769,7 +790,10 @@ mod tests {
         let err = fetch_chunks(source, cache.clone(), &manifest, &opts(), &tx)
             .await
             .unwrap_err();
-        assert_eq!(err.to_string(), format!("chunk {bad} is corrupt on the controller"));
+        assert_eq!(
+            err.to_string(),
+            format!("chunk {bad} is corrupt on the controller")
+        );
         assert!(!err.is_transient());
     }
 
@@ -838,12 +862,27 @@ mod tests {
             len: 1024,
         };
         // Leaving the tree.
-        let e = refused(&src, &cache, encoded(vec![file("../escape", 1024, vec![one_k])])).await;
+        let e = refused(
+            &src,
+            &cache,
+            encoded(vec![file("../escape", 1024, vec![one_k])]),
+        )
+        .await;
         assert!(e.contains(".."), "{e}");
-        let e = refused(&src, &cache, encoded(vec![file("/etc/passwd", 1024, vec![one_k])])).await;
+        let e = refused(
+            &src,
+            &cache,
+            encoded(vec![file("/etc/passwd", 1024, vec![one_k])]),
+        )
+        .await;
         assert!(e.contains("passwd") || e.contains("absolute"), "{e}");
         // 10 GiB declared for a 1 KiB chunk.
-        let e = refused(&src, &cache, encoded(vec![file("big", 10 << 30, vec![one_k])])).await;
+        let e = refused(
+            &src,
+            &cache,
+            encoded(vec![file("big", 10 << 30, vec![one_k])]),
+        )
+        .await;
         assert!(e.contains("big"), "{e}");
         // A symlink used as a parent.
         let e = refused(

@@ -400,14 +400,26 @@ mod tests {
         let m = &old[0];
         assert_eq!(m.typ, Some(MountTypeEnum::BIND));
         assert_eq!(m.read_only, Some(true));
-        assert_eq!(m.source.as_deref(), Some("/var/lib/cairn/datasets/trees/ab"));
+        assert_eq!(
+            m.source.as_deref(),
+            Some("/var/lib/cairn/datasets/trees/ab")
+        );
         assert_eq!(m.target.as_deref(), Some("/data/course"));
-        let o = m.bind_options.as_ref().map(|o| (o.propagation, o.read_only_force_recursive));
-        assert_eq!(o, Some((Some(MountBindOptionsPropagationEnum::RPRIVATE), None)));
+        let o = m
+            .bind_options
+            .as_ref()
+            .map(|o| (o.propagation, o.read_only_force_recursive));
+        assert_eq!(
+            o,
+            Some((Some(MountBindOptionsPropagationEnum::RPRIVATE), None))
+        );
         // Engines that know recursive read-only get it.
         let new = dataset_mounts(&b, (1, 44));
         assert_eq!(
-            new[0].bind_options.as_ref().and_then(|o| o.read_only_force_recursive),
+            new[0]
+                .bind_options
+                .as_ref()
+                .and_then(|o| o.read_only_force_recursive),
             Some(true)
         );
     }

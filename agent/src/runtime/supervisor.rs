@@ -326,8 +326,7 @@ impl<R: ContainerRuntime> Supervisor<R> {
             self.report(
                 &d.id,
                 InstancePhase::Failed {
-                    reason: "this agent keeps no dataset cache, so it cannot mount datasets"
-                        .into(),
+                    reason: "this agent keeps no dataset cache, so it cannot mount datasets".into(),
                 },
             );
             return None;
@@ -345,7 +344,7 @@ impl<R: ContainerRuntime> Supervisor<R> {
                     let p = f.progress();
                     (d + p.done_bytes.min(p.total_bytes), t + p.total_bytes)
                 });
-                let percent = if total == 0 { 100 } else { done * 100 / total };
+                let percent = (done * 100).checked_div(total).unwrap_or(100);
                 let detail = format!("datasets {percent}%");
                 if detail != shown {
                     self.report(
@@ -941,9 +940,23 @@ mod tests {
         launch(&sup, &d);
         sup.pass().await;
         let reports = settle(&sup, &d.id).await;
-        assert_eq!(reports.first(), Some(&preparing("datasets 0%")), "{reports:?}");
-        assert!(reports.contains(&preparing("creating container")), "{reports:?}");
-        let binds = sup.runtime.binds.lock().unwrap().get(&d.id).cloned().unwrap();
+        assert_eq!(
+            reports.first(),
+            Some(&preparing("datasets 0%")),
+            "{reports:?}"
+        );
+        assert!(
+            reports.contains(&preparing("creating container")),
+            "{reports:?}"
+        );
+        let binds = sup
+            .runtime
+            .binds
+            .lock()
+            .unwrap()
+            .get(&d.id)
+            .cloned()
+            .unwrap();
         assert_eq!(
             binds,
             vec![DatasetBind {
@@ -951,7 +964,10 @@ mod tests {
                 target: "/data/course".into(),
             }]
         );
-        assert_eq!(std::fs::read(binds[0].source.join("file2")).unwrap().len(), 5000);
+        assert_eq!(
+            std::fs::read(binds[0].source.join("file2")).unwrap().len(),
+            5000
+        );
         assert_eq!(sup.datasets().unwrap().ready(), vec![spec.manifest]);
     }
 
@@ -972,10 +988,7 @@ mod tests {
         let sup = with_datasets(tmp.path(), &src);
         let mut d = instance(IMAGE);
         d.datasets = vec![cairn_shared::workload::DatasetMount {
-            dataset: DatasetSpec {
-                version: 3,
-                ..spec
-            },
+            dataset: DatasetSpec { version: 3, ..spec },
             path: "/data".into(),
         }];
         launch(&sup, &d);

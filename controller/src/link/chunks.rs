@@ -82,7 +82,10 @@ async fn write_all(sink: &mut dyn ChunkSink, bytes: &[u8]) -> Result<(), ()> {
             Err(())
         }
         Err(_) => {
-            tracing::warn!("the agent read nothing for {} s; resetting the chunk stream", WRITE_TIMEOUT.as_secs());
+            tracing::warn!(
+                "the agent read nothing for {} s; resetting the chunk stream",
+                WRITE_TIMEOUT.as_secs()
+            );
             sink.reset(ChunkStreamCode::Stalled);
             Err(())
         }
@@ -105,19 +108,30 @@ pub async fn serve_manifest(
                 format!("manifest {manifest} is not on the controller (the dataset version was removed, or never pushed)"),
             ));
         }
-        Err(code) => return Err(refused(RefusalCode::Internal, code.describe(&manifest).replace("chunk", "manifest"))),
+        Err(code) => {
+            return Err(refused(
+                RefusalCode::Internal,
+                code.describe(&manifest).replace("chunk", "manifest"),
+            ))
+        }
     };
     if bytes.len() as u64 > MAX_MANIFEST_BYTES {
         return Err(refused(
             RefusalCode::Internal,
-            format!("manifest {manifest} is {} bytes, over the link's limit of {MAX_MANIFEST_BYTES}", bytes.len()),
+            format!(
+                "manifest {manifest} is {} bytes, over the link's limit of {MAX_MANIFEST_BYTES}",
+                bytes.len()
+            ),
         ));
     }
     let header = AgentResponse::Manifest {
         len: bytes.len() as u64,
     };
     let Ok(frame) = framing::encode(&header, MAX_HEADER_FRAME) else {
-        return Err(refused(RefusalCode::Internal, "cannot encode the answer".into()));
+        return Err(refused(
+            RefusalCode::Internal,
+            "cannot encode the answer".into(),
+        ));
     };
     if write_all(sink, &frame).await.is_err() || write_all(sink, &bytes).await.is_err() {
         return Ok(());
@@ -138,17 +152,26 @@ pub async fn serve_chunks(
     if chunks.is_empty() || chunks.len() > MAX_FETCH_CHUNKS {
         return Err(refused(
             RefusalCode::BadRequest,
-            format!("a chunk fetch asks for 1 to {MAX_FETCH_CHUNKS} chunks, not {}", chunks.len()),
+            format!(
+                "a chunk fetch asks for 1 to {MAX_FETCH_CHUNKS} chunks, not {}",
+                chunks.len()
+            ),
         ));
     }
     let present = match tokio::time::timeout(READ_TIMEOUT, store.contains(chunks)).await {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot look up chunks");
-            return Err(refused(RefusalCode::Internal, "the controller cannot read its chunk store; see its log".into()));
+            return Err(refused(
+                RefusalCode::Internal,
+                "the controller cannot read its chunk store; see its log".into(),
+            ));
         }
         Err(_) => {
-            return Err(refused(RefusalCode::Internal, "the controller's chunk store did not answer in time".into()));
+            return Err(refused(
+                RefusalCode::Internal,
+                "the controller's chunk store did not answer in time".into(),
+            ));
         }
     };
     if let Some((id, _)) = chunks.iter().zip(&present).find(|(_, p)| !**p) {
@@ -160,7 +183,10 @@ pub async fn serve_chunks(
     }
     let started = std::time::Instant::now();
     let Ok(frame) = framing::encode(&AgentResponse::Chunks, MAX_HEADER_FRAME) else {
-        return Err(refused(RefusalCode::Internal, "cannot encode the answer".into()));
+        return Err(refused(
+            RefusalCode::Internal,
+            "cannot encode the answer".into(),
+        ));
     };
     if write_all(sink, &frame).await.is_err() {
         return Ok(());
@@ -319,7 +345,10 @@ mod tests {
         let AgentResponse::Refused { message, .. } = err else {
             panic!("{err:?}")
         };
-        assert_eq!(message, format!("chunk {absent} is missing on the controller"));
+        assert_eq!(
+            message,
+            format!("chunk {absent} is missing on the controller")
+        );
         assert!(sink.bytes.is_empty());
     }
 

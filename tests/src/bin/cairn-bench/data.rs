@@ -66,9 +66,7 @@ fn measure<T>(f: impl FnOnce() -> Result<T>) -> Result<(Step, T)> {
     Ok((Step { secs, wire }, out))
 }
 
-async fn measure_async<T, F: std::future::Future<Output = Result<T>>>(
-    f: F,
-) -> Result<(Step, T)> {
+async fn measure_async<T, F: std::future::Future<Output = Result<T>>>(f: F) -> Result<(Step, T)> {
     let before = lo_tx_bytes()?;
     let t0 = Instant::now();
     let out = f.await?;
@@ -140,9 +138,7 @@ impl Tree {
         Tree {
             name: "large",
             small: vec![],
-            large: (0..files)
-                .map(|i| (format!("big{i}.bin"), each))
-                .collect(),
+            large: (0..files).map(|i| (format!("big{i}.bin"), each)).collect(),
         }
     }
 
@@ -253,7 +249,10 @@ fn rsync(from: &str, to: &str) -> Result<()> {
         .output()
         .context("running rsync")?;
     if !out.status.success() {
-        bail!("rsync {from} {to}: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "rsync {from} {to}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -421,8 +420,10 @@ pub async fn datasets(dir: PathBuf, large_files: usize, large_gib: f64) -> Resul
         let from = format!("{}/", src.display());
         let mut row = |what: String, r: Row| {
             table_row(&mut table, &what, r);
-            results.push(json!({"step": what, "cairn_s": r.cairn.secs, "rsync_s": r.rsync.secs,
-                                "cairn_wire": r.cairn.wire, "rsync_wire": r.rsync.wire}));
+            results.push(
+                json!({"step": what, "cairn_s": r.cairn.secs, "rsync_s": r.rsync.secs,
+                                "cairn_wire": r.cairn.wire, "rsync_wire": r.rsync.wire}),
+            );
         };
 
         // First push.
@@ -481,7 +482,9 @@ pub async fn datasets(dir: PathBuf, large_files: usize, large_gib: f64) -> Resul
             changed as f64 * 100.0 / tree.total() as f64,
             mib(tree.total())
         );
-        results.push(json!({"tree": tree.name, "changed_bytes": changed, "total_bytes": tree.total()}));
+        results.push(
+            json!({"tree": tree.name, "changed_bytes": changed, "total_bytes": tree.total()}),
+        );
         std::fs::remove_dir_all(&fetched)?;
     }
 
@@ -541,7 +544,9 @@ pub fn chunk_sizes(dir: PathBuf, large_files: usize, large_gib: f64) -> Result<V
                 .sum();
             let chunks = m1.unique_chunks().len();
             let manifest_kib = m1.encode().len() as f64 / 1024.0;
-            let scan_s = rows[rows.len() - 3 + i]["scan_s"].as_f64().unwrap_or(f64::NAN);
+            let scan_s = rows[rows.len() - 3 + i]["scan_s"]
+                .as_f64()
+                .unwrap_or(f64::NAN);
             let mibps = mib(tree.total()) / scan_s;
             let amp = new_bytes as f64 / changed as f64;
             println!(
