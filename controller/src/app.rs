@@ -33,6 +33,10 @@ pub struct App {
     pub(crate) autoscaler: crate::autoscaler::Autoscaler,
     /// Uploaded image archives (`cairn images push`), served to agents over the link.
     pub(crate) archives: crate::images::archives::Archives,
+    /// Every chunk and manifest pushed (datasets), content-addressed.
+    pub(crate) chunks: Arc<dyn crate::chunks::ChunkStore>,
+    /// Datasets and their immutable versions (manifests in `chunks`).
+    pub(crate) datasets: crate::datasets::Datasets,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +115,12 @@ impl App {
             cairn_shared::time::now_ms(),
         )
         .map_err(|e| StartError::Config(e.to_string()))?;
+        let chunks: Arc<dyn crate::chunks::ChunkStore> = Arc::new(
+            crate::chunks::local::LocalChunks::open(&data_dir.chunks()).map_err(|e| {
+                StartError::Config(format!("chunk store {}: {e}", data_dir.chunks().display()))
+            })?,
+        );
+        let datasets = crate::datasets::Datasets::new(store.clone(), chunks.clone());
         let autoscaler = crate::autoscaler::Autoscaler::new(
             Box::new(crate::autoscaler::StaticProvider),
             policies,
@@ -128,6 +138,8 @@ impl App {
             instances,
             autoscaler,
             archives,
+            chunks,
+            datasets,
         })
     }
 }
@@ -193,6 +205,7 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
         Duration::from_secs(10),
         shutdown.clone(),
     ));
+    tasks.spawn(chunk_gc_loop(app.clone(), shutdown.clone()));
     tasks.spawn(server_cert_loop(
         app.clone(),
         endpoint.clone(),
@@ -254,6 +267,30 @@ async fn liveness_loop(app: Arc<App>, shutdown: CancellationToken) {
                 tracing::error!(error = %e, "writing heartbeat data failed");
             }
         }
+    }
+}
+
+/// Collects unreferenced chunks every `chunks.gc_interval_secs` (and sooner when a
+/// dataset removal asks, through the service).
+async fn chunk_gc_loop(app: Arc<App>, shutdown: CancellationToken) {
+    let period = Duration::from_secs(app.config.chunks.gc_interval_secs);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        collect_chunks(&app).await;
+    }
+}
+
+/// One collection of the chunk store, logged; a failure is retried next time.
+pub(crate) async fn collect_chunks(app: &App) {
+    let grace_ms = app.config.chunks.gc_grace_secs.saturating_mul(1000);
+    let now = cairn_shared::time::now_ms();
+    if let Err(e) = app.datasets.collect_garbage(now, grace_ms).await {
+        tracing::error!(error = %e, "chunk store collection failed; will retry");
     }
 }
 

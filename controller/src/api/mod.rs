@@ -7,6 +7,7 @@
 
 mod autoscaler;
 mod blueprints;
+mod datasets;
 mod hosts;
 mod images;
 mod instances;
@@ -174,6 +175,19 @@ fn described(service: &Arc<Service>) -> (Router<Arc<Service>>, utoipa::openapi::
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .routes(routes!(images::commit))
+        .routes(routes!(datasets::missing))
+        .routes(routes!(datasets::list))
+        .routes(routes!(datasets::get, datasets::remove))
+        .routes(routes!(datasets::remove_version))
+        .routes(routes!(datasets::manifest))
+        .merge(
+            // Packs and manifests are bounded by their handlers (32 MiB, the
+            // manifest limit), which read them with a stall timeout.
+            OpenApiRouter::new()
+                .routes(routes!(datasets::pack))
+                .routes(routes!(datasets::commit))
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .routes(routes!(images::get, images::remove))
         .route_layer(middleware::from_fn_with_state(
             service.clone(),

@@ -4,11 +4,13 @@
 //! * [`ChunkStore`] — the one trait storage goes through. The embedded default is
 //!   [`local::LocalChunks`], a directory; an object-store backend (S3/Swift through
 //!   the `object_store` crate) fits the same trait.
+//! * [`pack`] — the frames of a chunk upload, parsed and verified whole.
 //! * [`gc`] — mark-and-sweep from the live manifests, with a grace period so a chunk
 //!   uploaded by a push still in flight is never collected.
 
 pub mod gc;
 pub mod local;
+pub mod pack;
 
 use bytes::Bytes;
 use cairn_shared::chunks::ChunkId;
@@ -39,7 +41,7 @@ pub struct StoredChunk {
 /// chunk, under its own hash). Every method is safe to call concurrently; `put` of
 /// an id already present is a cheap no-op.
 #[async_trait::async_trait]
-pub trait ChunkStore: Send + Sync + 'static {
+pub trait ChunkStore: Send + Sync + std::fmt::Debug + 'static {
     /// Which of `ids` are present, in order.
     async fn contains(&self, ids: &[ChunkId]) -> Result<Vec<bool>, ChunkStoreError>;
     /// Stores `bytes` under `id` after checking they hash to it; durable on return.

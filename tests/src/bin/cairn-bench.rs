@@ -31,6 +31,8 @@
 //! cargo build --release --workspace --bins && target/release/cairn-bench proxy
 //! ```
 
+// One file per family of measurements, next to this one.
+#[path = "cairn-bench/data.rs"]
 mod data;
 
 use std::sync::Arc;
