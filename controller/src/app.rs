@@ -124,8 +124,8 @@ impl App {
             store.clone(),
             chunks.clone(),
         ));
-        // Launches fix blueprints' dataset versions, and the pre-fetch plan looks
-        // them up, in the catalogue.
+        // Launches, blueprint saves and the pre-fetch plan find dataset versions in
+        // this catalogue.
         instances.set_dataset_lookup(datasets.clone());
         let autoscaler = crate::autoscaler::Autoscaler::new(
             Box::new(crate::autoscaler::StaticProvider),

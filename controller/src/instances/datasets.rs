@@ -37,27 +37,6 @@ where
     }
 }
 
-/// The controller's catalogue: a version's manifest and size, by name and number.
-impl DatasetLookup for crate::datasets::Datasets {
-    fn lookup(&self, name: &str, version: Option<u32>) -> Result<DatasetSpec, LookupError> {
-        use crate::datasets::DatasetsError as E;
-        match self.resolve(name, version) {
-            Ok(v) => Ok(DatasetSpec {
-                name: v.name,
-                version: v.version,
-                manifest: v.manifest,
-                bytes: v.bytes,
-            }),
-            // A name that breaks the rule cannot name a dataset: none by that name.
-            Err(E::NotFound(_) | E::InvalidName(_)) => Err(LookupError::NoDataset(name.into())),
-            Err(E::VersionNotFound { name, version }) => {
-                Err(LookupError::NoVersion { name, version })
-            }
-            Err(e) => Err(LookupError::Unavailable(e.to_string())),
-        }
-    }
-}
-
 /// The lookup the manager and the service use, if the controller has datasets.
 #[derive(Clone, Default)]
 pub struct Lookup(Option<Arc<dyn DatasetLookup>>);
