@@ -245,7 +245,7 @@ mod tests {
     use std::task::{Context, Poll};
 
     /// A store in memory; `corrupt` ids read as corrupt.
-    #[derive(Default)]
+    #[derive(Debug, Default)]
     struct Mem {
         objects: Mutex<HashMap<ChunkId, Bytes>>,
         corrupt: Mutex<Vec<ChunkId>>,
