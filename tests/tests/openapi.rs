@@ -52,6 +52,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/images/uploads/{id}/commit"),
     ("get", "/api/v1/images/{archive}"),
     ("delete", "/api/v1/images/{archive}"),
+    ("post", "/api/v1/chunks/missing"),
+    ("post", "/api/v1/chunks"),
+    ("get", "/api/v1/datasets"),
+    ("get", "/api/v1/datasets/{name}"),
+    ("delete", "/api/v1/datasets/{name}"),
+    ("post", "/api/v1/datasets/{name}/versions"),
+    ("delete", "/api/v1/datasets/{name}/versions/{version}"),
+    ("get", "/api/v1/datasets/{name}/versions/{version}/manifest"),
 ];
 
 fn refs(v: &Value, out: &mut BTreeSet<String>) {
@@ -116,6 +124,7 @@ async fn the_openapi_document_and_the_routes_agree() {
             path.replace("{id}", "x")
                 .replace("{name}", "x")
                 .replace("{archive}", "x")
+                .replace("{version}", "1")
         );
         let resp = http
             .request(method.to_uppercase().parse().unwrap(), &url)
