@@ -15,6 +15,9 @@ use crate::chunks::pack::{self, PackError};
 use crate::chunks::ChunkStoreError;
 use crate::datasets::{DatasetRecord, DatasetVersion, DatasetsError};
 
+/// Chunk writes of one pack in flight at once.
+const PUTS_IN_FLIGHT: usize = 16;
+
 impl From<ChunkStoreError> for ServiceError {
     fn from(e: ChunkStoreError) -> Self {
         match &e {
@@ -155,14 +158,23 @@ impl Service {
             already: 0,
         };
         let mut seen = std::collections::HashSet::new();
+        let mut new = vec![];
         for ((id, range), here) in frames.into_iter().zip(present) {
             if here || !seen.insert(id) {
                 answer.already += 1;
-                continue;
+            } else {
+                new.push((id, range));
             }
-            self.app.chunks.put(id, body.slice(range)).await?;
-            answer.stored += 1;
         }
+        // Each put is durable (an fsync of the file and its directory); several in
+        // flight let the filesystem commit them together instead of one by one.
+        use futures::{StreamExt, TryStreamExt};
+        let stored: Vec<()> = futures::stream::iter(new)
+            .map(|(id, range)| self.app.chunks.put(id, body.slice(range)))
+            .buffer_unordered(PUTS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        answer.stored = stored.len() as u64;
         Ok(answer)
     }
 
