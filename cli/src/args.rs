@@ -94,6 +94,12 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<ImagesCommand>,
     },
+    /// Push datasets (directories of course material) to the controller; list,
+    /// show and remove them. Listing is for everyone, pushing and removing for admins.
+    Datasets {
+        #[command(subcommand)]
+        command: Option<DatasetsCommand>,
+    },
     /// List and manage user accounts (admins).
     Users {
         #[command(subcommand)]
@@ -173,6 +179,27 @@ pub enum ImagesCommand {
     Rm {
         /// The archive's hash (or a unique prefix of it), or a tag it carries.
         archive: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetsCommand {
+    /// List datasets with their latest version (the default).
+    Ls,
+    /// Show a dataset's versions.
+    Show { name: String },
+    /// Push a directory as the next version of a dataset. Only chunks the controller
+    /// lacks are sent; pushing an unchanged directory creates no version.
+    Push {
+        /// The dataset's name (1-63 of a-z, 0-9, '-').
+        name: String,
+        /// The directory to push.
+        dir: PathBuf,
+    },
+    /// Remove a dataset (NAME) or one version of it (NAME@3).
+    Rm {
+        /// NAME or NAME@VERSION.
+        dataset: String,
     },
 }
 

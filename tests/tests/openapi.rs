@@ -54,10 +54,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/images/{archive}"),
     ("post", "/api/v1/chunks/missing"),
     ("post", "/api/v1/chunks"),
-    ("post", "/api/v1/datasets/{name}/versions"),
     ("get", "/api/v1/datasets"),
     ("get", "/api/v1/datasets/{name}"),
     ("delete", "/api/v1/datasets/{name}"),
+    ("post", "/api/v1/datasets/{name}/versions"),
     ("delete", "/api/v1/datasets/{name}/versions/{version}"),
     ("get", "/api/v1/datasets/{name}/versions/{version}/manifest"),
 ];
@@ -124,6 +124,7 @@ async fn the_openapi_document_and_the_routes_agree() {
             path.replace("{id}", "x")
                 .replace("{name}", "x")
                 .replace("{archive}", "x")
+                .replace("{version}", "1")
         );
         let resp = http
             .request(method.to_uppercase().parse().unwrap(), &url)

@@ -6,12 +6,14 @@
 //! * [`instances`] — `launch`, `ps`, `stop`, `logs`.
 //! * [`hosts`] — `hosts`.
 //! * [`images`] — `images ls|push|rm`: image archives pushed to the controller.
+//! * [`datasets`] — `datasets ls|show|push|rm`: directories pushed as chunks.
 //! * [`users`] — `users ls|create|disable|enable`.
 //! * [`completions`] — `completions SHELL`.
 //! * [`prompt`] — asking for user names and passwords.
 
 pub mod blueprints;
 pub mod completions;
+pub mod datasets;
 pub mod hosts;
 pub mod images;
 pub mod instances;
@@ -23,7 +25,9 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::args::{BlueprintsCommand, Cli, Command, HostsCommand, ImagesCommand, UsersCommand};
+use crate::args::{
+    BlueprintsCommand, Cli, Command, DatasetsCommand, HostsCommand, ImagesCommand, UsersCommand,
+};
 use crate::client::Client;
 use crate::config::{self, ConfigFile, Inputs, Settings};
 use crate::error::Error;
@@ -109,6 +113,12 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             ImagesCommand::Ls => images::list(&ctx).await,
             ImagesCommand::Push { file } => images::push(&ctx, &file).await,
             ImagesCommand::Rm { archive } => images::remove(&ctx, &archive).await,
+        },
+        Command::Datasets { command } => match command.unwrap_or(DatasetsCommand::Ls) {
+            DatasetsCommand::Ls => datasets::list(&ctx).await,
+            DatasetsCommand::Show { name } => datasets::show(&ctx, &name).await,
+            DatasetsCommand::Push { name, dir } => datasets::push(&ctx, &name, &dir).await,
+            DatasetsCommand::Rm { dataset } => datasets::remove(&ctx, &dataset).await,
         },
         Command::Users { command } => match command.unwrap_or(UsersCommand::Ls) {
             UsersCommand::Ls => users::list(&ctx).await,

@@ -175,7 +175,12 @@ fn described(service: &Arc<Service>) -> (Router<Arc<Service>>, utoipa::openapi::
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .routes(routes!(images::commit))
-        .routes(routes!(datasets::missing))
+        .merge(
+            // 16384 hex ids as JSON: about 1.1 MB.
+            OpenApiRouter::new()
+                .routes(routes!(datasets::missing))
+                .layer(axum::extract::DefaultBodyLimit::max(2 * 1024 * 1024)),
+        )
         .routes(routes!(datasets::list))
         .routes(routes!(datasets::get, datasets::remove))
         .routes(routes!(datasets::remove_version))

@@ -159,13 +159,20 @@ impl Service {
         for ((id, range), here) in frames.into_iter().zip(present) {
             if here || !seen.insert(id) {
                 answer.already += 1;
-                continue;
+            } else {
+                new.push((id, range));
             }
-            new.push((id, body.slice(range)));
-            answer.stored += 1;
         }
+        answer.stored = new.len() as u64;
         // One flush for the pack: durable before the client hears "stored".
-        self.app.chunks.put_many(new).await?;
+        self.app
+            .chunks
+            .put_many(
+                new.into_iter()
+                    .map(|(id, range)| (id, body.slice(range)))
+                    .collect(),
+            )
+            .await?;
         Ok(answer)
     }
 
