@@ -27,7 +27,7 @@ use cairn_shared::protocol::{AgentRequest, AgentResponse};
 use cairn_shared::workload::DatasetSpec;
 
 /// The controller's store, in memory, verifying on read like the real one.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct MemStore {
     objects: Mutex<HashMap<ChunkId, Bytes>>,
 }
@@ -117,10 +117,9 @@ fn server(store: Arc<MemStore>) -> Server {
 
 async fn connect(s: &Server) -> quinn::Connection {
     let (key_pem, csr) = identity::new_key_and_csr("agent").unwrap();
-    let cert = s
-        .ca
-        .sign_host(&csr, &HostId::generate(), Duration::from_secs(3600))
-        .unwrap();
+    let cert =
+        s.ca.sign_host(&csr, &HostId::generate(), Duration::from_secs(3600))
+            .unwrap();
     let cfg = identity::agent_client_config(s.ca.cert_der(), &cert, &key_pem).unwrap();
     let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.connect_with(cfg, s.addr, identity::CONTROLLER_SERVER_NAME)
