@@ -23,7 +23,7 @@ use cairn_shared::chunks::{scan, ChunkId, DEFAULT_PARAMS};
 use cairn_shared::framing;
 use cairn_shared::identity::{self, Ca};
 use cairn_shared::ids::HostId;
-use cairn_shared::protocol::{AgentRequest, AgentResponse};
+use cairn_shared::protocol::AgentRequest;
 use cairn_shared::workload::DatasetSpec;
 
 /// The controller's store, in memory, verifying on read like the real one.
