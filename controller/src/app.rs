@@ -36,7 +36,7 @@ pub struct App {
     /// Every chunk and manifest pushed (datasets), content-addressed.
     pub(crate) chunks: Arc<dyn crate::chunks::ChunkStore>,
     /// Datasets and their immutable versions (manifests in `chunks`).
-    pub(crate) datasets: crate::datasets::Datasets,
+    pub(crate) datasets: Arc<crate::datasets::Datasets>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +120,12 @@ impl App {
                 StartError::Config(format!("chunk store {}: {e}", data_dir.chunks().display()))
             })?,
         );
-        let datasets = crate::datasets::Datasets::new(store.clone(), chunks.clone());
+        let datasets = Arc::new(crate::datasets::Datasets::new(
+            store.clone(),
+            chunks.clone(),
+        ));
+        // Launches and blueprint saves find dataset versions in this catalogue.
+        instances.set_dataset_lookup(datasets.clone());
         let autoscaler = crate::autoscaler::Autoscaler::new(
             Box::new(crate::autoscaler::StaticProvider),
             policies,

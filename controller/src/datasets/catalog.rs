@@ -334,3 +334,29 @@ impl Datasets {
         Ok(crate::chunks::gc::collect(self.chunks.as_ref(), &live, now_ms, grace_ms).await?)
     }
 }
+
+/// The catalogue answers the instance manager's lookups (blueprint saves, launches).
+impl crate::instances::datasets::DatasetLookup for Datasets {
+    fn lookup(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<cairn_shared::workload::DatasetSpec, crate::instances::datasets::LookupError> {
+        use crate::instances::datasets::LookupError;
+        match self.resolve(name, version) {
+            Ok(v) => Ok(cairn_shared::workload::DatasetSpec {
+                name: v.name,
+                version: v.version,
+                manifest: v.manifest,
+                bytes: v.bytes,
+            }),
+            Err(DatasetsError::NotFound(_) | DatasetsError::InvalidName(_)) => {
+                Err(LookupError::NoDataset(name.to_string()))
+            }
+            Err(DatasetsError::VersionNotFound { name, version }) => {
+                Err(LookupError::NoVersion { name, version })
+            }
+            Err(e) => Err(LookupError::Unavailable(e.to_string())),
+        }
+    }
+}
