@@ -119,7 +119,7 @@ async fn push(ctl: &Controller, name: &str, root: &Path) -> (u64, ChunkId, Manif
 async fn blueprint(ctl: &Controller, name: &str, dataset: &str, version: u64) {
     let bp = json!({
         "name": name, "image": busybox_image(), "pull": "never", "app": "http", "app_port": 8080,
-        "memory_mib": 64, "cpus": 0.5,
+        "memory_mib": 32, "cpus": 0.1,
         "command": ["sh", "-c", "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"],
         "datasets": [{"name": dataset, "version": version, "path": MOUNT}]
     });
