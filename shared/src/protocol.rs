@@ -281,8 +281,8 @@ pub enum AgentRequest {
     /// id in order, one chunk frame (u32 big-endian length, then the bytes), and
     /// ends. If any chunk is absent the answer is [`AgentResponse::Refused`] naming
     /// it. A chunk found corrupt while the stream is under way resets the stream
-    /// with a [`ChunkStreamCode`]: the chunk concerned is the one the agent was
-    /// waiting for, so it can say which.
+    /// with a [`ChunkStreamCode`] that carries the reason and the chunk's index, so
+    /// the agent can say which chunk and why.
     FetchChunks { chunks: Vec<crate::chunks::ChunkId> },
 }
 
@@ -293,27 +293,38 @@ pub const MAX_FETCH_CHUNKS: usize = 1024;
 /// manifest of a million entries is far below it).
 pub const MAX_MANIFEST_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Why the controller reset a chunk stream once bytes were flowing (the QUIC
-/// stream reset code). The chunk concerned is the next one the agent expected.
+/// Why the controller reset a chunk stream once bytes were flowing.
+///
+/// The QUIC reset code carries the reason in its upper bits and, in its low 16
+/// bits, the index (in the request) of the chunk concerned ([`ChunkStreamCode::reset_code`]):
+/// a reset may discard bytes already in flight, so where the agent was reading
+/// does not tell which chunk the controller was at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum ChunkStreamCode {
     /// The chunk's bytes in the controller's store do not match its name.
-    Corrupt = 0x100,
+    Corrupt = 1,
     /// The chunk vanished from the store after the request was accepted.
-    Missing = 0x101,
+    Missing = 2,
     /// The controller could not read its store (see its log).
-    Internal = 0x102,
+    Internal = 3,
     /// The agent did not read for too long.
-    Stalled = 0x103,
+    Stalled = 4,
 }
 
 impl ChunkStreamCode {
-    pub fn from_u64(v: u64) -> Option<Self> {
+    /// The reset code for this reason about the `index`th chunk asked for.
+    pub fn reset_code(self, index: usize) -> u64 {
+        ((self as u64) << 16) | (index as u64 & 0xffff)
+    }
+
+    /// The reason and chunk index a reset code carries.
+    pub fn split(code: u64) -> Option<(Self, usize)> {
         use ChunkStreamCode::*;
-        [Corrupt, Missing, Internal, Stalled]
+        let reason = [Corrupt, Missing, Internal, Stalled]
             .into_iter()
-            .find(|c| *c as u64 == v)
+            .find(|c| *c as u64 == code >> 16)?;
+        Some((reason, (code & 0xffff) as usize))
     }
 
     /// What happened to `chunk`, in words for the user.
@@ -328,13 +339,6 @@ impl ChunkStreamCode {
                 format!("the controller gave up sending chunk {chunk}: the agent read too slowly")
             }
         }
-    }
-}
-
-#[cfg(feature = "link")]
-impl From<ChunkStreamCode> for quinn::VarInt {
-    fn from(c: ChunkStreamCode) -> Self {
-        quinn::VarInt::from_u32(c as u32)
     }
 }
 

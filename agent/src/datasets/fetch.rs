@@ -410,12 +410,13 @@ impl QuicChunkSource {
     }
 }
 
-/// Reads exactly `buf.len()` bytes, mapping a stream reset to what the controller
-/// meant by it about `chunk`.
+/// Reads exactly `buf.len()` bytes of `chunk`, mapping a stream reset to what the
+/// controller meant by it (about the chunk of `asked` the reset code names).
 async fn read_exact(
     recv: &mut quinn::RecvStream,
     buf: &mut [u8],
     chunk: &ChunkId,
+    asked: &[ChunkId],
 ) -> Result<(), FetchError> {
     use quinn::{ReadError, ReadExactError};
     match tokio::time::timeout(STALL_TIMEOUT, recv.read_exact(buf)).await {
@@ -426,9 +427,15 @@ async fn read_exact(
             buf.len()
         ))),
         Ok(Err(ReadExactError::ReadError(ReadError::Reset(code)))) => {
-            match ChunkStreamCode::from_u64(code.into_inner()) {
-                Some(c @ ChunkStreamCode::Stalled) => Err(FetchError::Link(c.describe(chunk))),
-                Some(c) => Err(FetchError::Controller(c.describe(chunk))),
+            match ChunkStreamCode::split(code.into_inner()) {
+                Some((c, i)) => {
+                    let named = asked.get(i).unwrap_or(chunk);
+                    if c == ChunkStreamCode::Stalled {
+                        Err(FetchError::Link(c.describe(named)))
+                    } else {
+                        Err(FetchError::Controller(c.describe(named)))
+                    }
+                }
                 None => Err(FetchError::Link(format!(
                     "the controller reset the stream (code {code}) at chunk {chunk}"
                 ))),
@@ -441,13 +448,16 @@ async fn read_exact(
     }
 }
 
-struct QuicChunkStream(quinn::RecvStream);
+struct QuicChunkStream {
+    recv: quinn::RecvStream,
+    asked: Vec<ChunkId>,
+}
 
 impl ChunkStream for QuicChunkStream {
     fn next(&mut self, expect: ChunkRef) -> BoxFuture<'_, Result<Vec<u8>, FetchError>> {
         Box::pin(async move {
             let mut len = [0u8; 4];
-            read_exact(&mut self.0, &mut len, &expect.id).await?;
+            read_exact(&mut self.recv, &mut len, &expect.id, &self.asked).await?;
             let len = u32::from_be_bytes(len);
             // Checked before a byte of it is buffered.
             if len != expect.len || len > MAX_CHUNK_LEN {
@@ -457,7 +467,7 @@ impl ChunkStream for QuicChunkStream {
                 });
             }
             let mut buf = vec![0u8; len as usize];
-            read_exact(&mut self.0, &mut buf, &expect.id).await?;
+            read_exact(&mut self.recv, &mut buf, &expect.id, &self.asked).await?;
             Ok(buf)
         })
     }
@@ -481,17 +491,18 @@ impl ChunkSource for QuicChunkSource {
                 });
             }
             let mut buf = vec![0u8; len as usize];
-            read_exact(&mut recv, &mut buf, &id).await?;
+            read_exact(&mut recv, &mut buf, &id, &[id]).await?;
             Ok(buf)
         })
     }
 
     fn chunks(&self, ids: Vec<ChunkId>) -> BoxFuture<'_, Result<Box<dyn ChunkStream>, FetchError>> {
         Box::pin(async move {
+            let asked = ids.clone();
             let (resp, recv) = self.ask(&AgentRequest::FetchChunks { chunks: ids }).await?;
             match resp {
                 AgentResponse::Chunks => {
-                    Ok(Box::new(QuicChunkStream(recv)) as Box<dyn ChunkStream>)
+                    Ok(Box::new(QuicChunkStream { recv, asked }) as Box<dyn ChunkStream>)
                 }
                 other => Err(FetchError::Link(format!(
                     "the controller answered a chunk fetch with {other:?}"

@@ -10,8 +10,8 @@
 //!
 //! What can be said before any bytes flow is said in a refusal naming the chunk
 //! (absent, unreadable). A chunk found corrupt once the stream is under way resets
-//! the stream with [`ChunkStreamCode::Corrupt`]; the agent knows which chunk it was
-//! waiting for and reports "chunk … is corrupt on the controller".
+//! the stream with [`ChunkStreamCode::Corrupt`] and the chunk's index in the reset
+//! code; the agent reports "chunk … is corrupt on the controller".
 //!
 //! [`AgentRequest::FetchManifest`]: cairn_shared::protocol::AgentRequest::FetchManifest
 //! [`AgentRequest::FetchChunks`]: cairn_shared::protocol::AgentRequest::FetchChunks
@@ -37,15 +37,17 @@ const MAX_HEADER_FRAME: u32 = 64 * 1024;
 /// A stream the chunk server writes to: the send half of a QUIC stream, or a
 /// buffer in tests.
 pub trait ChunkSink: AsyncWrite + Unpin + Send {
-    /// Abandons the stream with `code` (QUIC stream reset).
-    fn reset(&mut self, code: ChunkStreamCode);
+    /// Abandons the stream (QUIC stream reset) for `code` about the `index`th
+    /// chunk asked for.
+    fn reset(&mut self, code: ChunkStreamCode, index: usize);
     /// Ends the stream cleanly.
     fn finish(&mut self);
 }
 
 impl ChunkSink for quinn::SendStream {
-    fn reset(&mut self, code: ChunkStreamCode) {
-        let _ = quinn::SendStream::reset(self, code.into());
+    fn reset(&mut self, code: ChunkStreamCode, index: usize) {
+        let code = quinn::VarInt::from_u64(code.reset_code(index)).unwrap_or(quinn::VarInt::MAX);
+        let _ = quinn::SendStream::reset(self, code);
     }
     fn finish(&mut self) {
         let _ = quinn::SendStream::finish(self);
@@ -74,7 +76,7 @@ async fn get(store: &dyn ChunkStore, id: ChunkId) -> Result<Option<bytes::Bytes>
     }
 }
 
-async fn write_all(sink: &mut dyn ChunkSink, bytes: &[u8]) -> Result<(), ()> {
+async fn write_all(sink: &mut dyn ChunkSink, bytes: &[u8], index: usize) -> Result<(), ()> {
     match tokio::time::timeout(WRITE_TIMEOUT, sink.write_all(bytes)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
@@ -86,7 +88,7 @@ async fn write_all(sink: &mut dyn ChunkSink, bytes: &[u8]) -> Result<(), ()> {
                 "the agent read nothing for {} s; resetting the chunk stream",
                 WRITE_TIMEOUT.as_secs()
             );
-            sink.reset(ChunkStreamCode::Stalled);
+            sink.reset(ChunkStreamCode::Stalled, index);
             Err(())
         }
     }
@@ -133,7 +135,7 @@ pub async fn serve_manifest(
             "cannot encode the answer".into(),
         ));
     };
-    if write_all(sink, &frame).await.is_err() || write_all(sink, &bytes).await.is_err() {
+    if write_all(sink, &frame, 0).await.is_err() || write_all(sink, &bytes, 0).await.is_err() {
         return Ok(());
     }
     sink.finish();
@@ -188,36 +190,36 @@ pub async fn serve_chunks(
             "cannot encode the answer".into(),
         ));
     };
-    if write_all(sink, &frame).await.is_err() {
+    if write_all(sink, &frame, 0).await.is_err() {
         return Ok(());
     }
     let mut sent = 0u64;
-    for id in chunks {
+    for (index, id) in chunks.iter().enumerate() {
         let bytes = match get(store, *id).await {
             Ok(Some(b)) => b,
             Ok(None) => {
                 tracing::warn!(chunk = %id, "a chunk vanished from the store during a fetch");
-                sink.reset(ChunkStreamCode::Missing);
+                sink.reset(ChunkStreamCode::Missing, index);
                 return Ok(());
             }
             Err(code) => {
-                sink.reset(code);
+                sink.reset(code, index);
                 return Ok(());
             }
         };
         // The store verified the bytes against the id; a chunk longer than any peer
         // accepts would be refused by the agent anyway, so it is not sent.
         let Ok(len) = u32::try_from(bytes.len()) else {
-            sink.reset(ChunkStreamCode::Corrupt);
+            sink.reset(ChunkStreamCode::Corrupt, index);
             return Ok(());
         };
         if len > MAX_CHUNK_LEN {
             tracing::error!(chunk = %id, len, "a stored chunk is longer than the link allows");
-            sink.reset(ChunkStreamCode::Corrupt);
+            sink.reset(ChunkStreamCode::Corrupt, index);
             return Ok(());
         }
-        if write_all(sink, &len.to_be_bytes()).await.is_err()
-            || write_all(sink, &bytes).await.is_err()
+        if write_all(sink, &len.to_be_bytes(), index).await.is_err()
+            || write_all(sink, &bytes, index).await.is_err()
         {
             return Ok(());
         }
@@ -279,7 +281,7 @@ mod tests {
     #[derive(Default)]
     struct Sink {
         bytes: Vec<u8>,
-        reset: Option<ChunkStreamCode>,
+        reset: Option<(ChunkStreamCode, usize)>,
         finished: bool,
     }
 
@@ -301,8 +303,8 @@ mod tests {
     }
 
     impl ChunkSink for Sink {
-        fn reset(&mut self, code: ChunkStreamCode) {
-            self.reset = Some(code);
+        fn reset(&mut self, code: ChunkStreamCode, index: usize) {
+            self.reset = Some((code, index));
         }
         fn finish(&mut self) {
             self.finished = true;
@@ -358,7 +360,12 @@ mod tests {
         store.corrupt.lock().unwrap().push(ids[1]);
         let mut sink = Sink::default();
         serve_chunks(&store, &ids, &mut sink).await.unwrap();
-        assert_eq!(sink.reset, Some(ChunkStreamCode::Corrupt));
+        assert_eq!(sink.reset, Some((ChunkStreamCode::Corrupt, 1)));
+        let code = ChunkStreamCode::Corrupt.reset_code(1);
+        assert_eq!(
+            ChunkStreamCode::split(code),
+            Some((ChunkStreamCode::Corrupt, 1))
+        );
         assert!(!sink.finished);
         assert!(sink.bytes.ends_with(b"alpha"));
         assert_eq!(
