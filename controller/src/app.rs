@@ -33,6 +33,8 @@ pub struct App {
     pub(crate) autoscaler: crate::autoscaler::Autoscaler,
     /// Uploaded image archives (`cairn images push`), served to agents over the link.
     pub(crate) archives: crate::images::archives::Archives,
+    /// Every chunk and manifest pushed (datasets), content-addressed.
+    pub(crate) chunks: Arc<dyn crate::chunks::ChunkStore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,13 +106,14 @@ impl App {
             }
             policies.insert(p.name.clone(), p.scaling(false));
         }
-        let archives = crate::images::archives::Archives::open(
-            data_dir.root(),
-            &config.images,
-            store.clone(),
-            cairn_shared::time::now_ms(),
-        )
-        .map_err(|e| StartError::Config(e.to_string()))?;
+        let chunks: Arc<dyn crate::chunks::ChunkStore> = Arc::new(
+            crate::chunks::local::LocalChunks::open(&data_dir.chunks()).map_err(|e| {
+                StartError::Config(format!("chunk store {}: {e}", data_dir.chunks().display()))
+            })?,
+        );
+        let archives =
+            crate::images::archives::Archives::open(&config.images, store.clone(), chunks.clone())
+                .map_err(|e| StartError::Config(e.to_string()))?;
         let autoscaler = crate::autoscaler::Autoscaler::new(
             Box::new(crate::autoscaler::StaticProvider),
             policies,
@@ -128,6 +131,7 @@ impl App {
             instances,
             autoscaler,
             archives,
+            chunks,
         })
     }
 }
@@ -231,9 +235,6 @@ async fn liveness_loop(app: Arc<App>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_flush = tokio::time::Instant::now();
-    // Abandoned image uploads (a `push` never resumed) are swept now and then, not
-    // only when the next upload begins.
-    let mut last_sweep = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -244,10 +245,6 @@ async fn liveness_loop(app: Arc<App>, shutdown: CancellationToken) {
             tracing::error!(error = %e, "liveness update failed");
         }
         app.instances.tick(now).await;
-        if last_sweep.elapsed() >= Duration::from_secs(600) {
-            last_sweep = tokio::time::Instant::now();
-            app.archives.expire_uploads(now);
-        }
         if last_flush.elapsed() >= Duration::from_secs(10) {
             last_flush = tokio::time::Instant::now();
             if let Err(e) = app.registry.flush_dirty() {

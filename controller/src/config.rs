@@ -40,6 +40,10 @@ impl DataDir {
     pub fn admin_token(&self) -> PathBuf {
         self.0.join("admin.token")
     }
+    /// The local chunk store (datasets' bytes).
+    pub fn chunks(&self) -> PathBuf {
+        self.0.join("chunks")
+    }
     pub fn state(&self) -> PathBuf {
         self.0.join("state")
     }

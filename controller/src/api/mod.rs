@@ -160,20 +160,15 @@ fn described(service: &Arc<Service>) -> (Router<Arc<Service>>, utoipa::openapi::
         .routes(routes!(blueprints::enable))
         .routes(routes!(blueprints::disable))
         .routes(routes!(blueprints::refresh))
-        .routes(routes!(images::list))
-        .routes(routes!(images::create_upload))
         .merge(
-            // Archive bytes are streamed to disk, never buffered; the upload's
-            // declared size bounds them. Everything else is small JSON.
+            // The commit's body is the archive's manifest, a few MiB at most; the
+            // archive itself comes as chunks.
             OpenApiRouter::new()
-                .routes(routes!(
-                    images::upload_status,
-                    images::append,
-                    images::cancel_upload
-                ))
-                .layer(axum::extract::DefaultBodyLimit::disable()),
+                .routes(routes!(images::list, images::commit))
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    cairn_api::images::MAX_IMAGE_MANIFEST_BYTES,
+                )),
         )
-        .routes(routes!(images::commit))
         .routes(routes!(images::get, images::remove))
         .route_layer(middleware::from_fn_with_state(
             service.clone(),

@@ -39,7 +39,7 @@ pub struct StoredChunk {
 /// chunk, under its own hash). Every method is safe to call concurrently; `put` of
 /// an id already present is a cheap no-op.
 #[async_trait::async_trait]
-pub trait ChunkStore: Send + Sync + 'static {
+pub trait ChunkStore: Send + Sync + std::fmt::Debug + 'static {
     /// Which of `ids` are present, in order.
     async fn contains(&self, ids: &[ChunkId]) -> Result<Vec<bool>, ChunkStoreError>;
     /// Stores `bytes` under `id` after checking they hash to it; durable on return.
