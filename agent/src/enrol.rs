@@ -233,6 +233,7 @@ pub async fn enrol_on(
                     labels: opts.labels.clone(),
                     oci_runtime: None,
                     images: Default::default(),
+                    datasets: Default::default(),
                 },
                 ca_der,
                 cert_der,

@@ -26,6 +26,7 @@ use cairn_shared::protocol::{
 use cairn_shared::resources::Isolation;
 use tokio_util::sync::CancellationToken;
 
+use crate::datasets::DatasetCache;
 use crate::facts::FactsSource;
 use crate::images::ImageManager;
 use crate::runtime::Workloads;
@@ -291,7 +292,11 @@ async fn converse<F: FactsSource>(
     if let Some(i) = &images {
         i.set_connection(Some(conn.clone()));
     }
-    let _connection_guard = ConnectionGuard(images.clone());
+    let datasets = opts.workloads.as_ref().and_then(|w| w.0.datasets());
+    if let Some(d) = &datasets {
+        d.set_connection(Some(conn.clone()));
+    }
+    let _connection_guard = ConnectionGuard(images.clone(), datasets.clone());
 
     let interval = Duration::from_millis(welcome.heartbeat_interval_ms.clamp(100, 600_000));
     let mut ticker = tokio::time::interval(interval);
@@ -344,7 +349,7 @@ async fn converse<F: FactsSource>(
             _ = ticker.tick() => {
                 seq += 1;
                 isolation = isolation_of(&workloads);
-                let hb = heartbeat(seq, facts, &images, isolation.clone()).await;
+                let hb = heartbeat(seq, facts, &images, &datasets, isolation.clone()).await;
                 if let Err(e) = framing::write(&mut send, &hb, framing::MAX_FRAME_LEN).await {
                     return lost(conn, true, format!("sending heartbeat: {e}"));
                 }
@@ -364,7 +369,7 @@ async fn converse<F: FactsSource>(
                 if isolation_of(&workloads) != isolation {
                     seq += 1;
                     isolation = isolation_of(&workloads);
-                    let hb = heartbeat(seq, facts, &images, isolation.clone()).await;
+                    let hb = heartbeat(seq, facts, &images, &datasets, isolation.clone()).await;
                     if let Err(e) = framing::write(&mut send, &hb, framing::MAX_FRAME_LEN).await {
                         return lost(conn, true, format!("sending heartbeat: {e}"));
                     }
@@ -414,6 +419,7 @@ async fn heartbeat<F: FactsSource>(
     seq: u64,
     facts: &F,
     images: &Option<Arc<ImageManager>>,
+    datasets: &Option<Arc<DatasetCache>>,
     isolation: Isolation,
 ) -> AgentMsg {
     AgentMsg::Heartbeat(Heartbeat {
@@ -422,7 +428,7 @@ async fn heartbeat<F: FactsSource>(
         runtime: facts.runtime().await,
         pulls: images.as_ref().map(|i| i.progress()).unwrap_or_default(),
         isolation,
-        datasets: vec![],
+        datasets: datasets.as_ref().map(|d| d.ready()).unwrap_or_default(),
     })
 }
 
@@ -435,13 +441,17 @@ async fn wait_changed(workloads: &Option<WorkloadsHandle>) {
     }
 }
 
-/// Tells the image manager the connection is gone when dropped.
-struct ConnectionGuard(Option<Arc<ImageManager>>);
+/// Tells the image manager and the dataset cache the connection is gone when
+/// dropped.
+struct ConnectionGuard(Option<Arc<ImageManager>>, Option<Arc<DatasetCache>>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         if let Some(i) = &self.0 {
             i.set_connection(None);
+        }
+        if let Some(d) = &self.1 {
+            d.set_connection(None);
         }
     }
 }
@@ -588,9 +598,9 @@ async fn maybe_renew(
     .ok_or("the controller closed the stream without an answer")?;
     match resp {
         AgentResponse::Refused { message, .. } => Err(format!("refused: {message}")),
-        AgentResponse::ImageStream { .. } => {
-            Err("the controller answered with an image stream".into())
-        }
+        AgentResponse::ImageStream { .. }
+        | AgentResponse::Manifest { .. }
+        | AgentResponse::Chunks => Err("the controller answered with a data stream".into()),
         AgentResponse::Certificate { cert_der } => {
             if identity::host_id_of(&cert_der).ok().as_ref() != Some(&state.config.host_id)
                 || !identity::cert_matches_key(&cert_der, &key_pem)

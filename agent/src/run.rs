@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::datasets::DatasetCache;
 use crate::facts::HostFactsSource;
 use crate::images::gc::{DesiredImagesFeed, DockerGc, GcHandle, ImageGc};
 use crate::images::ImageManager;
@@ -39,6 +40,9 @@ pub async fn run(
         partial_downloads(&dir),
     );
     let supervisor = Supervisor::with_images(runtime, images.clone());
+    let datasets = DatasetCache::open(&dir.root().join("datasets"), &state.config.datasets)
+        .map_err(|e| LinkError::Setup(format!("dataset cache: {e}")))?;
+    supervisor.set_datasets(datasets);
     tokio::spawn(supervisor.clone().run(shutdown.clone()));
     // Image GC runs only on the real Docker runtime (never for hollow agents). The
     // feed tells it, from the controller's desired updates, which images to keep.

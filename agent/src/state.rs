@@ -49,6 +49,36 @@ pub struct AgentConfig {
     /// Image pulls and garbage collection (`[images]` in agent.toml).
     #[serde(default)]
     pub images: ImagesSettings,
+    /// The dataset cache (`[datasets]` in agent.toml).
+    #[serde(default)]
+    pub datasets: DatasetsSettings,
+}
+
+/// How much disk this agent gives dataset versions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetsSettings {
+    /// Bytes the dataset cache (materialised trees plus their chunks) may hold
+    /// before versions no container uses are evicted, least recently used first.
+    /// Default 20 GiB: a fixed figure rather than a share of the disk, so that what
+    /// an operator sees does not change with whatever else fills the disk. A launch
+    /// whose datasets do not fit even after evicting every unused version goes
+    /// ahead over the limit (a running course matters more than the cap); a
+    /// pre-fetch waits instead.
+    #[serde(default = "default_cache_limit")]
+    pub cache_limit_bytes: u64,
+}
+
+fn default_cache_limit() -> u64 {
+    20 << 30
+}
+
+impl Default for DatasetsSettings {
+    fn default() -> Self {
+        DatasetsSettings {
+            cache_limit_bytes: default_cache_limit(),
+        }
+    }
 }
 
 /// How this agent pulls images and keeps Docker's disk in check.
@@ -323,6 +353,7 @@ mod tests {
                 labels: [("gpu".to_string(), "true".to_string())].into(),
                 oci_runtime: None,
                 images: Default::default(),
+                datasets: Default::default(),
             },
             ca_der: ca.cert_der().to_vec(),
             cert_der,

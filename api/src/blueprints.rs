@@ -105,7 +105,61 @@ pub struct BlueprintInput {
     /// `"none"`, or a number of hosts the scheduler picks.
     #[serde(default)]
     pub prepull: Option<PrepullInput>,
+    /// Dataset versions mounted read-only into every instance, e.g.
+    /// `[{ name = "course-data", version = "latest", path = "/data/course" }]`.
+    #[serde(default)]
+    pub datasets: Option<Vec<DatasetInput>>,
     pub enabled: Option<bool>,
+}
+
+/// One dataset mount as written: checked field by field like the rest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetInput {
+    pub name: Option<String>,
+    /// `"latest"` (default: the newest version when an instance is launched) or a
+    /// version number from 1.
+    #[serde(default)]
+    pub version: Option<DatasetVersionInput>,
+    /// Absolute path inside the container, e.g. `/data/course`.
+    pub path: Option<String>,
+}
+
+/// A dataset version as written: `"latest"`, a number, or a number in a string.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum DatasetVersionInput {
+    Number(i64),
+    Word(String),
+}
+
+/// A dataset a blueprint's instances mount, read-only.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub struct BlueprintDataset {
+    pub name: String,
+    /// The pinned version; absent means the latest version at each launch (a
+    /// running instance keeps the version it started with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// Absolute path inside the container.
+    pub path: String,
+}
+
+impl BlueprintDataset {
+    /// `NAME@VERSION` or `NAME@latest`.
+    pub fn reference(&self) -> String {
+        match self.version {
+            Some(v) => format!("{}@{v}", self.name),
+            None => format!("{}@latest", self.name),
+        }
+    }
+}
+
+impl std::fmt::Display for BlueprintDataset {
+    /// `NAME@VERSION → PATH`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} \u{2192} {}", self.reference(), self.path)
+    }
 }
 
 /// `prepull` as written: a word or a number.
@@ -206,6 +260,10 @@ pub struct BlueprintSpec {
     pub pull: PullPolicy,
     #[serde(default)]
     pub prepull: Prepull,
+    /// Datasets mounted read-only into instances; empty in records older than
+    /// datasets.
+    #[serde(default)]
+    pub datasets: Vec<BlueprintDataset>,
     /// Set by the controller when the blueprint is saved (or refreshed); `None` only
     /// before resolution, or in records older than image resolution.
     #[serde(default)]

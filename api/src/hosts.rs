@@ -154,6 +154,10 @@ pub struct HostView {
     pub pool_history: Vec<PoolNote>,
     /// Image pulls under way or recently failed, from the last heartbeat.
     pub pulls: Vec<PullProgress>,
+    /// Dataset versions the host holds ready (their manifests, BLAKE3 hex), from
+    /// the last heartbeat.
+    #[serde(default)]
+    pub datasets: Vec<String>,
 }
 
 impl HostView {

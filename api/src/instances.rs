@@ -121,6 +121,29 @@ pub struct InstanceView {
     /// Place in the launch queue (1 = next) while it waits for capacity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<usize>,
+    /// The dataset versions it mounts, fixed when it was launched.
+    #[serde(default)]
+    pub datasets: Vec<InstanceDataset>,
+}
+
+/// A dataset version an instance mounts (read-only), as resolved at launch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceDataset {
+    pub name: String,
+    pub version: u32,
+    /// Absolute path inside the container.
+    pub path: String,
+    /// Bytes of the version's files.
+    pub bytes: u64,
+    /// The version's manifest (BLAKE3, hex).
+    pub manifest: String,
+}
+
+impl std::fmt::Display for InstanceDataset {
+    /// `NAME@VERSION → PATH`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{} \u{2192} {}", self.name, self.version, self.path)
+    }
 }
 
 /// Body of `POST /api/v1/instances`.

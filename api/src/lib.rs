@@ -15,6 +15,7 @@
 //! * [`blueprints`] — blueprint input, the validated spec, records and revisions.
 //! * [`hosts`] — liveness, pool standing, and the host view.
 //! * [`images`] — uploaded image archives and resumable uploads.
+//! * [`datasets`] — datasets, their versions, and the chunk upload's bodies.
 //! * [`autoscaler`] — what the queue waits for and the autoscaler's decisions.
 //! * [`openapi`] — all of the above as OpenAPI components.
 //!
@@ -25,6 +26,7 @@
 
 pub mod autoscaler;
 pub mod blueprints;
+pub mod datasets;
 pub mod error;
 pub mod health;
 pub mod hosts;

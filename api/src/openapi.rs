@@ -3,7 +3,9 @@
 
 use utoipa::OpenApi;
 
-use crate::{autoscaler, blueprints, error, health, hosts, images, instances, join_tokens};
+use crate::{
+    autoscaler, blueprints, datasets, error, health, hosts, images, instances, join_tokens,
+};
 use crate::{session, users};
 
 /// The components (`#/components/schemas/…`) of every type in this crate.
@@ -28,12 +30,16 @@ use crate::{session, users};
     instances::Transition,
     instances::AppView,
     instances::InstanceView,
+    instances::InstanceDataset,
     instances::Launch,
     instances::Extend,
     blueprints::AppKind,
     blueprints::Strategy,
     blueprints::BlueprintInput,
     blueprints::PrepullInput,
+    blueprints::DatasetInput,
+    blueprints::DatasetVersionInput,
+    blueprints::BlueprintDataset,
     blueprints::PullPolicy,
     blueprints::Prepull,
     blueprints::ResolvedImage,
@@ -53,6 +59,12 @@ use crate::{session, users};
     autoscaler::Waiting,
     autoscaler::ScaleAction,
     autoscaler::Decision,
+    datasets::DatasetVersionView,
+    datasets::DatasetRecord,
+    datasets::CommitAnswer,
+    datasets::MissingQuery,
+    datasets::MissingAnswer,
+    datasets::PackAnswer,
 )))]
 #[derive(Debug)]
 pub struct ApiModel;

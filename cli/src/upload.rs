@@ -19,33 +19,20 @@ use std::time::Duration;
 use cairn_shared::chunks::{ChunkId, ChunkRef};
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
-use serde::{Deserialize, Serialize};
 
 use crate::client::{body, parse, Client};
 use crate::error::Error;
 
-/// Most ids one `POST /chunks/missing` may carry.
-pub const MAX_MISSING_QUERY: usize = 16 * 1024;
-/// Largest pack body the controller accepts.
-pub const MAX_PACK_BYTES: usize = 32 * 1024 * 1024;
-/// A pack frame's header: the id, then the length (u32, big-endian).
-pub const FRAME_HEADER: usize = 36;
+use cairn_api::datasets::{MissingAnswer, MissingQuery};
+pub use cairn_api::datasets::{
+    MAX_MISSING_QUERY, MAX_PACK_BYTES, PACK_FRAME_HEADER as FRAME_HEADER,
+};
 /// Packs in flight at once: enough to fill a long fat pipe, few enough for memory.
 pub const CONCURRENCY: usize = 4;
 /// Failed requests in a row (per pack) before a push gives up.
 pub const MAX_RETRIES: u32 = 5;
 /// Time limit of one pack (32 MiB at about 75 KiB/s).
 const PACK_TIMEOUT: Duration = Duration::from_secs(7 * 60);
-
-#[derive(Debug, Serialize)]
-struct MissingQuery<'a> {
-    ids: &'a [String],
-}
-
-#[derive(Debug, Deserialize)]
-struct MissingAnswer {
-    missing: Vec<String>,
-}
 
 /// Where a push's chunks are read from.
 pub trait ChunkSource: Send + Sync + 'static {
@@ -166,7 +153,7 @@ pub async fn missing(client: &Client, chunks: &[ChunkRef]) -> Result<Vec<ChunkRe
     for batch in chunks.chunks(MAX_MISSING_QUERY) {
         let ids: Vec<String> = batch.iter().map(|c| c.id.to_hex()).collect();
         let v = with_retries("asking which chunks the controller lacks", || {
-            let b = body(&MissingQuery { ids: &ids });
+            let b = body(&MissingQuery { ids: ids.clone() });
             async move { client.post(&["chunks", "missing"], Some(&b?)).await }
         })
         .await?;

@@ -35,6 +35,8 @@ pub struct App {
     pub(crate) archives: crate::images::archives::Archives,
     /// Every chunk and manifest pushed (datasets), content-addressed.
     pub(crate) chunks: Arc<dyn crate::chunks::ChunkStore>,
+    /// Datasets and their immutable versions (manifests in `chunks`).
+    pub(crate) datasets: Arc<crate::datasets::Datasets>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,12 @@ impl App {
         let archives =
             crate::images::archives::Archives::open(&config.images, store.clone(), chunks.clone())
                 .map_err(|e| StartError::Config(e.to_string()))?;
+        let datasets = Arc::new(crate::datasets::Datasets::new(
+            store.clone(),
+            chunks.clone(),
+        ));
+        // Launches and blueprint saves find dataset versions in this catalogue.
+        instances.set_dataset_lookup(datasets.clone());
         let autoscaler = crate::autoscaler::Autoscaler::new(
             Box::new(crate::autoscaler::StaticProvider),
             policies,
@@ -132,6 +140,7 @@ impl App {
             autoscaler,
             archives,
             chunks,
+            datasets,
         })
     }
 }
@@ -197,6 +206,7 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
         Duration::from_secs(10),
         shutdown.clone(),
     ));
+    tasks.spawn(chunk_gc_loop(app.clone(), shutdown.clone()));
     tasks.spawn(server_cert_loop(
         app.clone(),
         endpoint.clone(),
@@ -251,6 +261,44 @@ async fn liveness_loop(app: Arc<App>, shutdown: CancellationToken) {
                 tracing::error!(error = %e, "writing heartbeat data failed");
             }
         }
+    }
+}
+
+/// Collects unreferenced chunks every `chunks.gc_interval_secs` (and sooner when a
+/// dataset removal asks, through the service).
+async fn chunk_gc_loop(app: Arc<App>, shutdown: CancellationToken) {
+    let period = Duration::from_secs(app.config.chunks.gc_interval_secs);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        collect_chunks(&app).await;
+    }
+}
+
+/// One collection of the chunk store, logged; a failure is retried next time. The
+/// one place the live set is gathered: image archives' manifests and chunks (with
+/// image commits held off until the sweep ends), then datasets'.
+pub(crate) async fn collect_chunks(app: &App) {
+    let grace_ms = app.config.chunks.gc_grace_secs.saturating_mul(1000);
+    let _no_image_commits = app.archives.pause_commits().await;
+    let images = match app.archives.live_chunks().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "chunk store collection skipped: cannot mark the image archives' chunks; will retry");
+            return;
+        }
+    };
+    let now = cairn_shared::time::now_ms();
+    if let Err(e) = app
+        .datasets
+        .collect_garbage_with(images, now, grace_ms)
+        .await
+    {
+        tracing::error!(error = %e, "chunk store collection failed; will retry");
     }
 }
 

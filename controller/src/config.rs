@@ -75,6 +75,9 @@ pub struct ControllerConfig {
     pub proxy: ProxyConfig,
     #[serde(default)]
     pub images: ImagesConfig,
+    /// The chunk store (datasets' bytes) and its collector.
+    #[serde(default)]
+    pub chunks: ChunksConfig,
     /// Host pools with their placement and scaling rules. Hosts belong to the pool
     /// their `pool` label names (`default` without one).
     #[serde(default)]
@@ -229,6 +232,35 @@ impl Default for ImagesConfig {
             registries: vec![],
             resolve_timeout_secs: default_resolve_timeout(),
             max_archive_bytes: default_max_archive(),
+        }
+    }
+}
+
+/// The chunk store: where pushed datasets' bytes live, and how its collector runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChunksConfig {
+    /// An unreferenced chunk younger than this is kept: a push may have uploaded it
+    /// and not yet committed the manifest that references it.
+    #[serde(default = "default_gc_grace")]
+    pub gc_grace_secs: u64,
+    /// How often the collector runs (it also runs after a dataset is removed).
+    #[serde(default = "default_gc_interval")]
+    pub gc_interval_secs: u64,
+}
+
+fn default_gc_grace() -> u64 {
+    24 * 3600
+}
+fn default_gc_interval() -> u64 {
+    3600
+}
+
+impl Default for ChunksConfig {
+    fn default() -> Self {
+        ChunksConfig {
+            gc_grace_secs: default_gc_grace(),
+            gc_interval_secs: default_gc_interval(),
         }
     }
 }
@@ -469,6 +501,13 @@ impl ControllerConfig {
         if !(1..=1_000_000).contains(&a.max_connections) {
             return Err("api.max_connections must be between 1 and 1000000".into());
         }
+        if self.chunks.gc_grace_secs < 60 {
+            // Shorter than a push takes: chunks of a push in flight would be swept.
+            return Err("chunks.gc_grace_secs must be at least 60".into());
+        }
+        if !(60..=7 * 24 * 3600).contains(&self.chunks.gc_interval_secs) {
+            return Err("chunks.gc_interval_secs must be between 60 and 604800".into());
+        }
         if self.auth.admin_token_sha256.len() != 64 {
             return Err("auth.admin_token_sha256 must be 64 hex digits".into());
         }
@@ -501,6 +540,7 @@ mod tests {
     fn sample() -> ControllerConfig {
         ControllerConfig {
             images: Default::default(),
+            chunks: Default::default(),
             api: ApiConfig::plain("127.0.0.1:7080".parse().unwrap()),
             link: LinkConfig {
                 listen: "127.0.0.1:7443".parse().unwrap(),

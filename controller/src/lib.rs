@@ -7,6 +7,8 @@
 //! * [`tokens`] — join tokens.
 //! * [`users`] — accounts, API tokens, and the principal of a request.
 //! * [`blueprints`] — blueprint specs, validation and revisions.
+//! * [`chunks`] — the chunk store (every pushed byte) and its collector.
+//! * [`datasets`] — pushed datasets and their immutable versions.
 //! * [`instances`] — instance lifecycle, desired state per host.
 //! * [`autoscaler`] — pool sizes: decisions (pure) and the provider behind them.
 //! * [`scheduler`] — where instances go: the deterministic placement core.
@@ -30,6 +32,7 @@ pub mod blueprints;
 pub mod chunks;
 pub mod cli;
 pub mod config;
+pub mod datasets;
 pub mod hosts;
 pub mod http_server;
 pub mod https;

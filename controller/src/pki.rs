@@ -130,6 +130,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<InitOutcome, PkiError> 
     let admin_token = auth::new_admin_token();
     let config = ControllerConfig {
         images: Default::default(),
+        chunks: Default::default(),
         api: ApiConfig {
             listen: opts.api_listen,
             tls: match &opts.web {

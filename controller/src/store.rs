@@ -65,6 +65,8 @@ pub enum Tree {
     Images,
     /// Image uploads in progress, by upload id.
     ImageUploads,
+    /// Datasets and their versions, by dataset name.
+    Datasets,
 }
 
 impl Tree {
@@ -79,6 +81,7 @@ impl Tree {
             Tree::Instances => "instances",
             Tree::Images => "images",
             Tree::ImageUploads => "image_uploads",
+            Tree::Datasets => "datasets",
         }
     }
 }

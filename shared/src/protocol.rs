@@ -31,7 +31,7 @@ use crate::validate::{self, Invalid, Validate};
 use crate::workload::{DesiredUpdate, InstanceReport};
 
 /// The link protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// ALPN of enrolment connections.
 pub const ALPN_ENROL: &[u8] = b"cairn-enrol";
@@ -271,6 +271,71 @@ pub enum AgentRequest {
     /// fetch resumes where it stopped. Answered by [`AgentResponse::ImageStream`],
     /// after which the stream carries the raw bytes to the end of the archive.
     FetchImage { archive: String, offset: u64 },
+    /// The encoded manifest of a dataset version (or any manifest). Answered by
+    /// [`AgentResponse::Manifest`], after which the stream carries exactly `len` raw
+    /// bytes and ends. The agent checks the bytes hash to `manifest` and validates
+    /// the manifest whole before trusting any of it.
+    FetchManifest { manifest: crate::chunks::ChunkId },
+    /// Chunks, at most [`MAX_FETCH_CHUNKS`] of them. Answered by
+    /// [`AgentResponse::Chunks`], after which the stream carries, for each requested
+    /// id in order, one chunk frame (u32 big-endian length, then the bytes), and
+    /// ends. If any chunk is absent the answer is [`AgentResponse::Refused`] naming
+    /// it. A chunk found corrupt while the stream is under way resets the stream
+    /// with a [`ChunkStreamCode`]: the chunk concerned is the one the agent was
+    /// waiting for, so it can say which.
+    FetchChunks { chunks: Vec<crate::chunks::ChunkId> },
+}
+
+/// Most chunks one [`AgentRequest::FetchChunks`] asks for.
+pub const MAX_FETCH_CHUNKS: usize = 1024;
+
+/// Largest manifest the controller serves and the agent accepts, in bytes (a
+/// manifest of a million entries is far below it).
+pub const MAX_MANIFEST_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Why the controller reset a chunk stream once bytes were flowing (the QUIC
+/// stream reset code). The chunk concerned is the next one the agent expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ChunkStreamCode {
+    /// The chunk's bytes in the controller's store do not match its name.
+    Corrupt = 0x100,
+    /// The chunk vanished from the store after the request was accepted.
+    Missing = 0x101,
+    /// The controller could not read its store (see its log).
+    Internal = 0x102,
+    /// The agent did not read for too long.
+    Stalled = 0x103,
+}
+
+impl ChunkStreamCode {
+    pub fn from_u64(v: u64) -> Option<Self> {
+        use ChunkStreamCode::*;
+        [Corrupt, Missing, Internal, Stalled]
+            .into_iter()
+            .find(|c| *c as u64 == v)
+    }
+
+    /// What happened to `chunk`, in words for the user.
+    pub fn describe(self, chunk: &crate::chunks::ChunkId) -> String {
+        match self {
+            ChunkStreamCode::Corrupt => format!("chunk {chunk} is corrupt on the controller"),
+            ChunkStreamCode::Missing => format!("chunk {chunk} is missing on the controller"),
+            ChunkStreamCode::Internal => {
+                format!("the controller could not read chunk {chunk}; see its log")
+            }
+            ChunkStreamCode::Stalled => {
+                format!("the controller gave up sending chunk {chunk}: the agent read too slowly")
+            }
+        }
+    }
+}
+
+#[cfg(feature = "link")]
+impl From<ChunkStreamCode> for quinn::VarInt {
+    fn from(c: ChunkStreamCode) -> Self {
+        quinn::VarInt::from_u32(c as u32)
+    }
 }
 
 impl Validate for AgentRequest {
@@ -286,6 +351,13 @@ impl Validate for AgentRequest {
                     Err(Invalid::new("archive", "not a BLAKE3 hash"))
                 }
             }
+            AgentRequest::FetchManifest { .. } => Ok(()),
+            AgentRequest::FetchChunks { chunks } => {
+                if chunks.is_empty() {
+                    return Err(Invalid::new("chunks", "no chunks asked for"));
+                }
+                validate::max_items("chunks", chunks, MAX_FETCH_CHUNKS)
+            }
         }
     }
 }
@@ -300,6 +372,12 @@ pub enum AgentResponse {
     ImageStream {
         size_bytes: u64,
     },
+    /// The manifest follows as `len` raw bytes.
+    Manifest {
+        len: u64,
+    },
+    /// The chunks follow, one frame each, in the order asked.
+    Chunks,
     Refused {
         code: RefusalCode,
         message: String,

@@ -45,11 +45,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/blueprints/{name}/disable"),
     ("post", "/api/v1/blueprints/{name}/refresh"),
     ("get", "/api/v1/images"),
-    ("post", "/api/v1/images/uploads"),
-    ("get", "/api/v1/images/uploads/{id}"),
-    ("patch", "/api/v1/images/uploads/{id}"),
-    ("delete", "/api/v1/images/uploads/{id}"),
-    ("post", "/api/v1/images/uploads/{id}/commit"),
+    ("post", "/api/v1/images"),
     ("get", "/api/v1/images/{archive}"),
     ("delete", "/api/v1/images/{archive}"),
 ];

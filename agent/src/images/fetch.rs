@@ -119,9 +119,9 @@ impl ArchiveFetcher for QuicFetcher {
                     Ok((size_bytes, Box::pin(recv) as ArchiveReader))
                 }
                 AgentResponse::Refused { message, .. } => Err(FetchError::Refused(message)),
-                AgentResponse::Certificate { .. } => Err(FetchError::Link(
-                    "the controller answered a fetch with a certificate".into(),
-                )),
+                other => Err(FetchError::Link(format!(
+                    "the controller answered an archive fetch with {other:?}"
+                ))),
             }
         })
     }

@@ -9,7 +9,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountBindOptionsPropagationEnum,
+    MountTypeEnum, NetworkCreateRequest,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, InspectNetworkOptions,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -21,7 +24,7 @@ use cairn_shared::resources::Isolation;
 use cairn_shared::workload::{DesiredInstance, MAX_LOG_BYTES};
 use futures::StreamExt;
 
-use super::{labels, ContainerRuntime, ContainerState, Observed, RuntimeError};
+use super::{labels, ContainerRuntime, ContainerState, DatasetBind, Observed, RuntimeError};
 use crate::docker::DockerClient;
 use crate::images::docker::DockerImages;
 use crate::images::ImageBackend;
@@ -234,8 +237,15 @@ impl ContainerRuntime for DockerRuntime {
         Ok(out)
     }
 
-    async fn create(&self, d: &DesiredInstance) -> Result<String, RuntimeError> {
+    async fn create(
+        &self,
+        d: &DesiredInstance,
+        datasets: &[DatasetBind],
+    ) -> Result<String, RuntimeError> {
         let name = Self::name(&d.id);
+        let docker = self.docker().await?;
+        let v = docker.client_version();
+        let mounts = dataset_mounts(datasets, (v.major_version, v.minor_version));
         let labels = HashMap::from([
             (labels::INSTANCE.to_string(), d.id.to_string()),
             (labels::OWNER.to_string(), d.owner.clone()),
@@ -259,6 +269,7 @@ impl ContainerRuntime for DockerRuntime {
                 security_opt: Some(vec!["no-new-privileges:true".into()]),
                 pids_limit: Some(4096),
                 runtime: self.oci_runtime.clone(),
+                mounts: (!mounts.is_empty()).then_some(mounts),
                 ..Default::default()
             }),
             ..Default::default()
@@ -347,5 +358,69 @@ impl ContainerRuntime for DockerRuntime {
             .await
             .map_err(|_| RuntimeError("reading logs: the Docker Engine did not answer".into()))??;
         Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+/// Docker mounts for materialised dataset trees: bind, read-only, `rprivate`
+/// (nothing mounted later on the host leaks into the container, and nothing
+/// inside propagates out). `ReadOnlyForceRecursive` exists from API 1.44 on and
+/// is asked for only there; the trees hold no mounts of their own, so on older
+/// engines (20.10 speaks 1.41) the plain read-only bind is already complete.
+pub fn dataset_mounts(datasets: &[DatasetBind], api: (usize, usize)) -> Vec<Mount> {
+    let recursive = api >= (1, 44);
+    datasets
+        .iter()
+        .map(|b| Mount {
+            target: Some(b.target.clone()),
+            source: Some(b.source.to_string_lossy().into_owned()),
+            typ: Some(MountTypeEnum::BIND),
+            read_only: Some(true),
+            bind_options: Some(MountBindOptions {
+                propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
+                read_only_force_recursive: recursive.then_some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dataset_mounts_are_read_only_private_binds() {
+        let b = [DatasetBind {
+            source: "/var/lib/cairn/datasets/trees/ab".into(),
+            target: "/data/course".into(),
+        }];
+        let old = dataset_mounts(&b, (1, 41));
+        assert_eq!(old.len(), 1);
+        let m = &old[0];
+        assert_eq!(m.typ, Some(MountTypeEnum::BIND));
+        assert_eq!(m.read_only, Some(true));
+        assert_eq!(
+            m.source.as_deref(),
+            Some("/var/lib/cairn/datasets/trees/ab")
+        );
+        assert_eq!(m.target.as_deref(), Some("/data/course"));
+        let o = m
+            .bind_options
+            .as_ref()
+            .map(|o| (o.propagation, o.read_only_force_recursive));
+        assert_eq!(
+            o,
+            Some((Some(MountBindOptionsPropagationEnum::RPRIVATE), None))
+        );
+        // Engines that know recursive read-only get it.
+        let new = dataset_mounts(&b, (1, 44));
+        assert_eq!(
+            new[0]
+                .bind_options
+                .as_ref()
+                .and_then(|o| o.read_only_force_recursive),
+            Some(true)
+        );
     }
 }

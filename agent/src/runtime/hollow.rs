@@ -110,7 +110,15 @@ impl ContainerRuntime for HollowRuntime {
             .collect())
     }
 
-    async fn create(&self, d: &DesiredInstance) -> Result<String, RuntimeError> {
+    fn mounts_datasets(&self) -> bool {
+        false
+    }
+
+    async fn create(
+        &self,
+        d: &DesiredInstance,
+        _datasets: &[super::DatasetBind],
+    ) -> Result<String, RuntimeError> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let container_id = format!("hollow-{n:08x}");
         let ip = IpAddr::V4(Ipv4Addr::from(0x0a80_0000 | (n & 0x7f_ffff)));

@@ -40,6 +40,15 @@ pub mod labels {
     pub const HOST: &str = "cairn.host";
 }
 
+/// A materialised dataset version bound into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetBind {
+    /// The tree on the host (in the agent's dataset cache).
+    pub source: std::path::PathBuf,
+    /// Absolute path inside the container.
+    pub target: String,
+}
+
 /// A failed runtime operation, in the runtime's own words (shown to users).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -57,11 +66,18 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn list(
         &self,
     ) -> impl Future<Output = Result<BTreeMap<InstanceId, Observed>, RuntimeError>> + Send;
-    /// Creates and starts the instance's container; returns its id.
+    /// Creates and starts the instance's container with `datasets` bound into it
+    /// read-only; returns its id.
     fn create(
         &self,
         d: &DesiredInstance,
+        datasets: &[DatasetBind],
     ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    /// Whether containers really mount datasets, so they must be materialised
+    /// first. Hollow runtimes run nothing and say no.
+    fn mounts_datasets(&self) -> bool {
+        true
+    }
     /// The instance container's address on the Cairn network.
     fn address(
         &self,

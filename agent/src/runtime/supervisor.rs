@@ -27,7 +27,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::plan::{self, Action, Memory};
-use super::{ContainerRuntime, RuntimeError};
+use super::{ContainerRuntime, DatasetBind, RuntimeError};
+use crate::datasets::DatasetCache;
 use crate::images::ImageManager;
 use crate::state::ImagesSettings;
 
@@ -57,6 +58,11 @@ pub trait Workloads: Send + Sync + 'static {
     fn images(&self) -> Option<Arc<ImageManager>> {
         None
     }
+    /// The host's dataset cache: the link lists its ready versions in heartbeats
+    /// and hands it the connection chunks are fetched on.
+    fn datasets(&self) -> Option<Arc<DatasetCache>> {
+        None
+    }
     /// Whether the runtime fences instances in, as its preparation found. No
     /// default: a wrapper that forgot to pass it on would report a fenced host as
     /// unknown.
@@ -76,6 +82,7 @@ struct State {
 pub struct Supervisor<R> {
     runtime: Arc<R>,
     images: Arc<ImageManager>,
+    datasets: std::sync::OnceLock<Arc<DatasetCache>>,
     state: Mutex<State>,
     changed: Notify,
     wake: Notify,
@@ -106,10 +113,17 @@ impl<R: ContainerRuntime> Supervisor<R> {
         Arc::new(Supervisor {
             runtime: Arc::new(runtime),
             images,
+            datasets: std::sync::OnceLock::new(),
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             wake: Notify::new(),
         })
+    }
+
+    /// Materialises launches' datasets through `cache` (set once; without one, an
+    /// instance that mounts datasets fails with a clear reason).
+    pub fn set_datasets(&self, cache: Arc<DatasetCache>) {
+        let _ = self.datasets.set(cache);
     }
 
     /// The image manager launches pull through.
@@ -144,6 +158,9 @@ impl<R: ContainerRuntime> Supervisor<R> {
     /// Runs passes until `shutdown`. Containers keep running when the agent stops.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         tokio::spawn(self.images.clone().run(shutdown.clone()));
+        if let Some(cache) = self.datasets.get() {
+            tokio::spawn(cache.clone().run(shutdown.clone()));
+        }
         let mut prepared = false;
         loop {
             if !prepared {
@@ -225,14 +242,19 @@ impl<R: ContainerRuntime> Supervisor<R> {
     }
 
     async fn create_and_probe(self: Arc<Self>, d: DesiredInstance) {
-        if self.pull_image(&d).await {
+        let binds = if self.pull_image(&d).await {
+            self.prepare_datasets(&d).await
+        } else {
+            None
+        };
+        if let Some(binds) = binds {
             self.report(
                 &d.id,
                 InstancePhase::Preparing {
                     detail: "creating container".into(),
                 },
             );
-            match self.runtime.create(&d).await {
+            match self.runtime.create(&d, &binds).await {
                 Err(RuntimeError(reason)) => self.report(&d.id, InstancePhase::Failed { reason }),
                 Ok(_) => {
                     self.report(&d.id, InstancePhase::Starting);
@@ -288,6 +310,88 @@ impl<R: ContainerRuntime> Supervisor<R> {
                 );
                 false
             }
+        }
+    }
+
+    /// Makes every dataset version the instance mounts ready on this host,
+    /// reporting `Preparing { detail: "datasets 40%" }` (bytes fetched over bytes
+    /// of all its versions). `None` if no container must be created: a version
+    /// failed (reported, naming the dataset and why), or the instance is no longer
+    /// desired (the fetch goes on for whoever wants the version next).
+    async fn prepare_datasets(&self, d: &DesiredInstance) -> Option<Vec<DatasetBind>> {
+        if d.datasets.is_empty() || !self.runtime.mounts_datasets() {
+            return Some(vec![]);
+        }
+        let Some(cache) = self.datasets.get() else {
+            self.report(
+                &d.id,
+                InstancePhase::Failed {
+                    reason: "this agent keeps no dataset cache, so it cannot mount datasets".into(),
+                },
+            );
+            return None;
+        };
+        let flights: Vec<_> = d
+            .datasets
+            .iter()
+            .map(|m| (m, cache.ensure(&m.dataset, true)))
+            .collect();
+        let mut shown = String::new();
+        let mut binds = vec![];
+        for (mount, flight) in &flights {
+            let outcome = loop {
+                let (done, total) = flights.iter().fold((0u64, 0u64), |(d, t), (_, f)| {
+                    let p = f.progress();
+                    (d + p.done_bytes.min(p.total_bytes), t + p.total_bytes)
+                });
+                let percent = (done * 100).checked_div(total).unwrap_or(100);
+                let detail = format!("datasets {percent}%");
+                if detail != shown {
+                    self.report(
+                        &d.id,
+                        InstancePhase::Preparing {
+                            detail: detail.clone(),
+                        },
+                    );
+                    shown = detail;
+                }
+                if !self.lock().desired.contains_key(&d.id) {
+                    return None;
+                }
+                tokio::select! {
+                    r = flight.wait() => break r,
+                    _ = tokio::time::sleep(PULL_REPORT_INTERVAL) => {}
+                }
+            };
+            match outcome {
+                Ok(source) => binds.push(DatasetBind {
+                    source,
+                    target: mount.path.clone(),
+                }),
+                Err(e) => {
+                    let reason = format!(
+                        "dataset {}@{}: {e}",
+                        mount.dataset.name, mount.dataset.version
+                    );
+                    tracing::warn!(instance = %d.id, %reason, "cannot prepare the instance's datasets");
+                    self.report(&d.id, InstancePhase::Failed { reason });
+                    return None;
+                }
+            }
+        }
+        Some(binds)
+    }
+
+    /// Tells the dataset cache which versions desired instances mount.
+    fn note_datasets_in_use(&self) {
+        if let Some(cache) = self.datasets.get() {
+            let in_use = self
+                .lock()
+                .desired
+                .values()
+                .flat_map(|d| d.datasets.iter().map(|m| m.dataset.manifest))
+                .collect();
+            cache.set_in_use(in_use);
         }
     }
 
@@ -418,6 +522,12 @@ impl<R: ContainerRuntime> Workloads for Supervisor<R> {
         if let Some(images) = update.images.take() {
             self.images.set_desired(images);
         }
+        if let Some(cache) = self.datasets.get() {
+            if let Some(datasets) = update.datasets.take() {
+                cache.set_prefetch(datasets.prefetch);
+            }
+        }
+        self.note_datasets_in_use();
         self.wake.notify_one();
         true
     }
@@ -458,6 +568,10 @@ impl<R: ContainerRuntime> Workloads for Supervisor<R> {
         Some(self.images.clone())
     }
 
+    fn datasets(&self) -> Option<Arc<DatasetCache>> {
+        self.datasets.get().cloned()
+    }
+
     fn isolation(&self) -> Isolation {
         self.lock().isolation.clone()
     }
@@ -469,6 +583,7 @@ mod tests {
     use crate::images::testing::FakeBackend;
     use crate::runtime::{ContainerState, Observed};
     use cairn_shared::images::ImageSource;
+    use cairn_shared::workload::DatasetSpec;
     use std::collections::BTreeMap as Map;
 
     /// A runtime that only remembers containers.
@@ -476,6 +591,7 @@ mod tests {
         containers: Mutex<Map<InstanceId, Observed>>,
         removed: Mutex<Vec<String>>,
         images: Arc<FakeBackend>,
+        binds: Mutex<Map<InstanceId, Vec<DatasetBind>>>,
     }
 
     impl Default for Fake {
@@ -484,6 +600,7 @@ mod tests {
                 containers: Default::default(),
                 removed: Default::default(),
                 images: Arc::new(FakeBackend::open()),
+                binds: Default::default(),
             }
         }
     }
@@ -498,7 +615,15 @@ mod tests {
         async fn list(&self) -> Result<Map<InstanceId, Observed>, RuntimeError> {
             Ok(self.containers.lock().unwrap().clone())
         }
-        async fn create(&self, d: &DesiredInstance) -> Result<String, RuntimeError> {
+        async fn create(
+            &self,
+            d: &DesiredInstance,
+            binds: &[DatasetBind],
+        ) -> Result<String, RuntimeError> {
+            self.binds
+                .lock()
+                .unwrap()
+                .insert(d.id.clone(), binds.to_vec());
             let o = Observed {
                 container_id: format!("c-{}", d.id),
                 state: ContainerState::Running,
@@ -764,6 +889,118 @@ mod tests {
             matches!(reports.last(), Some(InstancePhase::Running { .. })),
             "{reports:?}"
         );
+    }
+
+    fn with_datasets(
+        tmp: &std::path::Path,
+        src: &Arc<crate::datasets::fetch::testing::FakeSource>,
+    ) -> Arc<Supervisor<Fake>> {
+        let fake = Fake::default();
+        fake.images.present.lock().unwrap().insert(IMAGE.into());
+        let sup = Supervisor::new(fake);
+        let cache = DatasetCache::with_source(
+            tmp,
+            &Default::default(),
+            Arc::new(crate::datasets::fetch::testing::Shared(src.clone())),
+        )
+        .unwrap();
+        sup.set_datasets(cache);
+        sup
+    }
+
+    async fn settle(sup: &Arc<Supervisor<Fake>>, id: &InstanceId) -> Vec<InstancePhase> {
+        let mut all = vec![];
+        for _ in 0..500 {
+            all.extend(phases(sup.drain()));
+            if matches!(
+                all.last(),
+                Some(InstancePhase::Starting | InstancePhase::Failed { .. })
+            ) || sup.runtime.containers.lock().unwrap().contains_key(id)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        all.extend(phases(sup.drain()));
+        all
+    }
+
+    #[tokio::test]
+    async fn a_launch_materialises_its_datasets_first_and_binds_them() {
+        use crate::datasets::fetch::testing::{version, FakeSource};
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Arc::new(FakeSource::default());
+        let spec = version(&src, "course", 4, 5000);
+        let sup = with_datasets(tmp.path(), &src);
+        let mut d = instance(IMAGE);
+        d.datasets = vec![cairn_shared::workload::DatasetMount {
+            dataset: spec.clone(),
+            path: "/data/course".into(),
+        }];
+        launch(&sup, &d);
+        sup.pass().await;
+        let reports = settle(&sup, &d.id).await;
+        assert_eq!(
+            reports.first(),
+            Some(&preparing("datasets 0%")),
+            "{reports:?}"
+        );
+        assert!(
+            reports.contains(&preparing("creating container")),
+            "{reports:?}"
+        );
+        let binds = sup
+            .runtime
+            .binds
+            .lock()
+            .unwrap()
+            .get(&d.id)
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            binds,
+            vec![DatasetBind {
+                source: tmp.path().join("trees").join(spec.manifest.to_hex()),
+                target: "/data/course".into(),
+            }]
+        );
+        assert_eq!(
+            std::fs::read(binds[0].source.join("file2")).unwrap().len(),
+            5000
+        );
+        assert_eq!(sup.datasets().unwrap().ready(), vec![spec.manifest]);
+    }
+
+    #[tokio::test]
+    async fn a_dataset_that_cannot_be_fetched_fails_the_launch_with_the_reason() {
+        use crate::datasets::fetch::testing::{version, FakeSource};
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Arc::new(FakeSource::default());
+        let spec = version(&src, "course", 2, 1000);
+        let bad = *src
+            .objects
+            .lock()
+            .unwrap()
+            .keys()
+            .find(|k| **k != spec.manifest)
+            .unwrap();
+        src.corrupt.lock().unwrap().insert(bad);
+        let sup = with_datasets(tmp.path(), &src);
+        let mut d = instance(IMAGE);
+        d.datasets = vec![cairn_shared::workload::DatasetMount {
+            dataset: DatasetSpec { version: 3, ..spec },
+            path: "/data".into(),
+        }];
+        launch(&sup, &d);
+        sup.pass().await;
+        let reports = settle(&sup, &d.id).await;
+        assert_eq!(
+            reports.last(),
+            Some(&InstancePhase::Failed {
+                reason: format!("dataset course@3: chunk {bad} is corrupt on the controller")
+            })
+        );
+        assert!(sup.runtime.containers.lock().unwrap().is_empty());
     }
 
     #[test]

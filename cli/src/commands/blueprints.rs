@@ -326,7 +326,19 @@ pub fn render_detail(record: &Blueprint, now_ms: u64) -> String {
         ("priority", b.priority.to_string()),
         ("env", pairs(&b.env)),
         ("placement", pairs(&b.placement)),
+        ("datasets", datasets(&b.datasets)),
     ])
+}
+
+/// `NAME@VERSION → PATH` per line (`latest` is resolved at each launch).
+fn datasets(list: &[cairn_api::blueprints::BlueprintDataset]) -> String {
+    if list.is_empty() {
+        return "-".into();
+    }
+    list.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `blueprints history`, newest first.
@@ -457,12 +469,24 @@ zone = "a"
             "{text}"
         );
         assert!(text.contains("placement:     -\n"), "{text}");
+        assert!(text.contains("datasets:      -\n"), "{text}");
         // A record from before priorities reads as the default.
         assert!(text.contains("priority:      0\n"), "{text}");
         let mut urgent = sample();
         urgent.spec.priority = -7;
         let text = render_detail(&urgent, 110_000);
         assert!(text.contains("priority:      -7\n"), "{text}");
+        urgent.spec.datasets = serde_json::from_value(json!([
+            {"name": "course-data", "path": "/data/course"},
+            {"name": "shared", "version": 3, "path": "/data/shared"}]))
+        .unwrap();
+        let text = render_detail(&urgent, 110_000);
+        assert!(
+            text.contains(
+                "datasets:      course-data@latest \u{2192} /data/course\n               shared@3 \u{2192} /data/shared\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

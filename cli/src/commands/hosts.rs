@@ -66,6 +66,7 @@ pub fn render(hosts: &[Host], now_ms: u64) -> String {
         "MEM",
         "LAST SEEN",
         "PULLS",
+        "DATASETS",
         "LABELS",
     ]);
     for h in hosts {
@@ -98,6 +99,11 @@ pub fn render(hosts: &[Host], now_ms: u64) -> String {
             mem,
             output::ago(now_ms, h.last_seen_ms),
             pulls(h),
+            // Dataset versions held ready; which ones is in `--json`.
+            match h.datasets.len() {
+                0 => "-".into(),
+                n => n.to_string(),
+            },
             labels,
         ]);
     }
@@ -139,7 +145,8 @@ mod tests {
                      "quarantines":1,"last_failure":"disk full"},
              "pool_history":[],
              "pulls":[pull("r/a@sha256:1", json!("Pulling")),
-                      pull("r/b@sha256:2", json!({"Failed":{"error":"unreachable"}}))]},
+                      pull("r/b@sha256:2", json!({"Failed":{"error":"unreachable"}}))],
+             "datasets":["01".repeat(32), "02".repeat(32)]},
             {"id":"h-fedcba9876543210","hostname":"node2","state":"joining","state_since_ms":0,
              "state_reason":null,"last_seen_ms":0,"connected":false,"enrolled_ms":0,"labels":{},
              "facts":null,"capacity":null,"runtime":null,"cert_not_after_unix":0,"remote_addr":null,
@@ -148,9 +155,9 @@ mod tests {
         .unwrap();
         assert_eq!(
             render(&hosts, 100_000),
-            "ID                   HOSTNAME   STATE     STANDING      CPUS   MEM                     LAST SEEN   PULLS                 LABELS\n\
-             h-0123456789abcdef   node1      active    quarantined   2      24 GiB (7.7 GiB free)   1s ago      1 pulling, 1 failed   gpu=true,zone=a\n\
-             h-fedcba9876543210   node2      joining   open          -      -                       never       -                     -\n"
+            "ID                   HOSTNAME   STATE     STANDING      CPUS   MEM                     LAST SEEN   PULLS                 DATASETS   LABELS\n\
+             h-0123456789abcdef   node1      active    quarantined   2      24 GiB (7.7 GiB free)   1s ago      1 pulling, 1 failed   2          gpu=true,zone=a\n\
+             h-fedcba9876543210   node2      joining   open          -      -                       never       -                     -          -\n"
         );
     }
 }

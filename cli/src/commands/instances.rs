@@ -231,6 +231,10 @@ pub fn render_access(i: &Instance, client: &Client) -> String {
     if let Some(p) = &app.password {
         pairs.push(("password", p.clone()));
     }
+    if !i.datasets.is_empty() {
+        let mounts: Vec<String> = i.datasets.iter().map(|d| d.to_string()).collect();
+        pairs.push(("datasets", mounts.join("\n")));
+    }
     head + &output::key_values(&pairs)
 }
 
@@ -320,6 +324,7 @@ mod tests {
                 password: None,
             },
             queue_position: None,
+            datasets: vec![],
         }
     }
 

@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use cairn_api::images::CommitImage;
 
@@ -20,8 +20,9 @@ use super::{ApiError, ApiResult};
 use crate::service::{Caller, Service};
 use cairn_api::images::ImageRecord;
 
-/// The archive's bytes never pass here: only its manifest, bounded by the route's
-/// body limit ([`cairn_api::images::MAX_IMAGE_MANIFEST_BYTES`]).
+/// The archive's bytes never pass here: only its manifest, read after the caller is
+/// known to be an admin, bounded by [`cairn_api::images::MAX_IMAGE_MANIFEST_BYTES`]
+/// and by a stall timeout.
 #[utoipa::path(
     post,
     path = "/api/v1/images",
@@ -35,9 +36,18 @@ pub async fn commit(
     State(s): State<Arc<Service>>,
     caller: Caller,
     q: Result<Query<CommitImage>, QueryRejection>,
-    manifest: Bytes,
+    headers: HeaderMap,
+    b: Body,
 ) -> ApiResult<(StatusCode, Json<ImageRecord>)> {
+    caller.admin()?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let manifest = super::datasets::read_body(
+        &headers,
+        b,
+        cairn_api::images::MAX_IMAGE_MANIFEST_BYTES,
+        s.body_stall(),
+    )
+    .await?;
     let (rec, new) = s.commit_image(&caller, &manifest, &q.archive).await?;
     let status = if new {
         StatusCode::CREATED

@@ -7,6 +7,7 @@
 
 mod autoscaler;
 mod blueprints;
+mod datasets;
 mod hosts;
 mod images;
 mod instances;
@@ -161,13 +162,24 @@ fn described(service: &Arc<Service>) -> (Router<Arc<Service>>, utoipa::openapi::
         .routes(routes!(blueprints::disable))
         .routes(routes!(blueprints::refresh))
         .merge(
-            // The commit's body is the archive's manifest, a few MiB at most; the
-            // archive itself comes as chunks.
+            // The commit's body is the archive's manifest, bounded by its handler;
+            // the archive itself comes as chunks.
             OpenApiRouter::new()
                 .routes(routes!(images::list, images::commit))
-                .layer(axum::extract::DefaultBodyLimit::max(
-                    cairn_api::images::MAX_IMAGE_MANIFEST_BYTES,
-                )),
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .routes(routes!(datasets::missing))
+        .routes(routes!(datasets::list))
+        .routes(routes!(datasets::get, datasets::remove))
+        .routes(routes!(datasets::remove_version))
+        .routes(routes!(datasets::manifest))
+        .merge(
+            // Packs and manifests are bounded by their handlers (32 MiB, the
+            // manifest limit), which read them with a stall timeout.
+            OpenApiRouter::new()
+                .routes(routes!(datasets::pack))
+                .routes(routes!(datasets::commit))
+                .layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .routes(routes!(images::get, images::remove))
         .route_layer(middleware::from_fn_with_state(

@@ -7,9 +7,11 @@
 //! model's (`cairn_api::blueprints`), re-exported here; the rules are the controller's.
 
 pub use cairn_api::blueprints::{
-    AppKind, BlueprintInput, BlueprintSpec, Prepull, PrepullInput, PullPolicy, ResolvedImage,
+    AppKind, BlueprintDataset, BlueprintInput, BlueprintSpec, DatasetInput, DatasetVersionInput,
+    Prepull, PrepullInput, PullPolicy, ResolvedImage,
 };
 pub use cairn_api::error::FieldError;
+pub use cairn_shared::workload::MAX_INSTANCE_DATASETS;
 
 /// Default maximum lifetime of an instance: one hour.
 pub const DEFAULT_LIFETIME_SECS: u64 = 3600;
@@ -37,6 +39,163 @@ pub fn valid_name(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.ends_with('-')
+}
+
+/// Longest dataset mount path.
+pub const MAX_DATASET_PATH: usize = 256;
+/// Highest dataset version a blueprint may pin (versions count from 1).
+pub const MAX_DATASET_VERSION: i64 = u32::MAX as i64;
+
+/// Container paths a dataset may not be mounted on or under: the runtime's own
+/// (a mount there breaks the container or hides what it needs).
+const FORBIDDEN_MOUNTS: &[&str] = &["/proc", "/sys", "/dev", "/etc"];
+
+/// Why `path` cannot be a dataset mount point, if it cannot.
+fn mount_path_problem(path: &str) -> Option<String> {
+    if path.is_empty() {
+        return Some("required: an absolute path inside the container, e.g. /data/course".into());
+    }
+    if path.len() > MAX_DATASET_PATH {
+        return Some(format!("at most {MAX_DATASET_PATH} bytes"));
+    }
+    if !path.starts_with('/') {
+        return Some(format!("{path:?} is not an absolute path"));
+    }
+    if path == "/" {
+        return Some("cannot mount over the container's root".into());
+    }
+    if path.chars().any(|c| c.is_control()) {
+        return Some("no control characters".into());
+    }
+    if path.ends_with('/') || path.contains("//") {
+        return Some(format!(
+            "{path:?} is not normalised: no trailing '/' and no empty components"
+        ));
+    }
+    if path.split('/').any(|c| c == "." || c == "..") {
+        return Some(format!(
+            "{path:?} is not normalised: no '.' or '..' components"
+        ));
+    }
+    if let Some(root) = FORBIDDEN_MOUNTS.iter().find(|r| is_within(path, r)) {
+        return Some(format!("cannot mount on or under {root}"));
+    }
+    None
+}
+
+/// Whether `path` is `root` or below it (by components: `/data2` is not under `/data`).
+fn is_within(path: &str, root: &str) -> bool {
+    path == root
+        || path
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Whether the dataset list came out clean (no error recorded, no placeholder).
+fn ok_all(out: &[BlueprintDataset], e: &[FieldError]) -> bool {
+    !e.iter().any(|f| f.field.starts_with("datasets")) && out.iter().all(|d| !d.path.is_empty())
+}
+
+/// Checks the `datasets` list: names, versions, mount paths, no two mounts on the same
+/// or nested paths, at most [`MAX_INSTANCE_DATASETS`]. Whether the datasets exist is
+/// the service's question (it needs the catalogue).
+pub fn validate_datasets(
+    input: Option<&[DatasetInput]>,
+    e: &mut Vec<FieldError>,
+) -> Vec<BlueprintDataset> {
+    let Some(list) = input else {
+        return vec![];
+    };
+    if list.len() > MAX_INSTANCE_DATASETS {
+        err(
+            e,
+            "datasets",
+            format!(
+                "at most {MAX_INSTANCE_DATASETS} datasets, got {}",
+                list.len()
+            ),
+        );
+        return vec![];
+    }
+    let mut out: Vec<BlueprintDataset> = Vec::with_capacity(list.len());
+    for (n, d) in list.iter().enumerate() {
+        let name = d.name.clone().unwrap_or_default();
+        if d.name.is_none() {
+            err(
+                e,
+                format!("datasets[{n}].name"),
+                "required: the dataset's name",
+            );
+        } else if !valid_name(&name) {
+            err(
+                e,
+                format!("datasets[{n}].name"),
+                "1-63 characters of a-z, 0-9 and '-', starting with a letter, not ending with '-'",
+            );
+        }
+        let version = match &d.version {
+            None => None,
+            Some(DatasetVersionInput::Word(w)) if w == "latest" || w.is_empty() => None,
+            Some(DatasetVersionInput::Word(w))
+                if w.parse::<i64>()
+                    .is_ok_and(|v| (1..=MAX_DATASET_VERSION).contains(&v)) =>
+            {
+                w.parse::<u32>().ok()
+            }
+            Some(DatasetVersionInput::Number(v)) if (1..=MAX_DATASET_VERSION).contains(v) => {
+                u32::try_from(*v).ok()
+            }
+            Some(other) => {
+                let shown = match other {
+                    DatasetVersionInput::Word(w) => format!("{w:?}"),
+                    DatasetVersionInput::Number(v) => v.to_string(),
+                };
+                err(
+                    e,
+                    format!("datasets[{n}].version"),
+                    format!("{shown}: use latest or a version number from 1"),
+                );
+                None
+            }
+        };
+        let path = d.path.clone().unwrap_or_default();
+        let mut path_ok = true;
+        if let Some(problem) = mount_path_problem(&path) {
+            err(e, format!("datasets[{n}].path"), problem);
+            path_ok = false;
+        } else if let Some((m, other)) = out
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| !o.path.is_empty())
+            .find(|(_, o)| is_within(&path, &o.path) || is_within(&o.path, &path))
+        {
+            err(
+                e,
+                format!("datasets[{n}].path"),
+                if other.path == path {
+                    format!("{path} is already the mount point of datasets[{m}]")
+                } else {
+                    format!(
+                        "{path} and datasets[{m}]'s {} are nested; mount points must be apart",
+                        other.path
+                    )
+                },
+            );
+            path_ok = false;
+        }
+        // A bad path stays as a placeholder with none, so the indices in later
+        // messages are the input's; any error fails the whole spec anyway.
+        out.push(BlueprintDataset {
+            name,
+            version,
+            path: if path_ok { path } else { String::new() },
+        });
+    }
+    if ok_all(&out, e) {
+        out
+    } else {
+        vec![]
+    }
 }
 
 fn valid_env_key(k: &str) -> bool {
@@ -283,6 +442,7 @@ pub fn validate(input: &BlueprintInput) -> Result<BlueprintSpec, Vec<FieldError>
             err(&mut e, x.field, x.problem);
         }
     }
+    let datasets = validate_datasets(input.datasets.as_deref(), &mut e);
     if !e.is_empty() {
         return Err(e);
     }
@@ -303,6 +463,7 @@ pub fn validate(input: &BlueprintInput) -> Result<BlueprintSpec, Vec<FieldError>
         strategy,
         pull,
         prepull,
+        datasets,
         resolved: None,
         enabled: input.enabled.unwrap_or(true),
     })
@@ -428,6 +589,227 @@ mod tests {
                 ("priority", format!("{bad} is out of range -100 to 100")),
             );
         }
+    }
+
+    fn with_datasets(list: Vec<DatasetInput>) -> Result<BlueprintSpec, Vec<FieldError>> {
+        validate(&BlueprintInput {
+            datasets: Some(list),
+            ..good()
+        })
+    }
+
+    fn ds(name: &str, version: Option<DatasetVersionInput>, path: &str) -> DatasetInput {
+        DatasetInput {
+            name: Some(name.into()),
+            version,
+            path: Some(path.into()),
+        }
+    }
+
+    /// The (field, message) pairs of a failed validation.
+    fn problems(r: Result<BlueprintSpec, Vec<FieldError>>) -> Vec<(String, String)> {
+        r.unwrap_err()
+            .into_iter()
+            .map(|e| (e.field, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn datasets_default_to_none_and_latest() {
+        assert!(validate(&good()).unwrap().datasets.is_empty());
+        let s = with_datasets(vec![
+            ds("course-data", None, "/data/course"),
+            ds(
+                "shared",
+                Some(DatasetVersionInput::Word("latest".into())),
+                "/data/shared",
+            ),
+            ds("pinned", Some(DatasetVersionInput::Number(3)), "/data/p"),
+            ds(
+                "pinned-too",
+                Some(DatasetVersionInput::Word("12".into())),
+                "/opt/x",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.datasets
+                .iter()
+                .map(|d| (d.reference(), d.path.as_str()))
+                .collect::<Vec<_>>(),
+            vec![
+                ("course-data@latest".to_string(), "/data/course"),
+                ("shared@latest".to_string(), "/data/shared"),
+                ("pinned@3".to_string(), "/data/p"),
+                ("pinned-too@12".to_string(), "/opt/x"),
+            ]
+        );
+        // The spec's JSON leaves a `latest` version out and reads back the same.
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            json["datasets"][0],
+            serde_json::json!({"name": "course-data", "path": "/data/course"})
+        );
+        assert_eq!(json["datasets"][2]["version"], 3);
+        assert_eq!(serde_json::from_value::<BlueprintSpec>(json).unwrap(), s);
+    }
+
+    #[test]
+    fn records_without_datasets_still_read() {
+        let mut json = serde_json::to_value(validate(&good()).unwrap()).unwrap();
+        json.as_object_mut().unwrap().remove("datasets");
+        let s: BlueprintSpec = serde_json::from_value(json).unwrap();
+        assert!(s.datasets.is_empty());
+    }
+
+    #[test]
+    fn dataset_names_and_versions() {
+        let bad = with_datasets(vec![
+            DatasetInput {
+                name: None,
+                version: None,
+                path: Some("/a".into()),
+            },
+            ds("Course_Data", None, "/b"),
+            ds("ok", Some(DatasetVersionInput::Number(0)), "/c"),
+            ds("ok", Some(DatasetVersionInput::Word("newest".into())), "/d"),
+            ds("ok", Some(DatasetVersionInput::Number(1 << 40)), "/e"),
+        ]);
+        let name_rule =
+            "1-63 characters of a-z, 0-9 and '-', starting with a letter, not ending with '-'";
+        assert_eq!(
+            problems(bad),
+            vec![
+                (
+                    "datasets[0].name".into(),
+                    "required: the dataset's name".into()
+                ),
+                ("datasets[1].name".into(), name_rule.into()),
+                (
+                    "datasets[2].version".into(),
+                    "0: use latest or a version number from 1".into()
+                ),
+                (
+                    "datasets[3].version".into(),
+                    "\"newest\": use latest or a version number from 1".into()
+                ),
+                (
+                    "datasets[4].version".into(),
+                    "1099511627776: use latest or a version number from 1".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn dataset_mount_paths() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "",
+                "required: an absolute path inside the container, e.g. /data/course",
+            ),
+            ("data", "\"data\" is not an absolute path"),
+            ("/", "cannot mount over the container's root"),
+            (
+                "/data/",
+                "\"/data/\" is not normalised: no trailing '/' and no empty components",
+            ),
+            (
+                "/data//x",
+                "\"/data//x\" is not normalised: no trailing '/' and no empty components",
+            ),
+            (
+                "/data/../etc",
+                "\"/data/../etc\" is not normalised: no '.' or '..' components",
+            ),
+            (
+                "/data/./x",
+                "\"/data/./x\" is not normalised: no '.' or '..' components",
+            ),
+            ("/proc", "cannot mount on or under /proc"),
+            ("/sys/fs", "cannot mount on or under /sys"),
+            ("/dev/shm", "cannot mount on or under /dev"),
+            ("/etc", "cannot mount on or under /etc"),
+            ("/data\nx", "no control characters"),
+        ];
+        for (path, message) in cases {
+            assert_eq!(
+                problems(with_datasets(vec![ds("d", None, path)])),
+                vec![("datasets[0].path".to_string(), message.to_string())],
+                "{path:?}"
+            );
+        }
+        let long = format!("/{}", "a".repeat(MAX_DATASET_PATH));
+        assert_eq!(
+            problems(with_datasets(vec![ds("d", None, &long)])),
+            vec![("datasets[0].path".into(), "at most 256 bytes".into())]
+        );
+        // Near misses are fine: `/devices` is not under `/dev`.
+        let max = format!("/{}", "a".repeat(MAX_DATASET_PATH - 1));
+        for ok in [
+            "/devices",
+            "/procedures/x",
+            "/home/jovyan/data",
+            "/etcetera",
+            &max,
+        ] {
+            assert!(with_datasets(vec![ds("d", None, ok)]).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn dataset_mounts_may_not_overlap_or_be_too_many() {
+        let r = with_datasets(vec![
+            ds("a", None, "/data"),
+            ds("b", None, "/data2"),
+            ds("c", None, "/data"),
+            ds("d", None, "/data/inner"),
+            ds("e", None, "/"),
+            ds("f", None, "/srv"),
+        ]);
+        assert_eq!(
+            problems(r),
+            vec![
+                (
+                    "datasets[2].path".into(),
+                    "/data is already the mount point of datasets[0]".into()
+                ),
+                (
+                    "datasets[3].path".into(),
+                    "/data/inner and datasets[0]'s /data are nested; mount points must be apart"
+                        .into()
+                ),
+                (
+                    "datasets[4].path".into(),
+                    "cannot mount over the container's root".into()
+                ),
+            ]
+        );
+        // The outer one second: still nested.
+        assert_eq!(
+            problems(with_datasets(vec![
+                ds("a", None, "/data/x"),
+                ds("b", None, "/data")
+            ]))[0]
+                .0,
+            "datasets[1].path"
+        );
+        let many = |n: usize| {
+            (0..n)
+                .map(|i| ds("d", None, &format!("/data/{i}")))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            with_datasets(many(MAX_INSTANCE_DATASETS))
+                .unwrap()
+                .datasets
+                .len(),
+            16
+        );
+        assert_eq!(
+            problems(with_datasets(many(MAX_INSTANCE_DATASETS + 1))),
+            vec![("datasets".into(), "at most 16 datasets, got 17".into())]
+        );
     }
 
     #[test]

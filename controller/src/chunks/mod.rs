@@ -4,11 +4,13 @@
 //! * [`ChunkStore`] — the one trait storage goes through. The embedded default is
 //!   [`local::LocalChunks`], a directory; an object-store backend (S3/Swift through
 //!   the `object_store` crate) fits the same trait.
+//! * [`pack`] — the frames of a chunk upload, parsed and verified whole.
 //! * [`gc`] — mark-and-sweep from the live manifests, with a grace period so a chunk
 //!   uploaded by a push still in flight is never collected.
 
 pub mod gc;
 pub mod local;
+pub mod pack;
 
 use bytes::Bytes;
 use cairn_shared::chunks::ChunkId;

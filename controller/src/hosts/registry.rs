@@ -58,6 +58,11 @@ pub struct HostRecord {
     /// stored: they mean nothing once the agent is gone.
     #[serde(skip)]
     pub pulls: Vec<cairn_shared::images::PullProgress>,
+    /// Dataset versions (manifests) the agent holds ready, from the last heartbeat,
+    /// for the scheduler's data-locality bonus and the pre-fetch plan. Not stored:
+    /// the next heartbeat says it again.
+    #[serde(skip)]
+    pub datasets: Vec<cairn_shared::chunks::ChunkId>,
 }
 
 /// A change of standing, and the host as the API shows it, are the API model's.
@@ -106,6 +111,7 @@ impl HostRecord {
             pool: PoolState::default(),
             pool_history: vec![],
             pulls: vec![],
+            datasets: vec![],
         }
     }
 
@@ -156,6 +162,7 @@ impl From<&HostRecord> for HostView {
             pool: r.pool.clone(),
             pool_history: r.pool_history.clone(),
             pulls: r.pulls.clone(),
+            datasets: r.datasets.iter().map(|m| m.to_hex()).collect(),
         }
     }
 }
@@ -291,6 +298,7 @@ impl Registry {
             r.runtime = Some(runtime);
             note_isolation(r, isolation);
             r.pulls = vec![];
+            r.datasets = vec![];
             if let Some(t) = r
                 .liveness
                 .apply(&Event::Connected, now_ms, &self.thresholds)
@@ -318,8 +326,13 @@ impl Registry {
             runtime,
             pulls,
             isolation,
+            mut datasets,
             ..
         } = heartbeat;
+        // The link bounds the list; sorted and deduplicated here so the view is stable.
+        datasets.truncate(cairn_shared::protocol::MAX_CACHED_DATASETS);
+        datasets.sort_unstable();
+        datasets.dedup();
         let changed = {
             let mut hosts = self.lock();
             let entry = hosts
@@ -333,6 +346,7 @@ impl Registry {
             r.capacity = Some(capacity);
             r.runtime = Some(runtime);
             r.pulls = pulls;
+            r.datasets = datasets;
             // A change of isolation decides placement: written now, like a
             // transition, not with the next batch.
             let isolation_changed = note_isolation(r, isolation);

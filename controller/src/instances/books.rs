@@ -5,12 +5,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use cairn_shared::chunks::ChunkId;
 use cairn_shared::ids::{HostId, InstanceId};
 
 use super::state::{Instance, InstanceState};
 use crate::blueprints::spec::BlueprintSpec;
 use crate::hosts::{HostState, HostView};
-use crate::scheduler::{HostSnapshot, Request, Resources, Scheduler};
+use crate::scheduler::{DataLocality, DatasetNeed, HostSnapshot, Request, Resources, Scheduler};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -54,7 +55,7 @@ impl Live {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Books {
     pub sched: Scheduler,
     /// The scheduler's reservations are rebuilt from the instances on the first
@@ -63,6 +64,18 @@ pub struct Books {
     /// Instances placed on each host (pruned as they end).
     pub by_host: HashMap<HostId, BTreeSet<InstanceId>>,
     pub live: Live,
+}
+
+impl Default for Books {
+    fn default() -> Self {
+        Books {
+            // Hosts holding the datasets a launch mounts are preferred.
+            sched: Scheduler::default().with_bonus(Box::new(DataLocality)),
+            primed: false,
+            by_host: HashMap::new(),
+            live: Live::default(),
+        }
+    }
 }
 
 impl Books {
@@ -109,6 +122,14 @@ pub fn request_of(i: &Instance, spec: &BlueprintSpec) -> Request {
         image: spec.run_image().to_string(),
         strategy: spec.strategy,
         priority: spec.priority,
+        datasets: i
+            .datasets
+            .iter()
+            .map(|m| DatasetNeed {
+                manifest: m.dataset.manifest,
+                bytes: m.dataset.bytes,
+            })
+            .collect(),
     }
 }
 
@@ -134,6 +155,11 @@ pub fn snapshot(h: &HostView) -> HostSnapshot {
         images: super::prepull::present_images(h),
         recent_failures: h.pool.consecutive_failures,
         isolated: h.isolation.is_enforced(),
+        datasets: h
+            .datasets
+            .iter()
+            .filter_map(|m| ChunkId::from_hex(m))
+            .collect(),
     }
 }
 
@@ -184,6 +210,7 @@ mod tests {
             labels: BTreeMap::new(),
             images: BTreeSet::new(),
             recent_failures: 0,
+            datasets: BTreeSet::new(),
         }
     }
 
@@ -220,5 +247,37 @@ mod tests {
         s.release(&running.id);
         assert_eq!(s.drain(), vec![(urgent.id.clone(), host.id.clone())]);
         assert_eq!(s.position(&older.id), Some(1));
+    }
+
+    /// What a heartbeat said the host holds reaches the scheduler, and a launch's
+    /// mounts reach its request, so the data-locality bonus can match them.
+    #[test]
+    fn held_datasets_and_mounts_reach_the_scheduler() {
+        let mut r = crate::hosts::HostRecord::new(HostId::generate(), "h".into(), "t".into(), 0, 0);
+        r.datasets = vec![ChunkId([7; 32]), ChunkId([8; 32])];
+        let view = HostView::from(&r);
+        assert_eq!(view.datasets, vec!["07".repeat(32), "08".repeat(32)]);
+        assert_eq!(
+            snapshot(&view).datasets,
+            [ChunkId([7; 32]), ChunkId([8; 32])].into_iter().collect()
+        );
+        let spec = blueprint("course", None);
+        let mut i = launch(&spec, 0);
+        i.datasets = vec![cairn_shared::workload::DatasetMount {
+            dataset: cairn_shared::workload::DatasetSpec {
+                name: "course-data".into(),
+                version: 2,
+                manifest: ChunkId([7; 32]),
+                bytes: 5,
+            },
+            path: "/data".into(),
+        }];
+        assert_eq!(
+            request_of(&i, &spec).datasets,
+            vec![DatasetNeed {
+                manifest: ChunkId([7; 32]),
+                bytes: 5
+            }]
+        );
     }
 }

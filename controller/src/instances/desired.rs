@@ -74,6 +74,7 @@ pub fn desired_of(i: &Instance, spec: &BlueprintSpec, start_timeout_ms: u64) -> 
         probe,
         start_timeout_ms,
         expect_existing: i.container_seen,
-        datasets: vec![],
+        // The versions fixed at launch, never the blueprint's `latest` of today.
+        datasets: i.datasets.clone(),
     }
 }

@@ -15,10 +15,12 @@ use std::sync::{Arc, Mutex};
 use cairn_shared::ids::{HostId, InstanceId};
 use cairn_shared::images::RegistryCredential;
 use cairn_shared::protocol::ControllerMsg;
-use cairn_shared::workload::{DesiredInstance, InstanceReport};
+use cairn_shared::workload::{DatasetMount, DesiredInstance, InstanceReport};
 
 use super::books::{request_of, snapshot, Books};
+use super::datasets::{DatasetLookup, Lookup};
 use super::desired::{desired_of, new_secrets};
+use super::prefetch_datasets::DatasetPlan;
 use super::prepull::ImagePlan;
 use super::state::{Event, Instance, InstanceState};
 use super::sync::Syncs;
@@ -85,6 +87,10 @@ pub struct Instances {
     specs: Mutex<HashMap<(String, u32), BlueprintSpec>>,
     /// The pre-pull plan last computed.
     images: Mutex<ImagePlan>,
+    /// The dataset pre-fetch plan last computed.
+    prefetch: Mutex<DatasetPlan>,
+    /// The dataset catalogue, once the controller wires it in.
+    lookup: std::sync::RwLock<Lookup>,
 }
 
 impl Instances {
@@ -108,12 +114,29 @@ impl Instances {
             credentials,
             specs: Mutex::new(HashMap::new()),
             images: Mutex::new(ImagePlan::default()),
+            prefetch: Mutex::new(DatasetPlan::default()),
+            lookup: std::sync::RwLock::new(Lookup::default()),
             inner: Mutex::new(Inner {
                 books: Books::of(all.values()),
                 all,
                 syncs: Syncs::default(),
             }),
         })
+    }
+
+    /// Wires in the dataset catalogue: launches resolve blueprints' datasets with
+    /// it, the pre-fetch plan looks versions up in it. Without it a blueprint with
+    /// datasets cannot launch.
+    pub fn set_dataset_lookup(&self, lookup: std::sync::Arc<dyn DatasetLookup>) {
+        *self.lookup.write().unwrap_or_else(|p| p.into_inner()) = Lookup::new(lookup);
+    }
+
+    /// The dataset catalogue's lookup (empty when none is wired in).
+    pub fn dataset_lookup(&self) -> Lookup {
+        self.lookup
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -271,12 +294,14 @@ impl Instances {
 
     // ---- operations ----
 
-    /// Creates an instance of `bp` for `owner` within `limits`, and places it if
-    /// the scheduler can.
+    /// Creates an instance of `bp` for `owner` within `limits`, mounting
+    /// `datasets` (the blueprint's, versions fixed now by the caller, see
+    /// [`super::datasets::resolve_mounts`]), and places it if the scheduler can.
     pub async fn launch(
         &self,
         owner: &str,
         bp: &BlueprintRecord,
+        datasets: Vec<DatasetMount>,
         limits: Admission,
         now_ms: u64,
     ) -> Result<Instance, LaunchError> {
@@ -296,7 +321,7 @@ impl Instances {
                     "you already have {mine} instances, the most one user may run; stop one first"
                 )));
             }
-            let inst = Instance::new(
+            let mut inst = Instance::new(
                 InstanceId::generate(),
                 owner.to_string(),
                 bp.spec.name.clone(),
@@ -305,9 +330,10 @@ impl Instances {
                 new_secrets(bp.spec.app),
                 now_ms,
             );
+            inst.datasets = datasets;
             self.save(&inst)?;
             let id = inst.id.clone();
-            tracing::info!(instance = %id, user = %owner, blueprint = %inst.blueprint, "instance queued");
+            tracing::info!(instance = %id, user = %owner, blueprint = %inst.blueprint, datasets = inst.datasets.len(), "instance queued");
             inner.books.live.add(&inst);
             let placed = if inner.books.primed {
                 match inner.books.sched.submit(request_of(&inst, &bp.spec)) {
@@ -595,6 +621,12 @@ impl Instances {
                         .unwrap_or_else(|p| p.into_inner())
                         .for_host(host)
                 },
+                || {
+                    self.prefetch
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .for_host(host)
+                },
             )
         };
         if let Some(u) = update {
@@ -610,9 +642,10 @@ impl Instances {
         self.sync_host(host, true);
     }
 
-    /// Recomputes the pre-pull plan and sends each connected host whose image set
-    /// changed its new set. Level-triggered: called every tick, so a new blueprint,
-    /// a refreshed digest or a new host reaches agents within one.
+    /// Recomputes the pre-pull and dataset pre-fetch plans and sends each connected
+    /// host whose sets changed its new sets. Level-triggered: called every tick, so
+    /// a new blueprint, a refreshed digest, a newly pushed dataset version or a new
+    /// host reaches agents within one.
     fn sync_images(&self, hosts: &[crate::hosts::HostView]) {
         let blueprints = match self.blueprints.list() {
             Ok(list) => list,
@@ -622,8 +655,13 @@ impl Instances {
             }
         };
         let plan = ImagePlan::compute(&blueprints, hosts, self.credentials.clone());
-        let sends = self.lock().syncs.image_updates(|h| plan.for_host(h));
+        let datasets = DatasetPlan::compute(&blueprints, hosts, &self.dataset_lookup());
+        let sends = self
+            .lock()
+            .syncs
+            .prefetch_updates(|h| plan.for_host(h), |h| datasets.for_host(h));
         *self.images.lock().unwrap_or_else(|p| p.into_inner()) = plan;
+        *self.prefetch.lock().unwrap_or_else(|p| p.into_inner()) = datasets;
         for (host, u) in sends {
             if !self.registry.send(&host, ControllerMsg::Desired(u)) {
                 self.lock().syncs.forget(&host);

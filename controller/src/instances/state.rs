@@ -43,6 +43,11 @@ pub struct Instance {
     /// A container for it was seen on the host (so a missing one means it vanished).
     #[serde(default)]
     pub container_seen: bool,
+    /// The dataset versions it mounts, resolved when it was launched (`latest`
+    /// becomes a number then), so it keeps them after newer versions are pushed.
+    /// Empty in records older than datasets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datasets: Vec<cairn_shared::workload::DatasetMount>,
 }
 
 /// What can happen to an instance.
@@ -88,6 +93,7 @@ impl Instance {
                 reason: None,
             }],
             container_seen: false,
+            datasets: vec![],
         }
     }
 

@@ -6,6 +6,7 @@
 //! reason and nothing else.
 
 pub mod ask;
+pub mod chunks;
 pub mod enrol;
 pub mod session;
 

@@ -252,6 +252,19 @@ async fn handle_request(
                     Err(refusal) => refusal,
                 }
             }
+            AgentRequest::FetchManifest { manifest } => {
+                match super::chunks::serve_manifest(app.chunks.as_ref(), manifest, &mut send).await
+                {
+                    Ok(()) => return,
+                    Err(refusal) => refusal,
+                }
+            }
+            AgentRequest::FetchChunks { chunks } => {
+                match super::chunks::serve_chunks(app.chunks.as_ref(), &chunks, &mut send).await {
+                    Ok(()) => return,
+                    Err(refusal) => refusal,
+                }
+            }
         },
     };
     if framing::write(&mut send, &response, MAX_REQUEST_FRAME)

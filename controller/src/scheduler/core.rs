@@ -9,8 +9,9 @@
 //!   under its instance cap.
 //! * **Score**: bin-pack (fill busy hosts so idle ones can be removed) or spread;
 //!   a bonus when the host already has the image; whatever the [`Bonus`] extension
-//!   adds (data locality, later); a penalty per recent launch failure. Ties go to the
-//!   lowest host id.
+//!   adds ([`DataLocality`]: the dataset versions the request mounts that the host
+//!   already holds); a penalty per recent launch failure. Ties go to the lowest host
+//!   id. Scores only rank hosts that passed the filter: no bonus makes a host fit.
 //! * **Queue**: a request that fits nowhere waits, by priority then arrival. Every
 //!   [`Scheduler::drain`] walks the queue in that order and places what fits
 //!   (smaller requests may pass a big one that fits nowhere yet, so one large
@@ -22,6 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use cairn_shared::chunks::ChunkId;
 use cairn_shared::ids::{HostId, InstanceId};
 
 /// Memory in bytes and CPU in thousandths of a core.
@@ -93,6 +95,16 @@ pub struct HostSnapshot {
     pub images: BTreeSet<String>,
     /// Launch failures in the recent past, for the score penalty.
     pub recent_failures: u32,
+    /// Dataset versions (their manifests) the host holds ready, as it reported.
+    pub datasets: BTreeSet<ChunkId>,
+}
+
+/// A dataset version a request mounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatasetNeed {
+    pub manifest: ChunkId,
+    /// Bytes of its files: what a host without it has to fetch.
+    pub bytes: u64,
 }
 
 /// A request to place one instance.
@@ -108,6 +120,8 @@ pub struct Request {
     /// Higher goes first in the queue; the blueprint's, -100 to 100, default 0.
     /// Never preempts: a placed request keeps its room.
     pub priority: i8,
+    /// Dataset versions the instance mounts, for the data-locality bonus.
+    pub datasets: Vec<DatasetNeed>,
 }
 
 /// Extra score for a host, for what the core does not know about (cached datasets,
@@ -130,6 +144,37 @@ impl Bonus for NoBonus {
 pub const FIT_SCALE: i64 = 1000;
 pub const IMAGE_BONUS: i64 = 200;
 pub const FAILURE_PENALTY: i64 = 150;
+/// The most [`DataLocality`] adds: a host holding every dataset a request mounts.
+pub const DATASET_BONUS: i64 = 2 * IMAGE_BONUS;
+
+/// The data-locality bonus: a host that already holds the dataset versions a request
+/// mounts saves fetching them, so it scores up to [`DATASET_BONUS`], in proportion
+/// to the bytes it would not fetch (a host holding the 10 GiB set of two beats one
+/// holding the 1 KiB one). Counts only what hosts *report* holding. Bounded, so
+/// it weighs like an image and a half at most: it breaks near-ties and prefers warm
+/// hosts, but a failing host's penalty or the strategy's fill still count.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DataLocality;
+
+impl Bonus for DataLocality {
+    fn bonus(&self, request: &Request, host: &HostSnapshot) -> i64 {
+        if request.datasets.is_empty() || host.datasets.is_empty() {
+            return 0;
+        }
+        // Every version weighs at least one byte, so empty datasets still count.
+        let weight = |d: &DatasetNeed| u128::from(d.bytes.max(1));
+        let total: u128 = request.datasets.iter().map(weight).sum();
+        let held: u128 = request
+            .datasets
+            .iter()
+            .filter(|d| host.datasets.contains(&d.manifest))
+            .map(weight)
+            .sum();
+        // u128: a sum of u64 byte counts cannot overflow; the result is at most
+        // DATASET_BONUS.
+        (held * DATASET_BONUS as u128 / total) as i64
+    }
+}
 
 /// The answer to a submitted request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -444,6 +489,7 @@ mod tests {
             labels: BTreeMap::new(),
             images: BTreeSet::new(),
             recent_failures: 0,
+            datasets: BTreeSet::new(),
         }
     }
 
@@ -459,6 +505,7 @@ mod tests {
             image: "img:1".into(),
             strategy: None,
             priority: 0,
+            datasets: vec![],
         }
     }
 
@@ -585,6 +632,99 @@ mod tests {
         b.recent_failures = 3;
         s.upsert_host(b);
         assert_eq!(placed(s.submit(req(2, 1))), a.id);
+    }
+
+    fn manifest(n: u8) -> ChunkId {
+        ChunkId([n; 32])
+    }
+
+    fn mounting(n: u32, sets: &[(u8, u64)]) -> Request {
+        Request {
+            datasets: sets
+                .iter()
+                .map(|&(m, bytes)| DatasetNeed {
+                    manifest: manifest(m),
+                    bytes,
+                })
+                .collect(),
+            ..req(n, 1)
+        }
+    }
+
+    #[test]
+    fn a_host_holding_the_dataset_wins_over_an_equal_one() {
+        let mut s = Scheduler::default().with_bonus(Box::new(DataLocality));
+        // Host 1 would win the tie by id; host 2 holds the dataset.
+        let a = host(1, 8, 8);
+        let mut b = host(2, 8, 8);
+        b.datasets.insert(manifest(7));
+        s.upsert_host(a.clone());
+        s.upsert_host(b.clone());
+        assert_eq!(placed(s.submit(mounting(1, &[(7, 1 << 30)]))), b.id);
+        // Without the bonus the tie goes to the lowest id: the bonus decided it.
+        let mut plain = Scheduler::default();
+        plain.upsert_host(host(1, 8, 8));
+        plain.upsert_host(b.clone());
+        assert_eq!(placed(plain.submit(mounting(1, &[(7, 1 << 30)]))), a.id);
+        // A request mounting something else gets no bonus: back to the tie rule.
+        let mut s = Scheduler::default().with_bonus(Box::new(DataLocality));
+        s.upsert_host(host(1, 8, 8));
+        s.upsert_host(b);
+        assert_eq!(placed(s.submit(mounting(2, &[(8, 1 << 30)]))), a.id);
+    }
+
+    #[test]
+    fn the_dataset_bonus_is_proportional_to_bytes_and_bounded() {
+        let mut h = host(1, 8, 8);
+        h.datasets.insert(manifest(1));
+        let bonus = |r: &Request| DataLocality.bonus(r, &h);
+        assert_eq!(bonus(&mounting(1, &[])), 0);
+        assert_eq!(bonus(&mounting(1, &[(1, 100)])), DATASET_BONUS);
+        // It holds 3 of 4 GiB.
+        assert_eq!(
+            bonus(&mounting(1, &[(1, 3 << 30), (2, 1 << 30)])),
+            DATASET_BONUS * 3 / 4
+        );
+        assert_eq!(bonus(&mounting(1, &[(2, 1 << 30)])), 0);
+        // Empty datasets still count, and huge ones do not overflow.
+        assert_eq!(bonus(&mounting(1, &[(1, 0), (2, 0)])), DATASET_BONUS / 2);
+        assert_eq!(
+            bonus(&mounting(1, &[(1, u64::MAX), (2, u64::MAX)])),
+            DATASET_BONUS / 2
+        );
+    }
+
+    #[test]
+    fn the_dataset_bonus_never_makes_a_host_fit() {
+        let mut s = Scheduler::default().with_bonus(Box::new(DataLocality));
+        // The warm host has 1 GiB; the request wants 2.
+        let mut warm = host(1, 1, 8);
+        warm.datasets.insert(manifest(7));
+        let cold = host(2, 8, 8);
+        s.upsert_host(warm.clone());
+        s.upsert_host(cold.clone());
+        let big = Request {
+            resources: Resources::new(2 * GIB, 500),
+            ..mounting(1, &[(7, 1 << 40)])
+        };
+        assert_eq!(placed(s.submit(big)), cold.id);
+        // Nor one that is not schedulable, or lacks a label.
+        let mut s = Scheduler::default().with_bonus(Box::new(DataLocality));
+        let mut draining = host(1, 8, 8);
+        draining.datasets.insert(manifest(7));
+        draining.schedulable = false;
+        s.upsert_host(draining);
+        s.upsert_host(cold.clone());
+        assert_eq!(placed(s.submit(mounting(2, &[(7, 1)]))), cold.id);
+        let mut s = Scheduler::default().with_bonus(Box::new(DataLocality));
+        s.upsert_host(warm);
+        assert_eq!(
+            s.submit(Request {
+                labels: [("gpu".to_string(), "true".to_string())].into(),
+                ..mounting(3, &[(7, 1)])
+            }),
+            Outcome::Queued { position: 1 }
+        );
     }
 
     /// Per host, what the placements the scheduler announced add up to.

@@ -5,5 +5,6 @@
 pub mod core;
 
 pub use self::core::{
-    Bonus, HostSnapshot, Outcome, PoolPolicy, Request, Resources, Scheduler, Shortfall, Strategy,
+    Bonus, DataLocality, DatasetNeed, HostSnapshot, Outcome, PoolPolicy, Request, Resources,
+    Scheduler, Shortfall, Strategy,
 };

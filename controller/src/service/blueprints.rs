@@ -11,6 +11,7 @@ use super::{now, Caller, Service, ServiceError, ServiceResult};
 use crate::blueprints::catalog::Revision;
 use crate::blueprints::{BlueprintInput, BlueprintRecord, CatalogError};
 use crate::images::resolve::Resolver;
+use crate::instances::datasets;
 
 impl From<CatalogError> for ServiceError {
     fn from(e: CatalogError) -> Self {
@@ -48,6 +49,32 @@ fn check_name(name: &str) -> ServiceResult<()> {
 }
 
 impl Service {
+    /// Whether the datasets `input` names exist (pinned versions too), before
+    /// anything is saved. A missing one is a field error (`datasets[0].name: no
+    /// dataset "x"`), reported with the input's other problems. Inputs whose
+    /// `datasets` are malformed pass here: the catalogue's validation reports them.
+    fn check_datasets(&self, input: &BlueprintInput, name: Option<&str>) -> ServiceResult<()> {
+        let mut syntax = vec![];
+        let list =
+            crate::blueprints::spec::validate_datasets(input.datasets.as_deref(), &mut syntax);
+        if !syntax.is_empty() || list.is_empty() {
+            return Ok(());
+        }
+        let missing = datasets::check(&list, &self.app.instances.dataset_lookup());
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let named = BlueprintInput {
+            name: name.map(str::to_string).or_else(|| input.name.clone()),
+            ..input.clone()
+        };
+        let mut fields = crate::blueprints::spec::validate(&named)
+            .err()
+            .unwrap_or_default();
+        fields.extend(missing);
+        Err(CatalogError::Invalid(fields).into())
+    }
+
     /// The blueprints the caller may launch (admins: all of them).
     pub fn list_blueprints(&self, caller: &Caller) -> ServiceResult<Vec<BlueprintRecord>> {
         caller.user()?;
@@ -78,6 +105,7 @@ impl Service {
         input: &BlueprintInput,
     ) -> ServiceResult<BlueprintRecord> {
         let p = caller.admin()?;
+        self.check_datasets(input, None)?;
         let _use = self.image_use.lock().await;
         let r = self
             .app
@@ -96,6 +124,7 @@ impl Service {
     ) -> ServiceResult<BlueprintRecord> {
         let p = caller.admin()?;
         check_name(name)?;
+        self.check_datasets(input, Some(name))?;
         let _use = self.image_use.lock().await;
         let r = self
             .app

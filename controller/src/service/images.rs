@@ -101,6 +101,10 @@ impl Service {
         let rec = self.app.archives.remove(archive)?;
         self.app.store.flush().await?;
         tracing::info!(archive, by = %p.name(), "image archive removed");
+        // Its chunks no other image or dataset uses go now (once past the grace
+        // period), not at the next hourly collection.
+        let app = self.app.clone();
+        tokio::spawn(async move { crate::app::collect_chunks(&app).await });
         Ok(rec)
     }
 }

@@ -8,8 +8,9 @@
 
 use cairn_shared::ids::InstanceId;
 
-use super::views::{AppView, InstanceView};
+use super::views::{AppView, InstanceDataset, InstanceView};
 use super::{now, Caller, Kind, Service, ServiceError, ServiceResult};
+use crate::instances::datasets::{resolve_mounts, LookupError};
 use crate::instances::{base_url, Admission, Instance, LaunchError};
 use crate::link::ask::{self, AskError};
 
@@ -55,6 +56,17 @@ impl Service {
             created_ms: i.created_ms,
             expires_ms: i.expires_ms,
             transitions: i.transitions,
+            datasets: i
+                .datasets
+                .into_iter()
+                .map(|m| InstanceDataset {
+                    name: m.dataset.name,
+                    version: m.dataset.version,
+                    path: m.path,
+                    bytes: m.dataset.bytes,
+                    manifest: m.dataset.manifest.to_hex(),
+                })
+                .collect(),
         }
     }
 
@@ -95,10 +107,26 @@ impl Service {
             per_blueprint: bp.spec.max_instances_per_user,
             per_user: self.app.config.instances.max_per_user,
         };
+        // `latest` is fixed now: the instance keeps these versions for its life.
+        let datasets = resolve_mounts(&bp.spec.datasets, &self.app.instances.dataset_lookup())
+            .map_err(|e| match e {
+                LookupError::Unavailable(_) => ServiceError::new(
+                    Kind::Unavailable,
+                    "datasets_unavailable",
+                    format!("cannot launch {blueprint}: {e}"),
+                ),
+                // Checked when the blueprint was saved; gone since.
+                _ => ServiceError::conflict(
+                    "dataset_missing",
+                    format!(
+                        "cannot launch {blueprint}: {e}; an administrator must fix the blueprint"
+                    ),
+                ),
+            })?;
         let i = self
             .app
             .instances
-            .launch(p.name(), &bp, limits, now())
+            .launch(p.name(), &bp, datasets, limits, now())
             .await
             .map_err(|e| match e {
                 LaunchError::Limit(m) => ServiceError::conflict("limit_reached", m),

@@ -11,6 +11,7 @@
 //! * [`hosts`] — the host pool: list, drain, undrain, remove; the autoscaler's log.
 //! * [`join_tokens`] — tokens that let a host enrol.
 //! * [`images`] — uploaded image archives.
+//! * [`datasets`] — datasets: chunk uploads, commits of versions, reading, removal.
 //! * [`health`] — liveness for anyone, counts for admins.
 //!
 //! Below this layer sit the managers and pure cores (`instances/`, `scheduler/`,
@@ -18,6 +19,7 @@
 
 pub mod blueprints;
 mod caller;
+pub mod datasets;
 mod error;
 pub mod health;
 pub mod hosts;

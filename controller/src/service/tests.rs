@@ -3,9 +3,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use cairn_shared::chunks::ChunkId;
+use cairn_shared::workload::DatasetSpec;
+
 use super::testing::World;
 use super::{Caller, Kind, ServiceError};
 use crate::blueprints::BlueprintInput;
+use crate::instances::datasets::{DatasetLookup, LookupError};
 use crate::service::join_tokens::CreateToken;
 use crate::users::Role;
 
@@ -273,4 +280,148 @@ async fn an_archive_in_use_is_not_removed_and_a_missing_one_is_not_found() {
         kind(s.drain_host(&w.admin, "not-a-host", None).await),
         Kind::Invalid
     );
+}
+
+/// A dataset catalogue for the service tests: `course-data` with versions
+/// 1..=latest (latest starts at 2); nothing else.
+fn course_data(latest: Arc<AtomicU32>) -> Arc<dyn DatasetLookup> {
+    Arc::new(move |name: &str, version: Option<u32>| {
+        if name != "course-data" {
+            return Err(LookupError::NoDataset(name.into()));
+        }
+        let latest = latest.load(Ordering::SeqCst);
+        let v = version.unwrap_or(latest);
+        if !(1..=latest).contains(&v) {
+            return Err(LookupError::NoVersion {
+                name: name.into(),
+                version: v,
+            });
+        }
+        Ok(DatasetSpec {
+            name: name.into(),
+            version: v,
+            manifest: ChunkId([v as u8; 32]),
+            bytes: 1000 * u64::from(v),
+        })
+    })
+}
+
+fn with_dataset(name: &str, dataset: &str, version: serde_json::Value) -> BlueprintInput {
+    let mut b = serde_json::to_value(notebook(name, true)).unwrap();
+    b["datasets"] =
+        serde_json::json!([{"name": dataset, "version": version, "path": "/data/course"}]);
+    serde_json::from_value(b).unwrap()
+}
+
+/// (field, message) of a refusal's field errors.
+fn field_errors(e: ServiceError) -> Vec<(String, String)> {
+    assert_eq!(e.kind, Kind::Invalid, "{e:?}");
+    e.fields.into_iter().map(|f| (f.field, f.message)).collect()
+}
+
+#[tokio::test]
+async fn a_blueprint_naming_a_missing_dataset_is_not_saved() {
+    let w = World::new().await;
+    let s = &w.service;
+    // Without a dataset catalogue, nothing with datasets can be saved.
+    let e = s
+        .create_blueprint(
+            &w.admin,
+            &with_dataset("py", "course-data", "latest".into()),
+        )
+        .await
+        .unwrap_err();
+    let f = field_errors(e);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].0, "datasets[0].name");
+    assert!(f[0].1.contains("keeps no datasets"), "{f:?}");
+
+    s.app
+        .instances
+        .set_dataset_lookup(course_data(Arc::new(AtomicU32::new(2))));
+    let e = s
+        .create_blueprint(&w.admin, &with_dataset("py", "nope", "latest".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        field_errors(e),
+        vec![("datasets[0].name".into(), "no dataset \"nope\"".into())]
+    );
+    let e = s
+        .create_blueprint(&w.admin, &with_dataset("py", "course-data", 9.into()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        field_errors(e),
+        vec![(
+            "datasets[0].version".into(),
+            "dataset \"course-data\" has no version 9".into()
+        )]
+    );
+    // Reported with the input's other problems.
+    let mut both = with_dataset("py", "nope", "latest".into());
+    both.memory_mib = Some(1);
+    let f = field_errors(s.create_blueprint(&w.admin, &both).await.unwrap_err());
+    let fields: Vec<&str> = f.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(fields, vec!["memory_mib", "datasets[0].name"]);
+    assert_eq!(kind(s.blueprint(&w.admin, "py")), Kind::NotFound);
+
+    // An existing dataset saves; an edit to a missing one saves nothing.
+    let r = s
+        .create_blueprint(&w.admin, &with_dataset("py", "course-data", 1.into()))
+        .await
+        .unwrap();
+    assert_eq!(r.spec.datasets[0].reference(), "course-data@1");
+    let e = s
+        .update_blueprint(&w.admin, "py", &with_dataset("py", "gone", "latest".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(field_errors(e)[0].0, "datasets[0].name");
+    assert_eq!(s.blueprint(&w.admin, "py").unwrap().revision, 1);
+}
+
+#[tokio::test]
+async fn an_instance_keeps_the_dataset_version_it_was_launched_with() {
+    let w = World::new().await;
+    let s = &w.service;
+    let latest = Arc::new(AtomicU32::new(2));
+    s.app
+        .instances
+        .set_dataset_lookup(course_data(latest.clone()));
+    s.create_blueprint(
+        &w.admin,
+        &with_dataset("py", "course-data", "latest".into()),
+    )
+    .await
+    .unwrap();
+    let first = s.launch(&w.alice, "py").await.unwrap();
+    let shown: Vec<String> = first.datasets.iter().map(|d| d.to_string()).collect();
+    assert_eq!(shown, vec!["course-data@2 \u{2192} /data/course"]);
+    assert_eq!(first.datasets[0].manifest, ChunkId([2; 32]).to_hex());
+
+    // A new version is pushed: the running instance keeps 2, a new launch gets 3.
+    latest.store(3, Ordering::SeqCst);
+    let again = s.instance(&w.alice, first.id.as_str()).unwrap();
+    assert_eq!(again.datasets[0].version, 2);
+    let second = s.launch(&w.alice, "py").await.unwrap();
+    assert_eq!(second.datasets[0].version, 3);
+
+    // What the host is asked to mount is the record's, not today's latest.
+    let record = s.app.instances.get(&first.id).unwrap();
+    let spec = s.app.blueprints.get("py").unwrap().unwrap().spec;
+    let desired = crate::instances::desired::desired_of(&record, &spec, 1000);
+    assert_eq!(
+        desired
+            .datasets
+            .iter()
+            .map(|m| (m.dataset.version, m.path.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(2, "/data/course")]
+    );
+
+    // The dataset vanishes from the catalogue: launches say so, nothing is queued.
+    latest.store(0, Ordering::SeqCst);
+    let e = s.launch(&w.bob, "py").await.unwrap_err();
+    assert_eq!((e.kind, e.code), (Kind::Conflict, "dataset_missing"));
+    assert!(s.list_instances(&w.bob, false).unwrap().is_empty());
 }

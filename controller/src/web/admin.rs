@@ -16,7 +16,8 @@ use super::user::{app_name, instance_table};
 use super::{failure, AdminSession};
 use crate::service::{Kind, Service, ServiceError};
 use cairn_api::blueprints::{
-    BlueprintInput, BlueprintSpec, Prepull, PrepullInput, PullPolicy, Strategy,
+    BlueprintInput, BlueprintSpec, DatasetInput, DatasetVersionInput, Prepull, PrepullInput,
+    PullPolicy, Strategy,
 };
 use cairn_api::error::FieldError;
 use cairn_api::users::Role;
@@ -193,7 +194,11 @@ pub async fn blueprints(
                         tr {
                             td { a href={ "/admin/blueprints/" (b.spec.name) } { (b.spec.name) } }
                             td { (app_name(b.spec.app)) }
-                            td { code { (b.spec.image) } }
+                            td { code { (b.spec.image) }
+                                @for d in &b.spec.datasets {
+                                    br; span class="muted" { "dataset " } code { (d.to_string()) }
+                                }
+                            }
                             td { (b.spec.memory_mib) " MiB, " (b.spec.cpus) " CPU" }
                             td { (duration(b.spec.max_lifetime_secs)) }
                             td { (b.revision) }
@@ -261,6 +266,9 @@ pub struct BlueprintForm {
     /// `all`, `none` or a number of hosts; empty means the default (`all`).
     #[serde(default)]
     prepull: String,
+    /// `NAME[@VERSION] PATH`, one per line; no version means the latest.
+    #[serde(default)]
+    datasets: String,
     #[serde(default)]
     enabled: Option<String>,
     /// Set by the "Refresh image" button: resolve the tag again instead of saving.
@@ -308,6 +316,12 @@ impl BlueprintForm {
                 Prepull::None => "none".into(),
                 Prepull::Hosts(n) => n.to_string(),
             },
+            datasets: b
+                .datasets
+                .iter()
+                .map(|d| format!("{} {}", d.reference(), d.path))
+                .collect::<Vec<_>>()
+                .join("\n"),
             enabled: b.enabled.then(|| "on".into()),
             refresh: None,
         }
@@ -376,6 +390,35 @@ impl BlueprintForm {
                 }
             }
         };
+        // `NAME[@VERSION] PATH` per line; the version and path rules are validation's.
+        let mut datasets = vec![];
+        for line in self
+            .datasets
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some(dataset), Some(path), None) => {
+                    let (name, version) = match dataset.split_once('@') {
+                        Some((n, v)) => (n, Some(DatasetVersionInput::Word(v.to_string()))),
+                        None => (dataset, None),
+                    };
+                    datasets.push(DatasetInput {
+                        name: Some(name.to_string()),
+                        version,
+                        path: Some(path.to_string()),
+                    });
+                }
+                _ => bad(
+                    "datasets",
+                    &format!(
+                        "{line:?} is not NAME[@VERSION] PATH, e.g. course-data@latest /data/course"
+                    ),
+                ),
+            }
+        }
         let command: Vec<String> = self
             .command
             .lines()
@@ -409,6 +452,7 @@ impl BlueprintForm {
                 Ok(n) => PrepullInput::Hosts(n),
                 Err(_) => PrepullInput::Word(p),
             }),
+            datasets: Some(datasets),
             enabled: Some(self.enabled.is_some()),
         })
     }
@@ -417,7 +461,11 @@ impl BlueprintForm {
 fn field_error(errors: &[FieldError], field: &str) -> Option<String> {
     let msgs: Vec<&str> = errors
         .iter()
-        .filter(|e| e.field == field || e.field.starts_with(&format!("{field}.")))
+        .filter(|e| {
+            e.field == field
+                || e.field.starts_with(&format!("{field}."))
+                || e.field.starts_with(&format!("{field}["))
+        })
         .map(|e| e.message.as_str())
         .collect();
     (!msgs.is_empty()).then(|| msgs.join("; "))
@@ -493,6 +541,8 @@ fn blueprint_form(
                     option value="never" selected[f.pull == "never"] { "Never pull: already on every host" }
                 } }, errors))
             (field("prepull", "Pre-pull", "all, none, or a number of hosts", text("prepull", &f.prepull, false), errors))
+            (field("datasets", "Datasets", "NAME[@VERSION] PATH, one per line, mounted read-only; no version means the latest at each launch (pre-fetched like the image)", html! {
+                textarea id="datasets" name="datasets" rows="2" aria-invalid=[invalid("datasets")] aria-describedby="datasets-hint datasets-error" { (f.datasets) } }, errors))
             div class="row" {
                 input id="enabled" name="enabled" type="checkbox" checked[f.enabled.is_some()];
                 label for="enabled" { "Enabled (users can launch it)" }
@@ -960,6 +1010,7 @@ mod tests {
             max_instances_per_user: "1".into(),
             priority: "-20".into(),
             placement: "zone=a".into(),
+            datasets: "course-data /data/course\n  shared@3   /data/shared  ".into(),
             enabled: Some("on".into()),
             ..Default::default()
         }
@@ -967,6 +1018,16 @@ mod tests {
         .unwrap();
         let spec = crate::blueprints::spec::validate(&input).unwrap();
         assert_eq!(spec.priority, -20);
+        assert_eq!(
+            spec.datasets
+                .iter()
+                .map(|d| (d.name.as_str(), d.version, d.path.as_str()))
+                .collect::<Vec<_>>(),
+            vec![
+                ("course-data", None, "/data/course"),
+                ("shared", Some(3), "/data/shared")
+            ]
+        );
         let again = BlueprintForm::from_spec(&spec).input().unwrap();
         assert_eq!(crate::blueprints::spec::validate(&again).unwrap(), spec);
     }

@@ -49,6 +49,7 @@ pub fn page(title: &str, viewer: Option<&Viewer>, current: &str, body: Markup) -
                             ul {
                                 (nav_item("/", "Catalogue", current))
                                 (nav_item("/instances", "My instances", current))
+                                (nav_item("/datasets", "Datasets", current))
                                 @if v.admin {
                                     (nav_item("/admin/hosts", "Hosts", current))
                                     (nav_item("/admin/instances", "All instances", current))

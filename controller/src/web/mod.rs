@@ -4,6 +4,7 @@
 //! * [`layout`] — the page shell, styles, script and shared pieces.
 //! * [`user`] — the catalogue, launching, my instances, one instance.
 //! * [`admin`] — hosts, all instances, blueprints, users.
+//! * [`datasets`] — datasets and their versions (everyone signed in).
 //! * [`pages`] — what the proxy shows instead of an app that is not there.
 //!
 //! A browser session is a login token in an `HttpOnly`, `SameSite=Lax` cookie. Every
@@ -14,6 +15,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod admin;
+pub mod datasets;
 pub mod layout;
 pub mod pages;
 pub mod user;
@@ -44,6 +46,8 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/instances/{id}", get(user::instance))
         .route("/instances/{id}/stop", post(user::stop))
         .route("/instances/{id}/extend", post(user::extend))
+        .route("/datasets", get(datasets::list))
+        .route("/datasets/{name}", get(datasets::one))
         .route("/admin/hosts", get(admin::hosts))
         .route("/admin/instances", get(admin::instances))
         .route("/admin/blueprints", get(admin::blueprints))

@@ -234,6 +234,10 @@ impl Workloads for DesiredImagesFeed {
     fn images(&self) -> Option<Arc<crate::images::pull::ImageManager>> {
         self.inner.images()
     }
+
+    fn datasets(&self) -> Option<Arc<crate::datasets::DatasetCache>> {
+        self.inner.datasets()
+    }
 }
 
 #[cfg(test)]

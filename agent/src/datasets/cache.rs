@@ -1,0 +1,815 @@
+//! The host's dataset cache: materialised versions that containers mount.
+//!
+//! ```text
+//! STATE_DIR/datasets/chunks/              the chunk cache (ChunkDir), manifests too
+//! STATE_DIR/datasets/trees/<manifest>/    a materialised, verified version
+//! STATE_DIR/datasets/trees/<manifest>.info  its size and when it was last used
+//! ```
+//!
+//! * One copy per version per host: every instance mounting it binds the same tree.
+//! * Single flight: however many launches ask for a version at once, one task
+//!   fetches and materialises it; the others wait on the same shared future and
+//!   watch the same progress.
+//! * A tree appears under its final name only once it is whole and verified
+//!   (materialise builds it aside and renames), so after a crash the directory
+//!   itself says what is ready; leftovers of interrupted builds are removed at
+//!   start, and chunks already fetched stay, so the next fetch asks only for the
+//!   rest.
+//! * A size limit with LRU eviction of versions no desired instance mounts
+//!   ([`super::evict`]), and chunks no kept version needs go with them.
+//! * Pre-fetch: the controller's pre-fetch set is fetched in the background, one
+//!   version at a time on fewer streams than a launch uses.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_shared::chunks::dir::ChunkDir;
+use cairn_shared::chunks::manifest::{Limits, Manifest};
+use cairn_shared::chunks::{ChunkId, ChunkRef};
+use cairn_shared::protocol::MAX_CACHED_DATASETS;
+use cairn_shared::workload::DatasetSpec;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::evict::{plan_evictions, CacheEntry};
+use super::fetch::{
+    fetch_chunks, fetch_manifest, ChunkSource, FetchError, FetchOptions, FetchProgress,
+    QuicChunkSource, LAUNCH_STREAMS, PREFETCH_STREAMS,
+};
+use crate::state::DatasetsSettings;
+
+/// How long a failed pre-fetch waits before it is tried again.
+const PREFETCH_RETRY: Duration = Duration::from_secs(300);
+/// How often the pre-fetch loop looks at its set when nothing wakes it.
+const PREFETCH_INTERVAL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CacheError {
+    let context = context.into();
+    move |source| CacheError::Io { context, source }
+}
+
+/// What the cache remembers about a tree, next to it on disk.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+struct TreeInfo {
+    /// Disk it holds: the tree's files plus its chunks in the chunk cache.
+    bytes: u64,
+    last_used_ms: u64,
+}
+
+type Outcome = Shared<BoxFuture<'static, Result<PathBuf, String>>>;
+
+/// One version being made ready (or ready): what waiting launches share.
+#[derive(Clone)]
+pub struct Flight {
+    progress: watch::Receiver<FetchProgress>,
+    outcome: Outcome,
+    streams: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Flight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flight")
+            .field("progress", &*self.progress.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Flight {
+    fn ready(path: PathBuf, bytes: u64) -> Self {
+        let (_, progress) = watch::channel(FetchProgress {
+            done_bytes: bytes,
+            total_bytes: bytes,
+        });
+        Flight {
+            progress,
+            outcome: futures::future::ready(Ok(path)).boxed().shared(),
+            streams: Arc::new(AtomicUsize::new(LAUNCH_STREAMS)),
+        }
+    }
+
+    /// Bytes fetched so far and in all.
+    pub fn progress(&self) -> FetchProgress {
+        *self.progress.borrow()
+    }
+
+    /// The materialised tree, or why it could not be made.
+    pub async fn wait(&self) -> Result<PathBuf, String> {
+        self.outcome.clone().await
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    trees: BTreeMap<ChunkId, TreeInfo>,
+    flights: HashMap<ChunkId, Flight>,
+    /// Versions desired instances mount; `None` until the supervisor first says,
+    /// and until then nothing is evicted (after a restart every tree may be
+    /// mounted by a container the agent has not adopted yet).
+    in_use: Option<HashSet<ChunkId>>,
+    prefetch: Vec<DatasetSpec>,
+    /// Pre-fetches that failed, and when (ms), so they are not hammered.
+    prefetch_failed: HashMap<ChunkId, u64>,
+}
+
+/// The dataset cache of one host.
+pub struct DatasetCache {
+    trees_dir: PathBuf,
+    chunks: Arc<ChunkDir>,
+    source: Arc<dyn ChunkSource>,
+    connection: watch::Sender<Option<quinn::Connection>>,
+    limit: u64,
+    inner: Mutex<Inner>,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for DatasetCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatasetCache")
+            .field("trees_dir", &self.trees_dir)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+fn hex_name(name: &str) -> Option<ChunkId> {
+    ChunkId::from_hex(name)
+}
+
+/// Bytes of the regular files under `dir` (not following symlinks).
+fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(md) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if md.is_dir() {
+                stack.push(e.path());
+            } else if md.is_file() {
+                total += md.len();
+            }
+        }
+    }
+    total
+}
+
+/// Removes a directory tree that may hold read-only directories (materialised
+/// trees keep the modes of the dataset).
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            // Make every directory writable, then try again.
+            let mut stack = vec![path.to_path_buf()];
+            while let Some(d) = stack.pop() {
+                if let Ok(md) = d.symlink_metadata() {
+                    if md.is_dir() {
+                        let _ =
+                            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700));
+                        if let Ok(rd) = std::fs::read_dir(&d) {
+                            stack.extend(rd.flatten().map(|e| e.path()));
+                        }
+                    }
+                }
+            }
+            std::fs::remove_dir_all(path)
+        }
+    }
+}
+
+impl DatasetCache {
+    /// Opens (creating) the cache under `root` with chunks from the link; see
+    /// [`DatasetCache::set_connection`].
+    pub fn open(root: &Path, settings: &DatasetsSettings) -> Result<Arc<Self>, CacheError> {
+        let (connection, rx) = watch::channel(None);
+        Self::build(
+            root,
+            settings,
+            Arc::new(QuicChunkSource::new(rx)),
+            connection,
+        )
+    }
+
+    /// Like [`DatasetCache::open`], with chunks from `source`.
+    pub fn with_source(
+        root: &Path,
+        settings: &DatasetsSettings,
+        source: Arc<dyn ChunkSource>,
+    ) -> Result<Arc<Self>, CacheError> {
+        let (connection, _) = watch::channel(None);
+        Self::build(root, settings, source, connection)
+    }
+
+    fn build(
+        root: &Path,
+        settings: &DatasetsSettings,
+        source: Arc<dyn ChunkSource>,
+        connection: watch::Sender<Option<quinn::Connection>>,
+    ) -> Result<Arc<Self>, CacheError> {
+        let trees_dir = root.join("trees");
+        std::fs::create_dir_all(&trees_dir)
+            .map_err(io(format!("creating {}", trees_dir.display())))?;
+        let chunks_dir = root.join("chunks");
+        let chunks =
+            ChunkDir::open(&chunks_dir).map_err(io(format!("opening {}", chunks_dir.display())))?;
+        let trees = Self::index(&trees_dir)?;
+        tracing::info!(
+            versions = trees.len(),
+            limit = settings.cache_limit_bytes,
+            "dataset cache opened"
+        );
+        Ok(Arc::new(DatasetCache {
+            trees_dir,
+            chunks: Arc::new(chunks),
+            source,
+            connection,
+            limit: settings.cache_limit_bytes,
+            inner: Mutex::new(Inner {
+                trees,
+                ..Inner::default()
+            }),
+            wake: Notify::new(),
+        }))
+    }
+
+    /// Rebuilds the index from disk: every `<manifest>` directory is a whole
+    /// version (only a finished build gets that name); anything else an
+    /// interrupted build or eviction left is removed.
+    fn index(trees_dir: &Path) -> Result<BTreeMap<ChunkId, TreeInfo>, CacheError> {
+        let mut trees = BTreeMap::new();
+        let mut infos = HashSet::new();
+        let rd =
+            std::fs::read_dir(trees_dir).map_err(io(format!("reading {}", trees_dir.display())))?;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            if let Some(id) = hex_name(&name) {
+                if path.is_dir() {
+                    let info = std::fs::read(trees_dir.join(format!("{name}.info")))
+                        .ok()
+                        .and_then(|b| postcard::from_bytes::<TreeInfo>(&b).ok())
+                        .unwrap_or_else(|| TreeInfo {
+                            bytes: du(&path).saturating_mul(2),
+                            last_used_ms: 0,
+                        });
+                    trees.insert(id, info);
+                    continue;
+                }
+            } else if let Some(id) = name.strip_suffix(".info").and_then(hex_name) {
+                infos.insert(id);
+                continue;
+            }
+            tracing::info!(path = %path.display(), "removing a leftover of an interrupted dataset build");
+            let _ = if path.is_dir() {
+                remove_tree(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+        for id in infos.difference(&trees.keys().copied().collect()) {
+            let _ = std::fs::remove_file(trees_dir.join(format!("{id}.info")));
+        }
+        Ok(trees)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The link's current connection (`None` while it is down): fetches use it.
+    pub fn set_connection(&self, connection: Option<quinn::Connection>) {
+        let up = connection.is_some();
+        self.connection.send_replace(connection);
+        if up {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Where version `manifest` lives once materialised.
+    pub fn tree_path(&self, manifest: &ChunkId) -> PathBuf {
+        self.trees_dir.join(manifest.to_hex())
+    }
+
+    /// The chunk cache.
+    pub fn chunk_dir(&self) -> &Arc<ChunkDir> {
+        &self.chunks
+    }
+
+    /// Versions materialised and ready, for heartbeats.
+    pub fn ready(&self) -> Vec<ChunkId> {
+        self.lock()
+            .trees
+            .keys()
+            .take(MAX_CACHED_DATASETS)
+            .copied()
+            .collect()
+    }
+
+    /// The versions desired instances mount: never evicted.
+    pub fn set_in_use(&self, in_use: HashSet<ChunkId>) {
+        self.lock().in_use = Some(in_use);
+    }
+
+    /// Replaces the pre-fetch set; fetching follows in the background.
+    pub fn set_prefetch(&self, prefetch: Vec<DatasetSpec>) {
+        let mut inner = self.lock();
+        if inner.prefetch != prefetch {
+            tracing::info!(versions = prefetch.len(), "dataset pre-fetch set updated");
+            inner.prefetch = prefetch;
+            inner.prefetch_failed.clear();
+            drop(inner);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Makes version `spec` ready: at once if it is, joining the flight under way if
+    /// there is one, else starting one. `launch` flights use every stream; a launch
+    /// that joins a pre-fetch speeds it up.
+    pub fn ensure(self: &Arc<Self>, spec: &DatasetSpec, launch: bool) -> Flight {
+        let id = spec.manifest;
+        let mut inner = self.lock();
+        if let Some(info) = inner.trees.get_mut(&id) {
+            if launch {
+                info.last_used_ms = cairn_shared::time::now_ms();
+                let (info, path) = (*info, self.info_path(&id));
+                // Best effort: a lost update only makes the version look older.
+                let _ = std::fs::write(path, postcard::to_allocvec(&info).unwrap_or_default());
+            }
+            return Flight::ready(self.tree_path(&id), info.bytes);
+        }
+        if let Some(f) = inner.flights.get(&id) {
+            if launch {
+                f.streams.store(LAUNCH_STREAMS, Ordering::Relaxed);
+            }
+            return f.clone();
+        }
+        let (tx, rx) = watch::channel(FetchProgress {
+            done_bytes: 0,
+            total_bytes: spec.bytes,
+        });
+        let streams = Arc::new(AtomicUsize::new(if launch {
+            LAUNCH_STREAMS
+        } else {
+            PREFETCH_STREAMS
+        }));
+        let me = self.clone();
+        let (spec2, streams2) = (spec.clone(), streams.clone());
+        let task = tokio::spawn(async move {
+            use tracing::Instrument;
+            let span = tracing::info_span!("dataset", name = %spec2.name, version = spec2.version, manifest = %spec2.manifest);
+            let r = me
+                .clone()
+                .build_version(&spec2, tx, streams2, launch)
+                .instrument(span)
+                .await;
+            me.finish(&spec2.manifest, &r);
+            r.map(|(path, _)| path)
+        });
+        let outcome = async move {
+            task.await
+                .unwrap_or_else(|e| Err(format!("the dataset task failed: {e}")))
+        }
+        .boxed()
+        .shared();
+        let flight = Flight {
+            progress: rx,
+            outcome,
+            streams,
+        };
+        inner.flights.insert(id, flight.clone());
+        flight
+    }
+
+    fn info_path(&self, id: &ChunkId) -> PathBuf {
+        self.trees_dir.join(format!("{id}.info"))
+    }
+
+    /// Records a finished flight: the tree joins the index in the same step as the
+    /// flight leaves, so [`DatasetCache::ensure`] always sees one or the other.
+    fn finish(&self, id: &ChunkId, r: &Result<(PathBuf, TreeInfo), String>) {
+        let mut inner = self.lock();
+        inner.flights.remove(id);
+        if let Ok((_, info)) = r {
+            inner.trees.insert(*id, *info);
+        }
+    }
+
+    async fn build_version(
+        self: Arc<Self>,
+        spec: &DatasetSpec,
+        progress: watch::Sender<FetchProgress>,
+        streams: Arc<AtomicUsize>,
+        launch: bool,
+    ) -> Result<(PathBuf, TreeInfo), String> {
+        let id = spec.manifest;
+        let started = std::time::Instant::now();
+        let manifest = self
+            .manifest_with_retries(id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let chunk_bytes: u64 = manifest
+            .unique_chunks()
+            .iter()
+            .map(|c| u64::from(c.len))
+            .sum();
+        let bytes = manifest.total_bytes().saturating_add(chunk_bytes);
+        let short_by = self.make_room(bytes, id).await;
+        if short_by > 0 {
+            if !launch {
+                return Err(format!(
+                    "no room in the dataset cache: {short_by} bytes over its limit of {} even after evicting every unused version",
+                    self.limit
+                ));
+            }
+            tracing::warn!(
+                short_by,
+                limit = self.limit,
+                "dataset cache over its limit: every cached version is in use"
+            );
+        }
+        let opts = FetchOptions {
+            streams,
+            ..FetchOptions::default()
+        };
+        // A chunk of the cache found damaged while the tree is written is removed,
+        // and one more round fetches it again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let stats = fetch_chunks(
+                self.source.clone(),
+                self.chunks.clone(),
+                &manifest,
+                &opts,
+                &progress,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            tracing::info!(
+                fetched_chunks = stats.chunks_fetched,
+                fetched_bytes = stats.bytes_fetched,
+                present_chunks = stats.chunks_present,
+                "dataset chunks in the cache"
+            );
+            match self.materialise(&manifest, &id).await {
+                Ok(path) => {
+                    let info = TreeInfo {
+                        bytes,
+                        last_used_ms: cairn_shared::time::now_ms(),
+                    };
+                    let _ = std::fs::write(
+                        self.info_path(&id),
+                        postcard::to_allocvec(&info).unwrap_or_default(),
+                    );
+                    tracing::info!(
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        bytes = manifest.total_bytes(),
+                        "dataset version ready"
+                    );
+                    return Ok((path, info));
+                }
+                Err(Materialise::BadChunk(e)) if attempt < 2 => {
+                    tracing::warn!(error = %e, "a cached chunk was damaged; fetching it again");
+                }
+                Err(Materialise::BadChunk(e) | Materialise::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn manifest_with_retries(&self, id: ChunkId) -> Result<Manifest, FetchError> {
+        let mut delay = Duration::from_millis(500);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match fetch_manifest(self.source.as_ref(), &self.chunks, id).await {
+                Err(e) if e.is_transient() && attempt < 5 => {
+                    tracing::info!(error = %e, attempt, "manifest fetch failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn materialise(&self, manifest: &Manifest, id: &ChunkId) -> Result<PathBuf, Materialise> {
+        let dest = self.tree_path(id);
+        let chunks = self.chunks.clone();
+        let manifest = manifest.clone();
+        let bad: Arc<Mutex<Option<String>>> = Arc::default();
+        let bad2 = bad.clone();
+        let d = dest.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let mut source = |r: &ChunkRef| -> std::io::Result<Vec<u8>> {
+                match chunks.get_chunk(&r.id) {
+                    Ok(Some(b)) => Ok(b),
+                    Ok(None) => {
+                        *bad2.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(format!("chunk {} is missing from the chunk cache", r.id));
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("chunk {} is missing from the chunk cache", r.id),
+                        ))
+                    }
+                    Err(e) => {
+                        let _ = chunks.remove(&r.id);
+                        *bad2.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        Err(std::io::Error::other(e.to_string()))
+                    }
+                }
+            };
+            cairn_shared::chunks::materialise::materialise(&manifest, &d, &mut source, &mut |_| {})
+        })
+        .await
+        .map_err(|e| Materialise::Failed(format!("writing the tree: {e}")))?;
+        match r {
+            Ok(_) => Ok(dest),
+            Err(e) => match bad.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some(b) => Err(Materialise::BadChunk(b)),
+                None => Err(Materialise::Failed(format!("writing the tree: {e}"))),
+            },
+        }
+    }
+
+    /// Evicts versions until `incoming` bytes fit (never `incoming_id`, versions in
+    /// use, or versions in flight); returns by how much it still falls short.
+    async fn make_room(&self, incoming: u64, incoming_id: ChunkId) -> u64 {
+        let plan = {
+            let inner = self.lock();
+            let entries: Vec<CacheEntry> = inner
+                .trees
+                .iter()
+                .map(|(id, info)| CacheEntry {
+                    manifest: *id,
+                    bytes: info.bytes,
+                    last_used_ms: info.last_used_ms,
+                    in_use: *id == incoming_id
+                        || inner.flights.contains_key(id)
+                        || inner.in_use.as_ref().is_none_or(|u| u.contains(id)),
+                })
+                .collect();
+            plan_evictions(&entries, self.limit, incoming)
+        };
+        if plan.evict.is_empty() {
+            return plan.short_by;
+        }
+        self.evict(&plan.evict).await;
+        plan.short_by
+    }
+
+    /// Removes versions from the index and the disk, then the chunks no remaining
+    /// version (kept, in flight, wanted) needs.
+    async fn evict(&self, victims: &[ChunkId]) {
+        let (keep_manifests, trash) = {
+            let mut inner = self.lock();
+            let mut trash = vec![];
+            for id in victims {
+                // Checked again under the lock: a launch may have claimed it since.
+                let in_use = inner.in_use.as_ref().is_none_or(|u| u.contains(id));
+                if !in_use && inner.trees.remove(id).is_some() {
+                    trash.push(*id);
+                }
+            }
+            let mut keep: HashSet<ChunkId> = inner.trees.keys().copied().collect();
+            keep.extend(inner.flights.keys().copied());
+            keep.extend(inner.prefetch.iter().map(|s| s.manifest));
+            keep.extend(inner.in_use.iter().flatten().copied());
+            (keep, trash)
+        };
+        let trees_dir = self.trees_dir.clone();
+        let chunks = self.chunks.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for id in &trash {
+                tracing::info!(manifest = %id, "evicting a dataset version from the cache");
+                let path = trees_dir.join(id.to_hex());
+                // Renamed aside first, so the name never points at half a tree.
+                let aside = trees_dir.join(format!(".evicted-{id}"));
+                let target = if std::fs::rename(&path, &aside).is_ok() { aside } else { path };
+                if let Err(e) = remove_tree(&target) {
+                    tracing::warn!(path = %target.display(), error = %e, "cannot remove an evicted dataset tree");
+                }
+                let _ = std::fs::remove_file(trees_dir.join(format!("{id}.info")));
+            }
+            let mut needed: HashSet<ChunkId> = keep_manifests.clone();
+            for m in &keep_manifests {
+                if let Ok(Some(bytes)) = chunks.get_manifest(m) {
+                    if let Ok(manifest) = Manifest::decode(&bytes, &Limits::DEFAULT) {
+                        needed.extend(manifest.unique_chunks().iter().map(|c| c.id));
+                    }
+                }
+            }
+            let mut freed = 0u64;
+            match chunks.list() {
+                Ok(all) => {
+                    for (id, len, _) in all {
+                        if !needed.contains(&id) && chunks.remove(&id).unwrap_or(false) {
+                            freed += len;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot list the chunk cache"),
+            }
+            tracing::info!(versions = trash.len(), chunk_bytes_freed = freed, "dataset cache eviction done");
+        })
+        .await;
+    }
+
+    /// Fetches the pre-fetch set in the background until `shutdown`, one version at
+    /// a time.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let next = {
+                let inner = self.lock();
+                let now = cairn_shared::time::now_ms();
+                inner
+                    .prefetch
+                    .iter()
+                    .find(|s| {
+                        !inner.trees.contains_key(&s.manifest)
+                            && !inner.flights.contains_key(&s.manifest)
+                            && inner.prefetch_failed.get(&s.manifest).is_none_or(|t| {
+                                now.saturating_sub(*t) > PREFETCH_RETRY.as_millis() as u64
+                            })
+                    })
+                    .cloned()
+            };
+            if let Some(spec) = next {
+                if self.connection.borrow().is_some() || self.connection.receiver_count() == 0 {
+                    let flight = self.ensure(&spec, false);
+                    let r = tokio::select! {
+                        r = flight.wait() => r,
+                        _ = shutdown.cancelled() => return,
+                    };
+                    if let Err(e) = r {
+                        tracing::warn!(dataset = %spec.name, version = spec.version, error = %e, "pre-fetch failed");
+                        self.lock()
+                            .prefetch_failed
+                            .insert(spec.manifest, cairn_shared::time::now_ms());
+                    }
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(PREFETCH_INTERVAL) => {}
+            }
+        }
+    }
+}
+
+enum Materialise {
+    /// A chunk of the cache was missing or damaged (and removed): worth a refetch.
+    BadChunk(String),
+    Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::datasets::fetch::testing::{version, FakeSource, Shared as FakeShared};
+
+    fn open(root: &Path, src: &Arc<FakeSource>, limit: u64) -> Arc<DatasetCache> {
+        DatasetCache::with_source(
+            root,
+            &DatasetsSettings {
+                cache_limit_bytes: limit,
+            },
+            Arc::new(FakeShared(src.clone())),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn concurrent_launches_of_one_version_fetch_it_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let src = Arc::new(FakeSource {
+            gate: Some(gate.clone()),
+            ..FakeSource::default()
+        });
+        let spec = version(&src, "course", 20, 3000);
+        let cache = open(tmp.path(), &src, 1 << 30);
+        let flights: Vec<Flight> = (0..5).map(|_| cache.ensure(&spec, true)).collect();
+        gate.add_permits(1000);
+        let mut paths = vec![];
+        for f in &flights {
+            paths.push(f.wait().await.unwrap());
+        }
+        assert!(paths.iter().all(|p| *p == paths[0]));
+        assert_eq!(src.manifests_served.load(Ordering::SeqCst), 1);
+        assert_eq!(src.served.lock().unwrap().len(), 20);
+        assert_eq!(std::fs::read(paths[0].join("file3")).unwrap().len(), 3000);
+        assert_eq!(cache.ready(), vec![spec.manifest]);
+        // Later launches find it ready.
+        let f = cache.ensure(&spec, true);
+        assert_eq!(f.progress().percent(), 100);
+        assert_eq!(f.wait().await.unwrap(), paths[0]);
+        assert_eq!(src.served.lock().unwrap().len(), 20);
+    }
+
+    #[tokio::test]
+    async fn the_cache_survives_a_restart_and_drops_leftovers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Arc::new(FakeSource::default());
+        let spec = version(&src, "course", 3, 1000);
+        {
+            let cache = open(tmp.path(), &src, 1 << 30);
+            cache.ensure(&spec, true).wait().await.unwrap();
+        }
+        let leftover = tmp
+            .path()
+            .join("trees")
+            .join(format!("{}.partial", ChunkId::of(b"x")));
+        std::fs::create_dir_all(leftover.join("sub")).unwrap();
+        let cache = open(tmp.path(), &src, 1 << 30);
+        assert!(!leftover.exists());
+        assert_eq!(cache.ready(), vec![spec.manifest]);
+        cache.ensure(&spec, true).wait().await.unwrap();
+        assert_eq!(src.manifests_served.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn unused_versions_are_evicted_lru_with_their_chunks_and_used_ones_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Arc::new(FakeSource::default());
+        // Each version costs 2 × 4000 bytes (tree + chunks); the limit holds two.
+        let a = version(&src, "a", 4, 1000);
+        let b = version(&src, "b", 4, 1000);
+        let c = version(&src, "c", 4, 1000);
+        let cache = open(tmp.path(), &src, 17_000);
+        cache.set_in_use([a.manifest].into());
+        cache.ensure(&a, true).wait().await.unwrap();
+        cache.ensure(&b, true).wait().await.unwrap();
+        let b_chunk = src.served.lock().unwrap()[4];
+        assert!(cache.chunk_dir().contains(&b_chunk));
+        // c needs room: b goes (a is in use though older), with its chunks.
+        cache.ensure(&c, true).wait().await.unwrap();
+        let mut ready = cache.ready();
+        ready.sort();
+        let mut want = vec![a.manifest, c.manifest];
+        want.sort();
+        assert_eq!(ready, want);
+        assert!(!cache.tree_path(&b.manifest).exists());
+        assert!(!cache.chunk_dir().contains(&b_chunk));
+        assert!(cache.tree_path(&a.manifest).join("file0").exists());
+    }
+
+    #[tokio::test]
+    async fn a_prefetch_is_fetched_in_the_background_and_a_launch_joins_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Arc::new(FakeSource::default());
+        let spec = version(&src, "pre", 5, 2000);
+        let cache = open(tmp.path(), &src, 1 << 30);
+        let stop = CancellationToken::new();
+        tokio::spawn(cache.clone().run(stop.clone()));
+        cache.set_prefetch(vec![spec.clone()]);
+        let path = cache.ensure(&spec, true).wait().await.unwrap();
+        assert!(path.join("file4").exists());
+        assert_eq!(src.manifests_served.load(Ordering::SeqCst), 1);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_failure_names_the_chunk_and_is_not_remembered_as_ready() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Arc::new(FakeSource::default());
+        let spec = version(&src, "bad", 2, 1000);
+        let bad = *src
+            .objects
+            .lock()
+            .unwrap()
+            .keys()
+            .find(|k| **k != spec.manifest)
+            .unwrap();
+        src.corrupt.lock().unwrap().insert(bad);
+        let cache = open(tmp.path(), &src, 1 << 30);
+        let err = cache.ensure(&spec, true).wait().await.unwrap_err();
+        assert_eq!(err, format!("chunk {bad} is corrupt on the controller"));
+        assert!(cache.ready().is_empty());
+        // Once repaired, a new launch tries again.
+        src.corrupt.lock().unwrap().clear();
+        cache.ensure(&spec, true).wait().await.unwrap();
+    }
+}

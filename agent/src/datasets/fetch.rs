@@ -1,0 +1,920 @@
+//! Dataset versions fetched over the link: a manifest, then the chunks the local
+//! chunk cache lacks.
+//!
+//! * The manifest's bytes must hash to its name and decode as a valid manifest
+//!   under [`Limits::DEFAULT`]; a malicious one (paths leaving the tree, sizes that
+//!   do not add up, a million entries, a symlink used as a parent) is refused with
+//!   the rule it broke before anything is written.
+//! * Chunks are planned by [`Transfer`]: only those the cache lacks are asked for,
+//!   so an agent killed half-way fetches only the rest when it starts again. Up to
+//!   [`FetchOptions::streams`] batches are in flight, one QUIC stream each.
+//! * Each chunk is checked on arrival (its length against the manifest, its bytes
+//!   against its name) and written to the cache before the next is read: memory is
+//!   one chunk per stream.
+//! * A chunk the controller says is missing or corrupt fails the fetch at once with
+//!   that reason; link trouble re-plans the batch and tries again, a few times.
+//!
+//! [`ChunkSource`] hides the link so all of this is tested without one;
+//! [`QuicChunkSource`] is the real thing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_shared::chunks::dir::ChunkDir;
+use cairn_shared::chunks::manifest::{Limits, Manifest};
+use cairn_shared::chunks::plan::{PlanOptions, Transfer};
+use cairn_shared::chunks::{ChunkId, ChunkRef, MAX_CHUNK_LEN};
+use cairn_shared::framing;
+use cairn_shared::protocol::{
+    describe_connection_error, AgentRequest, AgentResponse, ChunkStreamCode, MAX_FETCH_CHUNKS,
+    MAX_MANIFEST_BYTES,
+};
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+
+/// How long a fetch may go without a byte before the attempt is given up.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the controller may take to answer a request.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("not connected to the controller")]
+    NotConnected,
+    #[error("fetching from the controller: {0}")]
+    Link(String),
+    /// The controller refused, in its own words (names the chunk or manifest).
+    #[error("{0}")]
+    Refused(String),
+    /// The controller reset a chunk stream; the words name the chunk.
+    #[error("{0}")]
+    Controller(String),
+    #[error("manifest {manifest} refused: {rule}")]
+    BadManifest { manifest: ChunkId, rule: String },
+    #[error("chunk {chunk} arrived corrupt: {detail}")]
+    Corrupt { chunk: ChunkId, detail: String },
+    #[error("no bytes from the controller for {} s", STALL_TIMEOUT.as_secs())]
+    Stalled,
+    #[error("the local chunk cache: {0}")]
+    Cache(String),
+}
+
+impl FetchError {
+    /// Whether trying again may help: the link's troubles may pass, the
+    /// controller's word on a chunk or a manifest will not.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            FetchError::NotConnected
+                | FetchError::Link(_)
+                | FetchError::Stalled
+                | FetchError::Corrupt { .. }
+        )
+    }
+}
+
+/// Chunks of one batch, in the order asked.
+pub trait ChunkStream: Send {
+    /// The next chunk's bytes; `expect` is what the manifest says it is (the stream
+    /// refuses a longer one before reading it, and names it in errors).
+    fn next(&mut self, expect: ChunkRef) -> BoxFuture<'_, Result<Vec<u8>, FetchError>>;
+}
+
+/// Where chunks and manifests come from.
+pub trait ChunkSource: Send + Sync + 'static {
+    /// A manifest's encoded bytes (unverified).
+    fn manifest(&self, id: ChunkId) -> BoxFuture<'_, Result<Vec<u8>, FetchError>>;
+    /// Opens a stream of `ids`' bytes, in order.
+    fn chunks(&self, ids: Vec<ChunkId>) -> BoxFuture<'_, Result<Box<dyn ChunkStream>, FetchError>>;
+}
+
+/// Bytes fetched so far and to fetch in all (chunks the cache had count as done).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FetchProgress {
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+}
+
+impl FetchProgress {
+    pub fn percent(&self) -> u64 {
+        if self.total_bytes == 0 {
+            return 100;
+        }
+        (self.done_bytes.min(self.total_bytes) * 100) / self.total_bytes
+    }
+}
+
+/// How a fetch runs.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// Batches (QUIC streams) in flight at once; read at every batch start, so a
+    /// pre-fetch a launch joins speeds up.
+    pub streams: Arc<AtomicUsize>,
+    /// Bytes per batch (the planner closes a batch at this many).
+    pub batch_bytes: u64,
+    /// Failed batches in a row before the fetch gives up.
+    pub attempts: u32,
+}
+
+/// Streams of a launch's fetch.
+pub const LAUNCH_STREAMS: usize = 8;
+/// Streams of a pre-fetch: fewer, so launches get the link first.
+pub const PREFETCH_STREAMS: usize = 2;
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            streams: Arc::new(AtomicUsize::new(LAUNCH_STREAMS)),
+            batch_bytes: 8 * 1024 * 1024,
+            attempts: 5,
+        }
+    }
+}
+
+/// What one fetch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FetchStats {
+    pub chunks_fetched: u64,
+    pub bytes_fetched: u64,
+    /// Chunks the cache already held.
+    pub chunks_present: u64,
+}
+
+fn cache_err(e: impl std::fmt::Display) -> FetchError {
+    FetchError::Cache(e.to_string())
+}
+
+/// The manifest `id`, from the cache or the controller, verified and validated.
+/// A fetched manifest is kept in the chunk cache under its name.
+pub async fn fetch_manifest(
+    source: &dyn ChunkSource,
+    cache: &Arc<ChunkDir>,
+    id: ChunkId,
+) -> Result<Manifest, FetchError> {
+    let c = cache.clone();
+    let local = tokio::task::spawn_blocking(move || c.get_manifest(&id))
+        .await
+        .map_err(cache_err)?;
+    let bytes = match local {
+        Ok(Some(b)) => b,
+        // A corrupt cached copy is dropped and fetched again.
+        Ok(None) | Err(_) => {
+            let bytes = source.manifest(id).await?;
+            if !id.verifies(&bytes) {
+                return Err(FetchError::Corrupt {
+                    chunk: id,
+                    detail: "the manifest's bytes do not match its name".into(),
+                });
+            }
+            bytes
+        }
+    };
+    let manifest =
+        Manifest::decode(&bytes, &Limits::DEFAULT).map_err(|e| FetchError::BadManifest {
+            manifest: id,
+            rule: e.to_string(),
+        })?;
+    let c = cache.clone();
+    tokio::task::spawn_blocking(move || c.put(&id, &bytes, true))
+        .await
+        .map_err(cache_err)?
+        .map_err(cache_err)?;
+    Ok(manifest)
+}
+
+/// What a batch task tells the fetch loop.
+enum Event {
+    Arrived { seq: u64, chunk: ChunkRef },
+    Done { seq: u64 },
+    Failed { seq: u64, error: FetchError },
+}
+
+/// Fetches every chunk of `manifest` the cache lacks into the cache.
+pub async fn fetch_chunks(
+    source: Arc<dyn ChunkSource>,
+    cache: Arc<ChunkDir>,
+    manifest: &Manifest,
+    opts: &FetchOptions,
+    progress: &watch::Sender<FetchProgress>,
+) -> Result<FetchStats, FetchError> {
+    let want: Vec<ChunkRef> = manifest.unique_chunks();
+    let total_bytes: u64 = want.iter().map(|c| u64::from(c.len)).sum();
+    // Which chunks are present is a stat per chunk: off the runtime's threads.
+    let (have, want) = {
+        let c = cache.clone();
+        tokio::task::spawn_blocking(move || {
+            let have: std::collections::HashSet<ChunkId> = want
+                .iter()
+                .filter(|r| c.contains(&r.id))
+                .map(|r| r.id)
+                .collect();
+            (have, want)
+        })
+        .await
+        .map_err(cache_err)?
+    };
+    let mut stats = FetchStats {
+        chunks_present: have.len() as u64,
+        ..FetchStats::default()
+    };
+    let mut done_bytes: u64 = want
+        .iter()
+        .filter(|r| have.contains(&r.id))
+        .map(|r| u64::from(r.len))
+        .sum();
+    progress.send_replace(FetchProgress {
+        done_bytes,
+        total_bytes,
+    });
+    let mut plan = Transfer::new(
+        want,
+        |id: &ChunkId| have.contains(id),
+        PlanOptions {
+            batch_bytes: opts.batch_bytes,
+            batch_chunks: MAX_FETCH_CHUNKS,
+            max_in_flight: LAUNCH_STREAMS,
+        },
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(64);
+    let mut in_flight: HashMap<u64, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut failures = 0u32;
+    let mut last_error = None;
+    let result = loop {
+        if plan.is_complete() {
+            break Ok(stats);
+        }
+        let streams = opts
+            .streams
+            .load(Ordering::Relaxed)
+            .clamp(1, LAUNCH_STREAMS);
+        while in_flight.len() < streams {
+            let Some(batch) = plan.next_batch() else {
+                break;
+            };
+            let seq = batch.seq;
+            let chunks: Vec<ChunkRef> = batch.chunks.clone();
+            let task = tokio::spawn(run_batch(
+                source.clone(),
+                cache.clone(),
+                seq,
+                chunks,
+                tx.clone(),
+            ));
+            in_flight.insert(seq, task);
+        }
+        if in_flight.is_empty() {
+            // Nothing in flight and nothing to plan, yet not complete: the planner
+            // holds chunks back after failures; give up with the last reason.
+            break Err(last_error.unwrap_or_else(|| {
+                FetchError::Link("the transfer stalled with chunks still missing".into())
+            }));
+        }
+        let Some(event) = rx.recv().await else {
+            break Err(FetchError::Link("batch tasks ended".into()));
+        };
+        match event {
+            Event::Arrived { seq, chunk } => {
+                if let Err(e) = plan.arrived(seq, &chunk.id) {
+                    break Err(FetchError::Link(format!("chunk transfer: {e}")));
+                }
+                stats.chunks_fetched += 1;
+                stats.bytes_fetched += u64::from(chunk.len);
+                done_bytes += u64::from(chunk.len);
+                progress.send_replace(FetchProgress {
+                    done_bytes,
+                    total_bytes,
+                });
+            }
+            Event::Done { seq } => {
+                in_flight.remove(&seq);
+                if let Err(e) = plan.batch_done(seq) {
+                    break Err(FetchError::Link(format!("chunk transfer: {e}")));
+                }
+                failures = 0;
+            }
+            Event::Failed { seq, error } => {
+                in_flight.remove(&seq);
+                if let Err(e) = plan.batch_failed(seq) {
+                    break Err(FetchError::Link(format!("chunk transfer: {e}")));
+                }
+                if !error.is_transient() {
+                    break Err(error);
+                }
+                failures += 1;
+                tracing::info!(seq, %error, failures, "chunk batch failed");
+                if failures >= opts.attempts.max(1) {
+                    break Err(error);
+                }
+                last_error = Some(error);
+                // Back off a little; the link may be coming back.
+                tokio::time::sleep(Duration::from_millis(250 << failures.min(5))).await;
+            }
+        }
+    };
+    for (_, t) in in_flight {
+        t.abort();
+    }
+    result
+}
+
+/// Fetches one batch: opens its stream, then reads, checks and stores each chunk.
+async fn run_batch(
+    source: Arc<dyn ChunkSource>,
+    cache: Arc<ChunkDir>,
+    seq: u64,
+    chunks: Vec<ChunkRef>,
+    tx: tokio::sync::mpsc::Sender<Event>,
+) {
+    let result = async {
+        let mut stream = source.chunks(chunks.iter().map(|c| c.id).collect()).await?;
+        for chunk in &chunks {
+            let bytes = stream.next(*chunk).await?;
+            if bytes.len() != chunk.len as usize {
+                return Err(FetchError::Corrupt {
+                    chunk: chunk.id,
+                    detail: format!("{} bytes, the manifest says {}", bytes.len(), chunk.len),
+                });
+            }
+            if !chunk.id.verifies(&bytes) {
+                return Err(FetchError::Corrupt {
+                    chunk: chunk.id,
+                    detail: "its bytes do not match its name".into(),
+                });
+            }
+            let c = cache.clone();
+            let id = chunk.id;
+            // Not synced one by one: the tree built from them is synced whole, and a
+            // chunk torn by a crash fails verification on read and is fetched again.
+            tokio::task::spawn_blocking(move || c.put(&id, &bytes, false))
+                .await
+                .map_err(cache_err)?
+                .map_err(cache_err)?;
+            let _ = tx.send(Event::Arrived { seq, chunk: *chunk }).await;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = tx
+        .send(match result {
+            Ok(()) => Event::Done { seq },
+            Err(error) => Event::Failed { seq, error },
+        })
+        .await;
+}
+
+// ---------------------------------------------------------------- the link
+
+/// Fetches from the controller on the link's current connection.
+#[derive(Debug, Clone)]
+pub struct QuicChunkSource {
+    connection: watch::Receiver<Option<quinn::Connection>>,
+}
+
+impl QuicChunkSource {
+    pub fn new(connection: watch::Receiver<Option<quinn::Connection>>) -> Self {
+        QuicChunkSource { connection }
+    }
+
+    /// Opens a stream, sends `req`, reads the answer's header.
+    async fn ask(
+        &self,
+        req: &AgentRequest,
+    ) -> Result<(AgentResponse, quinn::RecvStream), FetchError> {
+        let conn = self
+            .connection
+            .borrow()
+            .clone()
+            .ok_or(FetchError::NotConnected)?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| FetchError::Link(describe_connection_error(&e)))?;
+        framing::write(&mut send, req, 64 * 1024)
+            .await
+            .map_err(|e| FetchError::Link(e.to_string()))?;
+        let _ = send.finish();
+        let resp = tokio::time::timeout(
+            ANSWER_TIMEOUT,
+            framing::read::<_, AgentResponse>(&mut recv, 64 * 1024),
+        )
+        .await
+        .map_err(|_| FetchError::Link(format!("no answer within {} s", ANSWER_TIMEOUT.as_secs())))?
+        .map_err(|e| FetchError::Link(e.to_string()))?
+        .ok_or_else(|| FetchError::Link("the controller closed the stream".into()))?;
+        if let AgentResponse::Refused { message, .. } = resp {
+            return Err(FetchError::Refused(message));
+        }
+        Ok((resp, recv))
+    }
+}
+
+/// Reads exactly `buf.len()` bytes, mapping a stream reset to what the controller
+/// meant by it about `chunk`.
+async fn read_exact(
+    recv: &mut quinn::RecvStream,
+    buf: &mut [u8],
+    chunk: &ChunkId,
+) -> Result<(), FetchError> {
+    use quinn::{ReadError, ReadExactError};
+    match tokio::time::timeout(STALL_TIMEOUT, recv.read_exact(buf)).await {
+        Err(_) => Err(FetchError::Stalled),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(ReadExactError::FinishedEarly(n))) => Err(FetchError::Link(format!(
+            "the controller's stream ended inside chunk {chunk} ({n} of {} bytes)",
+            buf.len()
+        ))),
+        Ok(Err(ReadExactError::ReadError(ReadError::Reset(code)))) => {
+            match ChunkStreamCode::from_u64(code.into_inner()) {
+                Some(c @ ChunkStreamCode::Stalled) => Err(FetchError::Link(c.describe(chunk))),
+                Some(c) => Err(FetchError::Controller(c.describe(chunk))),
+                None => Err(FetchError::Link(format!(
+                    "the controller reset the stream (code {code}) at chunk {chunk}"
+                ))),
+            }
+        }
+        Ok(Err(ReadExactError::ReadError(ReadError::ConnectionLost(e)))) => {
+            Err(FetchError::Link(describe_connection_error(&e)))
+        }
+        Ok(Err(e)) => Err(FetchError::Link(e.to_string())),
+    }
+}
+
+struct QuicChunkStream(quinn::RecvStream);
+
+impl ChunkStream for QuicChunkStream {
+    fn next(&mut self, expect: ChunkRef) -> BoxFuture<'_, Result<Vec<u8>, FetchError>> {
+        Box::pin(async move {
+            let mut len = [0u8; 4];
+            read_exact(&mut self.0, &mut len, &expect.id).await?;
+            let len = u32::from_be_bytes(len);
+            // Checked before a byte of it is buffered.
+            if len != expect.len || len > MAX_CHUNK_LEN {
+                return Err(FetchError::Corrupt {
+                    chunk: expect.id,
+                    detail: format!("announced {len} bytes, the manifest says {}", expect.len),
+                });
+            }
+            let mut buf = vec![0u8; len as usize];
+            read_exact(&mut self.0, &mut buf, &expect.id).await?;
+            Ok(buf)
+        })
+    }
+}
+
+impl ChunkSource for QuicChunkSource {
+    fn manifest(&self, id: ChunkId) -> BoxFuture<'_, Result<Vec<u8>, FetchError>> {
+        Box::pin(async move {
+            let (resp, mut recv) = self
+                .ask(&AgentRequest::FetchManifest { manifest: id })
+                .await?;
+            let AgentResponse::Manifest { len } = resp else {
+                return Err(FetchError::Link(format!(
+                    "the controller answered a manifest fetch with {resp:?}"
+                )));
+            };
+            if len > MAX_MANIFEST_BYTES {
+                return Err(FetchError::BadManifest {
+                    manifest: id,
+                    rule: format!("{len} bytes, over the limit of {MAX_MANIFEST_BYTES}"),
+                });
+            }
+            let mut buf = vec![0u8; len as usize];
+            read_exact(&mut recv, &mut buf, &id).await?;
+            Ok(buf)
+        })
+    }
+
+    fn chunks(&self, ids: Vec<ChunkId>) -> BoxFuture<'_, Result<Box<dyn ChunkStream>, FetchError>> {
+        Box::pin(async move {
+            let (resp, recv) = self.ask(&AgentRequest::FetchChunks { chunks: ids }).await?;
+            match resp {
+                AgentResponse::Chunks => {
+                    Ok(Box::new(QuicChunkStream(recv)) as Box<dyn ChunkStream>)
+                }
+                other => Err(FetchError::Link(format!(
+                    "the controller answered a chunk fetch with {other:?}"
+                ))),
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A controller in memory, with knobs for failures.
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use cairn_shared::chunks::manifest::{Entry, EntryKind};
+    use cairn_shared::chunks::DEFAULT_PARAMS;
+    use cairn_shared::workload::DatasetSpec;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    pub struct FakeSource {
+        pub objects: Mutex<HashMap<ChunkId, Vec<u8>>>,
+        /// Read as corrupt by the controller (stream reset).
+        pub corrupt: Mutex<HashSet<ChunkId>>,
+        /// Sent with a flipped byte (damaged in transit).
+        pub tamper: Mutex<HashSet<ChunkId>>,
+        /// The link drops after this many more chunks.
+        pub cut_after: Mutex<Option<usize>>,
+        /// Every chunk sent, in order.
+        pub served: Mutex<Vec<ChunkId>>,
+        pub manifests_served: AtomicUsize,
+        /// Streams open now, and the most at once.
+        pub open: AtomicUsize,
+        pub max_open: AtomicUsize,
+        /// Holds every chunk read until released (for single-flight tests).
+        pub gate: Option<Arc<tokio::sync::Semaphore>>,
+    }
+
+    /// A version of `files` files of one distinct chunk each.
+    pub fn version(src: &FakeSource, tag: &str, files: usize, len: usize) -> DatasetSpec {
+        let mut entries = vec![];
+        for f in 0..files {
+            let bytes: Vec<u8> = format!("{tag}-{f}-").bytes().cycle().take(len).collect();
+            let id = src.add(&bytes);
+            entries.push(Entry {
+                path: format!("file{f}"),
+                kind: EntryKind::File {
+                    chunks: vec![ChunkRef {
+                        id,
+                        len: len as u32,
+                    }],
+                },
+                mode: 0o644,
+                size: len as u64,
+                mtime_ns: 0,
+            });
+        }
+        let m = Manifest::new(DEFAULT_PARAMS, entries);
+        let manifest = src.add(&m.encode());
+        DatasetSpec {
+            name: tag.into(),
+            version: 1,
+            manifest,
+            bytes: (files * len) as u64,
+        }
+    }
+
+    impl FakeSource {
+        pub fn add(&self, bytes: &[u8]) -> ChunkId {
+            let id = ChunkId::of(bytes);
+            self.objects.lock().unwrap().insert(id, bytes.to_vec());
+            id
+        }
+    }
+
+    struct FakeStream {
+        source: Arc<FakeSource>,
+    }
+
+    impl Drop for FakeStream {
+        fn drop(&mut self) {
+            self.source.open.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl ChunkStream for FakeStream {
+        fn next(&mut self, expect: ChunkRef) -> BoxFuture<'_, Result<Vec<u8>, FetchError>> {
+            Box::pin(async move {
+                let s = &self.source;
+                if let Some(gate) = &s.gate {
+                    gate.acquire().await.unwrap().forget();
+                }
+                tokio::task::yield_now().await;
+                {
+                    let mut cut = s.cut_after.lock().unwrap();
+                    if let Some(n) = cut.as_mut() {
+                        if *n == 0 {
+                            return Err(FetchError::Link("connection lost".into()));
+                        }
+                        *n -= 1;
+                    }
+                }
+                if s.corrupt.lock().unwrap().contains(&expect.id) {
+                    return Err(FetchError::Controller(
+                        ChunkStreamCode::Corrupt.describe(&expect.id),
+                    ));
+                }
+                let mut bytes = s.objects.lock().unwrap().get(&expect.id).cloned().unwrap();
+                if s.tamper.lock().unwrap().contains(&expect.id) && !bytes.is_empty() {
+                    bytes[0] ^= 0xff;
+                }
+                s.served.lock().unwrap().push(expect.id);
+                Ok(bytes)
+            })
+        }
+    }
+
+    /// The source as the fetcher holds it.
+    #[derive(Clone)]
+    pub struct Shared(pub Arc<FakeSource>);
+
+    impl ChunkSource for Shared {
+        fn manifest(&self, id: ChunkId) -> BoxFuture<'_, Result<Vec<u8>, FetchError>> {
+            Box::pin(async move {
+                self.0.manifests_served.fetch_add(1, Ordering::SeqCst);
+                self.0
+                    .objects
+                    .lock()
+                    .unwrap()
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| {
+                        FetchError::Refused(format!("manifest {id} is not on the controller"))
+                    })
+            })
+        }
+        fn chunks(
+            &self,
+            ids: Vec<ChunkId>,
+        ) -> BoxFuture<'_, Result<Box<dyn ChunkStream>, FetchError>> {
+            Box::pin(async move {
+                assert!(!ids.is_empty() && ids.len() <= MAX_FETCH_CHUNKS);
+                let objects = self.0.objects.lock().unwrap();
+                if let Some(absent) = ids.iter().find(|i| !objects.contains_key(i)) {
+                    return Err(FetchError::Refused(format!(
+                        "chunk {absent} is missing on the controller"
+                    )));
+                }
+                drop(objects);
+                let now = self.0.open.fetch_add(1, Ordering::SeqCst) + 1;
+                self.0.max_open.fetch_max(now, Ordering::SeqCst);
+                Ok(Box::new(FakeStream {
+                    source: self.0.clone(),
+                }) as Box<dyn ChunkStream>)
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::testing::{FakeSource, Shared};
+    use super::*;
+    use cairn_shared::chunks::manifest::{Entry, EntryKind, FORMAT};
+    use cairn_shared::chunks::DEFAULT_PARAMS;
+
+    /// A manifest of `files` files of `chunks` distinct chunks each, all in `src`.
+    fn tree(
+        src: &FakeSource,
+        files: usize,
+        chunks: usize,
+        chunk_len: usize,
+    ) -> (ChunkId, Manifest) {
+        let mut entries = vec![];
+        for f in 0..files {
+            let mut refs = vec![];
+            for c in 0..chunks {
+                let bytes: Vec<u8> = format!("{f}-{c}-")
+                    .bytes()
+                    .cycle()
+                    .take(chunk_len)
+                    .collect();
+                let id = src.add(&bytes);
+                refs.push(ChunkRef {
+                    id,
+                    len: chunk_len as u32,
+                });
+            }
+            entries.push(Entry {
+                path: format!("f{f:04}"),
+                kind: EntryKind::File { chunks: refs },
+                mode: 0o644,
+                size: (chunks * chunk_len) as u64,
+                mtime_ns: 0,
+            });
+        }
+        let m = Manifest {
+            format: FORMAT,
+            params: DEFAULT_PARAMS,
+            entries,
+        };
+        let bytes = m.encode();
+        let id = src.add(&bytes);
+        (id, m)
+    }
+
+    fn setup() -> (tempfile::TempDir, Arc<ChunkDir>, Arc<FakeSource>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Arc::new(ChunkDir::open(tmp.path().join("chunks")).unwrap());
+        (tmp, dir, Arc::new(FakeSource::default()))
+    }
+
+    fn opts() -> FetchOptions {
+        FetchOptions {
+            batch_bytes: 4 * 1024,
+            attempts: 2,
+            ..FetchOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_fetch_resumes_with_only_the_missing_chunks() {
+        let (_tmp, cache, src) = setup();
+        let (id, _) = tree(&src, 10, 10, 1000);
+        let source: Arc<dyn ChunkSource> = Arc::new(Shared(src.clone()));
+        let (tx, rx) = watch::channel(FetchProgress::default());
+        let manifest = fetch_manifest(source.as_ref(), &cache, id).await.unwrap();
+        *src.cut_after.lock().unwrap() = Some(37);
+        let err = fetch_chunks(source.clone(), cache.clone(), &manifest, &opts(), &tx)
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        let first: Vec<ChunkId> = src.served.lock().unwrap().clone();
+        assert_eq!(first.len(), 37);
+        // Progress counts what arrived before the fetch gave up.
+        assert!(rx.borrow().done_bytes > 0 && rx.borrow().done_bytes < 100_000);
+        // "Restart": a fresh fetch with the same cache asks only for the rest.
+        src.served.lock().unwrap().clear();
+        *src.cut_after.lock().unwrap() = None;
+        let stats = fetch_chunks(source.clone(), cache.clone(), &manifest, &opts(), &tx)
+            .await
+            .unwrap();
+        let second = src.served.lock().unwrap().clone();
+        assert_eq!(second.len(), 63);
+        assert!(second.iter().all(|c| !first.contains(c)));
+        assert_eq!(stats.chunks_present, 37);
+        assert_eq!(stats.chunks_fetched, 63);
+        assert_eq!(
+            *rx.borrow(),
+            FetchProgress {
+                done_bytes: 100_000,
+                total_bytes: 100_000
+            }
+        );
+        // Whole: nothing more is fetched, the manifest comes from the cache.
+        src.served.lock().unwrap().clear();
+        let manifest = fetch_manifest(source.as_ref(), &cache, id).await.unwrap();
+        fetch_chunks(source, cache, &manifest, &opts(), &tx)
+            .await
+            .unwrap();
+        assert!(src.served.lock().unwrap().is_empty());
+        assert_eq!(src.manifests_served.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn batches_run_in_parallel_up_to_the_stream_limit() {
+        let (_tmp, cache, src) = setup();
+        let (id, _) = tree(&src, 40, 8, 1000);
+        let source: Arc<dyn ChunkSource> = Arc::new(Shared(src.clone()));
+        let manifest = fetch_manifest(source.as_ref(), &cache, id).await.unwrap();
+        let (tx, _) = watch::channel(FetchProgress::default());
+        fetch_chunks(source, cache.clone(), &manifest, &opts(), &tx)
+            .await
+            .unwrap();
+        let max = src.max_open.load(Ordering::SeqCst);
+        assert!((2..=LAUNCH_STREAMS).contains(&max), "{max} streams at once");
+        assert_eq!(src.served.lock().unwrap().len(), 320);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_corrupt_on_the_controller_fails_the_fetch_naming_it() {
+        let (_tmp, cache, src) = setup();
+        let (id, m) = tree(&src, 2, 3, 500);
+        let EntryKind::File { chunks } = &m.entries[1].kind else {
+            panic!()
+        };
+        let bad = chunks[1].id;
+        src.corrupt.lock().unwrap().insert(bad);
+        let source: Arc<dyn ChunkSource> = Arc::new(Shared(src.clone()));
+        let manifest = fetch_manifest(source.as_ref(), &cache, id).await.unwrap();
+        let (tx, _) = watch::channel(FetchProgress::default());
+        let err = fetch_chunks(source, cache.clone(), &manifest, &opts(), &tx)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("chunk {bad} is corrupt on the controller")
+        );
+        assert!(!err.is_transient());
+    }
+
+    #[tokio::test]
+    async fn a_chunk_damaged_in_transit_is_never_stored() {
+        let (_tmp, cache, src) = setup();
+        let (id, m) = tree(&src, 1, 4, 500);
+        let EntryKind::File { chunks } = &m.entries[0].kind else {
+            panic!()
+        };
+        let bad = chunks[2].id;
+        src.tamper.lock().unwrap().insert(bad);
+        let source: Arc<dyn ChunkSource> = Arc::new(Shared(src.clone()));
+        let manifest = fetch_manifest(source.as_ref(), &cache, id).await.unwrap();
+        let (tx, _) = watch::channel(FetchProgress::default());
+        let err = fetch_chunks(source.clone(), cache.clone(), &manifest, &opts(), &tx)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("chunk {bad} arrived corrupt: its bytes do not match its name")
+        );
+        assert!(!cache.contains(&bad));
+        // Once the link behaves, the retry fetches it.
+        src.tamper.lock().unwrap().clear();
+        fetch_chunks(source, cache.clone(), &manifest, &opts(), &tx)
+            .await
+            .unwrap();
+        assert!(cache.contains(&bad));
+    }
+
+    fn encoded(entries: Vec<Entry>) -> Vec<u8> {
+        Manifest {
+            format: FORMAT,
+            params: DEFAULT_PARAMS,
+            entries,
+        }
+        .encode()
+    }
+
+    async fn refused(src: &Arc<FakeSource>, cache: &Arc<ChunkDir>, bytes: Vec<u8>) -> String {
+        let id = src.add(&bytes);
+        let err = fetch_manifest(&Shared(src.clone()), cache, id)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::BadManifest { .. }), "{err}");
+        assert!(!cache.contains(&id), "a refused manifest was kept");
+        err.to_string()
+    }
+
+    fn file(path: &str, size: u64, chunks: Vec<ChunkRef>) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: EntryKind::File { chunks },
+            mode: 0o644,
+            size,
+            mtime_ns: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn malicious_manifests_are_refused_with_the_rule_they_break() {
+        let (_tmp, cache, src) = setup();
+        let one_k = ChunkRef {
+            id: src.add(&[7u8; 1024]),
+            len: 1024,
+        };
+        // Leaving the tree.
+        let e = refused(
+            &src,
+            &cache,
+            encoded(vec![file("../escape", 1024, vec![one_k])]),
+        )
+        .await;
+        assert!(e.contains(".."), "{e}");
+        let e = refused(
+            &src,
+            &cache,
+            encoded(vec![file("/etc/passwd", 1024, vec![one_k])]),
+        )
+        .await;
+        assert!(e.contains("passwd") || e.contains("absolute"), "{e}");
+        // 10 GiB declared for a 1 KiB chunk.
+        let e = refused(
+            &src,
+            &cache,
+            encoded(vec![file("big", 10 << 30, vec![one_k])]),
+        )
+        .await;
+        assert!(e.contains("big"), "{e}");
+        // A symlink used as a parent.
+        let e = refused(
+            &src,
+            &cache,
+            encoded(vec![
+                Entry {
+                    path: "link".into(),
+                    kind: EntryKind::Symlink {
+                        target: "/etc".into(),
+                    },
+                    mode: 0o777,
+                    size: 0,
+                    mtime_ns: 0,
+                },
+                file("link/shadow", 1024, vec![one_k]),
+            ]),
+        )
+        .await;
+        assert!(e.contains("link"), "{e}");
+        // A million entries.
+        let many: Vec<Entry> = (0..1_000_001)
+            .map(|i| file(&format!("f{i:07}"), 0, vec![]))
+            .collect();
+        let e = refused(&src, &cache, encoded(many)).await;
+        assert!(e.contains("entries"), "{e}");
+        // Bytes that are not the manifest's name.
+        let id = src.add(b"honest");
+        src.objects.lock().unwrap().insert(id, b"swapped".to_vec());
+        let err = fetch_manifest(&Shared(src.clone()), &cache, id)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::Corrupt { .. }), "{err}");
+    }
+}
