@@ -284,21 +284,34 @@ async fn chunk_gc_loop(app: Arc<App>, shutdown: CancellationToken) {
 /// image commits held off until the sweep ends), then datasets'.
 pub(crate) async fn collect_chunks(app: &App) {
     let grace_ms = app.config.chunks.gc_grace_secs.saturating_mul(1000);
+    collect_chunks_at(app, cairn_shared::time::now_ms(), grace_ms).await;
+}
+
+/// [`collect_chunks`] at a given time and grace period; what it swept, `None` if it
+/// failed (logged).
+pub(crate) async fn collect_chunks_at(
+    app: &App,
+    now_ms: u64,
+    grace_ms: u64,
+) -> Option<crate::chunks::gc::Swept> {
     let _no_image_commits = app.archives.pause_commits().await;
     let images = match app.archives.live_chunks().await {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "chunk store collection skipped: cannot mark the image archives' chunks; will retry");
-            return;
+            return None;
         }
     };
-    let now = cairn_shared::time::now_ms();
-    if let Err(e) = app
+    match app
         .datasets
-        .collect_garbage_with(images, now, grace_ms)
+        .collect_garbage_with(images, now_ms, grace_ms)
         .await
     {
-        tracing::error!(error = %e, "chunk store collection failed; will retry");
+        Ok(swept) => Some(swept),
+        Err(e) => {
+            tracing::error!(error = %e, "chunk store collection failed; will retry");
+            None
+        }
     }
 }
 

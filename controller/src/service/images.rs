@@ -112,3 +112,79 @@ impl Service {
 fn not_found(archive: &str) -> ServiceError {
     ServiceError::from(ArchivesError::NotFound(archive.chars().take(80).collect()))
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use cairn_shared::chunks::{ChunkId, Manifest, Params};
+
+    use super::super::testing::World;
+    use super::super::Kind;
+    use crate::images::archives::{archive_chunks, manifest_for};
+    use crate::images::inspect::fixtures::classic;
+
+    /// Stores `data`'s chunks as a push would.
+    async fn send(w: &World, data: &[u8], m: &Manifest) {
+        let (chunks, _) = archive_chunks(m).unwrap();
+        let mut at = 0usize;
+        for c in chunks {
+            let b = Bytes::copy_from_slice(&data[at..at + c.len as usize]);
+            w.service.app.chunks.put(c.id, b).await.unwrap();
+            at += c.len as usize;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn image_chunks_are_live_until_the_image_is_removed() {
+        let w = World::new().await;
+        let s = &w.service;
+        let (tar, _) = classic(&["course:1"]);
+        let m = manifest_for(&tar, Params::with_avg(1024));
+        let hash = blake3::hash(&tar).to_hex().to_string();
+        send(&w, &tar, &m).await;
+        // Only admins commit.
+        let e = s
+            .commit_image(&w.alice, &m.encode(), &hash)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::Forbidden);
+        let (rec, new) = s.commit_image(&w.admin, &m.encode(), &hash).await.unwrap();
+        assert!(new);
+        let stray = ChunkId::of(b"stray");
+        s.app
+            .chunks
+            .put(stray, Bytes::from_static(b"stray"))
+            .await
+            .unwrap();
+        let far_future = cairn_shared::time::now_ms() + 10_000;
+        let ids: Vec<ChunkId> = m.unique_chunks().iter().map(|c| c.id).collect();
+        // The image's chunks and manifest are kept; the stray goes.
+        let swept = crate::app::collect_chunks_at(&s.app, far_future, 1)
+            .await
+            .unwrap();
+        assert_eq!(swept.chunks, 1);
+        assert!(s
+            .app
+            .chunks
+            .contains(&ids)
+            .await
+            .unwrap()
+            .iter()
+            .all(|p| *p));
+        assert!(s.app.chunks.get(m.id()).await.unwrap().is_some());
+        // Removed: its chunks and manifest go at the next collection.
+        s.remove_image(&w.admin, &rec.archive).await.unwrap();
+        let swept = crate::app::collect_chunks_at(&s.app, far_future, 1)
+            .await
+            .unwrap();
+        assert_eq!(swept.chunks, ids.len() as u64 + 1, "chunks and manifest");
+        assert!(s
+            .app
+            .chunks
+            .contains(&ids)
+            .await
+            .unwrap()
+            .iter()
+            .all(|p| !*p));
+    }
+}
