@@ -120,7 +120,8 @@ impl App {
             store.clone(),
             chunks.clone(),
         ));
-        // Launches and blueprint saves find dataset versions in this catalogue.
+        // Launches, blueprint saves and the pre-fetch plan find dataset versions in
+        // this catalogue.
         instances.set_dataset_lookup(datasets.clone());
         let autoscaler = crate::autoscaler::Autoscaler::new(
             Box::new(crate::autoscaler::StaticProvider),

@@ -56,6 +56,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/datasets/{name}/versions/{version}/manifest"),
     ("get", "/api/v1/images/{archive}"),
     ("delete", "/api/v1/images/{archive}"),
+    ("post", "/api/v1/chunks/missing"),
+    ("post", "/api/v1/chunks"),
+    ("post", "/api/v1/datasets/{name}/versions"),
+    ("get", "/api/v1/datasets"),
+    ("get", "/api/v1/datasets/{name}"),
+    ("delete", "/api/v1/datasets/{name}"),
+    ("delete", "/api/v1/datasets/{name}/versions/{version}"),
+    ("get", "/api/v1/datasets/{name}/versions/{version}/manifest"),
 ];
 
 fn refs(v: &Value, out: &mut BTreeSet<String>) {

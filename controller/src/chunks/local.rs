@@ -75,6 +75,21 @@ impl ChunkStore for LocalChunks {
             .await
     }
 
+    async fn put_many(&self, items: Vec<(ChunkId, Bytes)>) -> Result<(), ChunkStoreError> {
+        if let Some((_, b)) = items.iter().find(|(_, b)| b.len() > MAX_OBJECT_LEN) {
+            return Err(ChunkStoreError::TooLarge {
+                len: b.len(),
+                max: u32::try_from(MAX_OBJECT_LEN).unwrap_or(u32::MAX),
+            });
+        }
+        self.blocking(move |d| {
+            let refs: Vec<(ChunkId, &[u8])> = items.iter().map(|(id, b)| (*id, &b[..])).collect();
+            d.put_many(&refs)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn put(&self, id: ChunkId, bytes: Bytes) -> Result<(), ChunkStoreError> {
         if bytes.len() > MAX_OBJECT_LEN {
             return Err(ChunkStoreError::TooLarge {

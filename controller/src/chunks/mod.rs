@@ -46,6 +46,15 @@ pub trait ChunkStore: Send + Sync + std::fmt::Debug + 'static {
     async fn contains(&self, ids: &[ChunkId]) -> Result<Vec<bool>, ChunkStoreError>;
     /// Stores `bytes` under `id` after checking they hash to it; durable on return.
     async fn put(&self, id: ChunkId, bytes: Bytes) -> Result<(), ChunkStoreError>;
+    /// Stores several chunks, each checked like [`ChunkStore::put`], all durable on
+    /// return. Backends override it when one flush for the lot is cheaper than one
+    /// per chunk (a push's pack).
+    async fn put_many(&self, items: Vec<(ChunkId, Bytes)>) -> Result<(), ChunkStoreError> {
+        for (id, bytes) in items {
+            self.put(id, bytes).await?;
+        }
+        Ok(())
+    }
     /// The bytes of `id`, verified against it; `None` if absent.
     async fn get(&self, id: ChunkId) -> Result<Option<Bytes>, ChunkStoreError>;
     /// Removes `id` (absent is fine).

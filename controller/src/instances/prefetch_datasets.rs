@@ -15,7 +15,7 @@ use cairn_shared::chunks::ChunkId;
 use cairn_shared::ids::HostId;
 use cairn_shared::workload::{DatasetSpec, DesiredDatasets, MAX_PREFETCH_DATASETS};
 
-use super::datasets::Lookup;
+use super::datasets::{Lookup, LookupError};
 use crate::blueprints::spec::Prepull;
 use crate::blueprints::BlueprintRecord;
 use crate::hosts::pool::Standing;
@@ -100,9 +100,16 @@ impl DatasetPlan {
     /// blueprint's launches will say why.
     pub fn compute(blueprints: &[BlueprintRecord], hosts: &[HostView], lookup: &Lookup) -> Self {
         let mut wanted = vec![];
+        // Blueprints often share a dataset: each version is looked up once per plan.
+        let mut seen: BTreeMap<(&str, Option<u32>), Result<DatasetSpec, LookupError>> =
+            BTreeMap::new();
         for b in blueprints.iter().filter(|b| b.spec.enabled) {
             for d in &b.spec.datasets {
-                match lookup.lookup(&d.name, d.version) {
+                let found = seen
+                    .entry((d.name.as_str(), d.version))
+                    .or_insert_with(|| lookup.lookup(&d.name, d.version))
+                    .clone();
+                match found {
                     Ok(dataset) => wanted.push(WantedDataset {
                         blueprint: b.spec.name.clone(),
                         dataset,

@@ -155,14 +155,17 @@ impl Service {
             already: 0,
         };
         let mut seen = std::collections::HashSet::new();
+        let mut new = vec![];
         for ((id, range), here) in frames.into_iter().zip(present) {
             if here || !seen.insert(id) {
                 answer.already += 1;
                 continue;
             }
-            self.app.chunks.put(id, body.slice(range)).await?;
+            new.push((id, body.slice(range)));
             answer.stored += 1;
         }
+        // One flush for the pack: durable before the client hears "stored".
+        self.app.chunks.put_many(new).await?;
         Ok(answer)
     }
 

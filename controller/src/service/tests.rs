@@ -323,7 +323,7 @@ fn field_errors(e: ServiceError) -> Vec<(String, String)> {
 async fn a_blueprint_naming_a_missing_dataset_is_not_saved() {
     let w = World::new().await;
     let s = &w.service;
-    // Without a dataset catalogue, nothing with datasets can be saved.
+    // The controller's own (empty) catalogue answers.
     let e = s
         .create_blueprint(
             &w.admin,
@@ -331,10 +331,13 @@ async fn a_blueprint_naming_a_missing_dataset_is_not_saved() {
         )
         .await
         .unwrap_err();
-    let f = field_errors(e);
-    assert_eq!(f.len(), 1, "{f:?}");
-    assert_eq!(f[0].0, "datasets[0].name");
-    assert!(f[0].1.contains("keeps no datasets"), "{f:?}");
+    assert_eq!(
+        field_errors(e),
+        vec![(
+            "datasets[0].name".into(),
+            "no dataset \"course-data\"".into()
+        )]
+    );
 
     s.app
         .instances
@@ -424,4 +427,83 @@ async fn an_instance_keeps_the_dataset_version_it_was_launched_with() {
     let e = s.launch(&w.bob, "py").await.unwrap_err();
     assert_eq!((e.kind, e.code), (Kind::Conflict, "dataset_missing"));
     assert!(s.list_instances(&w.bob, false).unwrap().is_empty());
+}
+
+/// The real catalogue end to end in the service: push, save a blueprint naming the
+/// dataset, launch, push again, launch again.
+#[tokio::test]
+async fn launches_mount_pushed_versions_from_the_catalogue() {
+    use cairn_shared::chunks::manifest::{Entry, EntryKind, Manifest};
+    use cairn_shared::chunks::{ChunkRef, DEFAULT_PARAMS};
+
+    let w = World::new().await;
+    let s = &w.service;
+    let push = |text: &'static [u8]| {
+        let s = s.clone();
+        let admin = w.admin.clone();
+        async move {
+            let mut pack = vec![];
+            crate::chunks::pack::push_frame(&mut pack, ChunkId::of(text), text);
+            s.store_pack(&admin, pack.into()).await.unwrap();
+            let m = Manifest::new(
+                DEFAULT_PARAMS,
+                vec![Entry {
+                    path: "notes.txt".into(),
+                    size: text.len() as u64,
+                    kind: EntryKind::File {
+                        chunks: vec![ChunkRef {
+                            id: ChunkId::of(text),
+                            len: text.len() as u32,
+                        }],
+                    },
+                    mode: 0o644,
+                    mtime_ns: 0,
+                }],
+            )
+            .encode();
+            s.commit_dataset(&admin, "course-data", &m).await.unwrap()
+        }
+    };
+    let v1 = push(b"week one").await.version;
+    s.create_blueprint(
+        &w.admin,
+        &with_dataset("py", "course-data", "latest".into()),
+    )
+    .await
+    .unwrap();
+    let first = s.launch(&w.alice, "py").await.unwrap();
+    let d = &first.datasets[0];
+    assert_eq!(
+        (d.name.as_str(), d.version, d.path.as_str(), d.bytes),
+        ("course-data", 1, "/data/course", 8)
+    );
+    assert_eq!(
+        d.manifest,
+        s.app
+            .datasets
+            .resolve("course-data", Some(1))
+            .unwrap()
+            .manifest
+            .to_hex()
+    );
+    assert_eq!(v1.version, 1);
+
+    push(b"week two!").await;
+    assert_eq!(
+        s.instance(&w.alice, first.id.as_str()).unwrap().datasets[0].version,
+        1
+    );
+    let second = s.launch(&w.alice, "py").await.unwrap();
+    assert_eq!(
+        (second.datasets[0].version, second.datasets[0].bytes),
+        (2, 9)
+    );
+
+    // Removed from the catalogue: the blueprint cannot launch, and says why.
+    s.remove_dataset(&w.admin, "course-data", None)
+        .await
+        .unwrap();
+    let e = s.launch(&w.bob, "py").await.unwrap_err();
+    assert_eq!((e.kind, e.code), (Kind::Conflict, "dataset_missing"));
+    assert!(e.message.contains("no dataset \"course-data\""), "{e:?}");
 }

@@ -79,6 +79,25 @@ impl ChunkDir {
 
     /// Stores `bytes` as `id` after checking they hash to it. `Ok(false)` when the
     /// object was already present (nothing written). With `durable`, the file and
+    /// Stores many chunks, each verified, durable together: the objects are written
+    /// and renamed without a flush each, then one `syncfs` makes every one of them
+    /// (data and directory entries) durable before this returns. A push of 16,000
+    /// chunks costs one flush per pack instead of two fsyncs per chunk. Returns how
+    /// many were newly written.
+    pub fn put_many(&self, items: &[(ChunkId, &[u8])]) -> Result<usize, ChunkDirError> {
+        let mut written = 0;
+        for (id, bytes) in items {
+            if self.put(id, bytes, false)? {
+                written += 1;
+            }
+        }
+        if written > 0 {
+            let root = File::open(&self.root)?;
+            rustix::fs::syncfs(&root).map_err(io::Error::from)?;
+        }
+        Ok(written)
+    }
+
     /// its directory are fsync'd before returning.
     pub fn put(&self, id: &ChunkId, bytes: &[u8], durable: bool) -> Result<bool, ChunkDirError> {
         if !id.verifies(bytes) {
@@ -223,6 +242,23 @@ impl ChunkDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn put_many_stores_each_once_and_refuses_a_forgery() {
+        let t = tempfile::tempdir().unwrap();
+        let d = ChunkDir::open(t.path().join("store")).unwrap();
+        let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
+        assert!(d.put(&a, b"a", false).unwrap());
+        let items: Vec<(ChunkId, &[u8])> = vec![(a, b"a"), (b, b"b"), (b, b"b")];
+        assert_eq!(d.put_many(&items).unwrap(), 1);
+        assert_eq!(d.get_chunk(&b).unwrap().as_deref(), Some(&b"b"[..]));
+        let forged: Vec<(ChunkId, &[u8])> = vec![(ChunkId::of(b"c"), b"not c")];
+        assert!(matches!(
+            d.put_many(&forged),
+            Err(ChunkDirError::Mismatch { .. })
+        ));
+        assert!(!d.contains(&ChunkId::of(b"c")));
+    }
 
     #[test]
     fn put_get_list_remove() {
