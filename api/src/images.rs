@@ -1,14 +1,29 @@
 //! Uploaded image archives (`cairn images push`): the committed archive, and the
-//! resumable upload (in the manner of tus) that brings it.
+//! commit that makes one from chunks already sent.
+//!
+//! A push cuts the archive into content-defined chunks, asks which the controller
+//! lacks (`POST /api/v1/chunks/missing`), sends those (`POST /api/v1/chunks`), then
+//! commits a one-file manifest of them (`POST /api/v1/images?archive=…`), so two
+//! versions of an image that share base layers share their chunks, on the wire and
+//! on the controller.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
+
+/// Largest encoded manifest `POST /api/v1/images` accepts (a 20 GiB archive at the
+/// default chunk size lists about 330 000 chunks, about 13 MiB).
+pub const MAX_IMAGE_MANIFEST_BYTES: usize = 64 * 1024 * 1024;
 
 /// A committed archive (`GET /api/v1/images[/ARCHIVE]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ImageRecord {
-    /// BLAKE3 of the archive, lowercase hex: its name on disk and on the link.
+    /// BLAKE3 of the whole archive, lowercase hex: its name on the link, and what
+    /// agents verify after fetching it.
     pub archive: String,
+    /// The id (BLAKE3, hex) of the one-file manifest listing the archive's chunks
+    /// in the chunk store.
+    #[serde(default)]
+    pub manifest: String,
     pub size_bytes: u64,
     /// `sha256:<hex of the image config>`: what Docker calls the image after loading.
     pub image_id: String,
@@ -18,39 +33,12 @@ pub struct ImageRecord {
     pub uploaded_by: String,
 }
 
-/// Body of `POST /api/v1/images/uploads`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// Query of `POST /api/v1/images` (the body is the encoded manifest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct CreateUpload {
-    pub size_bytes: u64,
-    /// BLAKE3 of the whole archive, lowercase hex.
-    pub blake3: String,
-}
-
-/// The answer about an upload: where it stands, or (`done`) the committed image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct UploadAnswer {
-    /// Absent when `done`: the archive is already committed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    pub blake3: String,
-    pub size_bytes: u64,
-    /// Bytes received so far: where the next `PATCH` starts.
-    pub offset: u64,
-    pub done: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<ImageRecord>,
-}
-
-impl From<ImageRecord> for UploadAnswer {
-    fn from(r: ImageRecord) -> Self {
-        UploadAnswer {
-            id: None,
-            blake3: r.archive.clone(),
-            size_bytes: r.size_bytes,
-            offset: r.size_bytes,
-            done: true,
-            image: Some(r),
-        }
-    }
+pub struct CommitImage {
+    /// BLAKE3 of the whole archive, lowercase hex: checked against the bytes the
+    /// manifest's chunks make.
+    pub archive: String,
 }

@@ -55,8 +55,6 @@ use crate::{session, users};
     hosts::HostView,
     hosts::Drain,
     images::ImageRecord,
-    images::CreateUpload,
-    images::UploadAnswer,
     autoscaler::AutoscalerView,
     autoscaler::Waiting,
     autoscaler::ScaleAction,

@@ -174,9 +174,23 @@ impl Client {
         body: Option<reqwest::Body>,
         timeout: Duration,
     ) -> Result<Value, Error> {
+        self.send_long_query(method, segments, &[], headers, body, timeout)
+            .await
+    }
+
+    /// [`Client::send_long`] with a query string.
+    pub async fn send_long_query(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        headers: &[(&str, String)],
+        body: Option<reqwest::Body>,
+        timeout: Duration,
+    ) -> Result<Value, Error> {
         let mut req = self
             .http
-            .request(method, self.endpoint(segments, &[]))
+            .request(method, self.endpoint(segments, query))
             .bearer_auth(self.bearer()?)
             .timeout(timeout);
         for (k, v) in headers {

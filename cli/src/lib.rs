@@ -8,6 +8,8 @@
 //!   model's types (`cairn_api`).
 //! * [`output`] — tables, human units, and `--json`.
 //! * [`commands`] — one module per command group.
+//! * [`upload`] — sending the chunks a push's manifest lists that the controller
+//!   lacks, in packs (images, datasets).
 //! * [`error`] — failures, their one-line messages, and the exit-code mapping.
 #![forbid(unsafe_code)]
 
@@ -17,6 +19,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod output;
+pub mod upload;
 
 pub use args::Cli;
 pub use commands::run;

@@ -108,18 +108,14 @@ impl App {
             }
             policies.insert(p.name.clone(), p.scaling(false));
         }
-        let archives = crate::images::archives::Archives::open(
-            data_dir.root(),
-            &config.images,
-            store.clone(),
-            cairn_shared::time::now_ms(),
-        )
-        .map_err(|e| StartError::Config(e.to_string()))?;
         let chunks: Arc<dyn crate::chunks::ChunkStore> = Arc::new(
             crate::chunks::local::LocalChunks::open(&data_dir.chunks()).map_err(|e| {
                 StartError::Config(format!("chunk store {}: {e}", data_dir.chunks().display()))
             })?,
         );
+        let archives =
+            crate::images::archives::Archives::open(&config.images, store.clone(), chunks.clone())
+                .map_err(|e| StartError::Config(e.to_string()))?;
         let datasets = Arc::new(crate::datasets::Datasets::new(
             store.clone(),
             chunks.clone(),
@@ -250,9 +246,6 @@ async fn liveness_loop(app: Arc<App>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_flush = tokio::time::Instant::now();
-    // Abandoned image uploads (a `push` never resumed) are swept now and then, not
-    // only when the next upload begins.
-    let mut last_sweep = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -263,10 +256,6 @@ async fn liveness_loop(app: Arc<App>, shutdown: CancellationToken) {
             tracing::error!(error = %e, "liveness update failed");
         }
         app.instances.tick(now).await;
-        if last_sweep.elapsed() >= Duration::from_secs(600) {
-            last_sweep = tokio::time::Instant::now();
-            app.archives.expire_uploads(now);
-        }
         if last_flush.elapsed() >= Duration::from_secs(10) {
             last_flush = tokio::time::Instant::now();
             if let Err(e) = app.registry.flush_dirty() {
@@ -291,12 +280,39 @@ async fn chunk_gc_loop(app: Arc<App>, shutdown: CancellationToken) {
     }
 }
 
-/// One collection of the chunk store, logged; a failure is retried next time.
+/// One collection of the chunk store, logged; a failure is retried next time. The
+/// one place the live set is gathered: image archives' manifests and chunks (with
+/// image commits held off until the sweep ends), then datasets'.
 pub(crate) async fn collect_chunks(app: &App) {
     let grace_ms = app.config.chunks.gc_grace_secs.saturating_mul(1000);
-    let now = cairn_shared::time::now_ms();
-    if let Err(e) = app.datasets.collect_garbage(now, grace_ms).await {
-        tracing::error!(error = %e, "chunk store collection failed; will retry");
+    collect_chunks_at(app, cairn_shared::time::now_ms(), grace_ms).await;
+}
+
+/// [`collect_chunks`] at a given time and grace period; what it swept, `None` if it
+/// failed (logged).
+pub(crate) async fn collect_chunks_at(
+    app: &App,
+    now_ms: u64,
+    grace_ms: u64,
+) -> Option<crate::chunks::gc::Swept> {
+    let _no_image_commits = app.archives.pause_commits().await;
+    let images = match app.archives.live_chunks().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "chunk store collection skipped: cannot mark the image archives' chunks; will retry");
+            return None;
+        }
+    };
+    match app
+        .datasets
+        .collect_garbage_with(images, now_ms, grace_ms)
+        .await
+    {
+        Ok(swept) => Some(swept),
+        Err(e) => {
+            tracing::error!(error = %e, "chunk store collection failed; will retry");
+            None
+        }
     }
 }
 

@@ -1,7 +1,9 @@
-//! Registry-free images (`cairn images push`) against a real controller process: an
-//! upload cut off halfway resumes from the controller's offset, corrupted and
-//! non-Docker archives are refused with a clear error and leave nothing listed, and
-//! a committed archive is served over the agent link from any offset.
+//! Registry-free images (`cairn images push`) against a real controller process:
+//! archives go up as content-defined chunks and a one-file manifest; corrupted,
+//! incomplete and non-Docker archives are refused with a clear error and leave
+//! nothing listed; a committed archive is served over the agent link from any
+//! offset, read from the chunk store (a damaged chunk is a refusal naming it); and
+//! a second version of an image sharing base layers sends only its new layer.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::path::{Path, PathBuf};
@@ -9,15 +11,16 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use cairn_controller::images::archives::blake3_file;
+use cairn_shared::chunks::{
+    chunk_bytes, ChunkDir, ChunkId, ChunkRef, Entry, EntryKind, Manifest, Params, DEFAULT_PARAMS,
+};
 use cairn_shared::framing;
 use cairn_shared::identity;
 use cairn_shared::protocol::{AgentRequest, AgentResponse, Welcome, PROTOCOL_VERSION};
-use cairn_tests::cluster::{bin, stderr, wait_for, Controller, ControllerOptions};
+use cairn_tests::cluster::{bin, stderr, Controller, ControllerOptions};
 use cairn_tests::rawlink;
 use cairn_tests::require::{require, Need};
-use reqwest::Method;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
 
 /// The image pushed; bump the number when [`fill_rootfs`] changes.
 const TAG: &str = "cairn-test/upload:1";
@@ -77,26 +80,78 @@ fn plain_tar(dir: &Path) -> PathBuf {
     out
 }
 
-/// Starts a `PATCH` of `declared` bytes, sends only `body`, and drops the connection.
-async fn patch_and_hang_up(ctl: &Controller, id: &str, body: &[u8], declared: usize) {
-    let addr = ctl.api.strip_prefix("http://").unwrap();
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "PATCH /api/v1/images/uploads/{id} HTTP/1.1\r\nHost: {addr}\r\n\
-         Authorization: Bearer {}\r\nUpload-Offset: 0\r\nContent-Length: {declared}\r\n\
-         Content-Type: application/offset+octet-stream\r\n\r\n",
-        ctl.admin_token
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    s.flush().await.unwrap();
-    drop(s);
+/// The one-file manifest `cairn images push` builds for `data`.
+fn manifest_for(data: &[u8]) -> Manifest {
+    Manifest::new(
+        DEFAULT_PARAMS,
+        vec![Entry {
+            path: "image.tar".into(),
+            kind: EntryKind::File {
+                chunks: chunk_bytes(data, DEFAULT_PARAMS),
+            },
+            mode: 0o644,
+            size: data.len() as u64,
+            mtime_ns: 0,
+        }],
+    )
 }
 
-async fn offset_of(ctl: &Controller, id: &str) -> u64 {
-    let (status, body) = ctl.get(&format!("/api/v1/images/uploads/{id}")).await;
-    assert_eq!(status, 200, "{body}");
-    body["offset"].as_u64().unwrap()
+/// The chunks of a one-file manifest.
+fn chunks_of(m: &Manifest) -> Vec<ChunkRef> {
+    match &m.entries[0].kind {
+        EntryKind::File { chunks } => chunks.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Sends every chunk of `data` in one pack, as `cairn images push` would.
+async fn send_chunks(ctl: &Controller, data: &[u8], chunks: &[ChunkRef]) {
+    let mut pack = vec![];
+    let mut at = 0usize;
+    for c in chunks {
+        pack.extend_from_slice(&c.id.0);
+        pack.extend_from_slice(&c.len.to_be_bytes());
+        pack.extend_from_slice(&data[at..at + c.len as usize]);
+        at += c.len as usize;
+    }
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/chunks", ctl.api))
+        .bearer_auth(&ctl.admin_token)
+        .header("content-type", "application/octet-stream")
+        .body(pack)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "{}",
+        resp.text().await.unwrap()
+    );
+}
+
+/// `POST /api/v1/images?archive=…` with `manifest`, as `token`.
+async fn commit(ctl: &Controller, token: &str, manifest: &[u8], archive: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/images?archive={archive}", ctl.api))
+        .bearer_auth(token)
+        .header("content-type", "application/octet-stream")
+        .body(manifest.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The `S` and `T` of `sent S bytes of T` in what `push` printed.
+fn sent_of(printed: &str) -> (u64, u64) {
+    let at = printed
+        .find("sent ")
+        .unwrap_or_else(|| panic!("no `sent` in {printed:?}"));
+    let words: Vec<&str> = printed[at..].split_whitespace().collect();
+    assert_eq!((words[2], words[3]), ("bytes", "of"), "{printed}");
+    (words[1].parse().unwrap(), words[4].parse().unwrap())
 }
 
 async fn images(ctl: &Controller) -> Vec<Value> {
@@ -133,71 +188,49 @@ async fn bad_archives_are_refused_and_nothing_is_listed() {
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert!(stderr(&out).contains("gzip-compressed"), "{}", stderr(&out));
 
-    // Bytes corrupted in transit (one flipped): the hash check refuses them and the
-    // upload is discarded.
     let original = std::fs::read(&plain).unwrap();
     let hash = blake3_file(&plain).unwrap();
-    let (status, up) = ctl
-        .send(
-            Method::POST,
-            "/api/v1/images/uploads",
-            Some(json!({"size_bytes": original.len(), "blake3": hash})),
-        )
-        .await;
-    assert_eq!(status, 201, "{up}");
-    assert_eq!(up["offset"], 0);
-    let id = up["id"].as_str().unwrap().to_string();
-    let mut corrupted = original.clone();
-    corrupted[original.len() / 3] ^= 0x40;
-    let http = reqwest::Client::new();
-    let url = format!("{}/api/v1/images/uploads/{id}", ctl.api);
-    // HEAD tells the offset in a header, as tus clients expect.
-    let resp = http
-        .head(&url)
-        .bearer_auth(&ctl.admin_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    assert_eq!(resp.headers()["upload-offset"].to_str().unwrap(), "0");
-    // Without an offset the request means nothing.
-    let resp = http
-        .patch(&url)
-        .bearer_auth(&ctl.admin_token)
-        .body(corrupted.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 400);
-    let resp = http
-        .patch(&url)
-        .bearer_auth(&ctl.admin_token)
-        .header("Upload-Offset", "0")
-        .body(corrupted)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    assert_eq!(
-        resp.headers()["upload-offset"].to_str().unwrap(),
-        original.len().to_string()
+    let m = manifest_for(&original);
+    let chunks = chunks_of(&m);
+    let token = ctl.admin_token.clone();
+    // Chunks not sent (the CLI sent the plain tar's above, so another file's):
+    // refused, saying how many are missing.
+    let unsent = noise(5000);
+    let um = manifest_for(&unsent);
+    let n = chunks_of(&um).len();
+    let (status, body) = commit(
+        &ctl,
+        &token,
+        &um.encode(),
+        blake3::hash(&unsent).to_hex().as_str(),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "chunks_missing");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!(
+                "{n} of the archive's {n} chunks are not on the controller"
+            )),
+        "{body}"
     );
-    let (status, body) = ctl
-        .send(
-            Method::POST,
-            &format!("/api/v1/images/uploads/{id}/commit"),
-            None,
-        )
-        .await;
+    // Chunks that do not make the hash claimed (the file changed, or bytes were
+    // corrupted before they were chunked): refused.
+    send_chunks(&ctl, &original, &chunks).await;
+    let (status, body) = commit(&ctl, &token, &m.encode(), &"ab".repeat(32)).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "hash_mismatch");
-    assert_eq!(
-        body["error"]["message"],
-        "the uploaded bytes do not match the archive's BLAKE3 hash (corrupted in transit or changed on disk); push again"
-    );
-    assert_eq!(
-        ctl.get(&format!("/api/v1/images/uploads/{id}")).await.0,
-        404
+    // A manifest that is not one file.
+    let (status, body) = commit(&ctl, &token, b"not a manifest", &hash).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid image manifest"),
+        "{body}"
     );
     assert!(images(&ctl).await.is_empty());
     let out = cairn(&ctl, tmp.path(), &["images", "ls"]);
@@ -205,23 +238,27 @@ async fn bad_archives_are_refused_and_nothing_is_listed() {
 
     // Only admins push.
     let alice = ctl.user("alice", "user").await;
-    let (status, _) = ctl
-        .request(
-            Some(&alice),
-            Method::POST,
-            "/api/v1/images/uploads",
-            Some(json!({"size_bytes": 2048, "blake3": "ab".repeat(32)})),
-        )
-        .await;
+    let (status, _) = commit(&ctl, &alice, &m.encode(), &hash).await;
     assert_eq!(status, 403);
-    // Sizes are checked before a byte is sent.
-    let (status, body) = ctl
-        .send(
-            Method::POST,
-            "/api/v1/images/uploads",
-            Some(json!({"size_bytes": 1u64 << 62, "blake3": "ab".repeat(32)})),
-        )
-        .await;
+    // Sizes are checked before a chunk is read: an archive of 5200 chunks of 4 MiB.
+    let big = Params::with_avg(1 << 20);
+    let fake: Vec<ChunkRef> = (0..5200u32)
+        .map(|i| ChunkRef {
+            id: ChunkId::of(&i.to_be_bytes()),
+            len: big.max,
+        })
+        .collect();
+    let huge = Manifest::new(
+        big,
+        vec![Entry {
+            path: "image.tar".into(),
+            size: fake.iter().map(|c| u64::from(c.len)).sum(),
+            kind: EntryKind::File { chunks: fake },
+            mode: 0o644,
+            mtime_ns: 0,
+        }],
+    );
+    let (status, body) = commit(&ctl, &token, &huge.encode(), &hash).await;
     assert_eq!(status, 413, "{body}");
     assert!(
         body["error"]["message"]
@@ -229,12 +266,6 @@ async fn bad_archives_are_refused_and_nothing_is_listed() {
             .unwrap()
             .contains("images.max_archive_bytes"),
         "{body}"
-    );
-    assert_eq!(
-        std::fs::read_dir(ctl.dir.join("images/uploads"))
-            .unwrap()
-            .count(),
-        0
     );
 }
 
@@ -256,7 +287,7 @@ async fn fetch(conn: &quinn::Connection, archive: &str, offset: u64) -> (AgentRe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_interrupted_push_resumes_and_the_archive_is_served_over_the_link() {
+async fn a_push_goes_up_as_chunks_and_the_archive_is_served_over_the_link() {
     if !require(&[Need::Docker]) {
         return;
     }
@@ -273,66 +304,35 @@ async fn an_interrupted_push_resumes_and_the_archive_is_served_over_the_link() {
     let mut ctl = Controller::init(tmp.path(), &ControllerOptions::default());
     ctl.start().await;
 
-    // An upload whose connection drops halfway keeps what arrived.
-    let (status, up) = ctl
-        .send(
-            Method::POST,
-            "/api/v1/images/uploads",
-            Some(json!({"size_bytes": size, "blake3": hash})),
-        )
-        .await;
-    assert_eq!(status, 201, "{up}");
-    let id = up["id"].as_str().unwrap().to_string();
-    let half = size / 2;
-    patch_and_hang_up(&ctl, &id, &original[..half], size).await;
-    wait_for("the first half to be kept", Duration::from_secs(10), || {
-        let (ctl, id) = (&ctl, &id);
-        async move { offset_of(ctl, id).await == half as u64 }
-    })
-    .await;
-    // Sending from anywhere else is refused with the offset to go on from.
-    let resp = reqwest::Client::new()
-        .patch(format!("{}/api/v1/images/uploads/{id}", ctl.api))
-        .bearer_auth(&ctl.admin_token)
-        .header("Upload-Offset", "0")
-        .body(original[..1024].to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 409);
-    assert_eq!(
-        resp.headers()["upload-offset"].to_str().unwrap(),
-        half.to_string()
-    );
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["offset"], half as u64);
-    assert_eq!(body["error"]["code"], "offset_mismatch");
-    assert_eq!(offset_of(&ctl, &id).await, half as u64);
-
-    // `push` finds the unfinished upload of the same bytes and sends only the rest.
+    // Half the chunks are already there (an earlier push that broke off): `push`
+    // sends only the rest.
+    let m = manifest_for(&original);
+    let chunks = chunks_of(&m);
+    let half_chunks = chunks.len() / 2;
+    let first_half: usize = chunks[..half_chunks].iter().map(|c| c.len as usize).sum();
+    send_chunks(&ctl, &original[..first_half], &chunks[..half_chunks]).await;
     let out = cairn(
         &ctl,
         tmp.path(),
         &["images", "push", archive_path.to_str().unwrap()],
     );
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    assert!(stderr(&out).contains("resuming at 1."), "{}", stderr(&out));
     let short_id = &image_id["sha256:".len().."sha256:".len() + 12];
     assert!(
         stdout(&out).starts_with(&format!("pushed image sha256:{short_id} (")),
         "{}",
         stdout(&out)
     );
+    let (sent, total) = sent_of(&stdout(&out));
+    assert_eq!(total, size as u64);
+    assert!(
+        sent <= (size - first_half) as u64 && sent + (first_half as u64) >= (size as u64) * 9 / 10,
+        "sent {sent} of {size}, {first_half} there before"
+    );
     assert!(
         stdout(&out).contains(&format!("use it in a blueprint as image = \"{TAG}\"")),
         "{}",
         stdout(&out)
-    );
-    // What the controller keeps is exactly the file.
-    let stored = std::fs::read(ctl.dir.join(format!("images/archives/{hash}.tar"))).unwrap();
-    assert!(
-        stored == original,
-        "the stored archive differs from the pushed file"
     );
     let listed: Value = serde_json::from_str(&stdout(&cairn(
         &ctl,
@@ -343,6 +343,7 @@ async fn an_interrupted_push_resumes_and_the_archive_is_served_over_the_link() {
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed[0]["image_id"], image_id);
     assert_eq!(listed[0]["archive"], hash);
+    assert_eq!(listed[0]["manifest"], m.id().to_hex());
     assert_eq!(listed[0]["tags"], json!([TAG]));
     assert_eq!(listed[0]["uploaded_by"], "admin");
 
@@ -358,6 +359,7 @@ async fn an_interrupted_push_resumes_and_the_archive_is_served_over_the_link() {
         "{}",
         stderr(&out)
     );
+    assert_eq!(sent_of(&stdout(&out)).0, 0);
 
     // A copy with one byte flipped (inside the layer) is refused: its hash is its
     // own, but its layer no longer matches the image config.
@@ -378,12 +380,6 @@ async fn an_interrupted_push_resumes_and_the_archive_is_served_over_the_link() {
         "{err}"
     );
     assert_eq!(images(&ctl).await.len(), 1);
-    assert_eq!(
-        std::fs::read_dir(ctl.dir.join("images/uploads"))
-            .unwrap()
-            .count(),
-        0
-    );
 
     // Agents fetch the archive over the link, from any offset.
     let st = cairn_agent::enrol::join(&cairn_agent::enrol::JoinOptions {
@@ -425,6 +421,8 @@ async fn an_interrupted_push_resumes_and_the_archive_is_served_over_the_link() {
         }
     );
     assert!(bytes == original, "the fetched archive differs");
+    // From the middle of a chunk.
+    let half = size / 2 + 3;
     let (resp, bytes) = fetch(&conn, &hash, half as u64).await;
     assert_eq!(
         resp,
@@ -439,6 +437,34 @@ async fn an_interrupted_push_resumes_and_the_archive_is_served_over_the_link() {
         "{resp:?}"
     );
     assert!(bytes.is_empty());
+    // A chunk rotted on the controller's disk: a fetch starting in it is refused,
+    // saying so, rather than sending wrong bytes.
+    let victim = chunks[half_chunks];
+    let at: u64 = chunks[..half_chunks].iter().map(|c| u64::from(c.len)).sum();
+    let path = ChunkDir::open(ctl.dir.join("chunks"))
+        .unwrap()
+        .path_of(&victim.id);
+    let mut rotten = std::fs::read(&path).unwrap();
+    rotten[0] ^= 0xff;
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&path, perms).unwrap();
+    std::fs::write(&path, &rotten).unwrap();
+    let (resp, bytes) = fetch(&conn, &hash, at + 1).await;
+    assert!(
+        matches!(resp, AgentResponse::Refused { ref message, .. } if message.contains("is damaged")),
+        "{resp:?}"
+    );
+    assert!(bytes.is_empty());
+    // The chunk is restored by sending it again (it is missing once removed).
+    std::fs::remove_file(&path).unwrap();
+    send_chunks(
+        &ctl,
+        &original[at as usize..at as usize + victim.len as usize],
+        &[victim],
+    )
+    .await;
 
     // Removed (by tag): gone from the list, and agents are told so.
     let out = cairn(&ctl, tmp.path(), &["images", "rm", TAG]);
@@ -457,4 +483,96 @@ async fn an_interrupted_push_resumes_and_the_archive_is_served_over_the_link() {
     let out = cairn(&ctl, tmp.path(), &["images", "rm", &hash]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     conn.close(0u32.into(), b"done");
+}
+
+/// The shared base: busybox and [`BASE_BYTES`] of noise.
+const BASE_TAG: &str = "cairn-test/shared-base:1";
+const BASE_BYTES: usize = 6 * 1024 * 1024;
+/// Each version's own layer.
+const LAYER_BYTES: usize = 3 * 1024 * 1024;
+
+/// Noise from `seed` (xorshift), so each layer is incompressible and its own.
+fn noise_from(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// `tag`: [`BASE_TAG`] plus one layer holding `/course.bin` (noise from `seed`),
+/// made with `docker commit` so the base's layers are shared, not copied.
+fn derived_image(tag: &str, seed: u64, dir: &Path) -> String {
+    if cairn_tests::images::image_exists(tag) {
+        return tag.to_string();
+    }
+    let file = dir.join(format!("course-{seed}.bin"));
+    std::fs::write(&file, noise_from(seed, LAYER_BYTES)).unwrap();
+    let name = format!("cairn-derive-{}-{seed}", std::process::id());
+    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+    cairn_tests::docker::docker(&["create", "--name", &name, BASE_TAG, "/bin/sh"]);
+    cairn_tests::docker::docker(&["cp", file.to_str().unwrap(), &format!("{name}:/course.bin")]);
+    cairn_tests::docker::docker(&["commit", &name, tag]);
+    cairn_tests::docker::docker(&["rm", "-f", &name]);
+    tag.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_version_sharing_base_layers_sends_only_its_new_layer() {
+    if !require(&[Need::Docker]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    cairn_tests::images::ensure_image(BASE_TAG, |root| {
+        cairn_tests::images::busybox_rootfs(root);
+        std::fs::write(root.join("base.bin"), noise_from(1, BASE_BYTES)).unwrap();
+    });
+    let v1 = derived_image("cairn-test/shared-course:1", 2, tmp.path());
+    let v2 = derived_image("cairn-test/shared-course:2", 3, tmp.path());
+    let mut ctl = Controller::init(tmp.path(), &ControllerOptions::default());
+    ctl.start().await;
+
+    let mut pushed = vec![];
+    for tag in [&v1, &v2] {
+        let path = tmp
+            .path()
+            .join(format!("{}.tar", tag.replace(['/', ':'], "_")));
+        cairn_tests::docker::docker(&["save", "-o", path.to_str().unwrap(), tag]);
+        let out = cairn(
+            &ctl,
+            tmp.path(),
+            &["images", "push", path.to_str().unwrap()],
+        );
+        assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+        assert!(
+            stdout(&out).contains(&format!("image = \"{tag}\"")),
+            "{}",
+            stdout(&out)
+        );
+        pushed.push(sent_of(&stdout(&out)));
+    }
+    let [(sent1, total1), (sent2, total2)] = pushed[..] else {
+        panic!("{pushed:?}")
+    };
+    // The first push sends everything (bar chunks repeated inside the archive).
+    assert!(total1 as usize > BASE_BYTES + LAYER_BYTES, "{total1}");
+    assert!(
+        sent1 >= total1 * 9 / 10,
+        "first push sent {sent1} of {total1}"
+    );
+    // The second sends about its own layer: the base's chunks are already there.
+    let bound = (LAYER_BYTES as u64) * 5 / 4 + (1 << 20);
+    assert!(
+        sent2 <= bound && sent2 * 2 < total2,
+        "second push sent {sent2} of {total2} (its new layer is {LAYER_BYTES} bytes; bound {bound})"
+    );
+    assert!(
+        sent2 >= LAYER_BYTES as u64,
+        "its new layer was sent: {sent2}"
+    );
+    assert_eq!(images(&ctl).await.len(), 2);
 }

@@ -1,39 +1,32 @@
 //! `images ls|push|rm`: image archives pushed to the controller (admins).
 //!
-//! `push` hashes the file (BLAKE3, streamed), asks the controller for an upload of
-//! those bytes — a new one, or the unfinished one a killed `push` left, which then
-//! resumes at its offset — and sends the rest in `PATCH` requests of [`CHUNK`] bytes
-//! streamed from the file. A request that breaks off is retried from the offset the
-//! controller reports. The controller then checks the hash and the `docker save`
-//! layout before the image becomes usable in blueprints.
+//! `push` reads the file once, cutting it into content-defined chunks and hashing it
+//! whole (BLAKE3, the name agents verify), sends only the chunks the controller
+//! lacks ([`crate::upload`]) — the base layers another version of the image shares
+//! are already there, and a killed `push` run again resends only what did not
+//! arrive — then commits a one-file manifest of them. The controller reads the
+//! archive back from its chunks, checks the hash and the `docker save` layout, and
+//! only then is the image usable in blueprints.
 
 use std::io::Read;
 use std::path::Path;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use cairn_shared::chunks::{chunk_reader, ChunkRef, Entry, EntryKind, Manifest, DEFAULT_PARAMS};
 use reqwest::Method;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, ReadBuf};
 
 use super::Ctx;
-use crate::client::{body, parse};
+use crate::client::parse;
 use crate::error::{ApiError, Error};
 use crate::output::{self, Table};
-use cairn_api::images::{CreateUpload, ImageRecord as Image, UploadAnswer as Upload};
+use crate::upload;
+use cairn_api::images::ImageRecord as Image;
 
-/// Bytes per `PATCH` request: big enough that requests cost nothing, small enough that
-/// a broken one loses little.
-pub const CHUNK: u64 = 64 * 1024 * 1024;
-/// Time limit of one `PATCH` (about 75 KiB/s for a whole [`CHUNK`]).
-const PATCH_TIMEOUT: Duration = Duration::from_secs(15 * 60);
-/// Time limit of the commit: the controller hashes and reads the whole archive.
+/// Time limit of the commit: the controller reads the whole archive back from its
+/// chunks to check it.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
-/// Failed requests in a row before `push` gives up (run it again to resume).
-const MAX_RETRIES: u32 = 5;
-/// Read size for hashing and for the request bodies.
-const READ_SIZE: usize = 1024 * 1024;
 
 pub async fn list(ctx: &Ctx) -> Result<(), Error> {
     let v = ctx.client.get(&["images"]).await?;
@@ -121,117 +114,72 @@ fn pick<'a>(images: &'a [Image], which: &str) -> Result<&'a Image, Error> {
 /// `images push FILE`.
 pub async fn push(ctx: &Ctx, file: &Path) -> Result<(), Error> {
     let size = check_archive_file(file)?;
-    output::note(&format!(
-        "hashing {} ({})",
-        file.display(),
-        output::bytes(size)
-    ));
-    let hash = hash_file(file).await?;
-    let up = begin(ctx, &hash, size).await?;
-    if up.done {
-        output::note("the controller already has this archive");
-        return finish_done(ctx, &up);
+    let (hash, manifest, source) = read_archive(file, size).await?;
+    // Already here: nothing to send (asked after reading, as the hash names it).
+    match ctx.client.get(&["images", &hash]).await {
+        Ok(v) => {
+            output::note("the controller already has this archive");
+            let image: Image = parse(&v, "the image")?;
+            return ctx.emit(&v, || Ok(render_pushed(&image, Some((0, size)))));
+        }
+        Err(Error::Api(a)) if a.status == 404 => {}
+        Err(e) => return Err(e),
     }
-    let id = up
-        .id
-        .clone()
-        .ok_or_else(|| Error::Http("the controller's answer names no upload id".into()))?;
-    if up.offset > 0 {
-        output::note(&format!(
-            "resuming at {} of {}",
-            output::bytes(up.offset),
-            output::bytes(size)
-        ));
-    }
-    let mut progress = Progress::new(size);
-    let mut offset = up.offset;
-    let mut failures = 0;
-    while offset < size {
-        let n = CHUNK.min(size - offset);
-        match send_chunk(ctx, &id, file, offset, n, &mut progress).await {
-            Ok(next) => {
-                offset = next;
-                failures = 0;
+    let (chunks, _) = file_chunks(&manifest)?;
+    let what = format!("sending {}", file.display());
+    let mut sent = upload::send_missing(&ctx.client, chunks, source.clone(), &what).await?;
+    output::note("sent; the controller is checking the archive");
+    let encoded = bytes::Bytes::from(manifest.encode());
+    let mut resent = false;
+    loop {
+        match commit(ctx, &hash, encoded.clone()).await {
+            Ok(v) => {
+                let image: Image = parse(&v, "the pushed image")?;
+                return ctx.emit(&v, || Ok(render_pushed(&image, Some((sent.bytes, size)))));
             }
-            Err(e) if retryable(&e) && failures < MAX_RETRIES => {
-                failures += 1;
-                let wait = backoff(failures);
-                progress.end_line();
-                output::note(&format!(
-                    "sending broke off ({}); asking the controller where to continue in {}s (retry {failures} of {MAX_RETRIES})",
-                    crate::error::one_line(&e.to_string()),
-                    wait.as_secs()
-                ));
-                tokio::time::sleep(wait).await;
-                // If this fails too, the next PATCH learns the offset from its 409.
-                if let Ok(v) = ctx.client.get(&["images", "uploads", &id]).await {
-                    let s: Upload = parse(&v, "the upload")?;
-                    if s.offset != offset {
-                        output::note(&format!("continuing at {}", output::bytes(s.offset)));
-                    }
-                    offset = s.offset;
-                }
+            // Chunks collected between the question and the commit (or lost): ask
+            // again and send what is missing, once.
+            Err(Error::Api(a)) if a.status == 409 && a.code == "chunks_missing" && !resent => {
+                output::note(&format!("{}; sending them again", a.message));
+                resent = true;
+                let again =
+                    upload::send_missing(&ctx.client, chunks, source.clone(), &what).await?;
+                sent.bytes += again.bytes;
             }
-            Err(e) => {
-                progress.end_line();
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         }
     }
-    progress.end_line();
-    output::note("sent; the controller is checking the archive");
-    commit(ctx, &id, &hash, size).await
 }
 
-/// `POST /images/uploads`: a new upload, the unfinished one of these bytes, or `done`.
-async fn begin(ctx: &Ctx, hash: &str, size: u64) -> Result<Upload, Error> {
-    let v = ctx
-        .client
-        .post(
-            &["images", "uploads"],
-            Some(&body(&CreateUpload {
-                size_bytes: size,
-                blake3: hash.to_string(),
-            })?),
-        )
-        .await?;
-    parse(&v, "the upload")
-}
-
-/// Commits, retrying a commit whose answer was lost: asking for the upload again
-/// then says `done` if the controller did commit it.
-async fn commit(ctx: &Ctx, id: &str, hash: &str, size: u64) -> Result<(), Error> {
+/// `POST /images?archive=HASH` with the manifest, retrying a commit whose answer was
+/// lost: asking for the image then says whether the controller did commit it.
+async fn commit(ctx: &Ctx, hash: &str, manifest: bytes::Bytes) -> Result<Value, Error> {
     let mut failures = 0;
     loop {
         let res = ctx
             .client
-            .send_long(
+            .send_long_query(
                 Method::POST,
-                &["images", "uploads", id, "commit"],
-                &[],
-                None,
+                &["images"],
+                &[("archive", hash.to_string())],
+                &[("content-type", "application/octet-stream".into())],
+                Some(reqwest::Body::from(manifest.clone())),
                 COMMIT_TIMEOUT,
             )
             .await;
         match res {
-            Ok(v) => {
-                let image: Image = parse(&v, "the pushed image")?;
-                return ctx.emit(&v, || Ok(render_pushed(&image)));
-            }
-            // 5xx and transport errors only: a 409 here is not worth repeating.
-            Err(e) if retryable(&e) && !is_conflict(&e) && failures < MAX_RETRIES => {
+            Ok(v) => return Ok(v),
+            Err(e) if upload::retryable(&e) && failures < upload::MAX_RETRIES => {
                 failures += 1;
-                let wait = backoff(failures);
+                let wait = upload::backoff(failures);
                 output::note(&format!(
                     "the commit's answer did not arrive ({}); asking again in {}s",
                     crate::error::one_line(&e.to_string()),
                     wait.as_secs()
                 ));
                 tokio::time::sleep(wait).await;
-                if let Ok(up) = begin(ctx, hash, size).await {
-                    if up.done {
-                        return finish_done(ctx, &up);
-                    }
+                if let Ok(v) = ctx.client.get(&["images", hash]).await {
+                    return Ok(v);
                 }
             }
             Err(e) => return Err(e),
@@ -239,78 +187,88 @@ async fn commit(ctx: &Ctx, id: &str, hash: &str, size: u64) -> Result<(), Error>
     }
 }
 
-fn finish_done(ctx: &Ctx, up: &Upload) -> Result<(), Error> {
-    let image = up
-        .image
-        .clone()
-        .ok_or_else(|| Error::Http("the controller's answer lacks the image".into()))?;
-    let v = serde_json::to_value(&image).unwrap_or(Value::Null);
-    ctx.emit(&v, || Ok(render_pushed(&image)))
-}
-
-/// Sends `n` bytes of `file` from `offset` in one `PATCH`; returns the new offset.
-async fn send_chunk(
-    ctx: &Ctx,
-    id: &str,
-    file: &Path,
-    offset: u64,
-    n: u64,
-    progress: &mut Progress,
-) -> Result<u64, Error> {
-    let mut f = tokio::fs::File::open(file)
-        .await
-        .map_err(Error::io(format!("cannot open {}", file.display())))?;
-    f.seek(std::io::SeekFrom::Start(offset))
-        .await
-        .map_err(Error::io(format!("cannot read {}", file.display())))?;
-    progress.at(offset);
-    let reader = Counting {
-        inner: f.take(n),
-        progress: progress.clone(),
-    };
-    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
-        reader, READ_SIZE,
-    ));
-    let v = ctx
-        .client
-        .send_long(
-            Method::PATCH,
-            &["images", "uploads", id],
-            &[
-                ("upload-offset", offset.to_string()),
-                ("content-length", n.to_string()),
-                ("content-type", "application/offset+octet-stream".into()),
-            ],
-            Some(body),
-            PATCH_TIMEOUT,
-        )
-        .await?;
-    let s: Upload = parse(&v, "the upload")?;
-    progress.at(s.offset);
-    Ok(s.offset)
-}
-
-/// Whether trying again may help: the controller unreachable or the connection
-/// broken, a server error, or a conflict over the offset (asked for afresh).
-fn retryable(e: &Error) -> bool {
-    match e {
-        Error::Unreachable { .. } | Error::Http(_) => true,
-        Error::Api(a) => {
-            (a.status >= 500 && a.code != "disk_full")
-                || (a.status == 409 && matches!(a.code.as_str(), "offset_mismatch" | "busy"))
-                || (a.status == 400 && a.code == "body_interrupted")
-        }
-        _ => false,
+/// The one file of an image manifest.
+fn file_chunks(m: &Manifest) -> Result<(&[ChunkRef], u64), Error> {
+    match m.entries.first().map(|e| (&e.kind, e.size)) {
+        Some((EntryKind::File { chunks }, size)) => Ok((chunks, size)),
+        _ => Err(Error::Http(
+            "internal: an image manifest without its file".into(),
+        )),
     }
 }
 
-fn is_conflict(e: &Error) -> bool {
-    matches!(e, Error::Api(a) if a.status == 409)
+/// Reads the archive once: its chunks (FastCDC, the default sizes) and, in the same
+/// pass, its BLAKE3 (the name agents verify). Returns the hash, a one-file
+/// manifest, and where each chunk is in the file.
+async fn read_archive(
+    file: &Path,
+    size: u64,
+) -> Result<(String, Manifest, Arc<dyn upload::ChunkSource>), Error> {
+    let path = Arc::new(file.to_path_buf());
+    let shown = file.display().to_string();
+    let bar = upload::bytes_bar(size, &format!("reading {shown}"));
+    let read = {
+        let (path, bar) = (path.clone(), bar.clone());
+        tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let f = std::fs::File::open(path.as_ref())?;
+            let mut hashing = Hashing {
+                inner: f,
+                hasher: blake3::Hasher::new(),
+            };
+            let mut chunks = vec![];
+            let mut source = upload::FileChunks::default();
+            let mut offset = 0u64;
+            chunk_reader(&mut hashing, DEFAULT_PARAMS, |c, _| {
+                source.add(c.id, path.clone(), offset);
+                offset += u64::from(c.len);
+                bar.set_position(offset);
+                chunks.push(c);
+                Ok(())
+            })?;
+            Ok((
+                hashing.hasher.finalize().to_hex().to_string(),
+                chunks,
+                source,
+                offset,
+            ))
+        })
+        .await
+    };
+    bar.finish_and_clear();
+    let (hash, chunks, source, read) = read
+        .map_err(|e| Error::Http(format!("reading {shown} stopped: {e}")))?
+        .map_err(Error::io(format!("cannot read {shown}")))?;
+    if read != size {
+        return Err(Error::Input(format!(
+            "{shown} changed while it was read ({size} bytes before, {read} now)"
+        )));
+    }
+    let manifest = Manifest::new(
+        DEFAULT_PARAMS,
+        vec![Entry {
+            path: "image.tar".into(),
+            kind: EntryKind::File { chunks },
+            mode: 0o644,
+            size,
+            // Not the file's: the same archive always makes the same manifest.
+            mtime_ns: 0,
+        }],
+    );
+    Ok((hash, manifest, Arc::new(source)))
 }
 
-/// 1, 2, 4, 8, then 15 seconds.
-fn backoff(failures: u32) -> Duration {
-    Duration::from_secs((1u64 << failures.saturating_sub(1).min(4)).min(15))
+/// A reader that hashes what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// Checks that `file` can be an uncompressed `docker save` archive before hashing
@@ -347,119 +305,25 @@ fn check_header(head: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// BLAKE3 of a file, read in bounded chunks on the blocking pool.
-async fn hash_file(file: &Path) -> Result<String, Error> {
-    let path = file.to_path_buf();
-    let shown = file.display().to_string();
-    // The hash the controller checks and the agent verifies.
-    tokio::task::spawn_blocking(move || cairn_shared::images::blake3_file(&path))
-        .await
-        .map_err(|e| Error::Http(format!("hashing {shown}: {e}")))?
-        .map_err(Error::io(format!("cannot read {shown}")))
-}
-
-/// Upload progress on stderr, when stderr is a terminal: one line, redrawn at most
-/// twice a second.
-#[derive(Debug, Clone)]
-struct Progress {
-    shared: std::sync::Arc<std::sync::Mutex<ProgressState>>,
-}
-
-#[derive(Debug)]
-struct ProgressState {
-    done: u64,
-    total: u64,
-    shown: Option<Instant>,
-    enabled: bool,
-}
-
-impl Progress {
-    fn new(total: u64) -> Self {
-        use std::io::IsTerminal;
-        Progress {
-            shared: std::sync::Arc::new(std::sync::Mutex::new(ProgressState {
-                done: 0,
-                total,
-                shown: None,
-                enabled: std::io::stderr().is_terminal(),
-            })),
-        }
-    }
-
-    fn with<T>(&self, f: impl FnOnce(&mut ProgressState) -> T) -> T {
-        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut s)
-    }
-
-    fn at(&self, done: u64) {
-        self.with(|s| s.done = done);
-    }
-
-    fn add(&self, n: u64) {
-        self.with(|s| {
-            s.done += n;
-            if !s.enabled
-                || s.shown
-                    .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
-            {
-                return;
-            }
-            s.shown = Some(Instant::now());
-            let pct = s.done.min(s.total) * 100 / s.total.max(1);
-            eprint!(
-                "\r{} of {} ({pct}%)   ",
-                output::bytes(s.done),
-                output::bytes(s.total)
-            );
-        });
-    }
-
-    /// Ends the progress line, if one was drawn.
-    fn end_line(&self) {
-        self.with(|s| {
-            if s.shown.take().is_some() {
-                eprintln!();
-            }
-        });
-    }
-}
-
-/// A reader that reports the bytes read through it to a [`Progress`].
-struct Counting<R> {
-    inner: R,
-    progress: Progress,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &r {
-            this.progress.add((buf.filled().len() - before) as u64);
-        }
-        r
-    }
-}
-
 /// The first 12 digits of a hash, as Docker shows ids.
 fn short(hash: &str) -> String {
     output::clean(hash).chars().take(12).collect()
 }
 
 /// What `push` prints: the image, its tags, and how a blueprint names it.
-pub fn render_pushed(i: &Image) -> String {
+/// `sent` is (bytes uploaded, archive bytes): what the chunk store spared.
+pub fn render_pushed(i: &Image, sent: Option<(u64, u64)>) -> String {
     let id = i.image_id.strip_prefix("sha256:").unwrap_or(&i.image_id);
     let mut out = format!(
-        "pushed image sha256:{} ({}), archive {}\n",
+        "pushed image sha256:{} ({}), archive {}",
         short(id),
         output::bytes(i.size_bytes),
         short(&i.archive)
     );
+    match sent {
+        Some((s, t)) => out.push_str(&format!(", sent {s} bytes of {t}\n")),
+        None => out.push('\n'),
+    }
     match i.tags.first() {
         None => out.push_str(
             "the image has no tag, and blueprints name images by tag: tag it and save it again \
@@ -508,6 +372,7 @@ mod tests {
     fn image(archive: &str, id: &str, tags: &[&str]) -> Image {
         Image {
             archive: archive.into(),
+            manifest: "4e".repeat(32),
             size_bytes: 5 * 1024 * 1024,
             image_id: format!("sha256:{id}"),
             tags: tags.iter().map(|t| t.to_string()).collect(),
@@ -532,12 +397,12 @@ mod tests {
         );
         assert!(render_list(&[], 0).starts_with("no images;"));
         assert_eq!(
-            render_pushed(&list[0]),
-            "pushed image sha256:abababababab (5.0 MiB), archive 3f3f3f3f3f3f\n\
+            render_pushed(&list[0], Some((1024, 5 * 1024 * 1024))),
+            "pushed image sha256:abababababab (5.0 MiB), archive 3f3f3f3f3f3f, sent 1024 bytes of 5242880\n\
              tags: course/python:1, course/python:latest\n\
              use it in a blueprint as image = \"course/python:1\"\n"
         );
-        assert!(render_pushed(&list[1]).contains("has no tag"));
+        assert!(render_pushed(&list[1], None).contains("has no tag"));
     }
 
     #[test]
@@ -577,33 +442,5 @@ mod tests {
             .contains("zstd"));
         assert!(check_header(b"hello").unwrap_err().contains("not a tar"));
         assert!(check_header(&[0u8; 512]).unwrap_err().contains("not a tar"));
-    }
-
-    #[test]
-    fn broken_requests_are_retried_and_refusals_are_not() {
-        let api = |status: u16, code: &str| {
-            Error::Api(ApiError {
-                status,
-                code: code.into(),
-                message: String::new(),
-                fields: vec![],
-            })
-        };
-        assert!(retryable(&Error::Http("connection reset".into())));
-        assert!(retryable(&Error::Unreachable {
-            url: "u".into(),
-            detail: "d".into()
-        }));
-        assert!(retryable(&api(502, "http_502")));
-        assert!(retryable(&api(409, "offset_mismatch")));
-        assert!(retryable(&api(409, "busy")));
-        assert!(!retryable(&api(409, "limit_reached")));
-        assert!(!retryable(&api(422, "hash_mismatch")));
-        assert!(!retryable(&api(507, "disk_full")));
-        assert!(!retryable(&api(404, "not_found")));
-        assert!(!retryable(&api(403, "forbidden")));
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(3), Duration::from_secs(4));
-        assert_eq!(backoff(9), Duration::from_secs(15));
     }
 }

@@ -37,7 +37,7 @@ use crate::service::{Caller, Kind, Service, ServiceError};
 /// Reads a whole bounded body: refused up front when its declared length is over
 /// `limit`, or as soon as more than `limit` bytes arrive; a read that waits longer
 /// than `stall` ends the request.
-async fn read_body(
+pub(super) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,

@@ -161,20 +161,13 @@ fn described(service: &Arc<Service>) -> (Router<Arc<Service>>, utoipa::openapi::
         .routes(routes!(blueprints::enable))
         .routes(routes!(blueprints::disable))
         .routes(routes!(blueprints::refresh))
-        .routes(routes!(images::list))
-        .routes(routes!(images::create_upload))
         .merge(
-            // Archive bytes are streamed to disk, never buffered; the upload's
-            // declared size bounds them. Everything else is small JSON.
+            // The commit's body is the archive's manifest, bounded by its handler;
+            // the archive itself comes as chunks.
             OpenApiRouter::new()
-                .routes(routes!(
-                    images::upload_status,
-                    images::append,
-                    images::cancel_upload
-                ))
+                .routes(routes!(images::list, images::commit))
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         )
-        .routes(routes!(images::commit))
         .merge(
             // 16384 hex ids as JSON: about 1.1 MB.
             OpenApiRouter::new()

@@ -1,7 +1,8 @@
 //! Mark-and-sweep of the chunk store.
 //!
-//! The live set is every manifest of every dataset version and every chunk those
-//! manifests list (the caller marks it, see [`crate::datasets::Datasets::collect_garbage`]);
+//! The live set is every manifest of every dataset version and of every image
+//! archive, and every chunk those manifests list (the caller marks it, see
+//! `crate::app::collect_chunks`);
 //! everything else stored is swept once it is older than the grace period. The grace
 //! period is what makes sweeping safe beside pushes: a push uploads its chunks first
 //! and commits the manifest that references them last, so for a while its chunks are

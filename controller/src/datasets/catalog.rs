@@ -317,8 +317,21 @@ impl Datasets {
         now_ms: u64,
         grace_ms: u64,
     ) -> Result<crate::chunks::gc::Swept, DatasetsError> {
+        self.collect_garbage_with(HashSet::new(), now_ms, grace_ms)
+            .await
+    }
+
+    /// [`Datasets::collect_garbage`] keeping `also_live` too: the live set of the
+    /// store's other users (image archives), marked by the caller, who keeps their
+    /// commits out until this returns.
+    pub async fn collect_garbage_with(
+        &self,
+        also_live: HashSet<ChunkId>,
+        now_ms: u64,
+        grace_ms: u64,
+    ) -> Result<crate::chunks::gc::Swept, DatasetsError> {
         let _excl = self.gc.write().await;
-        let mut live: HashSet<ChunkId> = HashSet::new();
+        let mut live: HashSet<ChunkId> = also_live;
         for rec in self.store.all::<DatasetRecord>(Tree::Datasets)? {
             for v in &rec.versions {
                 live.insert(v.manifest);

@@ -1,8 +1,9 @@
 //! Image distribution, the controller's side.
 //!
 //! * [`plan`] — which images each host should hold (pre-pull), pure.
-//! * [`archives`] — uploaded `docker save` archives: resumable uploads, verification,
-//!   the committed archives agents fetch over the link.
+//! * [`archives`] — pushed `docker save` archives on the chunk store: the commit's
+//!   checks, the records, the chunk lists agents' fetches are served from.
+//! * [`chunked`] — an archive's chunks read back as one `Read + Seek` file.
 //! * [`inspect`] — what a `docker save` archive holds, or why Docker could not load
 //!   it; pure.
 //! * [`reference`] — image references: [`cairn_shared::reference`], re-exported here
@@ -13,6 +14,7 @@
 //!   id, or the name as written), when the blueprint is saved or refreshed.
 
 pub mod archives;
+pub mod chunked;
 pub mod inspect;
 pub mod plan;
 pub use cairn_shared::reference;

@@ -276,20 +276,26 @@ async fn handle_request(
 }
 
 /// Answers a `FetchImage`: an [`AgentResponse::ImageStream`] frame, then the archive's
-/// bytes from `offset` to the end in bounded reads, then the end of the stream. A
-/// refusal (unknown archive, offset past the end, unreadable file) is returned for the
-/// caller to send instead; once bytes flow, a failure just resets the stream and the
-/// agent resumes from what it has.
+/// bytes from `offset` to the end, read from the chunk store chunk by chunk in the
+/// manifest's order (whole chunks before `offset` skipped), each verified, then the
+/// end of the stream. A refusal (unknown archive, offset past the end, a chunk the
+/// store lost or damaged where the stream would start) is returned for the caller to
+/// send instead; once bytes flow, a failure resets the stream and the agent resumes
+/// from what it has (and, at a damaged chunk, gets the refusal).
 async fn serve_archive(
     app: &App,
     archive: &str,
     offset: u64,
     send: &mut quinn::SendStream,
 ) -> Result<(), AgentResponse> {
-    use crate::images::archives::{ArchivesError, READ_CHUNK};
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    use crate::images::archives::ArchivesError;
+    use crate::images::chunked::{chunk_starts, fetch_chunk, locate};
 
-    let (mut file, rec) = match app.archives.open_archive(archive).await {
+    let unreadable = || AgentResponse::Refused {
+        code: RefusalCode::Internal,
+        message: format!("the controller cannot read image archive {archive}; see its log"),
+    };
+    let (rec, chunks) = match app.archives.open_archive(archive).await {
         Ok(f) => f,
         Err(ArchivesError::NotFound(_)) => {
             tracing::info!(%archive, "agent asked for an unknown image archive");
@@ -302,10 +308,7 @@ async fn serve_archive(
         }
         Err(e) => {
             tracing::error!(%archive, error = %e, "cannot serve image archive");
-            return Err(AgentResponse::Refused {
-                code: RefusalCode::Internal,
-                message: format!("the controller cannot read image archive {archive}; see its log"),
-            });
+            return Err(unreadable());
         }
     };
     if offset > rec.size_bytes {
@@ -317,13 +320,26 @@ async fn serve_archive(
             ),
         });
     }
-    if let Err(e) = file.seek(std::io::SeekFrom::Start(offset)).await {
-        tracing::error!(%archive, error = %e, "cannot seek in image archive");
-        return Err(AgentResponse::Refused {
-            code: RefusalCode::Internal,
-            message: format!("the controller cannot read image archive {archive}; see its log"),
-        });
-    }
+    let starts = chunk_starts(&chunks);
+    let (first, skip) = locate(&starts, offset).unwrap_or((chunks.len(), 0));
+    let store = app.chunks.as_ref();
+    // The first chunk is read before anything is sent, so a damaged one is a
+    // refusal the agent can report, not a broken stream it retries forever.
+    let mut next = match chunks.get(first) {
+        None => None,
+        Some(c) => match fetch_chunk(store, c).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!(%archive, offset, chunk = %c.id, error = %e, "image archive chunk unreadable");
+                return Err(AgentResponse::Refused {
+                    code: RefusalCode::Internal,
+                    message: format!(
+                        "the controller's copy of image archive {archive} is damaged at byte {offset} ({e}); push the image again"
+                    ),
+                });
+            }
+        },
+    };
     let started = std::time::Instant::now();
     let header = AgentResponse::ImageStream {
         size_bytes: rec.size_bytes,
@@ -332,28 +348,27 @@ async fn serve_archive(
         tracing::debug!(%archive, error = %e, "agent went away before the archive was sent");
         return Ok(());
     }
-    let mut buf = vec![0u8; READ_CHUNK];
     let mut sent = 0u64;
-    let want = rec.size_bytes - offset;
-    while sent < want {
-        let n = match file.read(&mut buf).await {
-            Ok(0) => {
-                tracing::error!(%archive, offset, sent, "image archive ended early on disk");
-                let _ = send.reset(quinn::VarInt::from_u32(RefusalCode::Internal as u32));
-                return Ok(());
-            }
-            Ok(n) => n.min(usize::try_from(want - sent).unwrap_or(usize::MAX)),
-            Err(e) => {
-                tracing::error!(%archive, offset, sent, error = %e, "reading image archive failed");
-                let _ = send.reset(quinn::VarInt::from_u32(RefusalCode::Internal as u32));
-                return Ok(());
-            }
-        };
-        if let Err(e) = send.write_all(&buf[..n]).await {
+    let mut i = first;
+    let mut skip = skip as usize;
+    while let Some(bytes) = next.take() {
+        if let Err(e) = send.write_all(&bytes[skip..]).await {
             tracing::info!(%archive, offset, sent, error = %e, "image archive fetch broke off");
             return Ok(());
         }
-        sent += n as u64;
+        sent += (bytes.len() - skip) as u64;
+        skip = 0;
+        i += 1;
+        if let Some(c) = chunks.get(i) {
+            match fetch_chunk(store, c).await {
+                Ok(b) => next = Some(b),
+                Err(e) => {
+                    tracing::error!(%archive, offset, sent, chunk = %c.id, error = %e, "image archive chunk unreadable; stream reset");
+                    let _ = send.reset(quinn::VarInt::from_u32(RefusalCode::Internal as u32));
+                    return Ok(());
+                }
+            }
+        }
     }
     let _ = send.finish();
     tracing::info!(%archive, offset, bytes = sent, elapsed_ms = started.elapsed().as_millis() as u64, "image archive sent");

@@ -1,129 +1,59 @@
-//! Uploaded image archives (admins): a resumable upload in the manner of tus
-//! (begin, append at an offset, commit after verification, cancel), and the
+//! Pushed image archives (admins): the commit of an archive already sent as chunks
+//! (checked whole: manifest, chunks present, BLAKE3, `docker save` layout), and the
 //! committed archives (list, read, remove). An archive that an enabled blueprint
 //! runs cannot be removed: new instances of it would find nothing to fetch; the
 //! check and the removal hold the image-use lock that blueprint saves hold too.
 
 use cairn_shared::images::ImageSource;
 
-use super::views::UploadAnswer;
 use super::{now, Caller, Kind, Service, ServiceError, ServiceResult};
-use crate::images::archives::{ArchivesError, Begin, ImageRecord};
+use crate::images::archives::{ArchivesError, ImageRecord};
 
 impl From<ArchivesError> for ServiceError {
     fn from(e: ArchivesError) -> Self {
         use ArchivesError as E;
         let (kind, code) = match &e {
-            E::UploadNotFound(_) | E::NotFound(_) => (Kind::NotFound, "not_found"),
-            E::TooLarge { .. } | E::PastEnd { .. } => (Kind::TooLarge, "too_large"),
+            E::NotFound(_) => (Kind::NotFound, "not_found"),
+            E::TooLarge { .. } => (Kind::TooLarge, "too_large"),
             E::Invalid(_) => (Kind::Invalid, "invalid_request"),
-            E::OffsetMismatch { .. } => (Kind::Conflict, "offset_mismatch"),
-            E::Busy(_) => (Kind::Conflict, "busy"),
-            E::Incomplete { .. } => (Kind::Conflict, "incomplete"),
-            E::TooManyUploads(_) => (Kind::Conflict, "limit_reached"),
+            E::ChunksMissing { .. } => (Kind::Conflict, "chunks_missing"),
             E::HashMismatch => (Kind::Unprocessable, "hash_mismatch"),
             E::Inspect(_) => (Kind::Unprocessable, "invalid_archive"),
-            E::Body { .. } => (Kind::Invalid, "body_interrupted"),
-            E::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
-                tracing::error!(error = %e, "image upload: disk full");
+            E::Chunk { .. } | E::ManifestLost { .. } => {
+                tracing::error!(error = %e, "image archive: the chunk store lost or damaged a chunk");
+                (Kind::Unprocessable, "chunk_damaged")
+            }
+            E::ChunkStore(crate::chunks::ChunkStoreError::Io(io))
+                if io.kind() == std::io::ErrorKind::StorageFull =>
+            {
+                tracing::error!(error = %e, "image push: disk full");
                 return ServiceError::new(
                     Kind::StorageFull,
                     "disk_full",
                     "the controller's disk is full; remove unused images (`cairn images rm`) or free space, then push again",
                 );
             }
-            E::Io { .. } | E::Store(_) => return ServiceError::internal(e),
+            E::ChunkStore(_) | E::Stopped(_) | E::Store(_) => return ServiceError::internal(e),
         };
         ServiceError::new(kind, code, e.to_string())
     }
 }
 
-/// What an append did.
-#[derive(Debug)]
-pub enum Appended {
-    /// The bytes are stored; the upload stands at `offset`.
-    Stored(UploadAnswer),
-    /// The client's offset is not the upload's: go on from `current`.
-    OffsetMismatch { current: u64, message: String },
-}
-
 impl Service {
-    /// Begins an upload of `size_bytes` with BLAKE3 `blake3`: a new upload
-    /// (`true`), the unfinished upload of the same bytes, or the committed image if
-    /// the archive is already here.
-    pub async fn begin_upload(
+    /// Commits an archive whose chunks were sent: `manifest` is the encoded one-file
+    /// manifest, `archive` the whole file's BLAKE3. `true` if the archive is new here.
+    pub async fn commit_image(
         &self,
         caller: &Caller,
-        size_bytes: u64,
-        blake3: &str,
-    ) -> ServiceResult<(UploadAnswer, bool)> {
-        let p = caller.admin()?;
-        let begun = self
-            .app
-            .archives
-            .begin(blake3, size_bytes, p.name(), now())?;
-        self.app.store.flush().await?;
-        Ok(match begun {
-            Begin::Created(s) => (s.into(), true),
-            Begin::Resumed(s) => {
-                tracing::info!(upload = %s.id, offset = s.offset, size_bytes = s.size_bytes, "image upload resumed");
-                (s.into(), false)
-            }
-            Begin::Committed(r) => (r.into(), false),
-        })
-    }
-
-    pub fn upload_status(&self, caller: &Caller, id: &str) -> ServiceResult<UploadAnswer> {
-        caller.admin()?;
-        Ok(self.app.archives.status(id)?.into())
-    }
-
-    /// Appends a streamed body at `offset` (the bytes are written as they arrive;
-    /// `declared_len` lets a body that would pass the end be refused up front).
-    pub async fn append_upload<S, B, E>(
-        &self,
-        caller: &Caller,
-        id: &str,
-        offset: u64,
-        declared_len: Option<u64>,
-        body: S,
-    ) -> ServiceResult<Appended>
-    where
-        S: futures::Stream<Item = Result<B, E>> + Unpin,
-        B: AsRef<[u8]>,
-        E: std::fmt::Display,
-    {
-        caller.admin()?;
-        match self
-            .app
-            .archives
-            .append(id, offset, declared_len, body, now())
-            .await
-        {
-            Ok(s) => Ok(Appended::Stored(s.into())),
-            Err(e @ ArchivesError::OffsetMismatch { current, .. }) => {
-                Ok(Appended::OffsetMismatch {
-                    current,
-                    message: e.to_string(),
-                })
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Verifies and commits an upload; `true` if the archive is new here.
-    pub async fn commit_upload(
-        &self,
-        caller: &Caller,
-        id: &str,
+        manifest: &[u8],
+        archive: &str,
     ) -> ServiceResult<(ImageRecord, bool)> {
         let p = caller.admin()?;
-        Ok(self.app.archives.commit(id, p.name(), now()).await?)
-    }
-
-    pub async fn cancel_upload(&self, caller: &Caller, id: &str) -> ServiceResult<()> {
-        caller.admin()?;
-        Ok(self.app.archives.cancel(id).await?)
+        Ok(self
+            .app
+            .archives
+            .commit(manifest, archive, p.name(), now())
+            .await?)
     }
 
     pub fn list_images(&self, caller: &Caller) -> ServiceResult<Vec<ImageRecord>> {
@@ -171,10 +101,90 @@ impl Service {
         let rec = self.app.archives.remove(archive)?;
         self.app.store.flush().await?;
         tracing::info!(archive, by = %p.name(), "image archive removed");
+        // Its chunks no other image or dataset uses go now (once past the grace
+        // period), not at the next hourly collection.
+        let app = self.app.clone();
+        tokio::spawn(async move { crate::app::collect_chunks(&app).await });
         Ok(rec)
     }
 }
 
 fn not_found(archive: &str) -> ServiceError {
     ServiceError::from(ArchivesError::NotFound(archive.chars().take(80).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use cairn_shared::chunks::{ChunkId, Manifest, Params};
+
+    use super::super::testing::World;
+    use super::super::Kind;
+    use crate::images::archives::{archive_chunks, manifest_for};
+    use crate::images::inspect::fixtures::classic;
+
+    /// Stores `data`'s chunks as a push would.
+    async fn send(w: &World, data: &[u8], m: &Manifest) {
+        let (chunks, _) = archive_chunks(m).unwrap();
+        let mut at = 0usize;
+        for c in chunks {
+            let b = Bytes::copy_from_slice(&data[at..at + c.len as usize]);
+            w.service.app.chunks.put(c.id, b).await.unwrap();
+            at += c.len as usize;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn image_chunks_are_live_until_the_image_is_removed() {
+        let w = World::new().await;
+        let s = &w.service;
+        let (tar, _) = classic(&["course:1"]);
+        let m = manifest_for(&tar, Params::with_avg(1024));
+        let hash = blake3::hash(&tar).to_hex().to_string();
+        send(&w, &tar, &m).await;
+        // Only admins commit.
+        let e = s
+            .commit_image(&w.alice, &m.encode(), &hash)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::Forbidden);
+        let (rec, new) = s.commit_image(&w.admin, &m.encode(), &hash).await.unwrap();
+        assert!(new);
+        let stray = ChunkId::of(b"stray");
+        s.app
+            .chunks
+            .put(stray, Bytes::from_static(b"stray"))
+            .await
+            .unwrap();
+        let far_future = cairn_shared::time::now_ms() + 10_000;
+        let ids: Vec<ChunkId> = m.unique_chunks().iter().map(|c| c.id).collect();
+        // The image's chunks and manifest are kept; the stray goes.
+        let swept = crate::app::collect_chunks_at(&s.app, far_future, 1)
+            .await
+            .unwrap();
+        assert_eq!(swept.chunks, 1);
+        assert!(s
+            .app
+            .chunks
+            .contains(&ids)
+            .await
+            .unwrap()
+            .iter()
+            .all(|p| *p));
+        assert!(s.app.chunks.get(m.id()).await.unwrap().is_some());
+        // Removed: its chunks and manifest go at the next collection.
+        s.remove_image(&w.admin, &rec.archive).await.unwrap();
+        let swept = crate::app::collect_chunks_at(&s.app, far_future, 1)
+            .await
+            .unwrap();
+        assert_eq!(swept.chunks, ids.len() as u64 + 1, "chunks and manifest");
+        assert!(s
+            .app
+            .chunks
+            .contains(&ids)
+            .await
+            .unwrap()
+            .iter()
+            .all(|p| !*p));
+    }
 }

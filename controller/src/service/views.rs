@@ -5,7 +5,6 @@
 pub use cairn_api::autoscaler::{AutoscalerView, Waiting};
 pub use cairn_api::blueprints::Refreshed;
 pub use cairn_api::health::Health;
-pub use cairn_api::images::UploadAnswer;
 pub use cairn_api::instances::{AppView, InstanceDataset, InstanceView};
 pub use cairn_api::join_tokens::{CreatedTokenView, JoinTokenView};
 pub use cairn_api::session::{ApiTokenView, LoginResponse};
