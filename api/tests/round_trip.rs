@@ -39,6 +39,7 @@ fn spec() -> Value {
         "command":["start-notebook.sh","--debug"],"env":{"COURSE":"intro"},"app":"jupyter","app_port":8888,
         "memory_mib":512,"cpus":1.5,"max_lifetime_secs":3600,"max_instances_per_user":1,
         "priority":-5,"placement":{"zone":"a"},"strategy":"spread","pull":"registry","prepull":{"hosts":2},
+        "datasets":[{"name":"course-data","path":"/data/course"},{"name":"exam","version":3,"path":"/data/exam"}],
         "resolved":{"reference":"127.0.0.1:5000/course/python@sha256:ab","source":"Registry","resolved_ms":7},
         "enabled":true})
 }
@@ -61,7 +62,9 @@ fn instances() {
         "transitions":[{"state":"queued","at_ms":1000,"reason":null},
                        {"state":"scheduled","at_ms":1001,"reason":"placed on h-0123456789abcdef"},
                        {"state":"running","at_ms":9000,"reason":null}],
-        "app":{"kind":"jupyter","url":"/i/i-0123456789abcdef/","token":"tok"}}),
+        "app":{"kind":"jupyter","url":"/i/i-0123456789abcdef/","token":"tok"},
+        "datasets":[{"name":"course-data","version":4,"path":"/data/course","bytes":1024,
+                     "manifest":"af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"}]}),
     );
     assert_eq!(i.state, InstanceState::Running);
     assert_eq!(i.transitions[1].state, InstanceState::Scheduled);
@@ -71,7 +74,7 @@ fn instances() {
         json!({"id":"i-fedcba9876543210","owner":"bob","blueprint":"gone",
         "revision":1,"state":"queued","state_reason":"waiting for capacity","host":null,"address":null,
         "created_ms":1,"expires_ms":2,"time_left_secs":0,"transitions":[],
-        "app":{"kind":null,"url":"/i/i-fedcba9876543210/"},"queue_position":1}),
+        "app":{"kind":null,"url":"/i/i-fedcba9876543210/"},"queue_position":1,"datasets":[]}),
     );
     assert_eq!(q.queue_position, Some(1));
     round_trip::<Launch>(json!({"blueprint":"python"}));
@@ -126,7 +129,9 @@ fn blueprints() {
     let input: BlueprintInput = round_trip(json!({"name":"python","description":null,
         "image":"img:1","command":null,"env":null,"app":"http","app_port":8080,"memory_mib":64,
         "cpus":null,"max_lifetime_secs":null,"max_instances_per_user":null,"priority":null,"placement":null,
-        "strategy":"binpack","pull":null,"prepull":"all","enabled":null}));
+        "strategy":"binpack","pull":null,"prepull":"all",
+        "datasets":[{"name":"course-data","version":"latest","path":"/data"},{"name":"exam","version":3,"path":"/exam"}],
+        "enabled":null}));
     assert_eq!(input.app.as_deref(), Some("http"));
 }
 
@@ -159,7 +164,8 @@ fn hosts() {
         "pool_history":[{"at_ms":20,"from":"open","to":"draining","reason":"drain requested"}],
         "pulls":[pull(json!("Pulling")),
                  pull(json!({"Retrying":{"error":"timeout","retry_in_ms":1000}})),
-                 pull(json!({"Failed":{"error":"unreachable"}}))]}),
+                 pull(json!({"Failed":{"error":"unreachable"}}))],
+        "datasets":["af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"]}),
     );
     assert_eq!(h.pool.standing.as_str(), "draining");
     assert_eq!(h.failed_pulls(), 1);
@@ -171,7 +177,7 @@ fn hosts() {
         "cert_not_after_unix":0,"remote_addr":null,"transitions":[],
         "pool":{"standing":{"state":"quarantined","until_ms":5},"consecutive_failures":3,
                 "quarantines":1,"last_failure":null},
-        "pool_history":[],"pulls":[]}),
+        "pool_history":[],"pulls":[],"datasets":[]}),
     );
     assert_eq!(lost.pool.standing, Standing::Quarantined { until_ms: 5 });
     // A record from before the pool existed reads as open.
