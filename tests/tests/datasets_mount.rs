@@ -285,7 +285,9 @@ async fn an_agent_killed_mid_fetch_fetches_only_the_missing_chunks() {
     let (ctl, mut agent, _host) = controller_with_agent(tmp.path(), "data-host").await;
     let mut cleanup = InstanceContainers(vec![]);
     let src = tmp.path().join("course");
-    make_tree(&src, 400 << 20);
+    // Big enough that the fetch is caught half-way, small enough for a debug-build
+    // scan (FastCDC + BLAKE3 unoptimised run at tens of MB/s).
+    make_tree(&src, 96 << 20);
     let (version, _manifest, m) = push(&ctl, "big", &src).await;
     let total = m.unique_chunks().len() as u64;
     blueprint(&ctl, "nb", "big", version).await;
