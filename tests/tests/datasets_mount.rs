@@ -308,7 +308,12 @@ async fn an_agent_killed_mid_fetch_fetches_only_the_missing_chunks() {
     })
     .await;
     let inst = ctl.instance(&alice, &id).await;
-    assert_eq!(inst["state"], "preparing", "{inst}");
+    // Not running yet (the controller may still show "scheduled": the agent's
+    // "preparing: datasets" report can trail the chunks arriving).
+    assert!(
+        inst["state"] == "preparing" || inst["state"] == "scheduled",
+        "{inst}"
+    );
     agent.kill9();
     let held = ChunkDir::open(&chunks_dir).unwrap().list().unwrap().len() as u64;
     assert!(
