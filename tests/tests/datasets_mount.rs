@@ -297,7 +297,7 @@ async fn an_agent_killed_mid_fetch_fetches_only_the_missing_chunks() {
 
     // Kill the agent once part of the chunks are in its cache.
     let chunks_dir = agent.state_dir.join("datasets/chunks");
-    wait_for("the fetch to be under way", Duration::from_secs(60), || {
+    wait_for("the fetch to be under way", Duration::from_secs(180), || {
         let dir = chunks_dir.clone();
         async move {
             ChunkDir::open(&dir)
