@@ -285,7 +285,9 @@ async fn an_agent_killed_mid_fetch_fetches_only_the_missing_chunks() {
     let (ctl, mut agent, _host) = controller_with_agent(tmp.path(), "data-host").await;
     let mut cleanup = InstanceContainers(vec![]);
     let src = tmp.path().join("course");
-    make_tree(&src, 400 << 20);
+    // Big enough that the fetch is caught half-way, small enough for a debug-build
+    // scan (FastCDC + BLAKE3 unoptimised run at tens of MB/s).
+    make_tree(&src, 96 << 20);
     let (version, _manifest, m) = push(&ctl, "big", &src).await;
     let total = m.unique_chunks().len() as u64;
     blueprint(&ctl, "nb", "big", version).await;
@@ -295,7 +297,7 @@ async fn an_agent_killed_mid_fetch_fetches_only_the_missing_chunks() {
 
     // Kill the agent once part of the chunks are in its cache.
     let chunks_dir = agent.state_dir.join("datasets/chunks");
-    wait_for("the fetch to be under way", Duration::from_secs(60), || {
+    wait_for("the fetch to be under way", Duration::from_secs(180), || {
         let dir = chunks_dir.clone();
         async move {
             ChunkDir::open(&dir)
@@ -306,7 +308,12 @@ async fn an_agent_killed_mid_fetch_fetches_only_the_missing_chunks() {
     })
     .await;
     let inst = ctl.instance(&alice, &id).await;
-    assert_eq!(inst["state"], "preparing", "{inst}");
+    // Not running yet (the controller may still show "scheduled": the agent's
+    // "preparing: datasets" report can trail the chunks arriving).
+    assert!(
+        inst["state"] == "preparing" || inst["state"] == "scheduled",
+        "{inst}"
+    );
     agent.kill9();
     let held = ChunkDir::open(&chunks_dir).unwrap().list().unwrap().len() as u64;
     assert!(
