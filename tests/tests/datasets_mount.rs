@@ -297,15 +297,19 @@ async fn an_agent_killed_mid_fetch_fetches_only_the_missing_chunks() {
 
     // Kill the agent once part of the chunks are in its cache.
     let chunks_dir = agent.state_dir.join("datasets/chunks");
-    wait_for("the fetch to be under way", Duration::from_secs(180), || {
-        let dir = chunks_dir.clone();
-        async move {
-            ChunkDir::open(&dir)
-                .and_then(|d| d.list())
-                .map(|l| l.len() as u64 > total / 10)
-                .unwrap_or(false)
-        }
-    })
+    wait_for(
+        "the fetch to be under way",
+        Duration::from_secs(180),
+        || {
+            let dir = chunks_dir.clone();
+            async move {
+                ChunkDir::open(&dir)
+                    .and_then(|d| d.list())
+                    .map(|l| l.len() as u64 > total / 10)
+                    .unwrap_or(false)
+            }
+        },
+    )
     .await;
     let inst = ctl.instance(&alice, &id).await;
     // Not running yet (the controller may still show "scheduled": the agent's
