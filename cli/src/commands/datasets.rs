@@ -4,36 +4,33 @@
 //! `push` scans the directory (files unchanged since the last push of the same
 //! directory to the same controller are not read: their chunk lists come from the
 //! scan cache under `$XDG_CACHE_HOME/cairn/scans/`), and stops there if the manifest
-//! is the dataset's latest version's. Otherwise it asks which chunks the controller
-//! lacks, sends those in packs of about [`PACK_TARGET`] bytes over [`CONCURRENCY`]
-//! requests, each chunk read again from its file and checked against its id (a file
-//! that changed since the scan stops the push), and commits the manifest. A pack
-//! that fails is sent again a few times with growing pauses; nothing of a push is
-//! lost by running it again, since chunks already sent are not sent twice.
+//! is the dataset's latest version's. Otherwise it hands the chunks to
+//! [`crate::upload`], which asks which ones the controller lacks and sends those in
+//! packs of at most [`PACK_TARGET`] bytes over [`CONCURRENCY`] requests, each chunk
+//! read again from its file and checked against its id (a file that changed since
+//! the scan stops the push, named), retrying packs that fail; then it commits the
+//! manifest. Nothing of a push is lost by running it again, since chunks already
+//! sent are not sent twice.
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_api::datasets::{
-    CommitAnswer, DatasetRecord, MissingAnswer, MissingQuery, PackAnswer, MAX_MISSING_QUERY,
-    MAX_PACK_BYTES, PACK_FRAME_HEADER,
-};
-use cairn_shared::chunks::scan::{self, ChunkLocation, ScanCache, ScanProgress};
-use cairn_shared::chunks::{ChunkId, ChunkRef, DEFAULT_PARAMS};
+use cairn_api::datasets::{CommitAnswer, DatasetRecord};
+use cairn_shared::chunks::scan::{self, ScanCache, ScanProgress};
+use cairn_shared::chunks::{ChunkId, DEFAULT_PARAMS};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::Method;
 
 use super::Ctx;
-use crate::client::{body, parse};
+use crate::client::parse;
 use crate::error::{ApiError, Error};
 use crate::output::{self, Table};
+use crate::upload;
 
-/// Bytes of chunk data per pack: big enough that requests cost little, small enough
+/// Bytes of a pack body at most: big enough that requests cost little, small enough
 /// that a failed one loses little (the controller takes up to 32 MiB).
 pub const PACK_TARGET: usize = 8 * 1024 * 1024;
 /// Packs in flight at once.
@@ -42,8 +39,6 @@ pub const CONCURRENCY: usize = 6;
 const PACK_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// Time limit of the commit (the controller checks every chunk is present).
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-/// Tries of one pack before the push gives up.
-const ATTEMPTS: u32 = 4;
 
 /// Whether `s` is a dataset name (the controller's rule, checked early to fail
 /// before a long scan).
@@ -216,115 +211,6 @@ async fn latest(ctx: &Ctx, name: &str) -> Result<Option<(u32, String)>, Error> {
     }
 }
 
-/// Groups `chunks` into packs of about `target` bytes of chunk data (each below the
-/// controller's limit, whatever the chunk sizes).
-pub fn plan_packs(chunks: &[ChunkRef], target: usize) -> Vec<Vec<ChunkRef>> {
-    let limit = MAX_PACK_BYTES;
-    let mut packs = vec![];
-    let mut cur: Vec<ChunkRef> = vec![];
-    let mut size = 0usize;
-    for c in chunks {
-        let framed = PACK_FRAME_HEADER + c.len as usize;
-        if !cur.is_empty() && (size + framed > target.min(limit)) {
-            packs.push(std::mem::take(&mut cur));
-            size = 0;
-        }
-        cur.push(*c);
-        size += framed;
-    }
-    if !cur.is_empty() {
-        packs.push(cur);
-    }
-    packs
-}
-
-/// Reads the chunks of one pack from their files and frames them, each checked
-/// against its id.
-fn read_pack(
-    root: &Path,
-    chunks: &[ChunkRef],
-    locations: &HashMap<ChunkId, ChunkLocation>,
-) -> Result<Vec<u8>, Error> {
-    let size: usize = chunks
-        .iter()
-        .map(|c| PACK_FRAME_HEADER + c.len as usize)
-        .sum();
-    let mut pack = Vec::with_capacity(size);
-    let mut open: Option<(PathBuf, std::fs::File)> = None;
-    for c in chunks {
-        let loc = locations.get(&c.id).ok_or_else(|| {
-            Error::Input(format!(
-                "internal: the scan gave no file for chunk {}",
-                c.id.to_hex()
-            ))
-        })?;
-        let path = root.join(&loc.path);
-        let changed = || {
-            Error::Input(format!(
-                "{} changed while pushing; run again",
-                path.display()
-            ))
-        };
-        if open.as_ref().is_none_or(|(p, _)| *p != path) {
-            let f = std::fs::File::open(&path).map_err(|_| changed())?;
-            open = Some((path.clone(), f));
-        }
-        let Some((_, f)) = open.as_ref() else {
-            return Err(changed());
-        };
-        let mut buf = vec![0u8; loc.len as usize];
-        f.read_exact_at(&mut buf, loc.offset)
-            .map_err(|_| changed())?;
-        if !c.id.verifies(&buf) {
-            return Err(changed());
-        }
-        pack.extend_from_slice(&c.id.0);
-        pack.extend_from_slice(&loc.len.to_be_bytes());
-        pack.extend_from_slice(&buf);
-    }
-    Ok(pack)
-}
-
-/// Whether another try of a failed request may succeed.
-fn transient(e: &Error) -> bool {
-    match e {
-        Error::Http(_) | Error::Unreachable { .. } => true,
-        Error::Api(a) => a.status >= 500 || a.status == 408 || a.status == 429,
-        _ => false,
-    }
-}
-
-/// Sends one pack, trying again after transient failures.
-async fn send_pack(client: &crate::client::Client, pack: Vec<u8>) -> Result<PackAnswer, Error> {
-    let mut delay = Duration::from_millis(500);
-    let mut attempt = 1;
-    loop {
-        let r = client
-            .send_long(
-                Method::POST,
-                &["chunks"],
-                &[("content-type", "application/octet-stream".into())],
-                Some(reqwest::Body::from(pack.clone())),
-                PACK_TIMEOUT,
-            )
-            .await
-            .and_then(|v| parse::<PackAnswer>(&v, "the pack answer"));
-        match r {
-            Ok(a) => return Ok(a),
-            Err(e) if attempt < ATTEMPTS && transient(&e) => {
-                output::note(&format!(
-                    "sending chunks failed ({e}); trying again in {} ms",
-                    delay.as_millis()
-                ));
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// `datasets push NAME DIR`.
 pub async fn push(ctx: &Ctx, name: &str, dir: &Path) -> Result<(), Error> {
     check_name(name)?;
@@ -381,82 +267,21 @@ pub async fn push(ctx: &Ctx, name: &str, dir: &Path) -> Result<(), Error> {
         }
     }
 
-    let unique = scanned.manifest.unique_chunks();
-    let mut missing: Vec<ChunkRef> = Vec::new();
-    pb.set_style(style("checking {pos}/{len} chunks"));
-    pb.set_length(unique.len() as u64);
-    pb.set_position(0);
-    for batch in unique.chunks(MAX_MISSING_QUERY) {
-        let q = MissingQuery {
-            ids: batch.iter().map(|c| c.id.to_hex()).collect(),
-        };
-        let a: MissingAnswer = parse(
-            &ctx.client
-                .post(&["chunks", "missing"], Some(&body(&q)?))
-                .await?,
-            "the missing chunks",
-        )?;
-        let lens: HashMap<&str, ChunkRef> = q
-            .ids
-            .iter()
-            .map(String::as_str)
-            .zip(batch.iter().copied())
-            .collect();
-        for m in &a.missing {
-            let c = lens.get(m.as_str()).ok_or_else(|| {
-                Error::Http(format!("the controller named a chunk not asked about: {m}"))
-            })?;
-            missing.push(*c);
-        }
-        pb.inc(batch.len() as u64);
-    }
-
-    let to_send: u64 = missing.iter().map(|c| u64::from(c.len)).sum();
-    pb.set_style(style(
-        "sending {wide_bar} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {eta} left)",
-    ));
-    pb.set_length(to_send);
-    pb.set_position(0);
-    pb.reset_eta();
-    let locations = Arc::new(scanned.locations);
-    let mut packs = plan_packs(&missing, PACK_TARGET).into_iter();
-    let mut running = tokio::task::JoinSet::new();
-    let mut sent = 0u64;
-    loop {
-        while running.len() < CONCURRENCY {
-            let Some(pack) = packs.next() else { break };
-            let (client, root, locations, pb) = (
-                ctx.client.clone(),
-                root.clone(),
-                locations.clone(),
-                pb.clone(),
-            );
-            running.spawn(async move {
-                let data_len: u64 = pack.iter().map(|c| u64::from(c.len)).sum();
-                let bytes =
-                    tokio::task::spawn_blocking(move || read_pack(&root, &pack, &locations))
-                        .await
-                        .map_err(|e| Error::Http(format!("reading chunks stopped: {e}")))??;
-                let wire = bytes.len() as u64;
-                send_pack(&client, bytes).await?;
-                pb.inc(data_len);
-                Ok::<u64, Error>(wire)
-            });
-        }
-        match running.join_next().await {
-            None => break,
-            Some(Ok(Ok(wire))) => sent += wire,
-            Some(Ok(Err(e))) => {
-                pb.abandon();
-                return Err(e);
-            }
-            Some(Err(e)) => {
-                pb.abandon();
-                return Err(Error::Http(format!("a pack upload stopped: {e}")));
-            }
-        }
-    }
     pb.finish_and_clear();
+    let unique = scanned.manifest.unique_chunks();
+    let source = Arc::new(upload::ScanChunks::new(root.clone(), scanned.locations));
+    let sent = upload::send_missing(
+        &ctx.client,
+        &unique,
+        source,
+        "sending",
+        upload::Limits {
+            pack_bytes: PACK_TARGET,
+            concurrency: CONCURRENCY,
+            pack_timeout: PACK_TIMEOUT,
+        },
+    )
+    .await?;
 
     let v = ctx
         .client
@@ -468,7 +293,8 @@ pub async fn push(ctx: &Ctx, name: &str, dir: &Path) -> Result<(), Error> {
             COMMIT_TIMEOUT,
         )
         .await?;
-    let sent_all = sent + manifest.len() as u64;
+    // Pack bodies (chunks and their frame headers) and the manifest.
+    let sent_all = sent.wire_bytes() + manifest.len() as u64;
     ctx.emit(&v, || {
         let a: CommitAnswer = parse(&v, "the commit answer")?;
         if a.unchanged {
@@ -491,29 +317,6 @@ mod tests {
 
     use super::*;
 
-    fn c(n: u8, len: u32) -> ChunkRef {
-        ChunkRef {
-            id: ChunkId::of(&[n]),
-            len,
-        }
-    }
-
-    #[test]
-    fn packs_stay_near_the_target_and_under_the_limit() {
-        let chunks: Vec<ChunkRef> = (0..10).map(|n| c(n, 3 << 20)).collect();
-        let packs = plan_packs(&chunks, PACK_TARGET);
-        assert!(
-            packs.iter().all(|p| p.len() == 2),
-            "{:?}",
-            packs.iter().map(Vec::len).collect::<Vec<_>>()
-        );
-        assert_eq!(packs.iter().map(Vec::len).sum::<usize>(), 10);
-        // A chunk bigger than the target goes alone.
-        let big = plan_packs(&[c(1, 100), c(2, 9 << 20), c(3, 100)], PACK_TARGET);
-        assert_eq!(big.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1, 1]);
-        assert!(plan_packs(&[], PACK_TARGET).is_empty());
-    }
-
     #[test]
     fn refs() {
         assert_eq!(parse_ref("ds").unwrap(), ("ds", None));
@@ -522,31 +325,5 @@ mod tests {
         assert!(parse_ref("ds@0").is_err());
         assert!(parse_ref("ds@x").is_err());
         assert!(parse_ref("DS").is_err());
-    }
-
-    #[test]
-    fn a_file_changed_since_the_scan_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("f"), b"hello").unwrap();
-        let chunk = ChunkRef {
-            id: ChunkId::of(b"hello"),
-            len: 5,
-        };
-        let loc: HashMap<ChunkId, ChunkLocation> = [(
-            chunk.id,
-            ChunkLocation {
-                path: "f".into(),
-                offset: 0,
-                len: 5,
-            },
-        )]
-        .into();
-        let pack = read_pack(dir.path(), &[chunk], &loc).unwrap();
-        assert_eq!(pack.len(), PACK_FRAME_HEADER + 5);
-        std::fs::write(dir.path().join("f"), b"HELLO").unwrap();
-        let e = read_pack(dir.path(), &[chunk], &loc)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("changed while pushing; run again"), "{e}");
     }
 }

@@ -127,7 +127,14 @@ pub async fn push(ctx: &Ctx, file: &Path) -> Result<(), Error> {
     }
     let (chunks, _) = file_chunks(&manifest)?;
     let what = format!("sending {}", file.display());
-    let mut sent = upload::send_missing(&ctx.client, chunks, source.clone(), &what).await?;
+    let mut sent = upload::send_missing(
+        &ctx.client,
+        chunks,
+        source.clone(),
+        &what,
+        upload::Limits::default(),
+    )
+    .await?;
     output::note("sent; the controller is checking the archive");
     let encoded = bytes::Bytes::from(manifest.encode());
     let mut resent = false;
@@ -142,8 +149,14 @@ pub async fn push(ctx: &Ctx, file: &Path) -> Result<(), Error> {
             Err(Error::Api(a)) if a.status == 409 && a.code == "chunks_missing" && !resent => {
                 output::note(&format!("{}; sending them again", a.message));
                 resent = true;
-                let again =
-                    upload::send_missing(&ctx.client, chunks, source.clone(), &what).await?;
+                let again = upload::send_missing(
+                    &ctx.client,
+                    chunks,
+                    source.clone(),
+                    &what,
+                    upload::Limits::default(),
+                )
+                .await?;
                 sent.bytes += again.bytes;
             }
             Err(e) => return Err(e),
