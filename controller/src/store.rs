@@ -63,8 +63,6 @@ pub enum Tree {
     Instances,
     /// Committed image archives, by BLAKE3 hash.
     Images,
-    /// Image uploads in progress, by upload id.
-    ImageUploads,
     /// Datasets and their versions, by dataset name.
     Datasets,
 }
@@ -80,7 +78,6 @@ impl Tree {
             Tree::ApiTokens => "api_tokens",
             Tree::Instances => "instances",
             Tree::Images => "images",
-            Tree::ImageUploads => "image_uploads",
             Tree::Datasets => "datasets",
         }
     }

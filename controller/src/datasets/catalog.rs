@@ -349,13 +349,13 @@ impl Datasets {
 }
 
 /// The catalogue answers the instance manager's lookups (blueprint saves, launches).
-impl crate::instances::datasets::DatasetLookup for Datasets {
+impl crate::datasets::lookup::DatasetLookup for Datasets {
     fn lookup(
         &self,
         name: &str,
         version: Option<u32>,
-    ) -> Result<cairn_shared::workload::DatasetSpec, crate::instances::datasets::LookupError> {
-        use crate::instances::datasets::LookupError;
+    ) -> Result<cairn_shared::workload::DatasetSpec, crate::datasets::lookup::LookupError> {
+        use crate::datasets::lookup::LookupError;
         match self.resolve(name, version) {
             Ok(v) => Ok(cairn_shared::workload::DatasetSpec {
                 name: v.name,

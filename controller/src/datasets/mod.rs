@@ -4,8 +4,13 @@
 //! * [`catalog`] — the versions in the store, commit (validate the manifest, check
 //!   every chunk is present, record), resolve `NAME[@V]`, list, remove; and the live
 //!   set the chunk collector keeps.
+//! * [`lookup`] — the catalogue as launches and blueprint saves see it: the check a
+//!   blueprint's datasets pass, and `latest` fixed to a version at launch.
+//! * [`prefetch`] — which versions each host should hold before anyone launches.
 
 pub mod catalog;
+pub mod lookup;
+pub mod prefetch;
 
 pub use catalog::{Committed, DatasetRecord, DatasetVersion, Datasets, DatasetsError};
 

@@ -18,15 +18,15 @@ use cairn_shared::protocol::ControllerMsg;
 use cairn_shared::workload::{DatasetMount, DesiredInstance, InstanceReport};
 
 use super::books::{request_of, snapshot, Books};
-use super::datasets::{DatasetLookup, Lookup};
 use super::desired::{desired_of, new_secrets};
-use super::prefetch_datasets::DatasetPlan;
 use super::prepull::ImagePlan;
 use super::state::{Event, Instance, InstanceState};
 use super::sync::Syncs;
 use crate::blueprints::spec::BlueprintSpec;
 use crate::blueprints::{BlueprintRecord, Catalog};
 use crate::config::InstancesConfig;
+use crate::datasets::lookup::{DatasetLookup, Lookup};
+use crate::datasets::prefetch::DatasetPlan;
 use crate::hosts::pool::{PoolAction, PoolEvent};
 use crate::hosts::{HostState, Registry};
 use crate::scheduler::{Outcome, Resources, Shortfall};
@@ -296,7 +296,7 @@ impl Instances {
 
     /// Creates an instance of `bp` for `owner` within `limits`, mounting
     /// `datasets` (the blueprint's, versions fixed now by the caller, see
-    /// [`super::datasets::resolve_mounts`]), and places it if the scheduler can.
+    /// [`crate::datasets::lookup::resolve_mounts`]), and places it if the scheduler can.
     pub async fn launch(
         &self,
         owner: &str,

@@ -6,17 +6,12 @@
 //! * [`desired`] — blueprint to container: what a host is asked to run (pure).
 //! * [`sync`] — what each host was sent, and its next desired-state update.
 //! * [`prepull`] — which images each host should hold before a launch.
-//! * [`datasets`] — a blueprint's datasets: the catalogue lookup, the check on
-//!   save, versions fixed at launch (pure).
-//! * [`prefetch_datasets`] — which dataset versions each host should hold before a
-//!   launch (pure plan).
+//!   (Datasets' lookup and pre-fetch plan live in [`crate::datasets`].)
 //! * [`manager`] — the shell: one path for changes (apply → persist → sync hosts).
 
 pub mod books;
-pub mod datasets;
 pub mod desired;
 pub mod manager;
-pub mod prefetch_datasets;
 pub mod prepull;
 pub mod state;
 pub mod sync;

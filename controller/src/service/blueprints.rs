@@ -10,8 +10,8 @@ use super::views::Refreshed;
 use super::{now, Caller, Service, ServiceError, ServiceResult};
 use crate::blueprints::catalog::Revision;
 use crate::blueprints::{BlueprintInput, BlueprintRecord, CatalogError};
+use crate::datasets::lookup as datasets;
 use crate::images::resolve::Resolver;
-use crate::instances::datasets;
 
 impl From<CatalogError> for ServiceError {
     fn from(e: CatalogError) -> Self {

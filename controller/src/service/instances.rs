@@ -10,7 +10,7 @@ use cairn_shared::ids::InstanceId;
 
 use super::views::{AppView, InstanceDataset, InstanceView};
 use super::{now, Caller, Kind, Service, ServiceError, ServiceResult};
-use crate::instances::datasets::{resolve_mounts, LookupError};
+use crate::datasets::lookup::{resolve_mounts, LookupError};
 use crate::instances::{base_url, Admission, Instance, LaunchError};
 use crate::link::ask::{self, AskError};
 

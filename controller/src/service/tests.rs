@@ -12,7 +12,7 @@ use cairn_shared::workload::DatasetSpec;
 use super::testing::World;
 use super::{Caller, Kind, ServiceError};
 use crate::blueprints::BlueprintInput;
-use crate::instances::datasets::{DatasetLookup, LookupError};
+use crate::datasets::lookup::{DatasetLookup, LookupError};
 use crate::service::join_tokens::CreateToken;
 use crate::users::Role;
 

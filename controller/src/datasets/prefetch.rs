@@ -15,7 +15,7 @@ use cairn_shared::chunks::ChunkId;
 use cairn_shared::ids::HostId;
 use cairn_shared::workload::{DatasetSpec, DesiredDatasets, MAX_PREFETCH_DATASETS};
 
-use super::datasets::{Lookup, LookupError};
+use super::lookup::{Lookup, LookupError};
 use crate::blueprints::spec::Prepull;
 use crate::blueprints::BlueprintRecord;
 use crate::hosts::pool::Standing;
@@ -287,7 +287,7 @@ mod tests {
                 bp("gone", "nope", true),
             ],
             std::slice::from_ref(&view),
-            &super::super::datasets::tests::catalogue(),
+            &super::super::lookup::tests::catalogue(),
         );
         let set = p.for_host(&view.id).prefetch;
         assert_eq!(
