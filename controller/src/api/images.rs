@@ -39,7 +39,7 @@ pub async fn commit(
     headers: HeaderMap,
     b: Body,
 ) -> ApiResult<(StatusCode, Json<ImageRecord>)> {
-    caller.admin()?;
+    s.may_push(&caller)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let manifest = super::datasets::read_body(
         &headers,

@@ -48,7 +48,7 @@ impl Service {
         manifest: &[u8],
         archive: &str,
     ) -> ServiceResult<(ImageRecord, bool)> {
-        let p = caller.admin()?;
+        let p = self.may_push(caller)?;
         Ok(self
             .app
             .archives
