@@ -204,20 +204,29 @@ async fn chunks_the_agent_holds_are_not_fetched_again() {
     let store = Arc::new(MemStore::default());
     let (spec, manifest) = push(&src, &store);
     let s = server(store.clone());
-    // An earlier run got half the chunks before it was killed.
+    // An earlier run got half the chunks into the tree before it was killed.
     let agent_dir = tmp.path().join("agent");
     let chunks = manifest.unique_chunks();
     {
-        let dir = cairn_shared::chunks::dir::ChunkDir::open(agent_dir.join("chunks")).unwrap();
+        use cairn_shared::chunks::materialise::Assembly;
+        let trees = agent_dir.join("trees");
+        std::fs::create_dir_all(&trees).unwrap();
+        let (tree, _) = Assembly::prepare(
+            Arc::new(manifest.clone()),
+            &trees.join(spec.manifest.to_hex()),
+            &[],
+        )
+        .unwrap();
         let objects = store.objects.lock().unwrap();
         for c in chunks.iter().step_by(2) {
-            dir.put(&c.id, &objects[&c.id], true).unwrap();
+            tree.put(c, &objects[&c.id]).unwrap();
         }
     }
     let cache = open_cache(&agent_dir);
     cache.set_connection(Some(connect(&s).await));
-    cache.ensure(&spec, true).wait().await.unwrap();
+    let tree = cache.ensure(&spec, true).wait().await.unwrap();
     assert_eq!(s.asked.load(Ordering::SeqCst), chunks.len() / 2);
+    cairn_shared::chunks::materialise::verify_tree(&manifest, &tree).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,22 +1,32 @@
 //! The host's dataset cache: materialised versions that containers mount.
 //!
 //! ```text
-//! STATE_DIR/datasets/chunks/              the chunk cache (ChunkDir), manifests too
-//! STATE_DIR/datasets/trees/<manifest>/    a materialised, verified version
-//! STATE_DIR/datasets/trees/<manifest>.info  its size and when it was last used
+//! STATE_DIR/datasets/chunks/                    manifests of the versions held (ChunkDir)
+//! STATE_DIR/datasets/trees/<manifest>/          a materialised, verified version
+//! STATE_DIR/datasets/trees/<manifest>.info      its size and when it was last used
+//! STATE_DIR/datasets/trees/<manifest>.partial/  a version being assembled (resumed)
+//! STATE_DIR/datasets/trees/<manifest>.unsynced  written, not yet flushed: the boot id
 //! ```
 //!
 //! * One copy per version per host: every instance mounting it binds the same tree.
+//! * The trees are the cache: a new version is assembled from the versions already
+//!   here ([`Assembly::prepare`] hard-links each file they share, whole, and copies
+//!   each chunk they share), and only the rest is fetched, each chunk written once,
+//!   straight into the tree. There is no second copy of the bytes in a chunk cache.
+//! * No flush on the way to a launch: a finished tree is marked `.unsynced` with the
+//!   kernel's boot id and flushed in the background, then unmarked. A process crash
+//!   loses nothing the page cache holds; only a reboot can, so at start a tree still
+//!   marked with another boot's id is dropped (it is fetched again when needed).
 //! * Single flight: however many launches ask for a version at once, one task
 //!   fetches and materialises it; the others wait on the same shared future and
 //!   watch the same progress.
-//! * A tree appears under its final name only once it is whole and verified
-//!   (materialise builds it aside and renames), so after a crash the directory
-//!   itself says what is ready; leftovers of interrupted builds are removed at
-//!   start, and chunks already fetched stay, so the next fetch asks only for the
-//!   rest.
+//! * A tree appears under its final name only once it is whole and verified (it is
+//!   assembled aside and renamed), so after a crash the directory itself says what
+//!   is ready; an interrupted assembly's staging directory stays and is resumed, its
+//!   chunks checked again, so the next fetch asks only for the rest.
 //! * A size limit with LRU eviction of versions no desired instance mounts
-//!   ([`super::evict`]), and chunks no kept version needs go with them.
+//!   ([`super::evict`]), with their manifests and any staging directory no fetch is
+//!   using.
 //! * Pre-fetch: the controller's pre-fetch set is fetched in the background, one
 //!   version at a time on fewer streams than a launch uses.
 
@@ -28,7 +38,8 @@ use std::time::Duration;
 
 use cairn_shared::chunks::dir::ChunkDir;
 use cairn_shared::chunks::manifest::{Limits, Manifest};
-use cairn_shared::chunks::{ChunkId, ChunkRef};
+use cairn_shared::chunks::materialise::{force_remove, sync_fs, Assembly, Seed};
+use cairn_shared::chunks::ChunkId;
 use cairn_shared::protocol::MAX_CACHED_DATASETS;
 use cairn_shared::workload::DatasetSpec;
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -47,6 +58,17 @@ use crate::state::DatasetsSettings;
 const PREFETCH_RETRY: Duration = Duration::from_secs(300);
 /// How often the pre-fetch loop looks at its set when nothing wakes it.
 const PREFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// Trees a new version may take bytes from: the most recently used.
+const MAX_SEEDS: usize = 8;
+
+/// This boot of the kernel, to tell a process restart (the page cache survived)
+/// from a reboot (unflushed writes may be lost).
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -65,7 +87,8 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CacheError {
 /// What the cache remembers about a tree, next to it on disk.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 struct TreeInfo {
-    /// Disk it holds: the tree's files plus its chunks in the chunk cache.
+    /// Disk it holds at most: its files' bytes (less when it shares files with
+    /// another version through hard links).
     bytes: u64,
     last_used_ms: u64,
 }
@@ -174,26 +197,9 @@ fn du(dir: &Path) -> u64 {
 /// Removes a directory tree that may hold read-only directories (materialised
 /// trees keep the modes of the dataset).
 fn remove_tree(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
+    match force_remove(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(_) => {
-            // Make every directory writable, then try again.
-            let mut stack = vec![path.to_path_buf()];
-            while let Some(d) = stack.pop() {
-                if let Ok(md) = d.symlink_metadata() {
-                    if md.is_dir() {
-                        let _ =
-                            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700));
-                        if let Ok(rd) = std::fs::read_dir(&d) {
-                            stack.extend(rd.flatten().map(|e| e.path()));
-                        }
-                    }
-                }
-            }
-            std::fs::remove_dir_all(path)
-        }
+        r => r,
     }
 }
 
@@ -253,11 +259,13 @@ impl DatasetCache {
     }
 
     /// Rebuilds the index from disk: every `<manifest>` directory is a whole
-    /// version (only a finished build gets that name); anything else an
-    /// interrupted build or eviction left is removed.
+    /// version (only a finished assembly gets that name), unless it is still marked
+    /// unflushed by an earlier boot; `<manifest>.partial` directories stay to be
+    /// resumed; anything else an interrupted build or eviction left is removed.
     fn index(trees_dir: &Path) -> Result<BTreeMap<ChunkId, TreeInfo>, CacheError> {
         let mut trees = BTreeMap::new();
         let mut infos = HashSet::new();
+        let mut unsynced = vec![];
         let rd =
             std::fs::read_dir(trees_dir).map_err(io(format!("reading {}", trees_dir.display())))?;
         for e in rd.flatten() {
@@ -269,7 +277,7 @@ impl DatasetCache {
                         .ok()
                         .and_then(|b| postcard::from_bytes::<TreeInfo>(&b).ok())
                         .unwrap_or_else(|| TreeInfo {
-                            bytes: du(&path).saturating_mul(2),
+                            bytes: du(&path),
                             last_used_ms: 0,
                         });
                     trees.insert(id, info);
@@ -278,6 +286,11 @@ impl DatasetCache {
             } else if let Some(id) = name.strip_suffix(".info").and_then(hex_name) {
                 infos.insert(id);
                 continue;
+            } else if let Some(id) = name.strip_suffix(".unsynced").and_then(hex_name) {
+                unsynced.push(id);
+                continue;
+            } else if name.strip_suffix(".partial").and_then(hex_name).is_some() && path.is_dir() {
+                continue;
             }
             tracing::info!(path = %path.display(), "removing a leftover of an interrupted dataset build");
             let _ = if path.is_dir() {
@@ -285,6 +298,29 @@ impl DatasetCache {
             } else {
                 std::fs::remove_file(&path)
             };
+        }
+        let boot = boot_id();
+        let mut flush = false;
+        for id in unsynced {
+            let marker = trees_dir.join(format!("{id}.unsynced"));
+            let same_boot = boot.is_some()
+                && std::fs::read_to_string(&marker)
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+                    == boot;
+            if same_boot {
+                // Only the process restarted: the page cache holds the tree.
+                flush = true;
+            } else if trees.remove(&id).is_some() {
+                tracing::warn!(manifest = %id, "dropping a dataset version written before a reboot and never flushed; it is fetched again when needed");
+                let _ = remove_tree(&trees_dir.join(id.to_hex()));
+            }
+        }
+        if flush {
+            sync_fs(trees_dir).map_err(io(format!("flushing {}", trees_dir.display())))?;
+        }
+        for id in trees.keys() {
+            let _ = std::fs::remove_file(trees_dir.join(format!("{id}.unsynced")));
         }
         for id in infos.difference(&trees.keys().copied().collect()) {
             let _ = std::fs::remove_file(trees_dir.join(format!("{id}.info")));
@@ -427,12 +463,7 @@ impl DatasetCache {
             .manifest_with_retries(id)
             .await
             .map_err(|e| e.to_string())?;
-        let chunk_bytes: u64 = manifest
-            .unique_chunks()
-            .iter()
-            .map(|c| u64::from(c.len))
-            .sum();
-        let bytes = manifest.total_bytes().saturating_add(chunk_bytes);
+        let bytes = manifest.total_bytes();
         let short_by = self.make_room(bytes, id).await;
         if short_by > 0 {
             if !launch {
@@ -447,53 +478,102 @@ impl DatasetCache {
                 "dataset cache over its limit: every cached version is in use"
             );
         }
+        let total_bytes: u64 = manifest
+            .unique_chunks()
+            .iter()
+            .map(|c| u64::from(c.len))
+            .sum();
+        // Lay the tree out, taking what the versions already here hold.
+        let seeds = self.seeds(&id).await;
+        let dest = self.tree_path(&id);
+        let (tree, found) = {
+            let (manifest, dest) = (Arc::new(manifest), dest.clone());
+            tokio::task::spawn_blocking(move || Assembly::prepare(manifest, &dest, &seeds))
+                .await
+                .map_err(|e| format!("writing the tree: {e}"))?
+                .map_err(|e| format!("writing the tree: {e}"))?
+        };
+        progress.send_replace(FetchProgress {
+            done_bytes: total_bytes.saturating_sub(found.missing_bytes),
+            total_bytes,
+        });
+        let tree = Arc::new(tree);
         let opts = FetchOptions {
             streams,
             ..FetchOptions::default()
         };
-        // A chunk of the cache found damaged while the tree is written is removed,
-        // and one more round fetches it again.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let stats = fetch_chunks(
-                self.source.clone(),
-                self.chunks.clone(),
-                &manifest,
-                &opts,
-                &progress,
-            )
+        let stats = fetch_chunks(self.source.clone(), tree.clone(), &opts, &progress)
             .await
             .map_err(|e| e.to_string())?;
-            tracing::info!(
-                fetched_chunks = stats.chunks_fetched,
-                fetched_bytes = stats.bytes_fetched,
-                present_chunks = stats.chunks_present,
-                "dataset chunks in the cache"
-            );
-            match self.materialise(&manifest, &id).await {
-                Ok(path) => {
-                    let info = TreeInfo {
-                        bytes,
-                        last_used_ms: cairn_shared::time::now_ms(),
-                    };
-                    let _ = std::fs::write(
-                        self.info_path(&id),
-                        postcard::to_allocvec(&info).unwrap_or_default(),
-                    );
-                    tracing::info!(
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        bytes = manifest.total_bytes(),
-                        "dataset version ready"
-                    );
-                    return Ok((path, info));
-                }
-                Err(Materialise::BadChunk(e)) if attempt < 2 => {
-                    tracing::warn!(error = %e, "a cached chunk was damaged; fetching it again");
-                }
-                Err(Materialise::BadChunk(e) | Materialise::Failed(e)) => return Err(e),
+        tracing::info!(
+            fetched_chunks = stats.chunks_fetched,
+            fetched_bytes = stats.bytes_fetched,
+            linked_files = found.linked_files,
+            linked_bytes = found.linked_bytes,
+            copied_bytes = found.seeded_bytes,
+            resumed_bytes = found.resumed_bytes,
+            "dataset chunks in place"
+        );
+        // Marked before it gets its name, unmarked once flushed (see the module doc).
+        let marker = self.trees_dir.join(format!("{id}.unsynced"));
+        let boot = boot_id().unwrap_or_default();
+        std::fs::write(&marker, boot).map_err(|e| format!("writing {}: {e}", marker.display()))?;
+        let t = tree.clone();
+        let path = tokio::task::spawn_blocking(move || t.finish(false))
+            .await
+            .map_err(|e| format!("writing the tree: {e}"))?
+            .map_err(|e| format!("writing the tree: {e}"))?;
+        let trees_dir = self.trees_dir.clone();
+        tokio::task::spawn_blocking(move || match sync_fs(&trees_dir) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&marker);
             }
-        }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot flush the dataset cache; the version stays marked unflushed")
+            }
+        });
+        let info = TreeInfo {
+            bytes,
+            last_used_ms: cairn_shared::time::now_ms(),
+        };
+        let _ = std::fs::write(
+            self.info_path(&id),
+            postcard::to_allocvec(&info).unwrap_or_default(),
+        );
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            bytes,
+            "dataset version ready"
+        );
+        Ok((path, info))
+    }
+
+    /// The versions here a new one may take bytes from, most recently used first.
+    async fn seeds(&self, building: &ChunkId) -> Vec<Seed> {
+        let mut ids: Vec<(u64, ChunkId)> = self
+            .lock()
+            .trees
+            .iter()
+            .filter(|(id, _)| *id != building)
+            .map(|(id, info)| (info.last_used_ms, *id))
+            .collect();
+        ids.sort_by(|a, b| b.cmp(a));
+        ids.truncate(MAX_SEEDS);
+        let (chunks, trees_dir) = (self.chunks.clone(), self.trees_dir.clone());
+        tokio::task::spawn_blocking(move || {
+            ids.into_iter()
+                .filter_map(|(_, id)| {
+                    let bytes = chunks.get_manifest(&id).ok()??;
+                    let manifest = Manifest::decode(&bytes, &Limits::DEFAULT).ok()?;
+                    Some(Seed {
+                        root: trees_dir.join(id.to_hex()),
+                        manifest: Arc::new(manifest),
+                    })
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
     }
 
     async fn manifest_with_retries(&self, id: ChunkId) -> Result<Manifest, FetchError> {
@@ -509,45 +589,6 @@ impl DatasetCache {
                 }
                 r => return r,
             }
-        }
-    }
-
-    async fn materialise(&self, manifest: &Manifest, id: &ChunkId) -> Result<PathBuf, Materialise> {
-        let dest = self.tree_path(id);
-        let chunks = self.chunks.clone();
-        let manifest = manifest.clone();
-        let bad: Arc<Mutex<Option<String>>> = Arc::default();
-        let bad2 = bad.clone();
-        let d = dest.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let mut source = |r: &ChunkRef| -> std::io::Result<Vec<u8>> {
-                match chunks.get_chunk(&r.id) {
-                    Ok(Some(b)) => Ok(b),
-                    Ok(None) => {
-                        *bad2.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(format!("chunk {} is missing from the chunk cache", r.id));
-                        Err(std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            format!("chunk {} is missing from the chunk cache", r.id),
-                        ))
-                    }
-                    Err(e) => {
-                        let _ = chunks.remove(&r.id);
-                        *bad2.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                        Err(std::io::Error::other(e.to_string()))
-                    }
-                }
-            };
-            cairn_shared::chunks::materialise::materialise(&manifest, &d, &mut source, &mut |_| {})
-        })
-        .await
-        .map_err(|e| Materialise::Failed(format!("writing the tree: {e}")))?;
-        match r {
-            Ok(_) => Ok(dest),
-            Err(e) => match bad.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                Some(b) => Err(Materialise::BadChunk(b)),
-                None => Err(Materialise::Failed(format!("writing the tree: {e}"))),
-            },
         }
     }
 
@@ -609,27 +650,34 @@ impl DatasetCache {
                     tracing::warn!(path = %target.display(), error = %e, "cannot remove an evicted dataset tree");
                 }
                 let _ = std::fs::remove_file(trees_dir.join(format!("{id}.info")));
+                let _ = std::fs::remove_file(trees_dir.join(format!("{id}.unsynced")));
             }
-            let mut needed: HashSet<ChunkId> = keep_manifests.clone();
-            for m in &keep_manifests {
-                if let Ok(Some(bytes)) = chunks.get_manifest(m) {
-                    if let Ok(manifest) = Manifest::decode(&bytes, &Limits::DEFAULT) {
-                        needed.extend(manifest.unique_chunks().iter().map(|c| c.id));
-                    }
-                }
-            }
+            // Manifests of versions gone (and chunks an older agent cached).
             let mut freed = 0u64;
             match chunks.list() {
                 Ok(all) => {
                     for (id, len, _) in all {
-                        if !needed.contains(&id) && chunks.remove(&id).unwrap_or(false) {
+                        if !keep_manifests.contains(&id) && chunks.remove(&id).unwrap_or(false) {
                             freed += len;
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot list the chunk cache"),
+                Err(e) => tracing::warn!(error = %e, "cannot list the manifest cache"),
             }
-            tracing::info!(versions = trash.len(), chunk_bytes_freed = freed, "dataset cache eviction done");
+            // Staging directories no fetch is resuming.
+            if let Ok(rd) = std::fs::read_dir(&trees_dir) {
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let Some(id) = name.strip_suffix(".partial").and_then(hex_name) else {
+                        continue;
+                    };
+                    if !keep_manifests.contains(&id) {
+                        tracing::info!(manifest = %id, "removing a dataset version's unfinished assembly");
+                        let _ = remove_tree(&e.path());
+                    }
+                }
+            }
+            tracing::info!(versions = trash.len(), other_bytes_freed = freed, "dataset cache eviction done");
         })
         .await;
     }
@@ -676,12 +724,6 @@ impl DatasetCache {
             }
         }
     }
-}
-
-enum Materialise {
-    /// A chunk of the cache was missing or damaged (and removed): worth a refetch.
-    BadChunk(String),
-    Failed(String),
 }
 
 #[cfg(test)]
@@ -738,33 +780,118 @@ mod tests {
             let cache = open(tmp.path(), &src, 1 << 30);
             cache.ensure(&spec, true).wait().await.unwrap();
         }
-        let leftover = tmp
-            .path()
-            .join("trees")
-            .join(format!("{}.partial", ChunkId::of(b"x")));
+        let trees = tmp.path().join("trees");
+        let leftover = trees.join(format!(".evicted-{}", ChunkId::of(b"x")));
         std::fs::create_dir_all(leftover.join("sub")).unwrap();
+        // An assembly cut short stays to be resumed.
+        let partial = trees.join(format!("{}.partial", ChunkId::of(b"y")));
+        std::fs::create_dir_all(&partial).unwrap();
         let cache = open(tmp.path(), &src, 1 << 30);
         assert!(!leftover.exists());
+        assert!(partial.exists());
         assert_eq!(cache.ready(), vec![spec.manifest]);
         cache.ensure(&spec, true).wait().await.unwrap();
         assert_eq!(src.manifests_served.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
-    async fn unused_versions_are_evicted_lru_with_their_chunks_and_used_ones_stay() {
+    async fn a_tree_unflushed_before_a_reboot_is_dropped_and_one_of_this_boot_kept() {
         let tmp = tempfile::tempdir().unwrap();
         let src = Arc::new(FakeSource::default());
-        // Each version costs 2 × 4000 bytes (tree + chunks); the limit holds two.
+        let a = version(&src, "a", 2, 1000);
+        let b = version(&src, "b", 2, 1000);
+        {
+            let cache = open(tmp.path(), &src, 1 << 30);
+            cache.ensure(&a, true).wait().await.unwrap();
+            cache.ensure(&b, true).wait().await.unwrap();
+        }
+        let trees = tmp.path().join("trees");
+        // As if the flush had not happened: a from an earlier boot, b from this one.
+        std::fs::write(
+            trees.join(format!("{}.unsynced", a.manifest)),
+            "another-boot",
+        )
+        .unwrap();
+        std::fs::write(
+            trees.join(format!("{}.unsynced", b.manifest)),
+            boot_id().unwrap(),
+        )
+        .unwrap();
+        let cache = open(tmp.path(), &src, 1 << 30);
+        assert_eq!(cache.ready(), vec![b.manifest]);
+        assert!(!cache.tree_path(&a.manifest).exists());
+        assert!(!trees.join(format!("{}.unsynced", b.manifest)).exists());
+        // a comes back from the controller when asked for.
+        cache.ensure(&a, true).wait().await.unwrap();
+        assert!(cache.tree_path(&a.manifest).join("file1").exists());
+    }
+
+    #[tokio::test]
+    async fn a_new_version_links_what_it_shares_with_one_here_and_fetches_the_rest() {
+        use cairn_shared::chunks::manifest::{Entry, EntryKind};
+        use cairn_shared::chunks::{ChunkRef, DEFAULT_PARAMS};
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Arc::new(FakeSource::default());
+        let file = |name: &str, bytes: &[u8]| Entry {
+            path: name.into(),
+            kind: EntryKind::File {
+                chunks: vec![ChunkRef {
+                    id: src.add(bytes),
+                    len: bytes.len() as u32,
+                }],
+            },
+            mode: 0o644,
+            size: bytes.len() as u64,
+            mtime_ns: 7,
+        };
+        let spec = |tag: &str, entries: Vec<Entry>| {
+            let m = Manifest::new(DEFAULT_PARAMS, entries);
+            DatasetSpec {
+                name: "course".into(),
+                version: if tag == "1" { 1 } else { 2 },
+                manifest: src.add(&m.encode()),
+                bytes: m.total_bytes(),
+            }
+        };
+        let v1 = spec(
+            "1",
+            vec![file("same", b"unchanged bytes"), file("old", b"old bytes")],
+        );
+        let v2 = spec(
+            "2",
+            vec![file("same", b"unchanged bytes"), file("old", b"new bytes")],
+        );
+        let cache = open(tmp.path(), &src, 1 << 30);
+        let p1 = cache.ensure(&v1, true).wait().await.unwrap();
+        src.served.lock().unwrap().clear();
+        let p2 = cache.ensure(&v2, true).wait().await.unwrap();
+        assert_eq!(*src.served.lock().unwrap(), vec![ChunkId::of(b"new bytes")]);
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        assert_eq!(ino(&p1.join("same")), ino(&p2.join("same")));
+        assert_eq!(std::fs::read(p2.join("old")).unwrap(), b"new bytes");
+        assert_eq!(std::fs::read(p1.join("old")).unwrap(), b"old bytes");
+    }
+
+    #[tokio::test]
+    async fn unused_versions_are_evicted_lru_with_their_manifests_and_used_ones_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = Arc::new(FakeSource::default());
+        // Each version costs 4000 bytes; the limit holds two.
         let a = version(&src, "a", 4, 1000);
         let b = version(&src, "b", 4, 1000);
         let c = version(&src, "c", 4, 1000);
-        let cache = open(tmp.path(), &src, 17_000);
+        let cache = open(tmp.path(), &src, 9_000);
         cache.set_in_use([a.manifest].into());
         cache.ensure(&a, true).wait().await.unwrap();
         cache.ensure(&b, true).wait().await.unwrap();
-        let b_chunk = src.served.lock().unwrap()[4];
-        assert!(cache.chunk_dir().contains(&b_chunk));
-        // c needs room: b goes (a is in use though older), with its chunks.
+        assert!(cache.chunk_dir().contains(&b.manifest));
+        // A staging directory nobody resumes goes with the next eviction.
+        let stale = cache
+            .trees_dir
+            .join(format!("{}.partial", ChunkId::of(b"z")));
+        std::fs::create_dir_all(&stale).unwrap();
+        // c needs room: b goes (a is in use though older), with its manifest.
         cache.ensure(&c, true).wait().await.unwrap();
         let mut ready = cache.ready();
         ready.sort();
@@ -772,7 +899,8 @@ mod tests {
         want.sort();
         assert_eq!(ready, want);
         assert!(!cache.tree_path(&b.manifest).exists());
-        assert!(!cache.chunk_dir().contains(&b_chunk));
+        assert!(!cache.chunk_dir().contains(&b.manifest));
+        assert!(!stale.exists());
         assert!(cache.tree_path(&a.manifest).join("file0").exists());
     }
 

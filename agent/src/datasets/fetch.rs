@@ -1,16 +1,18 @@
-//! Dataset versions fetched over the link: a manifest, then the chunks the local
-//! chunk cache lacks.
+//! Dataset versions fetched over the link: a manifest, then the chunks the tree
+//! being assembled still lacks, each written straight into it.
 //!
 //! * The manifest's bytes must hash to its name and decode as a valid manifest
 //!   under [`Limits::DEFAULT`]; a malicious one (paths leaving the tree, sizes that
 //!   do not add up, a million entries, a symlink used as a parent) is refused with
 //!   the rule it broke before anything is written.
-//! * Chunks are planned by [`Transfer`]: only those the cache lacks are asked for,
-//!   so an agent killed half-way fetches only the rest when it starts again. Up to
-//!   [`FetchOptions::streams`] batches are in flight, one QUIC stream each.
-//! * Each chunk is checked on arrival (its length against the manifest, its bytes
-//!   against its name) and written to the cache before the next is read: memory is
-//!   one chunk per stream.
+//! * Chunks are planned by [`Transfer`] over [`Assembly::missing`]: what earlier
+//!   trees on this host and the staging directory of an interrupted attempt hold is
+//!   never asked for, so an agent killed half-way fetches only the rest when it
+//!   starts again. Up to [`FetchOptions::streams`] batches are in flight, one QUIC
+//!   stream each.
+//! * Each chunk is checked on arrival (its length against the manifest before it is
+//!   read, its bytes against its name by [`Assembly::put`]) and written into the tree
+//!   before the next is read: memory is one chunk per stream.
 //! * A chunk the controller says is missing or corrupt fails the fetch at once with
 //!   that reason; link trouble re-plans the batch and tries again, a few times.
 //!
@@ -24,6 +26,7 @@ use std::time::Duration;
 
 use cairn_shared::chunks::dir::ChunkDir;
 use cairn_shared::chunks::manifest::{Limits, Manifest};
+use cairn_shared::chunks::materialise::{Assembly, MaterialiseError};
 use cairn_shared::chunks::plan::{PlanOptions, Transfer};
 use cairn_shared::chunks::{ChunkId, ChunkRef, MAX_CHUNK_LEN};
 use cairn_shared::framing;
@@ -57,7 +60,7 @@ pub enum FetchError {
     Corrupt { chunk: ChunkId, detail: String },
     #[error("no bytes from the controller for {} s", STALL_TIMEOUT.as_secs())]
     Stalled,
-    #[error("the local chunk cache: {0}")]
+    #[error("writing the dataset on this host: {0}")]
     Cache(String),
 }
 
@@ -90,7 +93,7 @@ pub trait ChunkSource: Send + Sync + 'static {
     fn chunks(&self, ids: Vec<ChunkId>) -> BoxFuture<'_, Result<Box<dyn ChunkStream>, FetchError>>;
 }
 
-/// Bytes fetched so far and to fetch in all (chunks the cache had count as done).
+/// Bytes in place so far and in all (chunks found on this host count as done).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FetchProgress {
     pub done_bytes: u64,
@@ -138,8 +141,6 @@ impl Default for FetchOptions {
 pub struct FetchStats {
     pub chunks_fetched: u64,
     pub bytes_fetched: u64,
-    /// Chunks the cache already held.
-    pub chunks_present: u64,
 }
 
 fn cache_err(e: impl std::fmt::Display) -> FetchError {
@@ -191,46 +192,23 @@ enum Event {
     Failed { seq: u64, error: FetchError },
 }
 
-/// Fetches every chunk of `manifest` the cache lacks into the cache.
+/// Fetches every chunk `tree` still lacks and puts each into it. `progress` goes on
+/// from what it says (the caller counts what was found on this host).
 pub async fn fetch_chunks(
     source: Arc<dyn ChunkSource>,
-    cache: Arc<ChunkDir>,
-    manifest: &Manifest,
+    tree: Arc<Assembly>,
     opts: &FetchOptions,
     progress: &watch::Sender<FetchProgress>,
 ) -> Result<FetchStats, FetchError> {
-    let want: Vec<ChunkRef> = manifest.unique_chunks();
-    let total_bytes: u64 = want.iter().map(|c| u64::from(c.len)).sum();
-    // Which chunks are present is a stat per chunk: off the runtime's threads.
-    let (have, want) = {
-        let c = cache.clone();
-        tokio::task::spawn_blocking(move || {
-            let have: std::collections::HashSet<ChunkId> = want
-                .iter()
-                .filter(|r| c.contains(&r.id))
-                .map(|r| r.id)
-                .collect();
-            (have, want)
-        })
-        .await
-        .map_err(cache_err)?
-    };
-    let mut stats = FetchStats {
-        chunks_present: have.len() as u64,
-        ..FetchStats::default()
-    };
-    let mut done_bytes: u64 = want
-        .iter()
-        .filter(|r| have.contains(&r.id))
-        .map(|r| u64::from(r.len))
-        .sum();
-    progress.send_replace(FetchProgress {
-        done_bytes,
+    let want: Vec<ChunkRef> = tree.missing().to_vec();
+    let mut stats = FetchStats::default();
+    let FetchProgress {
+        mut done_bytes,
         total_bytes,
-    });
+    } = *progress.borrow();
     let mut plan = Transfer::new(
         want,
-        |id: &ChunkId| have.contains(id),
+        |_: &ChunkId| false,
         PlanOptions {
             batch_bytes: opts.batch_bytes,
             batch_chunks: MAX_FETCH_CHUNKS,
@@ -257,7 +235,7 @@ pub async fn fetch_chunks(
             let chunks: Vec<ChunkRef> = batch.chunks.clone();
             let task = tokio::spawn(run_batch(
                 source.clone(),
-                cache.clone(),
+                tree.clone(),
                 seq,
                 chunks,
                 tx.clone(),
@@ -319,10 +297,11 @@ pub async fn fetch_chunks(
     result
 }
 
-/// Fetches one batch: opens its stream, then reads, checks and stores each chunk.
+/// Fetches one batch: opens its stream, then reads each chunk and puts it into the
+/// tree (which checks it) before reading the next.
 async fn run_batch(
     source: Arc<dyn ChunkSource>,
-    cache: Arc<ChunkDir>,
+    tree: Arc<Assembly>,
     seq: u64,
     chunks: Vec<ChunkRef>,
     tx: tokio::sync::mpsc::Sender<Event>,
@@ -337,20 +316,17 @@ async fn run_batch(
                     detail: format!("{} bytes, the manifest says {}", bytes.len(), chunk.len),
                 });
             }
-            if !chunk.id.verifies(&bytes) {
-                return Err(FetchError::Corrupt {
-                    chunk: chunk.id,
-                    detail: "its bytes do not match its name".into(),
-                });
-            }
-            let c = cache.clone();
-            let id = chunk.id;
-            // Not synced one by one: the tree built from them is synced whole, and a
-            // chunk torn by a crash fails verification on read and is fetched again.
-            tokio::task::spawn_blocking(move || c.put(&id, &bytes, false))
+            let (t, c) = (tree.clone(), *chunk);
+            tokio::task::spawn_blocking(move || t.put(&c, &bytes))
                 .await
                 .map_err(cache_err)?
-                .map_err(cache_err)?;
+                .map_err(|e| match e {
+                    MaterialiseError::Corrupt { chunk, .. } => FetchError::Corrupt {
+                        chunk,
+                        detail: "its bytes do not match its name".into(),
+                    },
+                    other => cache_err(other),
+                })?;
             let _ = tx.send(Event::Arrived { seq, chunk: *chunk }).await;
         }
         Ok(())
@@ -727,15 +703,38 @@ mod tests {
         }
     }
 
+    /// The tree of `manifest` laid out under `tmp/trees`, with progress counting
+    /// what was found in place.
+    fn assemble(
+        tmp: &tempfile::TempDir,
+        manifest: &Manifest,
+    ) -> (Arc<Assembly>, watch::Sender<FetchProgress>) {
+        let dest = tmp.path().join("trees").join(manifest.id().to_hex());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        let (a, _) = Assembly::prepare(Arc::new(manifest.clone()), &dest, &[]).unwrap();
+        let total: u64 = manifest
+            .unique_chunks()
+            .iter()
+            .map(|c| u64::from(c.len))
+            .sum();
+        let missing: u64 = a.missing().iter().map(|c| u64::from(c.len)).sum();
+        let (tx, _) = watch::channel(FetchProgress {
+            done_bytes: total - missing,
+            total_bytes: total,
+        });
+        (Arc::new(a), tx)
+    }
+
     #[tokio::test]
     async fn an_interrupted_fetch_resumes_with_only_the_missing_chunks() {
-        let (_tmp, cache, src) = setup();
+        let (tmp, cache, src) = setup();
         let (id, _) = tree(&src, 10, 10, 1000);
         let source: Arc<dyn ChunkSource> = Arc::new(Shared(src.clone()));
-        let (tx, rx) = watch::channel(FetchProgress::default());
         let manifest = fetch_manifest(source.as_ref(), &cache, id).await.unwrap();
+        let (a, tx) = assemble(&tmp, &manifest);
+        let rx = tx.subscribe();
         *src.cut_after.lock().unwrap() = Some(37);
-        let err = fetch_chunks(source.clone(), cache.clone(), &manifest, &opts(), &tx)
+        let err = fetch_chunks(source.clone(), a.clone(), &opts(), &tx)
             .await
             .unwrap_err();
         assert!(err.is_transient(), "{err}");
@@ -743,16 +742,19 @@ mod tests {
         assert_eq!(first.len(), 37);
         // Progress counts what arrived before the fetch gave up.
         assert!(rx.borrow().done_bytes > 0 && rx.borrow().done_bytes < 100_000);
-        // "Restart": a fresh fetch with the same cache asks only for the rest.
+        drop(a);
+        // "Restart": the staging tree is resumed and only the rest is asked for.
         src.served.lock().unwrap().clear();
         *src.cut_after.lock().unwrap() = None;
-        let stats = fetch_chunks(source.clone(), cache.clone(), &manifest, &opts(), &tx)
+        let (a, tx) = assemble(&tmp, &manifest);
+        assert_eq!(tx.borrow().done_bytes, 37_000);
+        let rx = tx.subscribe();
+        let stats = fetch_chunks(source.clone(), a.clone(), &opts(), &tx)
             .await
             .unwrap();
         let second = src.served.lock().unwrap().clone();
         assert_eq!(second.len(), 63);
         assert!(second.iter().all(|c| !first.contains(c)));
-        assert_eq!(stats.chunks_present, 37);
         assert_eq!(stats.chunks_fetched, 63);
         assert_eq!(
             *rx.borrow(),
@@ -761,26 +763,21 @@ mod tests {
                 total_bytes: 100_000
             }
         );
-        // Whole: nothing more is fetched, the manifest comes from the cache.
-        src.served.lock().unwrap().clear();
-        let manifest = fetch_manifest(source.as_ref(), &cache, id).await.unwrap();
-        fetch_chunks(source, cache, &manifest, &opts(), &tx)
-            .await
-            .unwrap();
-        assert!(src.served.lock().unwrap().is_empty());
+        let tree = a.finish(false).unwrap();
+        cairn_shared::chunks::materialise::verify_tree(&manifest, &tree).unwrap();
+        // The manifest comes from the cache from now on.
+        fetch_manifest(source.as_ref(), &cache, id).await.unwrap();
         assert_eq!(src.manifests_served.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn batches_run_in_parallel_up_to_the_stream_limit() {
-        let (_tmp, cache, src) = setup();
+        let (tmp, cache, src) = setup();
         let (id, _) = tree(&src, 40, 8, 1000);
         let source: Arc<dyn ChunkSource> = Arc::new(Shared(src.clone()));
         let manifest = fetch_manifest(source.as_ref(), &cache, id).await.unwrap();
-        let (tx, _) = watch::channel(FetchProgress::default());
-        fetch_chunks(source, cache.clone(), &manifest, &opts(), &tx)
-            .await
-            .unwrap();
+        let (a, tx) = assemble(&tmp, &manifest);
+        fetch_chunks(source, a, &opts(), &tx).await.unwrap();
         let max = src.max_open.load(Ordering::SeqCst);
         assert!((2..=LAUNCH_STREAMS).contains(&max), "{max} streams at once");
         assert_eq!(src.served.lock().unwrap().len(), 320);
@@ -788,7 +785,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_chunk_corrupt_on_the_controller_fails_the_fetch_naming_it() {
-        let (_tmp, cache, src) = setup();
+        let (tmp, cache, src) = setup();
         let (id, m) = tree(&src, 2, 3, 500);
         let EntryKind::File { chunks } = &m.entries[1].kind else {
             panic!()
@@ -797,10 +794,8 @@ mod tests {
         src.corrupt.lock().unwrap().insert(bad);
         let source: Arc<dyn ChunkSource> = Arc::new(Shared(src.clone()));
         let manifest = fetch_manifest(source.as_ref(), &cache, id).await.unwrap();
-        let (tx, _) = watch::channel(FetchProgress::default());
-        let err = fetch_chunks(source, cache.clone(), &manifest, &opts(), &tx)
-            .await
-            .unwrap_err();
+        let (a, tx) = assemble(&tmp, &manifest);
+        let err = fetch_chunks(source, a, &opts(), &tx).await.unwrap_err();
         assert_eq!(
             err.to_string(),
             format!("chunk {bad} is corrupt on the controller")
@@ -809,8 +804,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_chunk_damaged_in_transit_is_never_stored() {
-        let (_tmp, cache, src) = setup();
+    async fn a_chunk_damaged_in_transit_is_never_written() {
+        let (tmp, cache, src) = setup();
         let (id, m) = tree(&src, 1, 4, 500);
         let EntryKind::File { chunks } = &m.entries[0].kind else {
             panic!()
@@ -819,21 +814,23 @@ mod tests {
         src.tamper.lock().unwrap().insert(bad);
         let source: Arc<dyn ChunkSource> = Arc::new(Shared(src.clone()));
         let manifest = fetch_manifest(source.as_ref(), &cache, id).await.unwrap();
-        let (tx, _) = watch::channel(FetchProgress::default());
-        let err = fetch_chunks(source.clone(), cache.clone(), &manifest, &opts(), &tx)
+        let (a, tx) = assemble(&tmp, &manifest);
+        let err = fetch_chunks(source.clone(), a.clone(), &opts(), &tx)
             .await
             .unwrap_err();
         assert_eq!(
             err.to_string(),
             format!("chunk {bad} arrived corrupt: its bytes do not match its name")
         );
-        assert!(!cache.contains(&bad));
+        assert!(a.remaining() >= 1);
         // Once the link behaves, the retry fetches it.
         src.tamper.lock().unwrap().clear();
-        fetch_chunks(source, cache.clone(), &manifest, &opts(), &tx)
-            .await
-            .unwrap();
-        assert!(cache.contains(&bad));
+        drop(a);
+        let (a, tx) = assemble(&tmp, &manifest);
+        assert!(a.missing().iter().any(|c| c.id == bad));
+        fetch_chunks(source, a.clone(), &opts(), &tx).await.unwrap();
+        let tree = a.finish(false).unwrap();
+        cairn_shared::chunks::materialise::verify_tree(&manifest, &tree).unwrap();
     }
 
     fn encoded(entries: Vec<Entry>) -> Vec<u8> {

@@ -13,15 +13,16 @@
 //!   size, mtime, ctime and inode did not change since the last scan.
 //! * [`dir`] — a local directory of verified chunks named by hash ([`dir::ChunkDir`]).
 //! * [`plan`] — the sans-I/O transfer planner: have/want in, batches out.
-//! * [`materialise`](mod@materialise) — a manifest written out as a tree from verified chunks.
+//! * [`materialise`](mod@materialise) — a manifest written out as a tree, chunks put in
+//!   place from trees already on disk and from the wire, each verified.
 //!
 //! The usual path of a push: [`scan()`] a directory (with last time's
 //! [`ScanCache`]), store the chunks its `locations` point at in a [`ChunkDir`] or
 //! send them, store `manifest.encode()` under `manifest.id()`. A pull:
-//! [`Manifest::decode`] (bounded, validated), [`Transfer`] over
-//! `manifest.unique_chunks()` minus what the local [`ChunkDir`] has, then
-//! [`materialise()`] from the `ChunkDir`. Every chunk is verified against its id on
-//! arrival, on read from disk and when written into a tree.
+//! [`Manifest::decode`] (bounded, validated), [`Assembly::prepare`] (which links or copies what earlier trees on this disk hold),
+//! [`Transfer`] over its `missing()` chunks, each handed to [`Assembly::put`], then
+//! [`Assembly::finish`]. Every chunk is verified against its id on arrival and
+//! whenever it is read from disk.
 
 // Plain data and pure logic, always built (the link's messages name chunks):
 pub mod manifest;
@@ -42,7 +43,7 @@ pub use plan::{Batch, PlanError, PlanOptions, Transfer};
 pub use {
     chunker::{chunk_bytes, chunk_reader},
     dir::{ChunkDir, ChunkDirError},
-    materialise::{materialise, verify_tree, MaterialiseError},
+    materialise::{materialise, verify_tree, Assembly, MaterialiseError, Prepared, Seed},
     scan::{scan, ChunkLocation, Scan, ScanCache, ScanError, ScanProgress},
 };
 
