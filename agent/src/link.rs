@@ -297,6 +297,7 @@ async fn converse<F: FactsSource>(
         d.set_connection(Some(conn.clone()));
     }
     let _connection_guard = ConnectionGuard(images.clone(), datasets.clone());
+    let mut readied = datasets.as_ref().map(|d| d.readied());
 
     let interval = Duration::from_millis(welcome.heartbeat_interval_ms.clamp(100, 600_000));
     let mut ticker = tokio::time::interval(interval);
@@ -349,6 +350,14 @@ async fn converse<F: FactsSource>(
             _ = ticker.tick() => {
                 seq += 1;
                 isolation = isolation_of(&workloads);
+                let hb = heartbeat(seq, facts, &images, &datasets, isolation.clone()).await;
+                if let Err(e) = framing::write(&mut send, &hb, framing::MAX_FRAME_LEN).await {
+                    return lost(conn, true, format!("sending heartbeat: {e}"));
+                }
+            }
+            _ = dataset_readied(&mut readied) => {
+                // A version just became ready: say so now, not a heartbeat later.
+                seq += 1;
                 let hb = heartbeat(seq, facts, &images, &datasets, isolation.clone()).await;
                 if let Err(e) = framing::write(&mut send, &hb, framing::MAX_FRAME_LEN).await {
                     return lost(conn, true, format!("sending heartbeat: {e}"));
@@ -434,6 +443,17 @@ async fn heartbeat<F: FactsSource>(
 
 /// Resolves when the supervisor has queued reports (never, without one). Dropping it
 /// unresolved loses nothing: tokio hands an unconsumed notification on.
+async fn dataset_readied(readied: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    let ok = match readied {
+        Some(r) => r.changed().await.is_ok(),
+        None => false,
+    };
+    if !ok {
+        // No cache, or it is gone: nothing will ever be readied.
+        std::future::pending::<()>().await;
+    }
+}
+
 async fn wait_changed(workloads: &Option<WorkloadsHandle>) {
     match workloads {
         Some(w) => w.0.changed().notified().await,
@@ -600,6 +620,7 @@ async fn maybe_renew(
         AgentResponse::Refused { message, .. } => Err(format!("refused: {message}")),
         AgentResponse::ImageStream { .. }
         | AgentResponse::Manifest { .. }
+        | AgentResponse::ManifestDelta { .. }
         | AgentResponse::Chunks => Err("the controller answered with a data stream".into()),
         AgentResponse::Certificate { cert_der } => {
             if identity::host_id_of(&cert_der).ok().as_ref() != Some(&state.config.host_id)

@@ -8,6 +8,11 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// Content type of a manifest sent as a delta from one the controller holds
+/// (`cairn_shared::chunks::delta::Delta`, postcard), on `POST
+/// /api/v1/datasets/{name}/versions`.
+pub const MANIFEST_DELTA: &str = "application/vnd.cairn.manifest-delta";
+
 /// Most ids one `POST /api/v1/chunks/missing` may ask about.
 pub const MAX_MISSING_QUERY: usize = 16384;
 /// Largest body of `POST /api/v1/chunks` (a pack of chunks).

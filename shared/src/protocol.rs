@@ -284,6 +284,16 @@ pub enum AgentRequest {
     /// with a [`ChunkStreamCode`] that carries the reason and the chunk's index, so
     /// the agent can say which chunk and why.
     FetchChunks { chunks: Vec<crate::chunks::ChunkId> },
+    /// Like [`AgentRequest::FetchManifest`], as a delta from `base`, a manifest the
+    /// agent holds (the previous version, usually). Answered by
+    /// [`AgentResponse::ManifestDelta`], after which the stream carries exactly `len`
+    /// bytes of an encoded `chunks::delta::Delta`, or, when the controller does not
+    /// hold `base` or a delta would not be smaller, as `FetchManifest` is. The agent
+    /// checks the rebuilt bytes hash to `manifest`.
+    FetchManifestDelta {
+        manifest: crate::chunks::ChunkId,
+        base: crate::chunks::ChunkId,
+    },
 }
 
 /// Most chunks one [`AgentRequest::FetchChunks`] asks for.
@@ -355,7 +365,7 @@ impl Validate for AgentRequest {
                     Err(Invalid::new("archive", "not a BLAKE3 hash"))
                 }
             }
-            AgentRequest::FetchManifest { .. } => Ok(()),
+            AgentRequest::FetchManifest { .. } | AgentRequest::FetchManifestDelta { .. } => Ok(()),
             AgentRequest::FetchChunks { chunks } => {
                 if chunks.is_empty() {
                     return Err(Invalid::new("chunks", "no chunks asked for"));
@@ -385,6 +395,10 @@ pub enum AgentResponse {
     Refused {
         code: RefusalCode,
         message: String,
+    },
+    /// The manifest follows as `len` bytes of an encoded delta from the base asked.
+    ManifestDelta {
+        len: u64,
     },
 }
 

@@ -239,6 +239,80 @@ async fn push_unchanged_change_list_show_remove() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_push_sends_a_manifest_delta_and_recovers_what_the_controller_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let tree = tmp.path().join("tree");
+    // 3,000 small files: a manifest of some 300 KiB.
+    for d in 0..30 {
+        let dir = tree.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            std::fs::write(dir.join(format!("f{f:03}.txt")), noise(200, d * 1000 + f)).unwrap();
+        }
+    }
+    let mut ctl = Controller::init(tmp.path(), &ControllerOptions::default());
+    ctl.start().await;
+    let admin = ctl.admin_token.clone();
+    let arg = tree.to_str().unwrap();
+    let push = || {
+        ok(cairn_as(
+            &ctl,
+            &home,
+            &admin,
+            &["datasets", "push", "notes", arg],
+        ))
+    };
+    let whole = {
+        let out = push();
+        assert!(out.starts_with("pushed notes@1: 3000 files, "), "{out}");
+        scan(&tree, DEFAULT_PARAMS, None, &mut |_| {})
+            .unwrap()
+            .manifest
+            .encode()
+            .len()
+    };
+    assert!(whole > 150_000, "{whole}");
+
+    // Three files change: their bytes and a small delta travel, not the manifest.
+    for d in [3, 15, 27] {
+        std::fs::write(tree.join(format!("d{d:02}/f050.txt")), noise(200, 99 + d)).unwrap();
+    }
+    let out = push();
+    assert!(out.starts_with("pushed notes@2: "), "{out}");
+    let sent = sent_bytes(&out);
+    assert!(
+        sent < 30.0 * 1024.0,
+        "sent {sent} bytes for 3 changed files: {out}"
+    );
+    let local = scan(&tree, DEFAULT_PARAMS, None, &mut |_| {}).unwrap();
+    let (_, latest) = manifest_bytes(&ctl, "notes", "latest").await;
+    assert_eq!(
+        Manifest::decode(&latest, &Limits::DEFAULT).unwrap(),
+        local.manifest
+    );
+
+    // The controller lost the chunk of an unchanged file and the manifest the
+    // delta would start from: the push notices both and still commits.
+    let store = cairn_shared::chunks::dir::ChunkDir::open(ctl.dir.join("chunks")).unwrap();
+    let lost = ChunkId::of(&std::fs::read(tree.join("d00/f000.txt")).unwrap());
+    assert!(store.remove(&lost).unwrap());
+    assert!(store.remove(&local.manifest.id()).unwrap());
+    std::fs::write(tree.join("d01/f001.txt"), noise(200, 5)).unwrap();
+    let o = cairn_as(&ctl, &home, &admin, &["datasets", "push", "notes", arg]);
+    let out = ok(o);
+    assert!(out.starts_with("pushed notes@3: "), "{out}");
+    assert!(store.contains(&lost));
+    let local = scan(&tree, DEFAULT_PARAMS, None, &mut |_| {}).unwrap();
+    let (_, latest) = manifest_bytes(&ctl, "notes", "latest").await;
+    assert_eq!(
+        Manifest::decode(&latest, &Limits::DEFAULT).unwrap(),
+        local.manifest
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_packs_and_bad_manifests_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let mut ctl = Controller::init(tmp.path(), &ControllerOptions::default());

@@ -63,6 +63,8 @@ struct Server {
     addr: std::net::SocketAddr,
     ca: Ca,
     asked: Arc<AtomicUsize>,
+    /// Manifest requests that named a base (deltas).
+    deltas: Arc<AtomicUsize>,
     _endpoint: quinn::Endpoint,
 }
 
@@ -74,21 +76,29 @@ fn server(store: Arc<MemStore>) -> Server {
     let ep = identity::endpoint("127.0.0.1:0".parse().unwrap(), Some(cfg)).unwrap();
     let addr = ep.local_addr().unwrap();
     let asked = Arc::new(AtomicUsize::new(0));
-    let (ep2, asked2) = (ep.clone(), asked.clone());
+    let deltas = Arc::new(AtomicUsize::new(0));
+    let (ep2, asked2, deltas2) = (ep.clone(), asked.clone(), deltas.clone());
     tokio::spawn(async move {
         while let Some(incoming) = ep2.accept().await {
             let Ok(conn) = incoming.await else { continue };
-            let (store, asked) = (store.clone(), asked2.clone());
+            let (store, asked, deltas) = (store.clone(), asked2.clone(), deltas2.clone());
             tokio::spawn(async move {
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                    let (store, asked) = (store.clone(), asked.clone());
+                    let (store, asked, deltas) = (store.clone(), asked.clone(), deltas.clone());
                     tokio::spawn(async move {
                         let req: AgentRequest =
                             framing::read(&mut recv, 64 * 1024).await.unwrap().unwrap();
-                        use cairn_controller::link::chunks::{serve_chunks, serve_manifest};
+                        use cairn_controller::link::chunks::{
+                            serve_chunks, serve_manifest, serve_manifest_delta,
+                        };
                         let r = match req {
                             AgentRequest::FetchManifest { manifest } => {
                                 serve_manifest(store.as_ref(), manifest, &mut send).await
+                            }
+                            AgentRequest::FetchManifestDelta { manifest, base } => {
+                                deltas.fetch_add(1, Ordering::SeqCst);
+                                serve_manifest_delta(store.as_ref(), manifest, base, &mut send)
+                                    .await
                             }
                             AgentRequest::FetchChunks { chunks } => {
                                 asked.fetch_add(chunks.len(), Ordering::SeqCst);
@@ -111,6 +121,7 @@ fn server(store: Arc<MemStore>) -> Server {
         addr,
         ca,
         asked,
+        deltas,
         _endpoint: ep,
     }
 }
@@ -194,6 +205,38 @@ async fn a_version_crosses_the_link_byte_for_byte() {
     assert_eq!(cache.ready(), vec![spec.manifest]);
     let unique: HashSet<ChunkId> = manifest.unique_chunks().iter().map(|c| c.id).collect();
     assert_eq!(s.asked.load(Ordering::SeqCst), unique.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_comes_as_a_manifest_delta_and_the_chunks_it_lacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    // Enough entries that a delta is worth sending.
+    std::fs::create_dir_all(src.join("notes")).unwrap();
+    for i in 0..400 {
+        std::fs::write(
+            src.join(format!("notes/n{i:03}.txt")),
+            format!("note {i}\n"),
+        )
+        .unwrap();
+    }
+    let store = Arc::new(MemStore::default());
+    let (v1, _) = push(&src, &store);
+    let s = server(store.clone());
+    let cache = open_cache(&tmp.path().join("agent"));
+    cache.set_connection(Some(connect(&s).await));
+    cache.ensure(&v1, true).wait().await.unwrap();
+    assert_eq!(s.deltas.load(Ordering::SeqCst), 0);
+    // One small file changes.
+    std::fs::write(src.join("notes/n200.txt"), b"changed for version two").unwrap();
+    let (mut v2, manifest) = push(&src, &store);
+    v2.version = 4;
+    let before = s.asked.load(Ordering::SeqCst);
+    let tree = cache.ensure(&v2, true).wait().await.unwrap();
+    cairn_shared::chunks::materialise::verify_tree(&manifest, &tree).unwrap();
+    assert_eq!(s.deltas.load(Ordering::SeqCst), 1);
+    assert_eq!(s.asked.load(Ordering::SeqCst) - before, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

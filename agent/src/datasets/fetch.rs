@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_shared::chunks::delta;
 use cairn_shared::chunks::dir::ChunkDir;
 use cairn_shared::chunks::manifest::{Limits, Manifest};
 use cairn_shared::chunks::materialise::{Assembly, MaterialiseError};
@@ -85,10 +86,28 @@ pub trait ChunkStream: Send {
     fn next(&mut self, expect: ChunkRef) -> BoxFuture<'_, Result<Vec<u8>, FetchError>>;
 }
 
+/// A manifest as the source sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestBytes {
+    /// The encoded manifest (unverified).
+    Whole(Vec<u8>),
+    /// An encoded [`delta::Delta`] from the base asked for (unverified).
+    Delta(Vec<u8>),
+}
+
 /// Where chunks and manifests come from.
 pub trait ChunkSource: Send + Sync + 'static {
     /// A manifest's encoded bytes (unverified).
     fn manifest(&self, id: ChunkId) -> BoxFuture<'_, Result<Vec<u8>, FetchError>>;
+    /// The manifest `id` as a delta from `base` (which the caller holds) if the
+    /// source can send one, else whole.
+    fn manifest_from(
+        &self,
+        id: ChunkId,
+        _base: ChunkId,
+    ) -> BoxFuture<'_, Result<ManifestBytes, FetchError>> {
+        Box::pin(async move { self.manifest(id).await.map(ManifestBytes::Whole) })
+    }
     /// Opens a stream of `ids`' bytes, in order.
     fn chunks(&self, ids: Vec<ChunkId>) -> BoxFuture<'_, Result<Box<dyn ChunkStream>, FetchError>>;
 }
@@ -123,8 +142,9 @@ pub struct FetchOptions {
 
 /// Streams of a launch's fetch.
 pub const LAUNCH_STREAMS: usize = 8;
-/// Streams of a pre-fetch: fewer, so launches get the link first.
-pub const PREFETCH_STREAMS: usize = 2;
+/// Streams of a pre-fetch: fewer, so launches get the link first (a launch that
+/// joins a pre-fetch raises it to [`LAUNCH_STREAMS`]).
+pub const PREFETCH_STREAMS: usize = 4;
 
 impl Default for FetchOptions {
     fn default() -> Self {
@@ -148,21 +168,50 @@ fn cache_err(e: impl std::fmt::Display) -> FetchError {
 }
 
 /// The manifest `id`, from the cache or the controller, verified and validated.
-/// A fetched manifest is kept in the chunk cache under its name.
+/// With a `base` the cache holds, the controller is asked for the difference only
+/// (anything wrong with the delta falls back to the whole manifest). A fetched
+/// manifest is kept in the chunk cache under its name.
 pub async fn fetch_manifest(
     source: &dyn ChunkSource,
     cache: &Arc<ChunkDir>,
     id: ChunkId,
+    base: Option<ChunkId>,
 ) -> Result<Manifest, FetchError> {
     let c = cache.clone();
-    let local = tokio::task::spawn_blocking(move || c.get_manifest(&id))
-        .await
-        .map_err(cache_err)?;
+    let (local, base) = tokio::task::spawn_blocking(move || {
+        let base = base
+            .filter(|b| *b != id)
+            .and_then(|b| c.get_manifest(&b).ok().flatten().map(|bytes| (b, bytes)));
+        (c.get_manifest(&id), base)
+    })
+    .await
+    .map_err(cache_err)?;
     let bytes = match local {
         Ok(Some(b)) => b,
         // A corrupt cached copy is dropped and fetched again.
         Ok(None) | Err(_) => {
-            let bytes = source.manifest(id).await?;
+            let rebuilt = match base {
+                Some((base_id, base_bytes)) => match source.manifest_from(id, base_id).await? {
+                    ManifestBytes::Whole(b) => Some(b),
+                    ManifestBytes::Delta(d) => {
+                        let max = MAX_MANIFEST_BYTES as usize;
+                        let r = delta::Delta::decode(&d, max)
+                            .and_then(|d| delta::apply(&d, &base_bytes, max));
+                        match r {
+                            Ok(b) => Some(b),
+                            Err(e) => {
+                                tracing::warn!(manifest = %id, error = %e, "a manifest delta did not apply; fetching the whole manifest");
+                                None
+                            }
+                        }
+                    }
+                },
+                None => None,
+            };
+            let bytes = match rebuilt {
+                Some(b) => b,
+                None => source.manifest(id).await?,
+            };
             if !id.verifies(&bytes) {
                 return Err(FetchError::Corrupt {
                     chunk: id,
@@ -298,7 +347,8 @@ pub async fn fetch_chunks(
 }
 
 /// Fetches one batch: opens its stream, then reads each chunk and puts it into the
-/// tree (which checks it) before reading the next.
+/// tree (which checks it). The write of one chunk overlaps the read of the next;
+/// memory is two chunks per stream.
 async fn run_batch(
     source: Arc<dyn ChunkSource>,
     tree: Arc<Assembly>,
@@ -306,8 +356,28 @@ async fn run_batch(
     chunks: Vec<ChunkRef>,
     tx: tokio::sync::mpsc::Sender<Event>,
 ) {
+    type Put = tokio::task::JoinHandle<Result<(), MaterialiseError>>;
+    async fn landed(
+        put: Option<(ChunkRef, Put)>,
+        seq: u64,
+        tx: &tokio::sync::mpsc::Sender<Event>,
+    ) -> Result<(), FetchError> {
+        let Some((chunk, put)) = put else {
+            return Ok(());
+        };
+        put.await.map_err(cache_err)?.map_err(|e| match e {
+            MaterialiseError::Corrupt { chunk, .. } => FetchError::Corrupt {
+                chunk,
+                detail: "its bytes do not match its name".into(),
+            },
+            other => cache_err(other),
+        })?;
+        let _ = tx.send(Event::Arrived { seq, chunk }).await;
+        Ok(())
+    }
     let result = async {
         let mut stream = source.chunks(chunks.iter().map(|c| c.id).collect()).await?;
+        let mut writing: Option<(ChunkRef, Put)> = None;
         for chunk in &chunks {
             let bytes = stream.next(*chunk).await?;
             if bytes.len() != chunk.len as usize {
@@ -316,20 +386,14 @@ async fn run_batch(
                     detail: format!("{} bytes, the manifest says {}", bytes.len(), chunk.len),
                 });
             }
+            landed(writing.take(), seq, &tx).await?;
             let (t, c) = (tree.clone(), *chunk);
-            tokio::task::spawn_blocking(move || t.put(&c, &bytes))
-                .await
-                .map_err(cache_err)?
-                .map_err(|e| match e {
-                    MaterialiseError::Corrupt { chunk, .. } => FetchError::Corrupt {
-                        chunk,
-                        detail: "its bytes do not match its name".into(),
-                    },
-                    other => cache_err(other),
-                })?;
-            let _ = tx.send(Event::Arrived { seq, chunk: *chunk }).await;
+            writing = Some((
+                *chunk,
+                tokio::task::spawn_blocking(move || t.put(&c, &bytes)),
+            ));
         }
-        Ok(())
+        landed(writing, seq, &tx).await
     }
     .await;
     let _ = tx
@@ -469,6 +533,46 @@ impl ChunkSource for QuicChunkSource {
             let mut buf = vec![0u8; len as usize];
             read_exact(&mut recv, &mut buf, &id, &[id]).await?;
             Ok(buf)
+        })
+    }
+
+    fn manifest_from(
+        &self,
+        id: ChunkId,
+        base: ChunkId,
+    ) -> BoxFuture<'_, Result<ManifestBytes, FetchError>> {
+        Box::pin(async move {
+            let asked = AgentRequest::FetchManifestDelta { manifest: id, base };
+            let (resp, mut recv) = match self.ask(&asked).await {
+                Ok(r) => r,
+                // A controller from before deltas refuses the request.
+                Err(FetchError::Refused(_)) => {
+                    return self.manifest(id).await.map(ManifestBytes::Whole)
+                }
+                Err(e) => return Err(e),
+            };
+            let (len, whole) = match resp {
+                AgentResponse::Manifest { len } => (len, true),
+                AgentResponse::ManifestDelta { len } => (len, false),
+                other => {
+                    return Err(FetchError::Link(format!(
+                        "the controller answered a manifest fetch with {other:?}"
+                    )))
+                }
+            };
+            if len > MAX_MANIFEST_BYTES {
+                return Err(FetchError::BadManifest {
+                    manifest: id,
+                    rule: format!("{len} bytes, over the limit of {MAX_MANIFEST_BYTES}"),
+                });
+            }
+            let mut buf = vec![0u8; len as usize];
+            read_exact(&mut recv, &mut buf, &id, &[id]).await?;
+            Ok(if whole {
+                ManifestBytes::Whole(buf)
+            } else {
+                ManifestBytes::Delta(buf)
+            })
         })
     }
 
@@ -730,7 +834,9 @@ mod tests {
         let (tmp, cache, src) = setup();
         let (id, _) = tree(&src, 10, 10, 1000);
         let source: Arc<dyn ChunkSource> = Arc::new(Shared(src.clone()));
-        let manifest = fetch_manifest(source.as_ref(), &cache, id).await.unwrap();
+        let manifest = fetch_manifest(source.as_ref(), &cache, id, None)
+            .await
+            .unwrap();
         let (a, tx) = assemble(&tmp, &manifest);
         let rx = tx.subscribe();
         *src.cut_after.lock().unwrap() = Some(37);
@@ -766,7 +872,9 @@ mod tests {
         let tree = a.finish(false).unwrap();
         cairn_shared::chunks::materialise::verify_tree(&manifest, &tree).unwrap();
         // The manifest comes from the cache from now on.
-        fetch_manifest(source.as_ref(), &cache, id).await.unwrap();
+        fetch_manifest(source.as_ref(), &cache, id, None)
+            .await
+            .unwrap();
         assert_eq!(src.manifests_served.load(Ordering::SeqCst), 1);
     }
 
@@ -775,7 +883,9 @@ mod tests {
         let (tmp, cache, src) = setup();
         let (id, _) = tree(&src, 40, 8, 1000);
         let source: Arc<dyn ChunkSource> = Arc::new(Shared(src.clone()));
-        let manifest = fetch_manifest(source.as_ref(), &cache, id).await.unwrap();
+        let manifest = fetch_manifest(source.as_ref(), &cache, id, None)
+            .await
+            .unwrap();
         let (a, tx) = assemble(&tmp, &manifest);
         fetch_chunks(source, a, &opts(), &tx).await.unwrap();
         let max = src.max_open.load(Ordering::SeqCst);
@@ -793,7 +903,9 @@ mod tests {
         let bad = chunks[1].id;
         src.corrupt.lock().unwrap().insert(bad);
         let source: Arc<dyn ChunkSource> = Arc::new(Shared(src.clone()));
-        let manifest = fetch_manifest(source.as_ref(), &cache, id).await.unwrap();
+        let manifest = fetch_manifest(source.as_ref(), &cache, id, None)
+            .await
+            .unwrap();
         let (a, tx) = assemble(&tmp, &manifest);
         let err = fetch_chunks(source, a, &opts(), &tx).await.unwrap_err();
         assert_eq!(
@@ -813,7 +925,9 @@ mod tests {
         let bad = chunks[2].id;
         src.tamper.lock().unwrap().insert(bad);
         let source: Arc<dyn ChunkSource> = Arc::new(Shared(src.clone()));
-        let manifest = fetch_manifest(source.as_ref(), &cache, id).await.unwrap();
+        let manifest = fetch_manifest(source.as_ref(), &cache, id, None)
+            .await
+            .unwrap();
         let (a, tx) = assemble(&tmp, &manifest);
         let err = fetch_chunks(source.clone(), a.clone(), &opts(), &tx)
             .await
@@ -844,7 +958,7 @@ mod tests {
 
     async fn refused(src: &Arc<FakeSource>, cache: &Arc<ChunkDir>, bytes: Vec<u8>) -> String {
         let id = src.add(&bytes);
-        let err = fetch_manifest(&Shared(src.clone()), cache, id)
+        let err = fetch_manifest(&Shared(src.clone()), cache, id, None)
             .await
             .unwrap_err();
         assert!(matches!(err, FetchError::BadManifest { .. }), "{err}");
@@ -920,7 +1034,7 @@ mod tests {
         // Bytes that are not the manifest's name.
         let id = src.add(b"honest");
         src.objects.lock().unwrap().insert(id, b"swapped".to_vec());
-        let err = fetch_manifest(&Shared(src.clone()), &cache, id)
+        let err = fetch_manifest(&Shared(src.clone()), &cache, id, None)
             .await
             .unwrap_err();
         assert!(matches!(err, FetchError::Corrupt { .. }), "{err}");

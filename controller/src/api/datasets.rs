@@ -5,7 +5,8 @@
 //! * `POST /chunks` — a pack (`application/octet-stream`, ≤ 32 MiB) of frames
 //!   `[32-byte id][u32 BE length][bytes]`; each is verified against its id, and a bad
 //!   one refuses the pack with 400 naming it. `{stored, already}`.
-//! * `POST /datasets/{name}/versions` — the encoded manifest; 201 and the new
+//! * `POST /datasets/{name}/versions` — the encoded manifest, or (content type
+//!   [`MANIFEST_DELTA`]) its delta from one the controller holds; 201 and the new
 //!   version, or 200 with `unchanged: true` when it is the latest version's.
 //! * `GET /datasets`, `GET /datasets/{name}`, `DELETE /datasets/{name}`.
 //! * `GET /datasets/{name}/versions/{v}/manifest` — the encoded manifest (`v` a
@@ -27,7 +28,7 @@ use axum::Json;
 use bytes::{Bytes, BytesMut};
 use cairn_api::datasets::{
     CommitAnswer, DatasetRecord, DatasetVersionView, MissingAnswer, MissingQuery, PackAnswer,
-    MAX_PACK_BYTES,
+    MANIFEST_DELTA, MAX_PACK_BYTES,
 };
 use futures::StreamExt;
 
@@ -145,8 +146,11 @@ pub async fn pack(
     tag = "datasets",
     summary = "Commit a manifest as the next version of a dataset (admins)",
     params(("name" = String, Path, description = "dataset name")),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the encoded manifest"),
-    responses((status = 201, description = "the new version", body = CommitAnswer), (status = 200, description = "the manifest is the latest version's: nothing created", body = CommitAnswer), (status = 409, description = "`chunks_missing`: upload them first", body = cairn_api::error::ErrorBody), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+    request_body(description = "the encoded manifest (application/octet-stream), or its delta from a manifest the controller holds (application/vnd.cairn.manifest-delta, cairn_shared::chunks::delta)", content(
+        (Vec<u8> = "application/octet-stream"),
+        (Vec<u8> = "application/vnd.cairn.manifest-delta")
+    )),
+    responses((status = 201, description = "the new version", body = CommitAnswer), (status = 200, description = "the manifest is the latest version's: nothing created", body = CommitAnswer), (status = 409, description = "`chunks_missing`: upload them first; `base_unknown`: the delta's base is not here, send the whole manifest", body = cairn_api::error::ErrorBody), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
 )]
 pub async fn commit(
     State(s): State<Arc<Service>>,
@@ -157,8 +161,15 @@ pub async fn commit(
 ) -> ApiResult<(StatusCode, Json<CommitAnswer>)> {
     s.may_push(&caller)?;
     let limit = crate::datasets::max_manifest_bytes();
+    let delta = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == MANIFEST_DELTA.as_bytes());
     let bytes = read_body(&headers, b, limit, s.body_stall()).await?;
-    let a = s.commit_dataset(&caller, &name, &bytes).await?;
+    let a = if delta {
+        s.commit_dataset_delta(&caller, &name, &bytes).await?
+    } else {
+        s.commit_dataset(&caller, &name, &bytes).await?
+    };
     let status = if a.unchanged {
         StatusCode::OK
     } else {

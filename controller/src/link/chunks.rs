@@ -2,9 +2,10 @@
 //! ([`AgentRequest::FetchManifest`], [`AgentRequest::FetchChunks`]).
 //!
 //! Both answers come from the [`ChunkStore`], which verifies every object it reads.
-//! Memory is bounded by one object at a time: a chunk is read, written to the
-//! stream, and dropped before the next is read (a chunk is at most
-//! [`MAX_CHUNK_LEN`], a batch at most [`MAX_FETCH_CHUNKS`] chunks). A stream
+//! Reads run [`READ_AHEAD`] chunks ahead of the stream, in order, so a store whose
+//! reads wait on the disk keeps several in flight while the agent takes bytes;
+//! memory is bounded by those few objects (a chunk is at most [`MAX_CHUNK_LEN`], a
+//! batch at most [`MAX_FETCH_CHUNKS`] chunks). A stream
 //! whose agent stops reading is reset after [`WRITE_TIMEOUT`], so a stuck agent
 //! holds no task for ever.
 //!
@@ -31,6 +32,8 @@ use crate::chunks::{ChunkStore, ChunkStoreError};
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one store read may take.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Chunks read from the store ahead of the one being written, per stream.
+pub const READ_AHEAD: usize = 4;
 /// Response header frames are small.
 const MAX_HEADER_FRAME: u32 = 64 * 1024;
 
@@ -94,13 +97,11 @@ async fn write_all(sink: &mut dyn ChunkSink, bytes: &[u8], index: usize) -> Resu
     }
 }
 
-/// Answers a `FetchManifest`: an [`AgentResponse::Manifest`] header and the bytes,
-/// or a refusal (returned, for the caller to send) that names the manifest.
-pub async fn serve_manifest(
+/// The stored manifest `manifest`, or the refusal that names why not.
+async fn load_manifest(
     store: &dyn ChunkStore,
     manifest: ChunkId,
-    sink: &mut dyn ChunkSink,
-) -> Result<(), AgentResponse> {
+) -> Result<bytes::Bytes, AgentResponse> {
     let bytes = match get(store, manifest).await {
         Ok(Some(b)) => b,
         Ok(None) => {
@@ -126,26 +127,86 @@ pub async fn serve_manifest(
             ),
         ));
     }
-    let header = AgentResponse::Manifest {
-        len: bytes.len() as u64,
-    };
-    let Ok(frame) = framing::encode(&header, MAX_HEADER_FRAME) else {
+    Ok(bytes)
+}
+
+/// Writes `header`, then `bytes`, then ends the stream.
+async fn send_object(
+    header: &AgentResponse,
+    bytes: &[u8],
+    sink: &mut dyn ChunkSink,
+) -> Result<(), AgentResponse> {
+    let Ok(frame) = framing::encode(header, MAX_HEADER_FRAME) else {
         return Err(refused(
             RefusalCode::Internal,
             "cannot encode the answer".into(),
         ));
     };
-    if write_all(sink, &frame, 0).await.is_err() || write_all(sink, &bytes, 0).await.is_err() {
+    if write_all(sink, &frame, 0).await.is_err() || write_all(sink, bytes, 0).await.is_err() {
         return Ok(());
     }
     sink.finish();
+    Ok(())
+}
+
+/// Answers a `FetchManifest`: an [`AgentResponse::Manifest`] header and the bytes,
+/// or a refusal (returned, for the caller to send) that names the manifest.
+pub async fn serve_manifest(
+    store: &dyn ChunkStore,
+    manifest: ChunkId,
+    sink: &mut dyn ChunkSink,
+) -> Result<(), AgentResponse> {
+    let bytes = load_manifest(store, manifest).await?;
+    let header = AgentResponse::Manifest {
+        len: bytes.len() as u64,
+    };
+    send_object(&header, &bytes, sink).await?;
     tracing::debug!(%manifest, bytes = bytes.len(), "manifest sent");
+    Ok(())
+}
+
+/// Answers a `FetchManifestDelta`: an [`AgentResponse::ManifestDelta`] header and
+/// the delta of `manifest` from `base`; the whole manifest as `FetchManifest` gets
+/// it when `base` is not here (or unreadable) or the delta would not be smaller.
+pub async fn serve_manifest_delta(
+    store: &dyn ChunkStore,
+    manifest: ChunkId,
+    base: ChunkId,
+    sink: &mut dyn ChunkSink,
+) -> Result<(), AgentResponse> {
+    let target = load_manifest(store, manifest).await?;
+    let base_bytes = match get(store, base).await {
+        Ok(Some(b)) => b,
+        _ => {
+            let header = AgentResponse::Manifest {
+                len: target.len() as u64,
+            };
+            return send_object(&header, &target, sink).await;
+        }
+    };
+    let t = target.clone();
+    let delta = tokio::task::spawn_blocking(move || {
+        cairn_shared::chunks::delta::diff(base, &base_bytes, &t).encode()
+    })
+    .await
+    .unwrap_or_default();
+    if delta.is_empty() || delta.len() >= target.len() {
+        let header = AgentResponse::Manifest {
+            len: target.len() as u64,
+        };
+        return send_object(&header, &target, sink).await;
+    }
+    let header = AgentResponse::ManifestDelta {
+        len: delta.len() as u64,
+    };
+    send_object(&header, &delta, sink).await?;
+    tracing::debug!(%manifest, %base, bytes = delta.len(), whole = target.len(), "manifest delta sent");
     Ok(())
 }
 
 /// Answers a `FetchChunks`: checks every chunk is present (else a refusal naming
 /// the first absent one), then an [`AgentResponse::Chunks`] header and one frame
-/// per chunk, reading each from the store only when the previous one is written.
+/// per chunk, read from the store at most [`READ_AHEAD`] chunks ahead of the stream.
 pub async fn serve_chunks(
     store: &dyn ChunkStore,
     chunks: &[ChunkId],
@@ -193,9 +254,16 @@ pub async fn serve_chunks(
     if write_all(sink, &frame, 0).await.is_err() {
         return Ok(());
     }
+    use futures::StreamExt;
     let mut sent = 0u64;
+    let mut reads = futures::stream::iter(chunks.iter().copied())
+        .map(|id| get(store, id))
+        .buffered(READ_AHEAD);
     for (index, id) in chunks.iter().enumerate() {
-        let bytes = match get(store, *id).await {
+        let Some(read) = reads.next().await else {
+            break;
+        };
+        let bytes = match read {
             Ok(Some(b)) => b,
             Ok(None) => {
                 tracing::warn!(chunk = %id, "a chunk vanished from the store during a fetch");

@@ -259,6 +259,19 @@ async fn handle_request(
                     Err(refusal) => refusal,
                 }
             }
+            AgentRequest::FetchManifestDelta { manifest, base } => {
+                match super::chunks::serve_manifest_delta(
+                    app.chunks.as_ref(),
+                    manifest,
+                    base,
+                    &mut send,
+                )
+                .await
+                {
+                    Ok(()) => return,
+                    Err(refusal) => refusal,
+                }
+            }
             AgentRequest::FetchChunks { chunks } => {
                 match super::chunks::serve_chunks(app.chunks.as_ref(), &chunks, &mut send).await {
                     Ok(()) => return,

@@ -203,6 +203,45 @@ impl Service {
         })
     }
 
+    /// Commits a manifest sent as a [`Delta`] from one the store holds (the previous
+    /// version, usually): the same rules as [`Service::commit_dataset`] once it is
+    /// rebuilt. A base the store does not hold is a conflict (`base_unknown`): the
+    /// pusher sends the whole manifest instead.
+    ///
+    /// [`Delta`]: cairn_shared::chunks::delta::Delta
+    pub async fn commit_dataset_delta(
+        &self,
+        caller: &Caller,
+        name: &str,
+        delta: &[u8],
+    ) -> ServiceResult<CommitAnswer> {
+        use cairn_shared::chunks::delta::{apply, Delta};
+        self.may_push(caller)?;
+        let limit = crate::datasets::max_manifest_bytes();
+        let bad = |e: cairn_shared::chunks::delta::DeltaError| {
+            ServiceError::new(
+                Kind::Invalid,
+                "bad_delta",
+                format!("manifest delta refused: {e}"),
+            )
+        };
+        let d = Delta::decode(delta, limit).map_err(bad)?;
+        let base = self.app.chunks.get(d.base).await?.ok_or_else(|| {
+            ServiceError::conflict(
+                "base_unknown",
+                format!(
+                    "the controller does not hold manifest {}; send the whole manifest",
+                    d.base
+                ),
+            )
+        })?;
+        let manifest = tokio::task::spawn_blocking(move || apply(&d, &base, limit))
+            .await
+            .map_err(ServiceError::internal)?
+            .map_err(bad)?;
+        self.commit_dataset(caller, name, &manifest).await
+    }
+
     /// Every dataset (any signed-in user: datasets are course material).
     pub fn list_datasets(&self, caller: &Caller) -> ServiceResult<Vec<RecordView>> {
         caller.user()?;

@@ -11,6 +11,7 @@
 //!   encoded, hashed list of entries, validated whole before anything trusts it.
 //! * [`scan`](mod@scan) — a directory turned into a manifest, reusing the chunks of files whose
 //!   size, mtime, ctime and inode did not change since the last scan.
+//! * [`delta`] — a manifest sent as its difference from one the receiver holds.
 //! * [`dir`] — a local directory of verified chunks named by hash ([`dir::ChunkDir`]).
 //! * [`plan`] — the sans-I/O transfer planner: have/want in, batches out.
 //! * [`materialise`](mod@materialise) — a manifest written out as a tree, chunks put in
@@ -30,6 +31,8 @@ pub mod plan;
 // The parts that read and write files, behind the `chunks` feature:
 #[cfg(feature = "chunks")]
 pub mod chunker;
+#[cfg(feature = "chunks")]
+pub mod delta;
 #[cfg(feature = "chunks")]
 pub mod dir;
 #[cfg(feature = "chunks")]

@@ -112,6 +112,10 @@ pub struct Scan {
     pub locations: HashMap<ChunkId, ChunkLocation>,
     /// Files actually read (the rest came from the cache).
     pub files_read: u64,
+    /// The distinct chunks of the files read. When the previous scan's cache was
+    /// saved after a push that committed, the other chunks are on the controller
+    /// already: a push need only ask about these.
+    pub fresh: Vec<ChunkRef>,
 }
 
 /// A file found by the walk, waiting for its chunks.
@@ -218,6 +222,14 @@ pub fn scan(
         return Err(e);
     }
 
+    let mut seen = std::collections::HashSet::new();
+    let fresh: Vec<ChunkRef> = to_read
+        .iter()
+        .filter_map(|&i| chunks_of[i].as_ref())
+        .flatten()
+        .filter(|c| seen.insert(c.id))
+        .copied()
+        .collect();
     let mut cache = ScanCache {
         params,
         files: BTreeMap::new(),
@@ -256,6 +268,7 @@ pub fn scan(
         cache,
         locations,
         files_read,
+        fresh,
     })
 }
 
@@ -437,9 +450,17 @@ mod tests {
         // without a cache the same tree gives the same manifest
         assert_eq!(run(t.path(), None).manifest.id(), first.manifest.id());
 
+        assert!(again.fresh.is_empty());
         fs::write(t.path().join("a/b/one.txt"), b"ONE!").unwrap();
         let touched = run(t.path(), Some(&again.cache));
         assert_eq!(touched.files_read, 1);
+        assert_eq!(
+            touched.fresh,
+            vec![ChunkRef {
+                id: ChunkId::of(b"ONE!"),
+                len: 4
+            }]
+        );
         assert_ne!(touched.manifest.id(), first.manifest.id());
 
         // a cache made with other params is ignored

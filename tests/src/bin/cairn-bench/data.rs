@@ -14,6 +14,12 @@
 //! bytes), the same way for both tools, so they include each protocol's own overhead
 //! (rsync's block checksums, QUIC and TLS framing, HTTP).
 //!
+//! Every measured step starts after a `sync`, so no tool pays for writing back
+//! another's dirty pages.
+//!
+//! Cairn's push is durable when acknowledged (its chunks are flushed to disk), rsync's
+//! is not, so the first push is also shown beside `rsync -a --fsync`.
+//!
 //! Cairn's push is the real `cairn datasets push`; its fetch is the real agent
 //! fetching a version ahead of launches (a blueprint with `prepull = "all"` mounting
 //! it), timed until the host reports the version materialised. rsync's fetch copies
@@ -57,7 +63,19 @@ struct Step {
     wire: u64,
 }
 
+/// Flushes every filesystem, so each measured step starts with no dirty pages left
+/// by the one before (writing back gigabytes of another tool's data would otherwise
+/// be charged to whoever runs next).
+fn settle() -> Result<()> {
+    let st = Command::new("sync").status().context("running sync")?;
+    if !st.success() {
+        bail!("sync failed: {st}");
+    }
+    Ok(())
+}
+
 fn measure<T>(f: impl FnOnce() -> Result<T>) -> Result<(Step, T)> {
+    settle()?;
     let before = lo_tx_bytes()?;
     let t0 = Instant::now();
     let out = f()?;
@@ -67,6 +85,7 @@ fn measure<T>(f: impl FnOnce() -> Result<T>) -> Result<(Step, T)> {
 }
 
 async fn measure_async<T, F: std::future::Future<Output = Result<T>>>(f: F) -> Result<(Step, T)> {
+    settle()?;
     let before = lo_tx_bytes()?;
     let t0 = Instant::now();
     let out = f.await?;
@@ -244,8 +263,13 @@ impl Drop for RsyncDaemon {
 }
 
 fn rsync(from: &str, to: &str) -> Result<()> {
+    rsync_with(&["-a"], from, to)
+}
+
+fn rsync_with(args: &[&str], from: &str, to: &str) -> Result<()> {
     let out = Command::new("rsync")
-        .args(["-a", from, to])
+        .args(args)
+        .args([from, to])
         .output()
         .context("running rsync")?;
     if !out.status.success() {
@@ -431,6 +455,15 @@ pub async fn datasets(dir: PathBuf, large_files: usize, large_gib: f64) -> Resul
         let (r, _) = measure(|| rsync(&from, &daemon.url(tree.name)))?;
         row(
             format!("{}: first push", tree.name),
+            Row { cairn: c, rsync: r },
+        );
+        // Cairn acknowledges a push only once its chunks are on disk; rsync -a
+        // leaves them in the page cache. The same copy with rsync --fsync is the
+        // like-for-like peer of a durable push.
+        let durable_url = daemon.url(&format!("{}-fsync", tree.name));
+        let (r, _) = measure(|| rsync_with(&["-a", "--fsync"], &from, &durable_url))?;
+        row(
+            format!("{}: first push (rsync --fsync)", tree.name),
             Row { cairn: c, rsync: r },
         );
         // The same push again.
