@@ -513,6 +513,24 @@ impl ChunkStream for QuicChunkStream {
     }
 }
 
+/// Reads the `len` bytes of manifest `id` (or of its delta) that follow an answer,
+/// refusing more than [`MAX_MANIFEST_BYTES`] before buffering any.
+async fn read_manifest(
+    recv: &mut quinn::RecvStream,
+    id: ChunkId,
+    len: u64,
+) -> Result<Vec<u8>, FetchError> {
+    if len > MAX_MANIFEST_BYTES {
+        return Err(FetchError::BadManifest {
+            manifest: id,
+            rule: format!("{len} bytes, over the limit of {MAX_MANIFEST_BYTES}"),
+        });
+    }
+    let mut buf = vec![0u8; len as usize];
+    read_exact(recv, &mut buf, &id, &[id]).await?;
+    Ok(buf)
+}
+
 impl ChunkSource for QuicChunkSource {
     fn manifest(&self, id: ChunkId) -> BoxFuture<'_, Result<Vec<u8>, FetchError>> {
         Box::pin(async move {
@@ -524,15 +542,7 @@ impl ChunkSource for QuicChunkSource {
                     "the controller answered a manifest fetch with {resp:?}"
                 )));
             };
-            if len > MAX_MANIFEST_BYTES {
-                return Err(FetchError::BadManifest {
-                    manifest: id,
-                    rule: format!("{len} bytes, over the limit of {MAX_MANIFEST_BYTES}"),
-                });
-            }
-            let mut buf = vec![0u8; len as usize];
-            read_exact(&mut recv, &mut buf, &id, &[id]).await?;
-            Ok(buf)
+            read_manifest(&mut recv, id, len).await
         })
     }
 
@@ -560,14 +570,7 @@ impl ChunkSource for QuicChunkSource {
                     )))
                 }
             };
-            if len > MAX_MANIFEST_BYTES {
-                return Err(FetchError::BadManifest {
-                    manifest: id,
-                    rule: format!("{len} bytes, over the limit of {MAX_MANIFEST_BYTES}"),
-                });
-            }
-            let mut buf = vec![0u8; len as usize];
-            read_exact(&mut recv, &mut buf, &id, &[id]).await?;
+            let buf = read_manifest(&mut recv, id, len).await?;
             Ok(if whole {
                 ManifestBytes::Whole(buf)
             } else {

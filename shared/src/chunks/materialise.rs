@@ -729,6 +729,17 @@ mod tests {
         s.manifest
     }
 
+    /// A temporary directory holding the test tree at `src` and an empty chunk
+    /// directory.
+    fn fixture() -> (tempfile::TempDir, PathBuf, ChunkDir) {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir(&src).unwrap();
+        tree(&src);
+        let dir = ChunkDir::open(t.path().join("chunks")).unwrap();
+        (t, src, dir)
+    }
+
     fn from(dir: &ChunkDir) -> impl FnMut(&ChunkRef) -> Result<Vec<u8>, io::Error> + '_ {
         move |c| {
             dir.get_chunk(&c.id)
@@ -762,11 +773,7 @@ mod tests {
 
     #[test]
     fn round_trip_scan_store_materialise() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        fs::create_dir(&src).unwrap();
-        tree(&src);
-        let dir = ChunkDir::open(t.path().join("chunks")).unwrap();
+        let (t, src, dir) = fixture();
         let m = store(&src, &dir);
         let dest = t.path().join("out");
         let mut written = 0;
@@ -789,11 +796,7 @@ mod tests {
 
     #[test]
     fn corrupt_chunk_is_detected_and_staging_removed() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        fs::create_dir(&src).unwrap();
-        tree(&src);
-        let dir = ChunkDir::open(t.path().join("chunks")).unwrap();
+        let (t, src, dir) = fixture();
         let m = store(&src, &dir);
         let big = m.entries.iter().find(|e| e.path == "data/big.bin").unwrap();
         let EntryKind::File { chunks } = &big.kind else {
@@ -829,11 +832,7 @@ mod tests {
 
     #[test]
     fn a_seed_lends_whole_files_and_chunks_and_only_the_rest_is_missing() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        fs::create_dir(&src).unwrap();
-        tree(&src);
-        let dir = ChunkDir::open(t.path().join("chunks")).unwrap();
+        let (t, src, dir) = fixture();
         let m1 = store(&src, &dir);
         let v1 = t.path().join("v1");
         materialise(&m1, &v1, &mut from(&dir), &mut |_| {}).unwrap();
@@ -890,11 +889,7 @@ mod tests {
 
     #[test]
     fn an_interrupted_assembly_resumes_with_what_verifies_and_drops_the_rest() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        fs::create_dir(&src).unwrap();
-        tree(&src);
-        let dir = ChunkDir::open(t.path().join("chunks")).unwrap();
+        let (t, src, dir) = fixture();
         let m = Arc::new(store(&src, &dir));
         let dest = t.path().join("out");
         let (a, _) = Assembly::prepare(m.clone(), &dest, &[]).unwrap();
@@ -943,11 +938,7 @@ mod tests {
 
     #[test]
     fn finish_refuses_a_tree_with_chunks_missing() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        fs::create_dir(&src).unwrap();
-        tree(&src);
-        let dir = ChunkDir::open(t.path().join("chunks")).unwrap();
+        let (t, src, dir) = fixture();
         let m = Arc::new(store(&src, &dir));
         let dest = t.path().join("out");
         let (a, _) = Assembly::prepare(m, &dest, &[]).unwrap();
@@ -962,11 +953,7 @@ mod tests {
 
     #[test]
     fn verify_tree_finds_differences() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        fs::create_dir(&src).unwrap();
-        tree(&src);
-        let dir = ChunkDir::open(t.path().join("chunks")).unwrap();
+        let (_t, src, dir) = fixture();
         let m = store(&src, &dir);
         verify_tree(&m, &src).unwrap();
         let mut bytes = fs::read(src.join("data/big.bin")).unwrap();
