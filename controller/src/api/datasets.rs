@@ -214,7 +214,7 @@ pub async fn get(
     tag = "datasets",
     summary = "Remove a dataset and every version (admins)",
     params(("name" = String, Path, description = "dataset name")),
-    responses((status = 200, description = "the removed versions", body = Vec<DatasetVersionView>), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+    responses((status = 200, description = "the removed versions", body = Vec<DatasetVersionView>), (status = 409, description = "`dataset_in_use`: an instance not yet ended mounts it or an enabled blueprint names it (listed in the message)", body = cairn_api::error::ErrorBody), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
 )]
 pub async fn remove(
     State(s): State<Arc<Service>>,
@@ -230,7 +230,7 @@ pub async fn remove(
     tag = "datasets",
     summary = "Remove one version of a dataset (admins)",
     params(("name" = String, Path, description = "dataset name"), ("version" = u32, Path, description = "version number")),
-    responses((status = 200, description = "the removed version", body = Vec<DatasetVersionView>), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
+    responses((status = 200, description = "the removed version", body = Vec<DatasetVersionView>), (status = 409, description = "`dataset_in_use`: an instance not yet ended mounts it or an enabled blueprint pins it (listed in the message)", body = cairn_api::error::ErrorBody), (status = "4XX", description = "refused: the error body says why", body = cairn_api::error::ErrorBody))
 )]
 pub async fn remove_version(
     State(s): State<Arc<Service>>,

@@ -203,6 +203,40 @@ impl Service {
         })
     }
 
+    /// Who uses dataset `name` (version `version`, or any): instances not yet ended
+    /// that mount it, and enabled blueprints that name it (at that pinned version,
+    /// or at all when the whole dataset would go).
+    fn dataset_users(&self, name: &str, version: Option<u32>) -> ServiceResult<Vec<String>> {
+        let mut users: Vec<String> = self
+            .app
+            .instances
+            .list(None)
+            .into_iter()
+            .filter(|i| !i.state.is_terminal())
+            .filter(|i| {
+                i.datasets.iter().any(|m| {
+                    m.dataset.name == name && version.is_none_or(|v| m.dataset.version == v)
+                })
+            })
+            .map(|i| format!("instance {} ({})", i.id, i.owner))
+            .collect();
+        users.extend(
+            self.app
+                .blueprints
+                .list()?
+                .into_iter()
+                .filter(|b| b.spec.enabled)
+                .filter(|b| {
+                    b.spec
+                        .datasets
+                        .iter()
+                        .any(|d| d.name == name && (version.is_none() || d.version == version))
+                })
+                .map(|b| format!("blueprint {}", b.spec.name)),
+        );
+        Ok(users)
+    }
+
     /// Commits a manifest sent as a [`Delta`] from one the store holds (the previous
     /// version, usually): the same rules as [`Service::commit_dataset`] once it is
     /// rebuilt. A base the store does not hold is a conflict (`base_unknown`): the
@@ -288,6 +322,21 @@ impl Service {
         version: Option<u32>,
     ) -> ServiceResult<Vec<DatasetVersionView>> {
         let p = caller.admin()?;
+        // Nothing running or about to launch may lose what it mounts.
+        let users = self.dataset_users(name, version)?;
+        if !users.is_empty() {
+            let what = match version {
+                Some(v) => format!("dataset {name}@{v}"),
+                None => format!("dataset {name}"),
+            };
+            return Err(ServiceError::conflict(
+                "dataset_in_use",
+                format!(
+                    "{what} is in use by {}; stop those instances and change or disable those blueprints first",
+                    users.join(", ")
+                ),
+            ));
+        }
         let gone = match version {
             None => self.app.datasets.remove(name)?.versions,
             Some(v) => vec![self.app.datasets.remove_version(name, v)?],

@@ -499,10 +499,44 @@ async fn launches_mount_pushed_versions_from_the_catalogue() {
         (2, 9)
     );
 
-    // Removed from the catalogue: the blueprint cannot launch, and says why.
+    // In use: nothing that mounts it, or an enabled blueprint naming it, may lose it.
+    let e = s
+        .remove_dataset(&w.admin, "course-data", Some(1))
+        .await
+        .unwrap_err();
+    assert_eq!((e.kind, e.code), (Kind::Conflict, "dataset_in_use"));
+    assert!(
+        e.message
+            .starts_with("dataset course-data@1 is in use by instance ")
+            && e.message.contains(first.id.as_str())
+            && !e.message.contains(second.id.as_str())
+            && !e.message.contains("blueprint py"),
+        "{e:?}"
+    );
+    s.stop(&w.alice, first.id.as_str()).await.unwrap();
+    let gone = s
+        .remove_dataset(&w.admin, "course-data", Some(1))
+        .await
+        .unwrap();
+    assert_eq!(gone[0].version, 1);
+    let e = s
+        .remove_dataset(&w.admin, "course-data", None)
+        .await
+        .unwrap_err();
+    assert_eq!((e.kind, e.code), (Kind::Conflict, "dataset_in_use"));
+    assert!(
+        e.message.contains(second.id.as_str()) && e.message.contains("blueprint py"),
+        "{e:?}"
+    );
+    s.stop(&w.alice, second.id.as_str()).await.unwrap();
+    s.set_blueprint_enabled(&w.admin, "py", false)
+        .await
+        .unwrap();
     s.remove_dataset(&w.admin, "course-data", None)
         .await
         .unwrap();
+    // Re-enabled, the blueprint names a dataset that is gone: launches say why.
+    s.set_blueprint_enabled(&w.admin, "py", true).await.unwrap();
     let e = s.launch(&w.bob, "py").await.unwrap_err();
     assert_eq!((e.kind, e.code), (Kind::Conflict, "dataset_missing"));
     assert!(e.message.contains("no dataset \"course-data\""), "{e:?}");
