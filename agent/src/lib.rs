@@ -8,6 +8,7 @@
 //! [`run`] wires a running agent from its state directory.
 #![forbid(unsafe_code)]
 
+pub mod chunks;
 pub mod datasets;
 pub mod docker;
 pub mod enrol;

@@ -294,6 +294,12 @@ pub enum AgentRequest {
         manifest: crate::chunks::ChunkId,
         base: crate::chunks::ChunkId,
     },
+    /// The manifest of an uploaded image archive (named by the BLAKE3 of its bytes,
+    /// as in `ImageSource::Controller`), answered as `FetchManifest` is: the agent
+    /// then fetches only the chunks it lacks, so two archives sharing base layers
+    /// share them on the wire too. The agent checks the assembled file's hash is the
+    /// archive's name.
+    FetchImageManifest { archive: String },
 }
 
 /// Most chunks one [`AgentRequest::FetchChunks`] asks for.
@@ -358,7 +364,8 @@ impl Validate for AgentRequest {
             AgentRequest::RenewCertificate { csr_der } => {
                 validate::max_items("csr_der", csr_der, 8192)
             }
-            AgentRequest::FetchImage { archive, .. } => {
+            AgentRequest::FetchImage { archive, .. }
+            | AgentRequest::FetchImageManifest { archive } => {
                 if crate::images::is_archive_hash(archive) {
                     Ok(())
                 } else {

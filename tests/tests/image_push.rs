@@ -104,6 +104,11 @@ async fn a_pushed_image_reaches_two_agents_over_the_link_and_runs() {
             log.contains("image ready") && log.contains(&image_id),
             "agent {site} fetched and loaded the archive itself:\n{log}"
         );
+        // As chunks, not as one stream of bytes.
+        assert!(
+            log.contains("image archive chunks in place"),
+            "agent {site} fetched the archive as chunks:\n{log}"
+        );
         let (status, body) = ctl
             .request(
                 Some(&token),

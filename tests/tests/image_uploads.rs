@@ -575,4 +575,58 @@ async fn a_second_version_sharing_base_layers_sends_only_its_new_layer() {
         "its new layer was sent: {sent2}"
     );
     assert_eq!(images(&ctl).await.len(), 2);
+
+    // On the wire to an agent too: gone from the engine, each version is fetched
+    // and loaded by the agent, and the second takes the base's chunks from the
+    // archive it kept, fetching about its own layer only.
+    for tag in [&v1, &v2] {
+        cairn_tests::docker::docker(&["rmi", tag]);
+    }
+    let agent = cairn_tests::cluster::start_agent(&ctl, tmp.path(), "seeded").await;
+    for (i, tag) in [&v1, &v2].into_iter().enumerate() {
+        let bp = ctl
+            .blueprint(json!({
+                "name": format!("course-v{i}"), "image": tag, "app": "http",
+                "app_port": 8080, "memory_mib": 32, "prepull": "all",
+            }))
+            .await;
+        let reference = bp["resolved"]["reference"].as_str().unwrap().to_string();
+        let t0 = std::time::Instant::now();
+        while !agent
+            .log_text()
+            .lines()
+            .any(|l| l.contains("image ready") && l.contains(&reference))
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "the agent did not load {tag}:\n{}",
+                agent.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let fetched: Vec<u64> = agent
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("image archive chunks in place"))
+        .map(|l| {
+            let at = l.find("fetched_bytes=").unwrap() + "fetched_bytes=".len();
+            l[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(fetched.len(), 2, "{fetched:?}");
+    assert!(
+        fetched[0] >= total1 * 9 / 10,
+        "first fetch {fetched:?} of {total1}"
+    );
+    assert!(
+        fetched[1] <= bound && fetched[1] >= LAYER_BYTES as u64,
+        "second fetch took {} of {total2} (its new layer is {LAYER_BYTES} bytes; bound {bound})",
+        fetched[1]
+    );
 }

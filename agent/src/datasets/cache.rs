@@ -48,7 +48,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::evict::{plan_evictions, CacheEntry};
-use super::fetch::{
+use crate::chunks::fetch::{
     fetch_chunks, fetch_manifest, ChunkSource, FetchError, FetchOptions, FetchProgress,
     QuicChunkSource, LAUNCH_STREAMS, PREFETCH_STREAMS,
 };
@@ -751,7 +751,7 @@ impl DatasetCache {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::datasets::fetch::testing::{version, FakeSource, Shared as FakeShared};
+    use crate::chunks::fetch::testing::{version, FakeSource, Shared as FakeShared};
 
     fn open(root: &Path, src: &Arc<FakeSource>, limit: u64) -> Arc<DatasetCache> {
         DatasetCache::with_source(

@@ -5,8 +5,11 @@
 //!   with back-off, progress for heartbeats.
 //! * [`progress`] — the pure accumulator turning Docker's pull events into layer and
 //!   byte counts.
-//! * [`fetch`] — archives uploaded to the controller: fetched over the link,
-//!   resumed after an interruption, verified against their BLAKE3 hash.
+//! * [`chunked`] — archives uploaded to the controller, fetched as chunks: what the
+//!   archives kept here share with them is not fetched again; verified against
+//!   their BLAKE3 hash.
+//! * [`fetch`] — the same archives fetched whole (from a controller that does not
+//!   serve them as chunks), resumed after an interruption.
 //! * [`docker`] — the Docker Engine implementation of [`ImageBackend`].
 //! * [`gc`] — image garbage collection: when Docker's data root passes the
 //!   high-water mark, removes images no container uses and nobody wants, least
@@ -15,6 +18,7 @@
 //! Docker is reached only through [`ImageBackend`], so unit tests use a fake and the
 //! hollow runtime has every image instantly.
 
+pub mod chunked;
 pub mod docker;
 pub mod fetch;
 pub mod gc;

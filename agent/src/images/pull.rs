@@ -29,9 +29,11 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::chunked::{ChunkedArchives, ChunkedError};
 use super::fetch::{self, ArchiveFetcher, QuicFetcher};
 use super::progress::LayerProgress;
 use super::{credential_for, ImageBackend};
+use crate::chunks::fetch::QuicChunkSource;
 use crate::state::ImagesSettings;
 
 /// First wait between attempts of a pull; it doubles up to [`RETRY_MAX`].
@@ -166,6 +168,8 @@ struct Inner {
 pub struct ImageManager {
     backend: Arc<dyn ImageBackend>,
     fetcher: Arc<dyn ArchiveFetcher>,
+    /// Archives as chunks (on the link); `None` in tests with a fake fetcher.
+    chunked: Option<ChunkedArchives>,
     connection: watch::Sender<Option<quinn::Connection>>,
     partial_dir: PathBuf,
     pull_concurrency: usize,
@@ -203,9 +207,14 @@ impl ImageManager {
         partial_dir: PathBuf,
     ) -> Arc<Self> {
         let (connection, rx) = watch::channel(None);
+        let chunked = ChunkedArchives::new(
+            partial_dir.with_file_name("archives"),
+            Arc::new(QuicChunkSource::new(rx.clone())),
+        );
         Self::build(
             backend,
             Arc::new(QuicFetcher::new(rx)),
+            Some(chunked),
             connection,
             settings,
             partial_dir,
@@ -220,12 +229,13 @@ impl ImageManager {
         partial_dir: PathBuf,
     ) -> Arc<Self> {
         let (connection, _) = watch::channel(None);
-        Self::build(backend, fetcher, connection, settings, partial_dir)
+        Self::build(backend, fetcher, None, connection, settings, partial_dir)
     }
 
     fn build(
         backend: Arc<dyn ImageBackend>,
         fetcher: Arc<dyn ArchiveFetcher>,
+        chunked: Option<ChunkedArchives>,
         connection: watch::Sender<Option<quinn::Connection>>,
         settings: &ImagesSettings,
         partial_dir: PathBuf,
@@ -233,6 +243,7 @@ impl ImageManager {
         Arc::new(ImageManager {
             backend,
             fetcher,
+            chunked,
             connection,
             partial_dir,
             pull_concurrency: usize::try_from(settings.pull_concurrency.max(1)).unwrap_or(1),
@@ -543,6 +554,9 @@ impl ImageManager {
             let path = fetch::partial_path(&self.partial_dir, archive);
             if last.starts_with(LOAD_FAILED) {
                 let _ = tokio::fs::remove_file(path).await;
+                if let Some(c) = &self.chunked {
+                    c.discard(archive);
+                }
             }
         }
         Err(PullError::Failed {
@@ -605,15 +619,32 @@ impl ImageManager {
                         p.bytes_total = total;
                     })
                 };
-                let path = fetch::fetch_archive(
-                    self.fetcher.as_ref(),
-                    &self.partial_dir,
-                    archive,
-                    *size_bytes,
-                    &on_bytes,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+                // As chunks (what the kept archives hold is not fetched again), or
+                // whole from a controller that does not serve it as chunks.
+                let chunked = match &self.chunked {
+                    Some(c) => match c.fetch(archive, &on_bytes).await {
+                        Ok(path) => Some(path),
+                        Err(ChunkedError::Unsupported(why)) => {
+                            tracing::info!(%archive, %why, "fetching the image archive whole");
+                            None
+                        }
+                        Err(ChunkedError::Failed(e)) => return Err(e),
+                    },
+                    None => None,
+                };
+                let path = match chunked {
+                    Some(p) => p,
+                    None => fetch::fetch_archive(
+                        self.fetcher.as_ref(),
+                        &self.partial_dir,
+                        archive,
+                        *size_bytes,
+                        &on_bytes,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?,
+                };
+                let kept = path.starts_with(self.partial_dir.with_file_name("archives"));
                 update(tx, |p| p.phase = PullPhase::Loading);
                 tracing::info!(image = %reference, %archive, "loading image archive");
                 self.backend
@@ -629,8 +660,14 @@ impl ImageManager {
                     }
                     Err(e) => return Err(e.0),
                 }
-                if let Err(e) = tokio::fs::remove_file(&path).await {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a loaded image archive");
+                match (&self.chunked, kept) {
+                    // The seed of the next version's fetch.
+                    (Some(c), true) => c.keep(archive),
+                    _ => {
+                        if let Err(e) = tokio::fs::remove_file(&path).await {
+                            tracing::warn!(path = %path.display(), error = %e, "cannot remove a loaded image archive");
+                        }
+                    }
                 }
                 Ok(())
             }

@@ -893,7 +893,7 @@ mod tests {
 
     fn with_datasets(
         tmp: &std::path::Path,
-        src: &Arc<crate::datasets::fetch::testing::FakeSource>,
+        src: &Arc<crate::chunks::fetch::testing::FakeSource>,
     ) -> Arc<Supervisor<Fake>> {
         let fake = Fake::default();
         fake.images.present.lock().unwrap().insert(IMAGE.into());
@@ -901,7 +901,7 @@ mod tests {
         let cache = DatasetCache::with_source(
             tmp,
             &Default::default(),
-            Arc::new(crate::datasets::fetch::testing::Shared(src.clone())),
+            Arc::new(crate::chunks::fetch::testing::Shared(src.clone())),
         )
         .unwrap();
         sup.set_datasets(cache);
@@ -927,7 +927,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_launch_materialises_its_datasets_first_and_binds_them() {
-        use crate::datasets::fetch::testing::{version, FakeSource};
+        use crate::chunks::fetch::testing::{version, FakeSource};
         let tmp = tempfile::tempdir().unwrap();
         let src = Arc::new(FakeSource::default());
         let spec = version(&src, "course", 4, 5000);
@@ -973,7 +973,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dataset_that_cannot_be_fetched_fails_the_launch_with_the_reason() {
-        use crate::datasets::fetch::testing::{version, FakeSource};
+        use crate::chunks::fetch::testing::{version, FakeSource};
         let tmp = tempfile::tempdir().unwrap();
         let src = Arc::new(FakeSource::default());
         let spec = version(&src, "course", 2, 1000);

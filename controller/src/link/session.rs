@@ -272,6 +272,28 @@ async fn handle_request(
                     Err(refusal) => refusal,
                 }
             }
+            AgentRequest::FetchImageManifest { archive } => {
+                let manifest = app
+                    .archives
+                    .get(&archive)
+                    .and_then(|r| cairn_shared::chunks::ChunkId::from_hex(&r.manifest));
+                match manifest {
+                    None => AgentResponse::Refused {
+                        code: RefusalCode::BadRequest,
+                        message: format!(
+                            "image archive {archive} is not on the controller as chunks (unknown, or pushed before archives were chunked)"
+                        ),
+                    },
+                    Some(m) => {
+                        match super::chunks::serve_manifest(app.chunks.as_ref(), m, &mut send)
+                            .await
+                        {
+                            Ok(()) => return,
+                            Err(refusal) => refusal,
+                        }
+                    }
+                }
+            }
             AgentRequest::FetchChunks { chunks } => {
                 match super::chunks::serve_chunks(app.chunks.as_ref(), &chunks, &mut send).await {
                     Ok(()) => return,

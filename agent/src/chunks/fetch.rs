@@ -1,5 +1,5 @@
-//! Dataset versions fetched over the link: a manifest, then the chunks the tree
-//! being assembled still lacks, each written straight into it.
+//! Trees fetched over the link (dataset versions, image archives): a manifest, then
+//! the chunks the tree being assembled still lacks, each written straight into it.
 //!
 //! * The manifest's bytes must hash to its name and decode as a valid manifest
 //!   under [`Limits::DEFAULT`]; a malicious one (paths leaving the tree, sizes that
@@ -110,6 +110,16 @@ pub trait ChunkSource: Send + Sync + 'static {
     }
     /// Opens a stream of `ids`' bytes, in order.
     fn chunks(&self, ids: Vec<ChunkId>) -> BoxFuture<'_, Result<Box<dyn ChunkStream>, FetchError>>;
+    /// The encoded manifest (unverified) of the image archive named `archive`;
+    /// [`FetchError::Refused`] when the source does not serve archives as chunks.
+    fn image_manifest(&self, archive: &str) -> BoxFuture<'_, Result<Vec<u8>, FetchError>> {
+        let archive = archive.to_string();
+        Box::pin(async move {
+            Err(FetchError::Refused(format!(
+                "image archive {archive} is not served as chunks here"
+            )))
+        })
+    }
 }
 
 /// Bytes in place so far and in all (chunks found on this host count as done).
@@ -579,6 +589,24 @@ impl ChunkSource for QuicChunkSource {
         })
     }
 
+    fn image_manifest(&self, archive: &str) -> BoxFuture<'_, Result<Vec<u8>, FetchError>> {
+        let archive = archive.to_string();
+        Box::pin(async move {
+            let named = ChunkId::from_hex(&archive).ok_or_else(|| {
+                FetchError::Refused(format!("image archive {archive} is not a BLAKE3 hash"))
+            })?;
+            let (resp, mut recv) = self
+                .ask(&AgentRequest::FetchImageManifest { archive })
+                .await?;
+            let AgentResponse::Manifest { len } = resp else {
+                return Err(FetchError::Link(format!(
+                    "the controller answered an image manifest fetch with {resp:?}"
+                )));
+            };
+            read_manifest(&mut recv, named, len).await
+        })
+    }
+
     fn chunks(&self, ids: Vec<ChunkId>) -> BoxFuture<'_, Result<Box<dyn ChunkStream>, FetchError>> {
         Box::pin(async move {
             let asked = ids.clone();
@@ -625,6 +653,8 @@ pub(crate) mod testing {
         pub max_open: AtomicUsize,
         /// Holds every chunk read until released (for single-flight tests).
         pub gate: Option<Arc<tokio::sync::Semaphore>>,
+        /// Image archives served as chunks: archive name → manifest bytes.
+        pub image_manifests: Mutex<HashMap<String, Vec<u8>>>,
     }
 
     /// A version of `files` files of one distinct chunk each.
@@ -711,6 +741,13 @@ pub(crate) mod testing {
     pub struct Shared(pub Arc<FakeSource>);
 
     impl ChunkSource for Shared {
+        fn image_manifest(&self, archive: &str) -> BoxFuture<'_, Result<Vec<u8>, FetchError>> {
+            let found = self.0.image_manifests.lock().unwrap().get(archive).cloned();
+            let archive = archive.to_string();
+            Box::pin(async move {
+                found.ok_or_else(|| FetchError::Refused(format!("no archive {archive}")))
+            })
+        }
         fn manifest(&self, id: ChunkId) -> BoxFuture<'_, Result<Vec<u8>, FetchError>> {
             Box::pin(async move {
                 self.0.manifests_served.fetch_add(1, Ordering::SeqCst);
