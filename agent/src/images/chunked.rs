@@ -46,6 +46,9 @@ fn failed(e: impl std::fmt::Display) -> ChunkedError {
 pub struct ChunkedArchives {
     root: PathBuf,
     source: Arc<dyn ChunkSource>,
+    /// Archives fetched and not yet kept or discarded (being loaded): never pruned
+    /// by another pull's [`ChunkedArchives::keep`].
+    busy: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for ChunkedArchives {
@@ -69,7 +72,11 @@ fn archive_file(m: &Manifest) -> Result<&str, ChunkedError> {
 impl ChunkedArchives {
     /// Archives under `root`, chunks from `source`.
     pub fn new(root: PathBuf, source: Arc<dyn ChunkSource>) -> Self {
-        ChunkedArchives { root, source }
+        ChunkedArchives {
+            root,
+            source,
+            busy: Default::default(),
+        }
     }
 
     fn manifest_path(&self, archive: &str) -> PathBuf {
@@ -101,6 +108,8 @@ impl ChunkedArchives {
 
     /// Makes the archive file whole and verified here, fetching only the chunks no
     /// kept archive holds; `on_bytes` is told (bytes in place, bytes in all).
+    /// Until [`ChunkedArchives::keep`] or [`ChunkedArchives::discard`], the archive
+    /// is not pruned.
     pub async fn fetch(
         &self,
         archive: &str,
@@ -109,6 +118,23 @@ impl ChunkedArchives {
         if !cairn_shared::images::is_archive_hash(archive) {
             return Err(failed(format!("archive {archive} is not a BLAKE3 hash")));
         }
+        self.busy_set().insert(archive.to_string());
+        let r = self.fetch_inner(archive, on_bytes).await;
+        if r.is_err() {
+            self.busy_set().remove(archive);
+        }
+        r
+    }
+
+    fn busy_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn fetch_inner(
+        &self,
+        archive: &str,
+        on_bytes: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<PathBuf, ChunkedError> {
         std::fs::create_dir_all(&self.root)
             .map_err(|e| failed(format!("creating {}: {e}", self.root.display())))?;
         let dest = self.root.join(archive);
@@ -123,7 +149,7 @@ impl ChunkedArchives {
                     return Ok(file);
                 }
             }
-            self.discard(archive);
+            self.remove_files(archive);
         }
         let bytes = match self.source.image_manifest(archive).await {
             Ok(b) => b,
@@ -178,7 +204,7 @@ impl ChunkedArchives {
             .map_err(failed)?;
         let file = dest.join(&name);
         if let Err(e) = self.verify(archive, &file).await {
-            self.discard(archive);
+            self.remove_files(archive);
             return Err(e);
         }
         std::fs::write(&manifest_path, &bytes)
@@ -205,6 +231,11 @@ impl ChunkedArchives {
     /// Removes an archive kept here (Docker would not load it, or it failed its
     /// check).
     pub fn discard(&self, archive: &str) {
+        self.busy_set().remove(archive);
+        self.remove_files(archive);
+    }
+
+    fn remove_files(&self, archive: &str) {
         let _ = force_remove(&self.root.join(archive));
         let _ = std::fs::remove_file(self.manifest_path(archive));
     }
@@ -212,6 +243,7 @@ impl ChunkedArchives {
     /// After `archive` is loaded: it is the newest seed; archives beyond the newest
     /// [`KEEP_ARCHIVES`] go.
     pub fn keep(&self, archive: &str) {
+        self.busy_set().remove(archive);
         // Rewritten to mark it newest (the manifest's mtime orders the seeds).
         if let Ok(bytes) = std::fs::read(self.manifest_path(archive)) {
             let _ = std::fs::write(self.manifest_path(archive), bytes);
@@ -229,9 +261,13 @@ impl ChunkedArchives {
             })
             .collect();
         kept.sort_by(|a, b| b.cmp(a));
+        let busy = self.busy_set().clone();
         for (_, old) in kept.into_iter().skip(KEEP_ARCHIVES) {
+            if busy.contains(&old) {
+                continue;
+            }
             tracing::info!(archive = %old, "removing an image archive no longer kept as a seed");
-            self.discard(&old);
+            self.remove_files(&old);
         }
     }
 }
@@ -290,6 +326,10 @@ mod tests {
             &[base[0].clone(), base[1].clone(), base[2].clone(), part(5)],
         );
         let a = ChunkedArchives::new(tmp.path().join("archives"), Arc::new(Shared(src.clone())));
+        // Fetched, and still being loaded by another pull all along.
+        let busy = archive(&src, &[part(7)]);
+        a.fetch(&busy, &|_, _| {}).await.unwrap();
+        src.served.lock().unwrap().clear();
         let p1 = a.fetch(&v1, &|_, _| {}).await.unwrap();
         assert_eq!(cairn_shared::images::blake3_file(&p1).unwrap(), v1);
         a.keep(&v1);
@@ -308,10 +348,19 @@ mod tests {
         src.served.lock().unwrap().clear();
         a.fetch(&v1, &|_, _| {}).await.unwrap();
         assert!(src.served.lock().unwrap().is_empty());
-        // Only the newest KEEP_ARCHIVES stay.
+        a.keep(&v1);
+        // Only the newest KEEP_ARCHIVES stay, besides one still being loaded.
         let v3 = archive(&src, &[part(9)]);
         a.fetch(&v3, &|_, _| {}).await.unwrap();
         a.keep(&v3);
+        let manifests = std::fs::read_dir(tmp.path().join("archives"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".manifest"))
+            .count();
+        assert_eq!(manifests, KEEP_ARCHIVES + 1);
+        assert!(tmp.path().join("archives").join(&busy).is_dir());
+        a.keep(&busy);
         let manifests = std::fs::read_dir(tmp.path().join("archives"))
             .unwrap()
             .flatten()
