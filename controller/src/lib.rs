@@ -46,4 +46,5 @@ pub mod service;
 pub mod store;
 pub mod tokens;
 pub mod users;
+pub mod volumes;
 pub mod web;
