@@ -427,8 +427,10 @@ impl QuicChunkSource {
         QuicChunkSource { connection }
     }
 
-    /// Opens a stream, sends `req`, reads the answer's header.
-    async fn ask(
+    /// Opens a stream of its own (bulk transfers never hold up heartbeats), sends
+    /// `req`, reads the answer's header within [`ANSWER_TIMEOUT`]; a refusal is
+    /// [`FetchError::Refused`] in the controller's words.
+    pub async fn ask(
         &self,
         req: &AgentRequest,
     ) -> Result<(AgentResponse, quinn::RecvStream), FetchError> {

@@ -69,6 +69,29 @@ fn archive_file(m: &Manifest) -> Result<&str, ChunkedError> {
     }
 }
 
+/// The archives kept under `root` (other than `except`) with their manifests.
+fn seeds(root: &Path, except: &str) -> Vec<Seed> {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return vec![];
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let archive = name.strip_suffix(".manifest")?.to_owned();
+            if archive == except || !cairn_shared::images::is_archive_hash(&archive) {
+                return None;
+            }
+            let bytes = std::fs::read(e.path()).ok()?;
+            let manifest = Manifest::decode(&bytes, &Limits::DEFAULT).ok()?;
+            let dir = root.join(&archive);
+            dir.is_dir().then(|| Seed {
+                root: dir,
+                manifest: Arc::new(manifest),
+            })
+        })
+        .collect()
+}
+
 impl ChunkedArchives {
     /// Archives under `root`, chunks from `source`.
     pub fn new(root: PathBuf, source: Arc<dyn ChunkSource>) -> Self {
@@ -81,29 +104,6 @@ impl ChunkedArchives {
 
     fn manifest_path(&self, archive: &str) -> PathBuf {
         self.root.join(format!("{archive}.manifest"))
-    }
-
-    /// Kept archives (other than `except`) with their manifests.
-    fn seeds(&self, except: &str) -> Vec<Seed> {
-        let Ok(rd) = std::fs::read_dir(&self.root) else {
-            return vec![];
-        };
-        rd.flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let archive = name.strip_suffix(".manifest")?.to_owned();
-                if archive == except || !cairn_shared::images::is_archive_hash(&archive) {
-                    return None;
-                }
-                let bytes = std::fs::read(e.path()).ok()?;
-                let manifest = Manifest::decode(&bytes, &Limits::DEFAULT).ok()?;
-                let root = self.root.join(&archive);
-                root.is_dir().then(|| Seed {
-                    root,
-                    manifest: Arc::new(manifest),
-                })
-            })
-            .collect()
     }
 
     /// Makes the archive file whole and verified here, fetching only the chunks no
@@ -164,7 +164,12 @@ impl ChunkedArchives {
             .iter()
             .map(|c| u64::from(c.len))
             .sum();
-        let seeds = self.seeds(archive);
+        let seeds = {
+            let (root, except) = (self.root.clone(), archive.to_string());
+            tokio::task::spawn_blocking(move || seeds(&root, &except))
+                .await
+                .map_err(failed)?
+        };
         let (tree, found) = {
             let (m, d) = (Arc::new(manifest), dest.clone());
             tokio::task::spawn_blocking(move || Assembly::prepare(m, &d, &seeds))

@@ -14,19 +14,18 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
-use cairn_shared::framing;
-use cairn_shared::protocol::{describe_connection_error, AgentRequest, AgentResponse};
+use cairn_shared::protocol::{AgentRequest, AgentResponse};
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
+
+use crate::chunks::fetch::{FetchError as LinkError, QuicChunkSource};
 
 /// The bytes of an archive from the requested offset on.
 pub type ArchiveReader = Pin<Box<dyn AsyncRead + Send>>;
 
 /// How long a fetch may go without a single byte before the attempt is given up.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the controller may take to answer a fetch request.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -69,13 +68,15 @@ pub trait ArchiveFetcher: Send + Sync + 'static {
 /// Fetches from the controller on the link's current connection.
 #[derive(Debug, Clone)]
 pub struct QuicFetcher {
-    connection: watch::Receiver<Option<quinn::Connection>>,
+    link: QuicChunkSource,
 }
 
 impl QuicFetcher {
     /// Uses whatever connection the link last put in `connection`.
     pub fn new(connection: watch::Receiver<Option<quinn::Connection>>) -> Self {
-        QuicFetcher { connection }
+        QuicFetcher {
+            link: QuicChunkSource::new(connection),
+        }
     }
 }
 
@@ -86,39 +87,19 @@ impl ArchiveFetcher for QuicFetcher {
         offset: u64,
     ) -> BoxFuture<'a, Result<(u64, ArchiveReader), FetchError>> {
         Box::pin(async move {
-            let conn = self
-                .connection
-                .borrow()
-                .clone()
-                .ok_or(FetchError::NotConnected)?;
-            // A stream of its own, like every bulk transfer: heartbeats never wait.
-            let (mut send, mut recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| FetchError::Link(describe_connection_error(&e)))?;
             let req = AgentRequest::FetchImage {
                 archive: archive.to_string(),
                 offset,
             };
-            framing::write(&mut send, &req, 64 * 1024)
-                .await
-                .map_err(|e| FetchError::Link(e.to_string()))?;
-            let _ = send.finish();
-            let resp = tokio::time::timeout(
-                ANSWER_TIMEOUT,
-                framing::read::<_, AgentResponse>(&mut recv, 64 * 1024),
-            )
-            .await
-            .map_err(|_| {
-                FetchError::Link(format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()))
-            })?
-            .map_err(|e| FetchError::Link(e.to_string()))?
-            .ok_or_else(|| FetchError::Link("the controller closed the stream".into()))?;
+            let (resp, recv) = self.link.ask(&req).await.map_err(|e| match e {
+                LinkError::NotConnected => FetchError::NotConnected,
+                LinkError::Refused(m) => FetchError::Refused(m),
+                other => FetchError::Link(other.to_string()),
+            })?;
             match resp {
                 AgentResponse::ImageStream { size_bytes } => {
                     Ok((size_bytes, Box::pin(recv) as ArchiveReader))
                 }
-                AgentResponse::Refused { message, .. } => Err(FetchError::Refused(message)),
                 other => Err(FetchError::Link(format!(
                     "the controller answered an archive fetch with {other:?}"
                 ))),

@@ -169,7 +169,7 @@ pub struct ImageManager {
     backend: Arc<dyn ImageBackend>,
     fetcher: Arc<dyn ArchiveFetcher>,
     /// Archives as chunks (on the link); `None` in tests with a fake fetcher.
-    chunked: Option<ChunkedArchives>,
+    chunked: Option<Arc<ChunkedArchives>>,
     connection: watch::Sender<Option<quinn::Connection>>,
     partial_dir: PathBuf,
     pull_concurrency: usize,
@@ -214,7 +214,7 @@ impl ImageManager {
         Self::build(
             backend,
             Arc::new(QuicFetcher::new(rx)),
-            Some(chunked),
+            Some(Arc::new(chunked)),
             connection,
             settings,
             partial_dir,
@@ -235,7 +235,7 @@ impl ImageManager {
     fn build(
         backend: Arc<dyn ImageBackend>,
         fetcher: Arc<dyn ArchiveFetcher>,
-        chunked: Option<ChunkedArchives>,
+        chunked: Option<Arc<ChunkedArchives>>,
         connection: watch::Sender<Option<quinn::Connection>>,
         settings: &ImagesSettings,
         partial_dir: PathBuf,
@@ -554,8 +554,9 @@ impl ImageManager {
             let path = fetch::partial_path(&self.partial_dir, archive);
             if last.starts_with(LOAD_FAILED) {
                 let _ = tokio::fs::remove_file(path).await;
-                if let Some(c) = &self.chunked {
-                    c.discard(archive);
+                if let Some(c) = self.chunked.clone() {
+                    let a = archive.clone();
+                    let _ = tokio::task::spawn_blocking(move || c.discard(&a)).await;
                 }
             }
         }
@@ -662,7 +663,11 @@ impl ImageManager {
                 }
                 match (&self.chunked, kept) {
                     // The seed of the next version's fetch.
-                    (Some(c), true) => c.keep(archive),
+                    (Some(c), true) => {
+                        // Removing older archives unlinks gigabytes: off the runtime.
+                        let (c, a) = (c.clone(), archive.clone());
+                        let _ = tokio::task::spawn_blocking(move || c.keep(&a)).await;
+                    }
                     _ => {
                         if let Err(e) = tokio::fs::remove_file(&path).await {
                             tracing::warn!(path = %path.display(), error = %e, "cannot remove a loaded image archive");

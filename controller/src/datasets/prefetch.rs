@@ -1,6 +1,6 @@
 //! Which dataset versions each host should hold before anyone launches: the
-//! pre-fetch plan, the datasets' counterpart of the image pre-pull plan
-//! ([`crate::images::plan`]) with the same rules.
+//! pre-fetch plan, the datasets' counterpart of the image pre-pull plan, choosing
+//! hosts with the same rule ([`crate::images::plan::choose`]).
 //!
 //! Each enabled blueprint's datasets, resolved to their current versions (`latest`
 //! is today's newest: that is what the next launch mounts), go to the hosts its
@@ -54,26 +54,18 @@ pub fn plan(
         hosts.iter().map(|h| (h.id.clone(), vec![])).collect();
     let mut load: BTreeMap<&HostId, usize> = BTreeMap::new();
     for w in wanted {
-        let fits = |h: &&HostDatasets| {
-            h.eligible && w.placement.iter().all(|(k, v)| h.labels.get(k) == Some(v))
-        };
-        let chosen: Vec<&HostDatasets> = match w.prepull {
-            Prepull::None => continue,
-            Prepull::All => hosts.iter().filter(fits).collect(),
-            Prepull::Hosts(n) => {
-                let mut candidates: Vec<&HostDatasets> = hosts.iter().filter(fits).collect();
-                let m = &w.dataset.manifest;
-                candidates.sort_by(|a, b| {
-                    b.present
-                        .contains(m)
-                        .cmp(&a.present.contains(m))
-                        .then(load.get(&a.id).cmp(&load.get(&b.id)))
-                        .then(a.id.cmp(&b.id))
-                });
-                candidates.truncate(n as usize);
-                candidates
-            }
-        };
+        if w.prepull == Prepull::None {
+            continue;
+        }
+        let m = &w.dataset.manifest;
+        let chosen = crate::images::plan::choose(
+            w.prepull,
+            hosts,
+            |h| h.eligible && w.placement.iter().all(|(k, v)| h.labels.get(k) == Some(v)),
+            |h| h.present.contains(m),
+            |h| &h.id,
+            &load,
+        );
         for h in chosen {
             let set = out.entry(h.id.clone()).or_default();
             if set.len() >= MAX_PREFETCH_DATASETS {

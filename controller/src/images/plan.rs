@@ -35,6 +35,37 @@ pub struct HostImages {
     pub present: BTreeSet<String>,
 }
 
+/// The hosts a `prepull` policy picks among those that `fit`: all of them, none, or
+/// `N`, hosts that already `hold` the thing first (no transfer, and no churn when the
+/// plan is recomputed), then the least `load`ed so far, then by id for a stable,
+/// repeatable choice. The one rule of both pre-pull (images) and pre-fetch
+/// (datasets, [`crate::datasets::prefetch`]).
+pub fn choose<'a, H>(
+    prepull: Prepull,
+    hosts: &'a [H],
+    fits: impl Fn(&H) -> bool,
+    holds: impl Fn(&H) -> bool,
+    id: impl Fn(&H) -> &HostId,
+    load: &BTreeMap<&HostId, usize>,
+) -> Vec<&'a H> {
+    let candidates = hosts.iter().filter(|h| fits(h));
+    match prepull {
+        Prepull::None => vec![],
+        Prepull::All => candidates.collect(),
+        Prepull::Hosts(n) => {
+            let mut c: Vec<&H> = candidates.collect();
+            c.sort_by(|a, b| {
+                holds(b)
+                    .cmp(&holds(a))
+                    .then(load.get(id(a)).cmp(&load.get(id(b))))
+                    .then(id(a).cmp(id(b)))
+            });
+            c.truncate(n as usize);
+            c
+        }
+    }
+}
+
 /// Each eligible host's pre-pull set, in blueprint order without duplicates. Hosts
 /// that get nothing are present with an empty set, so "stop keeping X" reaches them.
 pub fn plan(wanted: &[WantedImage], hosts: &[HostImages]) -> BTreeMap<HostId, Vec<ImageSpec>> {
@@ -46,29 +77,14 @@ pub fn plan(wanted: &[WantedImage], hosts: &[HostImages]) -> BTreeMap<HostId, Ve
         if matches!(w.image.source, ImageSource::Host) || w.prepull == Prepull::None {
             continue;
         }
-        let fits = |h: &&HostImages| {
-            h.eligible && w.placement.iter().all(|(k, v)| h.labels.get(k) == Some(v))
-        };
-        let chosen: Vec<&HostImages> = match w.prepull {
-            Prepull::None => vec![],
-            Prepull::All => hosts.iter().filter(fits).collect(),
-            Prepull::Hosts(n) => {
-                let mut candidates: Vec<&HostImages> = hosts.iter().filter(fits).collect();
-                // Hosts that already hold the image first (no pull, no churn when the
-                // plan is recomputed), then the least loaded, then by id for a stable,
-                // repeatable choice.
-                candidates.sort_by(|a, b| {
-                    let has_a = a.present.contains(&w.image.reference);
-                    let has_b = b.present.contains(&w.image.reference);
-                    has_b
-                        .cmp(&has_a)
-                        .then(load.get(&a.id).cmp(&load.get(&b.id)))
-                        .then(a.id.cmp(&b.id))
-                });
-                candidates.truncate(n as usize);
-                candidates
-            }
-        };
+        let chosen = choose(
+            w.prepull,
+            hosts,
+            |h| h.eligible && w.placement.iter().all(|(k, v)| h.labels.get(k) == Some(v)),
+            |h| h.present.contains(&w.image.reference),
+            |h| &h.id,
+            &load,
+        );
         for h in chosen {
             let set = out.entry(h.id.clone()).or_default();
             if !set.iter().any(|s| s.reference == w.image.reference) {
