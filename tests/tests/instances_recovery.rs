@@ -266,7 +266,8 @@ async fn killed_controller_during_launches_and_a_stop_leaves_records_and_contain
             .and_then(|t| t["at_ms"].as_u64())
             .unwrap_or_else(|| panic!("no {state} transition: {i:#}"))
     };
-    assert!(at("stopping") < killed_ms, "{i:#}");
+    // The same millisecond is possible: the stop was recorded before the answer came.
+    assert!(at("stopping") <= killed_ms, "{i:#}");
     assert!(at("stopped") > killed_ms, "{i:#}");
     // Every launch survived the restart.
     let st = states(&ctl, &alice).await;
