@@ -18,3 +18,4 @@ pub mod link;
 pub mod run;
 pub mod runtime;
 pub mod state;
+pub mod volumes;

@@ -622,6 +622,10 @@ async fn maybe_renew(
         | AgentResponse::Manifest { .. }
         | AgentResponse::ManifestDelta { .. }
         | AgentResponse::Chunks => Err("the controller answered with a data stream".into()),
+        AgentResponse::Missing { .. }
+        | AgentResponse::Stored { .. }
+        | AgentResponse::Signatures { .. }
+        | AgentResponse::Committed(_) => Err("the controller answered another request".into()),
         AgentResponse::Certificate { cert_der } => {
             if identity::host_id_of(&cert_der).ok().as_ref() != Some(&state.config.host_id)
                 || !identity::cert_matches_key(&cert_der, &key_pem)

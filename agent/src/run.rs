@@ -42,7 +42,11 @@ pub async fn run(
     let supervisor = Supervisor::with_images(runtime, images.clone());
     let datasets = DatasetCache::open(&dir.root().join("datasets"), &state.config.datasets)
         .map_err(|e| LinkError::Setup(format!("dataset cache: {e}")))?;
+    let volumes =
+        crate::volumes::VolumeKeeper::open(&dir.root().join("volumes"), datasets.connection())
+            .map_err(|e| LinkError::Setup(format!("volumes: {e}")))?;
     supervisor.set_datasets(datasets);
+    supervisor.set_volumes(volumes);
     tokio::spawn(supervisor.clone().run(shutdown.clone()));
     // Image GC runs only on the real Docker runtime (never for hollow agents). The
     // feed tells it, from the controller's desired updates, which images to keep.

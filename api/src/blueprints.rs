@@ -109,7 +109,51 @@ pub struct BlueprintInput {
     /// `[{ name = "course-data", version = "latest", path = "/data/course" }]`.
     #[serde(default)]
     pub datasets: Option<Vec<DatasetInput>>,
+    /// The user's persistent files, e.g. `{ path = "/home/jovyan/work" }`: each
+    /// user (or each named volume a launch picks) gets a volume restored there at
+    /// launch and saved while the instance runs and when it stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeInput>,
+    /// The group that owns it (default: `everyone`, every account). Its managers
+    /// may edit it, and its members launch it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Credits an hour of running costs (default 1, 0 to 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+    /// Seconds without a request or a WebSocket message after which an instance
+    /// is stopped (default: the group's; 0 never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<i64>,
     pub enabled: Option<bool>,
+}
+
+/// A blueprint's persistent mount as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeInput {
+    /// Absolute path inside the container.
+    pub path: Option<String>,
+    /// Minutes between checkpoints while an instance runs (default 5; fractions
+    /// from 0.1; 0 saves only when it stops).
+    #[serde(default)]
+    pub checkpoint_minutes: Option<f64>,
+    /// `UID:GID` that owns the files inside the container (default: the image's
+    /// numeric user, root when it has none).
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+/// A blueprint's persistent mount.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub struct BlueprintVolume {
+    /// Absolute path inside the container.
+    pub path: String,
+    /// Seconds between checkpoints (0: only at stop).
+    pub checkpoint_secs: u32,
+    /// `(UID, GID)` of the files; `None` takes the image's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<(u32, u32)>,
 }
 
 /// One dataset mount as written: checked field by field like the rest.
@@ -264,14 +308,38 @@ pub struct BlueprintSpec {
     /// datasets.
     #[serde(default)]
     pub datasets: Vec<BlueprintDataset>,
+    /// The users' persistent files; `None` keeps nothing past an instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<BlueprintVolume>,
     /// Set by the controller when the blueprint is saved (or refreshed); `None` only
     /// before resolution, or in records older than image resolution.
     #[serde(default)]
     pub resolved: Option<ResolvedImage>,
+    /// The owning group; `None` is the default group, `everyone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Credits an hour of running costs.
+    #[serde(default = "default_cost")]
+    pub cost: f64,
+    /// Idle seconds before an instance is stopped; `None` takes the group's, 0
+    /// never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
     pub enabled: bool,
 }
 
+fn default_cost() -> f64 {
+    1.0
+}
+
 impl BlueprintSpec {
+    /// The group that owns it.
+    pub fn group(&self) -> &str {
+        self.group
+            .as_deref()
+            .unwrap_or(crate::groups::DEFAULT_GROUP)
+    }
+
     /// The image reference instances of this spec run.
     pub fn run_image(&self) -> &str {
         self.resolved

@@ -4,6 +4,7 @@
 //! ```text
 //! queued → scheduled → preparing → starting → running → stopping → stopped
 //!    └──────────┴───────────┴───────────┴──────────┴──────→ failed (with a reason)
+//!                                          running ⇄ unreachable (host lost, back)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,10 @@ pub enum InstanceState {
     Preparing,
     Starting,
     Running,
+    /// Its host passed the lost threshold while it ran: it may still be running
+    /// there (its files unsaved since the last checkpoint). It resumes as running
+    /// when the host returns, unless its owner relaunched it elsewhere.
+    Unreachable,
     Stopping,
     Stopped,
     Failed,
@@ -37,6 +42,7 @@ impl InstanceState {
             InstanceState::Preparing => "preparing",
             InstanceState::Starting => "starting",
             InstanceState::Running => "running",
+            InstanceState::Unreachable => "unreachable",
             InstanceState::Stopping => "stopping",
             InstanceState::Stopped => "stopped",
             InstanceState::Failed => "failed",
@@ -61,6 +67,7 @@ impl InstanceState {
                 | InstanceState::Preparing
                 | InstanceState::Starting
                 | InstanceState::Running
+                | InstanceState::Unreachable
                 | InstanceState::Stopping
         )
     }
@@ -124,6 +131,19 @@ pub struct InstanceView {
     /// The dataset versions it mounts, fixed when it was launched.
     #[serde(default)]
     pub datasets: Vec<InstanceDataset>,
+    /// The user's volume it writes (`NAME`), if its blueprint keeps files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    /// The group it was launched through (whose quotas it counts against).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Its last request or WebSocket message through the proxy, either way
+    /// (pings do not count); absent before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity_ms: Option<u64>,
+    /// When it will be stopped for idleness unless used, once that is near.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_stop_ms: Option<u64>,
 }
 
 /// A dataset version an instance mounts (read-only), as resolved at launch.
@@ -151,6 +171,9 @@ impl std::fmt::Display for InstanceDataset {
 #[serde(deny_unknown_fields)]
 pub struct Launch {
     pub blueprint: String,
+    /// The volume to restore and save (default: one named after the blueprint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
 }
 
 /// Body of `POST /api/v1/instances/{id}/extend` (admins).

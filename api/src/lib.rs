@@ -12,10 +12,12 @@
 //! * [`session`] — login, and one's API tokens.
 //! * [`join_tokens`] — tokens hosts enrol with.
 //! * [`instances`] — the instance lifecycle states and the instance view.
+//! * [`groups`] — groups, roles, quotas, join codes, usage, the audit log.
 //! * [`blueprints`] — blueprint input, the validated spec, records and revisions.
 //! * [`hosts`] — liveness, pool standing, and the host view.
 //! * [`images`] — uploaded image archives and resumable uploads.
 //! * [`datasets`] — datasets, their versions, and the chunk upload's bodies.
+//! * [`volumes`] — users' persistent volumes and their snapshots.
 //! * [`autoscaler`] — what the queue waits for and the autoscaler's decisions.
 //! * [`openapi`] — all of the above as OpenAPI components.
 //!
@@ -28,6 +30,7 @@ pub mod autoscaler;
 pub mod blueprints;
 pub mod datasets;
 pub mod error;
+pub mod groups;
 pub mod health;
 pub mod hosts;
 pub mod images;
@@ -36,6 +39,7 @@ pub mod join_tokens;
 pub mod openapi;
 pub mod session;
 pub mod users;
+pub mod volumes;
 
 /// The shared types that appear in API answers, for users of this crate that do not
 /// depend on `cairn-shared` themselves.

@@ -6,7 +6,7 @@ use utoipa::OpenApi;
 use crate::{
     autoscaler, blueprints, datasets, error, health, hosts, images, instances, join_tokens,
 };
-use crate::{session, users};
+use crate::{groups, session, users, volumes};
 
 /// The components (`#/components/schemas/…`) of every type in this crate.
 #[derive(OpenApi)]
@@ -65,6 +65,26 @@ use crate::{session, users};
     datasets::MissingQuery,
     datasets::MissingAnswer,
     datasets::PackAnswer,
+    blueprints::VolumeInput,
+    blueprints::BlueprintVolume,
+    volumes::SnapshotStatus,
+    volumes::SnapshotView,
+    volumes::VolumeView,
+    volumes::SetHead,
+    groups::GroupRole,
+    groups::Quota,
+    groups::BlueprintLimits,
+    groups::GroupMember,
+    groups::Group,
+    groups::GroupInput,
+    groups::MemberInput,
+    groups::Departure,
+    groups::JoinCode,
+    groups::JoinCodeInput,
+    groups::JoinInput,
+    groups::UsageRow,
+    groups::UsageReport,
+    groups::AuditEntry,
 )))]
 #[derive(Debug)]
 pub struct ApiModel;

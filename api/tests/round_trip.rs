@@ -41,6 +41,7 @@ fn spec() -> Value {
         "priority":-5,"placement":{"zone":"a"},"strategy":"spread","pull":"registry","prepull":{"hosts":2},
         "datasets":[{"name":"course-data","path":"/data/course"},{"name":"exam","version":3,"path":"/data/exam"}],
         "resolved":{"reference":"127.0.0.1:5000/course/python@sha256:ab","source":"Registry","resolved_ms":7},
+        "group":"course-a","cost":2.5,"idle_timeout_secs":3600,
         "enabled":true})
 }
 
@@ -102,12 +103,18 @@ fn blueprints() {
     assert_eq!(r.spec.strategy, Some(Strategy::Spread));
     assert_eq!(r.spec.prepull, Prepull::Hosts(2));
     assert_eq!(r.spec.run_image(), "127.0.0.1:5000/course/python@sha256:ab");
+    assert_eq!((r.spec.group(), r.spec.cost), ("course-a", 2.5));
     // Stored before image resolution: no strategy, pull, prepull, resolution or priority.
     let old: BlueprintRecord = serde_json::from_value(json!({"revision":1,"created_ms":1,"updated_ms":1,
         "name":"r","description":"","image":"rocker/rstudio:4","command":null,"env":{},"app":"rstudio",
         "app_port":8787,"memory_mib":1024,"cpus":1.0,"max_lifetime_secs":3600,
         "max_instances_per_user":1,"placement":{},"enabled":false}))
     .unwrap();
+    assert_eq!(
+        (old.spec.group(), old.spec.cost, old.spec.idle_timeout_secs),
+        ("everyone", 1.0, None),
+        "a record older than groups belongs to everyone and costs 1 an hour"
+    );
     assert_eq!(
         (old.spec.pull, old.spec.prepull, old.spec.priority),
         (PullPolicy::Registry, Prepull::All, 0)
@@ -293,4 +300,26 @@ fn the_openapi_components_are_complete() {
         let name = r.trim_start_matches("#/components/schemas/");
         assert!(schemas.contains_key(name), "{r} points nowhere");
     }
+}
+
+#[test]
+fn volumes() {
+    use cairn_api::volumes::{SetHead, VolumeView};
+    let input: BlueprintInput = round_trip(json!({"name":"nb","description":null,
+        "image":"img:1","command":null,"env":null,"app":"jupyter","app_port":8888,"memory_mib":512,
+        "cpus":null,"max_lifetime_secs":null,"max_instances_per_user":null,"priority":null,"placement":null,
+        "strategy":null,"pull":null,"prepull":null,"datasets":null,
+        "volume":{"path":"/home/jovyan/work","checkpoint_minutes":2.5,"owner":"1000:100"},
+        "enabled":null}));
+    assert_eq!(input.volume.and_then(|v| v.checkpoint_minutes), Some(2.5));
+    let v: VolumeView = round_trip(json!({"owner":"alice","name":"work","created_ms":1,
+    "generation":2,"bytes":10,"files":3,"in_use_by":"i-0123456789abcdef","attention":1,
+    "snapshots":[
+        {"id":1,"status":"saved","head":true,"generation":2,"bytes":10,"files":3,
+         "created_ms":2,"by":"i-0123456789abcdef","manifest":"ab".repeat(32)},
+        {"id":2,"status":"conflict","head":false,"generation":1,"reason":"instance i-1 no longer holds the volume's lease",
+         "bytes":12,"files":4,"created_ms":3,"by":"i-1","manifest":"cd".repeat(32)}
+    ]}));
+    assert_eq!(v.snapshots.len(), 2);
+    round_trip::<SetHead>(json!({"snapshot":1}));
 }

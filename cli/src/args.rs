@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cairn_api::groups::GroupRole;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -58,6 +59,10 @@ pub enum Command {
     Launch {
         /// The blueprint's name.
         blueprint: String,
+        /// The volume to restore and save, for a blueprint that keeps files
+        /// (default: the one named after the blueprint).
+        #[arg(long)]
+        volume: Option<String>,
         /// Wait until the instance is running (or has failed), showing its progress.
         #[arg(long)]
         wait: bool,
@@ -65,11 +70,15 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
-    /// List instances: your own, or everyone's with --all (admins).
+    /// List instances: your own, everyone's with --all (admins), or those launched
+    /// through a group with --group (its managers).
     Ps {
         /// Everyone's instances (admins only).
         #[arg(long, short)]
         all: bool,
+        /// The instances of this group's members (managers).
+        #[arg(long, short, conflicts_with = "all")]
+        group: Option<String>,
     },
     /// Stop an instance.
     Stop {
@@ -99,6 +108,35 @@ pub enum Command {
     Datasets {
         #[command(subcommand)]
         command: Option<DatasetsCommand>,
+    },
+    /// Your persistent volumes: list them, look at their snapshots, restore an
+    /// older snapshot, download one as a tar, delete a volume.
+    #[command(visible_alias = "vol")]
+    Volumes {
+        #[command(subcommand)]
+        command: Option<VolumesCommand>,
+    },
+    /// Your groups (courses); managers manage people, join codes and usage.
+    #[command(visible_alias = "group")]
+    Groups {
+        #[command(subcommand)]
+        command: Option<GroupsCommand>,
+    },
+    /// Join a group with the code your teacher gave you.
+    Join { code: String },
+    /// What you have used (credits, instances); --group for a group's (managers),
+    /// --csv for everyone's (admins).
+    Usage {
+        #[arg(long, short)]
+        group: Option<String>,
+        #[arg(long, conflicts_with = "group")]
+        csv: bool,
+    },
+    /// The audit log: admin, manager and login actions (admins).
+    Audit {
+        /// How many entries, newest first.
+        #[arg(long, short = 'n', default_value_t = 50)]
+        limit: usize,
     },
     /// List and manage user accounts (admins).
     Users {
@@ -204,6 +242,86 @@ pub enum DatasetsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum VolumesCommand {
+    /// List your volumes (the default).
+    Ls,
+    /// A volume's snapshots, newest first: the head, older saves, conflicts and
+    /// halted saves waiting for a decision.
+    Snapshots { name: String },
+    /// Make a snapshot the head: the next launch restores it (refused while an
+    /// instance writes the volume).
+    Restore { name: String, snapshot: u64 },
+    /// Write a snapshot's files as a tar archive.
+    Download {
+        name: String,
+        snapshot: u64,
+        /// Where to write it (default: NAME-SNAPSHOT.tar).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Delete a volume with every snapshot (needs --yes).
+    Rm {
+        name: String,
+        /// Confirm: the files are gone for good.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupsCommand {
+    /// Your groups (the default; admins see all).
+    Ls,
+    /// One group: its quotas, limits, and (for managers) its people.
+    Show { name: String },
+    /// Create a group (admins).
+    Create {
+        name: String,
+        /// The account that runs it (a teacher).
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        title: Option<String>,
+    },
+    /// Change fields: title, expires_ms, idle_timeout_secs (owners); quota,
+    /// member_quota, limits, granted, owner (admins). Values are JSON or text,
+    /// e.g. `quota={"instances":30,"credits":100}`.
+    Set {
+        name: String,
+        #[arg(required = true, value_name = "FIELD=VALUE")]
+        fields: Vec<String>,
+    },
+    /// Add a member, or change someone's role (managers).
+    Add {
+        name: String,
+        user: String,
+        #[arg(long, default_value = "member", value_parser = parse_role)]
+        role: GroupRole,
+    },
+    /// Remove a member (managers); their running instances of the group stop.
+    Rm { name: String, user: String },
+    /// Leave a group; your running instances of it stop.
+    Leave { name: String },
+    /// Show the group's join code, or make a new one with --new (the old one
+    /// stops working).
+    Code {
+        name: String,
+        #[arg(long)]
+        new: bool,
+        /// How long a new code is valid, e.g. 7d, 12h.
+        #[arg(long, value_parser = humantime::parse_duration, requires = "new")]
+        valid: Option<Duration>,
+        /// How many people may use a new code.
+        #[arg(long, requires = "new")]
+        max_uses: Option<u32>,
+    },
+}
+
+fn parse_role(s: &str) -> Result<GroupRole, String> {
+    GroupRole::parse(s).ok_or_else(|| format!("{s:?}: member, manager or owner"))
+}
+
+#[derive(Debug, Subcommand)]
 pub enum UsersCommand {
     /// List accounts (the default).
     Ls,
@@ -249,6 +367,7 @@ mod tests {
                 blueprint,
                 wait,
                 timeout,
+                ..
             } => {
                 assert_eq!(blueprint, "python");
                 assert!(wait);

@@ -231,6 +231,30 @@ impl Client {
         Ok(b.to_vec())
     }
 
+    /// Sends an authenticated `GET` and writes the body to `out` as it arrives
+    /// (a snapshot's tar can be larger than memory); the bytes written.
+    pub async fn download(
+        &self,
+        segments: &[&str],
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, Error> {
+        let mut resp = self
+            .execute(
+                self.http
+                    .request(Method::GET, self.endpoint(segments, &[]))
+                    .bearer_auth(self.bearer()?)
+                    .timeout(Duration::from_secs(24 * 3600)),
+            )
+            .await?;
+        let mut n = 0u64;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(&e))? {
+            out.write_all(&chunk)
+                .map_err(|e| Error::Usage(format!("writing the download: {e}")))?;
+            n += chunk.len() as u64;
+        }
+        Ok(n)
+    }
+
     /// `POST /api/v1/login`, the one call without a token.
     pub async fn login(
         &self,

@@ -206,10 +206,7 @@ pub fn encode_pack(frames: &[(ChunkId, Vec<u8>)]) -> Vec<u8> {
     let len = frames.iter().map(|(_, b)| FRAME_HEADER + b.len()).sum();
     let mut out = Vec::with_capacity(len);
     for (id, bytes) in frames {
-        out.extend_from_slice(&id.0);
-        // Chunks are at most MAX_CHUNK_LEN (4 MiB), so the length fits.
-        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-        out.extend_from_slice(bytes);
+        cairn_shared::chunks::push_frame(&mut out, *id, bytes);
     }
     out
 }

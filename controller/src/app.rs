@@ -37,6 +37,14 @@ pub struct App {
     pub(crate) chunks: Arc<dyn crate::chunks::ChunkStore>,
     /// Datasets and their immutable versions (manifests in `chunks`).
     pub(crate) datasets: Arc<crate::datasets::Datasets>,
+    /// Users' volumes and their snapshots (manifests in `chunks`).
+    pub(crate) volumes: Arc<crate::volumes::Volumes>,
+    /// Groups: people, join codes, quotas.
+    pub(crate) groups: crate::groups::Groups,
+    /// Who did what, for admins.
+    pub(crate) audit: crate::audit::Audit,
+    /// Each instance's last request or WebSocket message through the proxy.
+    pub(crate) activity: crate::proxy::activity::Activity,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +131,13 @@ impl App {
         // Launches, blueprint saves and the pre-fetch plan find dataset versions in
         // this catalogue.
         instances.set_dataset_lookup(datasets.clone());
+        let volumes = Arc::new(crate::volumes::Volumes::new(
+            store.clone(),
+            chunks.clone(),
+            config.volumes,
+        ));
+        let groups = crate::groups::Groups::open(store.clone(), cairn_shared::time::now_ms())?;
+        let audit = crate::audit::Audit::new(store.clone());
         let autoscaler = crate::autoscaler::Autoscaler::new(
             Box::new(crate::autoscaler::StaticProvider),
             policies,
@@ -142,6 +157,10 @@ impl App {
             archives,
             chunks,
             datasets,
+            volumes,
+            groups,
+            audit,
+            activity: Default::default(),
         })
     }
 }
@@ -151,14 +170,20 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
     let config = ControllerConfig::load(&data_dir.config()).map_err(StartError::Config)?;
     let pki = Pki::load(&data_dir, &config)?;
     let server_config = identity::server_config(pki.ca.cert_der(), &pki.server)?;
-    let endpoint =
-        identity::endpoint(config.link.listen, Some(server_config)).map_err(|source| {
-            StartError::Bind {
-                what: "link (UDP)",
-                addr: config.link.listen,
-                source,
-            }
-        })?;
+    // The CA's key never changes for a controller's life: reset tokens derived
+    // from it survive restarts (see `endpoint_with_reset_key`).
+    let reset_secret = std::fs::read(data_dir.ca_key())
+        .map_err(|e| StartError::Config(format!("{}: {e}", data_dir.ca_key().display())))?;
+    let endpoint = identity::endpoint_with_reset_key(
+        config.link.listen,
+        Some(server_config),
+        Some(&reset_secret),
+    )
+    .map_err(|source| StartError::Bind {
+        what: "link (UDP)",
+        addr: config.link.listen,
+        source,
+    })?;
     let link_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
         what: "link (UDP)",
         addr: config.link.listen,
@@ -208,6 +233,7 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
         shutdown.clone(),
     ));
     tasks.spawn(chunk_gc_loop(app.clone(), shutdown.clone()));
+    tasks.spawn(crate::groups::reconcile::run(app.clone(), shutdown.clone()));
     tasks.spawn(server_cert_loop(
         app.clone(),
         endpoint.clone(),
@@ -281,8 +307,9 @@ async fn chunk_gc_loop(app: Arc<App>, shutdown: CancellationToken) {
 }
 
 /// One collection of the chunk store, logged; a failure is retried next time. The
-/// one place the live set is gathered: image archives' manifests and chunks (with
-/// image commits held off until the sweep ends), then datasets'.
+/// one place the live set is gathered: image archives' and volume snapshots'
+/// manifests and chunks (with their commits held off until the sweep ends), then
+/// datasets'.
 pub(crate) async fn collect_chunks(app: &App) {
     let grace_ms = app.config.chunks.gc_grace_secs.saturating_mul(1000);
     collect_chunks_at(app, cairn_shared::time::now_ms(), grace_ms).await;
@@ -296,16 +323,24 @@ pub(crate) async fn collect_chunks_at(
     grace_ms: u64,
 ) -> Option<crate::chunks::gc::Swept> {
     let _no_image_commits = app.archives.pause_commits().await;
-    let images = match app.archives.live_chunks().await {
+    let _no_volume_commits = app.volumes.pause_commits().await;
+    let mut live = match app.archives.live_chunks().await {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "chunk store collection skipped: cannot mark the image archives' chunks; will retry");
             return None;
         }
     };
+    match app.volumes.live_chunks().await {
+        Ok(l) => live.extend(l),
+        Err(e) => {
+            tracing::error!(error = %e, "chunk store collection skipped: cannot mark the volumes' chunks; will retry");
+            return None;
+        }
+    }
     match app
         .datasets
-        .collect_garbage_with(images, now_ms, grace_ms)
+        .collect_garbage_with(live, now_ms, grace_ms)
         .await
     {
         Ok(swept) => Some(swept),

@@ -5,6 +5,7 @@
 //! the paths [`DataDir`] names. The rest of the controller reads settings through
 //! [`ControllerConfig`], so tests build one in memory instead of writing files.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -78,6 +79,13 @@ pub struct ControllerConfig {
     /// The chunk store (datasets' bytes) and its collector.
     #[serde(default)]
     pub chunks: ChunksConfig,
+    /// Users' persistent volumes: quota, safety halts, retention.
+    #[serde(default)]
+    pub volumes: VolumesConfig,
+    /// Groups (courses): who may create them, and what a new group's managers
+    /// may put in blueprints until an admin says otherwise.
+    #[serde(default)]
+    pub groups: GroupsConfig,
     /// Host pools with their placement and scaling rules. Hosts belong to the pool
     /// their `pool` label names (`default` without one).
     #[serde(default)]
@@ -261,6 +269,84 @@ impl Default for ChunksConfig {
         ChunksConfig {
             gc_grace_secs: default_gc_grace(),
             gc_interval_secs: default_gc_interval(),
+        }
+    }
+}
+
+/// Groups (`[groups]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// Whether any user may create a group (becoming its owner), as a teacher
+    /// starts a course; admins always may.
+    #[serde(default = "yes")]
+    pub users_create: bool,
+    /// A new group's blueprint limits: images its managers may use (exact, or a
+    /// prefix ending in `*`; empty: none until an admin allows some)…
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// …the most memory per instance, MiB…
+    #[serde(default)]
+    pub max_memory_mib: Option<u64>,
+    /// …and the longest lifetime, seconds.
+    #[serde(default)]
+    pub max_lifetime_secs: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig {
+            users_create: true,
+            images: vec![],
+            max_memory_mib: None,
+            max_lifetime_secs: None,
+        }
+    }
+}
+
+/// Users' persistent volumes (`[volumes]`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VolumesConfig {
+    /// Bytes one user's volumes may hold (the heads' files), in MiB.
+    #[serde(default = "default_volume_quota_mib")]
+    pub quota_mib: u64,
+    /// A snapshot deleting more than this share of the head's files (percent) is
+    /// halted until confirmed; 100 halts only one that empties the volume.
+    #[serde(default = "default_max_delete_percent")]
+    pub max_delete_percent: u8,
+    /// Snapshots kept per volume: the last `keep_last`…
+    #[serde(default = "default_keep_last")]
+    pub keep_last: usize,
+    /// …plus the newest of each day for this many days.
+    #[serde(default = "default_keep_daily_days")]
+    pub keep_daily_days: u64,
+}
+
+fn default_volume_quota_mib() -> u64 {
+    10 * 1024
+}
+fn default_max_delete_percent() -> u8 {
+    50
+}
+fn default_keep_last() -> usize {
+    10
+}
+fn default_keep_daily_days() -> u64 {
+    7
+}
+
+impl Default for VolumesConfig {
+    fn default() -> Self {
+        VolumesConfig {
+            quota_mib: default_volume_quota_mib(),
+            max_delete_percent: default_max_delete_percent(),
+            keep_last: default_keep_last(),
+            keep_daily_days: default_keep_daily_days(),
         }
     }
 }
@@ -463,6 +549,155 @@ fn default_server_ttl() -> u64 {
 pub struct AuthConfig {
     /// SHA-256 (hex) of the admin API token; the token itself is in `admin.token`.
     pub admin_token_sha256: String,
+    /// Login through an OpenID Connect provider (`[auth.oidc]`), beside local
+    /// passwords.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcConfig>,
+    /// Login by a header a trusted front proxy sets (`[auth.front_proxy]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub front_proxy: Option<FrontProxyConfig>,
+}
+
+/// A front proxy that authenticates users itself (client certificates,
+/// Kerberos, a campus SSO module) and names them in a header
+/// (`[auth.front_proxy]`). The header is believed only on connections from
+/// `trusted` addresses; from anywhere else it is ignored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FrontProxyConfig {
+    /// The proxies' addresses: `192.0.2.10` or `192.0.2.0/24`.
+    pub trusted: Vec<String>,
+    /// The header naming the user.
+    #[serde(default = "default_proxy_header")]
+    pub header: String,
+    /// What the header holds: `user` (the account name, as `$remote_user`) or
+    /// `x509_subject` (a client certificate's subject, as nginx's
+    /// `$ssl_client_s_dn`: the account is its CN).
+    #[serde(default)]
+    pub format: ProxyIdentity,
+    /// Make an account for a name the controller does not know yet (otherwise
+    /// an admin creates accounts first).
+    #[serde(default)]
+    pub create_accounts: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyIdentity {
+    #[default]
+    User,
+    X509Subject,
+}
+
+fn default_proxy_header() -> String {
+    "X-Remote-User".into()
+}
+
+impl FrontProxyConfig {
+    /// The trusted addresses as networks (a bare address is a network of one).
+    pub fn trusted_nets(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted
+            .iter()
+            .map(|t| {
+                t.parse::<ipnet::IpNet>()
+                    .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!("auth.front_proxy.trusted: {t:?} is not an address or a network")
+                    })
+            })
+            .collect()
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.trusted.is_empty() {
+            return Err("auth.front_proxy.trusted must name the proxies' addresses".into());
+        }
+        self.trusted_nets()?;
+        if axum::http::HeaderName::from_bytes(self.header.as_bytes()).is_err() {
+            return Err(format!(
+                "auth.front_proxy.header {:?} is not a header name",
+                self.header
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An OpenID Connect provider users log in with (`[auth.oidc]`): the
+/// authorization code flow with PKCE; the ID token is checked against the
+/// issuer's published keys.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The issuer, exactly as its discovery document names it
+    /// (`{issuer}/.well-known/openid-configuration` is read).
+    pub issuer: String,
+    pub client_id: String,
+    /// The client's secret, if the provider gave one (a confidential client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    /// This controller's callback as the provider knows it:
+    /// `https://cairn.example.org/login/oidc/callback`.
+    pub redirect_url: String,
+    /// What the login page's button says: "Log in with {label}".
+    #[serde(default = "default_oidc_label")]
+    pub label: String,
+    /// Scopes asked for besides `openid`.
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    /// The claim that names the Cairn account (lower-cased; it must be a valid
+    /// user name).
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    /// The claim listing the user's groups at the provider.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Provider group → Cairn group: a user whose groups claim holds the key is
+    /// made a member of the group (never demoted if they manage it) at each login.
+    #[serde(default)]
+    pub groups: BTreeMap<String, String>,
+}
+
+fn default_oidc_label() -> String {
+    "single sign-on".into()
+}
+fn default_oidc_scopes() -> Vec<String> {
+    ["email", "profile"].map(String::from).to_vec()
+}
+fn default_username_claim() -> String {
+    "preferred_username".into()
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+impl OidcConfig {
+    /// Checks what would only fail at a user's login otherwise.
+    pub fn validate(&self) -> Result<(), String> {
+        for (what, url) in [
+            ("issuer", &self.issuer),
+            ("redirect_url", &self.redirect_url),
+        ] {
+            let u = reqwest::Url::parse(url)
+                .map_err(|e| format!("auth.oidc.{what} {url:?} is not a URL: {e}"))?;
+            if !matches!(u.scheme(), "https" | "http") {
+                return Err(format!("auth.oidc.{what} must be an http(s) URL"));
+            }
+        }
+        if self.client_id.is_empty() || self.client_id.len() > 256 {
+            return Err("auth.oidc.client_id must be 1-256 bytes".into());
+        }
+        if self.label.is_empty() || self.label.len() > 64 {
+            return Err("auth.oidc.label must be 1-64 bytes".into());
+        }
+        if self.scopes.len() > 16 || self.scopes.iter().any(|s| s.is_empty() || s.contains(' ')) {
+            return Err("auth.oidc.scopes: at most 16, each one word".into());
+        }
+        if self.groups.len() > 1000 {
+            return Err("auth.oidc.groups maps at most 1000 groups".into());
+        }
+        Ok(())
+    }
 }
 
 impl ControllerConfig {
@@ -472,6 +707,12 @@ impl ControllerConfig {
 
     /// Checks values that would make the controller misbehave.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(o) = &self.auth.oidc {
+            o.validate()?;
+        }
+        if let Some(p) = &self.auth.front_proxy {
+            p.validate()?;
+        }
         let h = &self.hosts;
         if h.heartbeat_interval_ms < 100 || h.heartbeat_interval_ms > 600_000 {
             return Err("hosts.heartbeat_interval_ms must be between 100 and 600000".into());
@@ -508,6 +749,12 @@ impl ControllerConfig {
         if !(60..=7 * 24 * 3600).contains(&self.chunks.gc_interval_secs) {
             return Err("chunks.gc_interval_secs must be between 60 and 604800".into());
         }
+        if self.volumes.max_delete_percent == 0 || self.volumes.max_delete_percent > 100 {
+            return Err("volumes.max_delete_percent must be between 1 and 100".into());
+        }
+        if !(1..=1000).contains(&self.volumes.keep_last) {
+            return Err("volumes.keep_last must be between 1 and 1000".into());
+        }
         if self.auth.admin_token_sha256.len() != 64 {
             return Err("auth.admin_token_sha256 must be 64 hex digits".into());
         }
@@ -541,6 +788,8 @@ mod tests {
         ControllerConfig {
             images: Default::default(),
             chunks: Default::default(),
+            volumes: Default::default(),
+            groups: Default::default(),
             api: ApiConfig::plain("127.0.0.1:7080".parse().unwrap()),
             link: LinkConfig {
                 listen: "127.0.0.1:7443".parse().unwrap(),
@@ -556,6 +805,8 @@ mod tests {
             proxy: ProxyConfig::default(),
             auth: AuthConfig {
                 admin_token_sha256: "0".repeat(64),
+                oidc: None,
+                front_proxy: None,
             },
             instances: InstancesConfig::default(),
         }

@@ -26,6 +26,7 @@
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod autoscaler;
 pub mod blueprints;
@@ -33,6 +34,7 @@ pub mod chunks;
 pub mod cli;
 pub mod config;
 pub mod datasets;
+pub mod groups;
 pub mod hosts;
 pub mod http_server;
 pub mod https;

@@ -131,6 +131,8 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<InitOutcome, PkiError> 
     let config = ControllerConfig {
         images: Default::default(),
         chunks: Default::default(),
+        volumes: Default::default(),
+        groups: Default::default(),
         api: ApiConfig {
             listen: opts.api_listen,
             tls: match &opts.web {
@@ -158,6 +160,8 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<InitOutcome, PkiError> 
         pools: vec![],
         auth: AuthConfig {
             admin_token_sha256: auth::digest_hex(&admin_token),
+            oidc: None,
+            front_proxy: None,
         },
     };
     config.validate().map_err(PkiError::Config)?;

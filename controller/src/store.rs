@@ -65,6 +65,12 @@ pub enum Tree {
     Images,
     /// Datasets and their versions, by dataset name.
     Datasets,
+    /// Users' volumes and their snapshots, by `OWNER/NAME`.
+    Volumes,
+    /// Groups: people, join codes, quotas, by group name.
+    Groups,
+    /// The audit log, by time.
+    Audit,
 }
 
 impl Tree {
@@ -79,6 +85,9 @@ impl Tree {
             Tree::Instances => "instances",
             Tree::Images => "images",
             Tree::Datasets => "datasets",
+            Tree::Volumes => "volumes",
+            Tree::Groups => "groups",
+            Tree::Audit => "audit",
         }
     }
 }
@@ -204,6 +213,20 @@ impl Store {
             out.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
                 tree: t.name(),
                 key,
+                detail: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// The last `n` records of a tree in key order, newest key first.
+    pub fn last<T: DeserializeOwned>(&self, t: Tree, n: usize) -> Result<Vec<T>, StoreError> {
+        let mut out = vec![];
+        for item in self.tree(t)?.iter().rev().take(n) {
+            let (k, v) = item?;
+            out.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                tree: t.name(),
+                key: String::from_utf8_lossy(&k).into_owned(),
                 detail: e.to_string(),
             })?);
         }

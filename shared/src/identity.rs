@@ -436,13 +436,42 @@ pub fn endpoint(
     addr: std::net::SocketAddr,
     server: Option<quinn::ServerConfig>,
 ) -> std::io::Result<quinn::Endpoint> {
+    endpoint_with_reset_key(addr, server, None)
+}
+
+/// [`endpoint`] whose stateless-reset key is derived from `secret` instead of
+/// drawn at random. A server that keeps it across restarts answers the packets of
+/// connections its previous process held with a reset the peer recognises
+/// (RFC 9000 §10.3), so agents reconnect at once instead of after the idle
+/// timeout, and a save in flight is retried without waiting for it.
+pub fn endpoint_with_reset_key(
+    addr: std::net::SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    secret: Option<&[u8]>,
+) -> std::io::Result<quinn::Endpoint> {
     let socket = udp_socket(addr)?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
+    let config = match secret {
+        Some(s) => {
+            let key = blake3::derive_key("cairn link stateless reset key v1", s);
+            let mut c = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+                ring::hmac::HMAC_SHA256,
+                &key,
+            )));
+            // Connection ids carry a keyed hash the endpoint checks before it
+            // answers a packet of an unknown connection: the key must outlive the
+            // process too, or the new one drops the old ids unanswered.
+            let cid = blake3::derive_key("cairn link connection id key v1", s);
+            let cid_key = u64::from_le_bytes([
+                cid[0], cid[1], cid[2], cid[3], cid[4], cid[5], cid[6], cid[7],
+            ]);
+            c.cid_generator(move || {
+                Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            });
+            c
+        }
+        None => quinn::EndpointConfig::default(),
+    };
+    quinn::Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime))
 }
 
 /// The controller's QUIC server configuration. Client certificates are optional at

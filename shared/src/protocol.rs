@@ -31,7 +31,7 @@ use crate::validate::{self, Invalid, Validate};
 use crate::workload::{DesiredUpdate, InstanceReport};
 
 /// The link protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// ALPN of enrolment connections.
 pub const ALPN_ENROL: &[u8] = b"cairn-enrol";
@@ -300,6 +300,65 @@ pub enum AgentRequest {
     /// share them on the wire too. The agent checks the assembled file's hash is the
     /// archive's name.
     FetchImageManifest { archive: String },
+    /// Which of `chunks` the controller lacks (a volume save asks before it
+    /// sends). Answered by [`AgentResponse::Missing`].
+    MissingChunks { chunks: Vec<crate::chunks::ChunkId> },
+    /// A pack of chunks follows: exactly `len` bytes of frames
+    /// (`[32-byte id][u32 BE length][bytes]`, see [`crate::chunks::push_frame`]),
+    /// at most [`MAX_PACK_BYTES`]. The controller checks every chunk against its
+    /// id before storing any and answers [`AgentResponse::Stored`] once they are
+    /// durable.
+    StoreChunks { len: u64 },
+    /// The block signatures (`chunks::patch::signature`) of `chunks`, which the
+    /// agent's new chunks replace: answered by [`AgentResponse::Signatures`], after
+    /// which the stream carries exactly `len` bytes: per chunk asked, in order, a
+    /// u32 BE length and that many bytes of signature (0: the controller lacks it).
+    ChunkSignatures { chunks: Vec<crate::chunks::ChunkId> },
+    /// Like [`AgentRequest::StoreChunks`], for chunks sent as deltas from chunks
+    /// the controller holds: exactly `len` bytes of frames
+    /// `[32-byte new id][32-byte base id][u32 BE length][delta]` follow. Each chunk
+    /// is rebuilt and checked against its id before any is stored; one that does
+    /// not rebuild refuses the pack, naming it (the agent sends it whole).
+    StoreChunkDeltas { len: u64 },
+    /// A snapshot of the volume of `instance` (placed on this host): exactly `len`
+    /// bytes of an encoded manifest follow, every chunk of which must already be
+    /// on the controller. `base_generation` is the volume generation the host's
+    /// copy started from; `final_save` says the instance is being stopped, so the
+    /// lease is released once the snapshot is stored. Answered by
+    /// [`AgentResponse::Committed`] or a refusal (over quota, chunks missing).
+    CommitSnapshot {
+        instance: crate::ids::InstanceId,
+        base_generation: u64,
+        final_save: bool,
+        len: u64,
+        /// The body is an encoded `chunks::delta::Delta` from a manifest the
+        /// controller holds (the snapshot the host's copy started from), not the
+        /// whole manifest: a save of a tree of 10,000 files that changed a few
+        /// sends a few KiB. A base the controller lacks is refused (the message
+        /// starts with `base_unknown`), and the agent sends the whole manifest.
+        delta: bool,
+    },
+}
+
+/// Most chunks one [`AgentRequest::ChunkSignatures`] asks about.
+pub const MAX_SIGNATURE_CHUNKS: usize = 64;
+
+/// Largest pack one [`AgentRequest::StoreChunks`] carries.
+pub const MAX_PACK_BYTES: u64 = 16 * 1024 * 1024;
+/// Largest snapshot manifest an agent may commit.
+pub const MAX_SNAPSHOT_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What a committed snapshot became on the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommitOutcome {
+    /// The volume's new head, at this generation (also when nothing changed).
+    Head { generation: u64 },
+    /// Kept beside the head: the instance no longer holds the volume's lease or
+    /// started from an older head. Never made head, never discarded.
+    Conflict { reason: String },
+    /// Kept aside and flagged until the user or an admin confirms it: it would
+    /// empty the volume or delete too many of its files.
+    Halted { reason: String },
 }
 
 /// Most chunks one [`AgentRequest::FetchChunks`] asks for.
@@ -373,6 +432,30 @@ impl Validate for AgentRequest {
                 }
             }
             AgentRequest::FetchManifest { .. } | AgentRequest::FetchManifestDelta { .. } => Ok(()),
+            AgentRequest::MissingChunks { chunks } => {
+                validate::max_items("chunks", chunks, MAX_FETCH_CHUNKS)
+            }
+            AgentRequest::ChunkSignatures { chunks } => {
+                validate::max_items("chunks", chunks, MAX_SIGNATURE_CHUNKS)
+            }
+            AgentRequest::StoreChunks { len } | AgentRequest::StoreChunkDeltas { len } => {
+                if *len == 0 || *len > MAX_PACK_BYTES {
+                    return Err(Invalid::new(
+                        "len",
+                        format!("a pack is 1 to {MAX_PACK_BYTES} bytes"),
+                    ));
+                }
+                Ok(())
+            }
+            AgentRequest::CommitSnapshot { len, .. } => {
+                if *len == 0 || *len > MAX_SNAPSHOT_MANIFEST_BYTES {
+                    return Err(Invalid::new(
+                        "len",
+                        format!("a manifest is 1 to {MAX_SNAPSHOT_MANIFEST_BYTES} bytes"),
+                    ));
+                }
+                Ok(())
+            }
             AgentRequest::FetchChunks { chunks } => {
                 if chunks.is_empty() {
                     return Err(Invalid::new("chunks", "no chunks asked for"));
@@ -407,6 +490,21 @@ pub enum AgentResponse {
     ManifestDelta {
         len: u64,
     },
+    /// The chunks of a [`AgentRequest::MissingChunks`] the controller lacks, in
+    /// the order asked.
+    Missing {
+        chunks: Vec<crate::chunks::ChunkId>,
+    },
+    /// A pack is stored and durable: `stored` chunks were new.
+    Stored {
+        stored: u64,
+    },
+    /// The signatures asked for follow as `len` bytes.
+    Signatures {
+        len: u64,
+    },
+    /// A snapshot is stored and durable, as this.
+    Committed(CommitOutcome),
 }
 
 /// Describes why a connection ended, in words an operator can act on.

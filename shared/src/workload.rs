@@ -50,6 +50,43 @@ pub struct DesiredInstance {
     /// Dataset versions mounted read-only into the container, materialised on the
     /// host before it starts.
     pub datasets: Vec<DatasetMount>,
+    /// The user's persistent volume, restored on the host before the container
+    /// starts and saved back while it runs and when it stops.
+    pub volume: Option<VolumeMount>,
+}
+
+/// A user's volume as the link names it: what to restore and where to mount it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    /// `OWNER/NAME`, for messages and the host's directory names.
+    pub volume: String,
+    /// The snapshot to restore; `None` for a volume with nothing saved yet.
+    pub head: Option<ChunkId>,
+    /// The volume's generation `head` is: commits name it as their base.
+    pub generation: u64,
+    /// Bytes of the head's files, for progress.
+    pub bytes: u64,
+    /// Absolute path inside the container.
+    pub path: String,
+    /// Seconds between checkpoints while the instance runs (0: only at stop).
+    pub checkpoint_secs: u32,
+    /// `UID:GID` the files belong to inside the container; `None` takes the
+    /// image's numeric user (root when it names none).
+    pub owner: Option<(u32, u32)>,
+}
+
+/// Longest volume name on the link (`OWNER/NAME`).
+pub const MAX_VOLUME_NAME: usize = 192;
+
+impl Validate for VolumeMount {
+    fn validate(&self) -> Result<(), Invalid> {
+        validate::max_len("volume.volume", &self.volume, MAX_VOLUME_NAME)?;
+        validate::max_len("volume.path", &self.path, 1024)?;
+        if !self.path.starts_with('/') || self.path.contains('\0') {
+            return Err(Invalid::new("volume.path", "not an absolute path"));
+        }
+        Ok(())
+    }
 }
 
 /// One immutable dataset version, as the link names it.
@@ -149,6 +186,9 @@ impl Validate for DesiredUpdate {
             }
             validate::max_items("desired.datasets", &d.datasets, MAX_INSTANCE_DATASETS)?;
             d.datasets.iter().try_for_each(Validate::validate)?;
+            if let Some(v) = &d.volume {
+                v.validate()?;
+            }
         }
         Ok(())
     }
@@ -167,6 +207,9 @@ pub enum InstancePhase {
     Exited { exit_code: i64, oom_killed: bool },
     /// It could not be started; `reason` is for the user (e.g. Docker's message).
     Failed { reason: String },
+    /// The container is stopped and the instance's volume is being saved before
+    /// it is removed: `"saving files"`, or `"save failed: …; retrying"`.
+    Saving { detail: String },
     /// The container was removed because the instance is no longer desired.
     Removed,
     /// It was expected to exist, but there is no container.
@@ -183,7 +226,9 @@ pub struct InstanceReport {
 impl Validate for InstanceReport {
     fn validate(&self) -> Result<(), Invalid> {
         match &self.phase {
-            InstancePhase::Preparing { detail } => validate::max_len("report.detail", detail, 1024),
+            InstancePhase::Preparing { detail } | InstancePhase::Saving { detail } => {
+                validate::max_len("report.detail", detail, 1024)
+            }
             InstancePhase::Running { address } => validate::max_len("report.address", address, 64),
             InstancePhase::Failed { reason } => validate::max_len("report.reason", reason, 4096),
             _ => Ok(()),

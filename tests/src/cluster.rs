@@ -57,6 +57,16 @@ pub async fn start_agent(ctl: &Controller, root: &Path, name: &str) -> Agent {
     agent
 }
 
+/// [`start_agent`] with a `KEY=VALUE` label (blueprints pin instances to it).
+pub async fn start_agent_labelled(ctl: &Controller, root: &Path, name: &str, label: &str) -> Agent {
+    let mut agent = Agent::new(root, name);
+    let host = agent.join_ok(ctl, &ctl.token("5m", 1), &["--label", label]);
+    agent.start();
+    ctl.wait_host_state(&host, "active", Duration::from_secs(20))
+        .await;
+    agent
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -232,6 +242,16 @@ impl Controller {
             })
             .collect();
         std::fs::write(&path, text.join("\n") + "\n").expect("write config.toml");
+    }
+
+    /// Appends `toml` (whole tables, e.g. `[auth.oidc]`) to the controller's
+    /// `config.toml`; takes effect at the next start.
+    pub fn append_config(&self, toml: &str) {
+        let path = self.dir.join("config.toml");
+        let mut text = std::fs::read_to_string(&path).expect("read config.toml");
+        text.push('\n');
+        text.push_str(toml);
+        std::fs::write(&path, text).expect("write config.toml");
     }
 
     /// `kill -9` the controller.

@@ -11,14 +11,17 @@
 //! * [`require`] — what a test needs from the machine: a missing need fails the test
 //!   unless `CAIRN_TEST_SKIP` names it.
 //! * [`testapp`] — the image of the test app the proxy tests run.
+//! * [`volumes`] — blueprints with volumes, launches naming one, commands in containers.
 
 pub mod cluster;
 pub mod docker;
 pub mod hollow;
 pub mod images;
 pub mod jupyter;
+pub mod oidc;
 pub mod procstat;
 pub mod rawlink;
 pub mod registry;
 pub mod require;
 pub mod testapp;
+pub mod volumes;

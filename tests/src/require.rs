@@ -35,10 +35,21 @@ pub enum Need {
     Registry,
     /// The JupyterLab test image, or `debootstrap` to build it.
     Jupyter,
+    /// Python 3 with `venv`, to run the OpenID Connect provider from PyPI.
+    Oidc,
+    /// Debian's nginx, as the trusted front proxy.
+    Nginx,
 }
 
 impl Need {
-    pub const ALL: [Need; 4] = [Need::Docker, Need::Chromium, Need::Registry, Need::Jupyter];
+    pub const ALL: [Need; 6] = [
+        Need::Docker,
+        Need::Chromium,
+        Need::Registry,
+        Need::Jupyter,
+        Need::Oidc,
+        Need::Nginx,
+    ];
 
     /// Its name in `CAIRN_TEST_SKIP` and in the skip line.
     pub fn name(self) -> &'static str {
@@ -47,6 +58,8 @@ impl Need {
             Need::Chromium => "chromium",
             Need::Registry => "registry",
             Need::Jupyter => "jupyter",
+            Need::Oidc => "oidc",
+            Need::Nginx => "nginx",
         }
     }
 
@@ -61,6 +74,8 @@ impl Need {
             Need::Jupyter => {
                 "apt-get install debootstrap (the image is built from Debian and PyPI on first use)"
             }
+            Need::Oidc => "apt-get install python3 python3-venv (the provider comes from PyPI)",
+            Need::Nginx => "apt-get install nginx",
         }
     }
 
@@ -87,6 +102,26 @@ impl Need {
             Need::Jupyter if image_exists(JUPYTER_TAG) => None,
             Need::Jupyter => program(DEBOOTSTRAP)
                 .map(|m| format!("{m} and the image {JUPYTER_TAG} is not built")),
+            Need::Nginx => nginx_program()
+                .is_none()
+                .then(|| "nginx is not on PATH or in /usr/sbin".into()),
+            Need::Oidc => {
+                let python = if std::path::Path::new("/usr/bin/python3").exists() {
+                    Some("/usr/bin/python3".to_string())
+                } else {
+                    find_program("python3").map(|p| p.display().to_string())
+                };
+                match python {
+                    None => Some("python3 is not on PATH".into()),
+                    Some(p) => {
+                        let ok = std::process::Command::new(&p)
+                            .args(["-c", "import ensurepip, venv"])
+                            .output()
+                            .is_ok_and(|o| o.status.success());
+                        (!ok).then(|| format!("{p} has no venv/ensurepip module"))
+                    }
+                }
+            }
         }
     }
 }
@@ -99,6 +134,14 @@ pub const CHROMEDRIVER: &str = "chromedriver";
 pub const REGISTRY: &str = "docker-registry";
 /// debootstrap's program name.
 const DEBOOTSTRAP: &str = "debootstrap";
+
+/// nginx: on `PATH`, or where Debian puts it (`/usr/sbin`, not on a user's PATH).
+pub fn nginx_program() -> Option<PathBuf> {
+    find_program("nginx").or_else(|| {
+        let p = PathBuf::from("/usr/sbin/nginx");
+        p.is_file().then_some(p)
+    })
+}
 
 /// The file `name` resolves to on `PATH`, if any.
 pub fn find_program(name: &str) -> Option<PathBuf> {
@@ -193,7 +236,7 @@ mod tests {
         assert_eq!(parse_skip("", false), Ok(vec![]));
         assert_eq!(parse_skip(" , ", true), Ok(vec![]));
         assert_eq!(
-            parse_skip("docker, chromium,registry,jupyter", false),
+            parse_skip("docker, chromium,registry,jupyter,oidc,nginx", false),
             Ok(Need::ALL.to_vec())
         );
         let typo = parse_skip("docker,chrome", false).unwrap_err();

@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 
 use cairn_tests::cluster::{controller_with_agent, free_tcp_port, wait_for, Agent, Controller};
 use cairn_tests::docker::InstanceContainers;
+use cairn_tests::oidc::{OidcProvider, OidcUser};
 use cairn_tests::require::{find_program, require, Need, CHROMEDRIVER, CHROMIUM};
 use cairn_tests::testapp::{testapp_image, PORT};
 
@@ -36,6 +37,7 @@ async fn stack(tmp: &Path) -> (Controller, Agent) {
         "name": "app", "image": image, "pull": "never", "app": "http", "app_port": PORT,
         "memory_mib": 256, "cpus": 1.0,
         "description": "A small web app that says hello: the quickest way to try Cairn.",
+        "volume": {"path": "/data", "owner": "0:0"},
     });
     ctl.blueprint(bp).await;
     (ctl, agent)
@@ -251,6 +253,26 @@ impl Browser {
         }
     }
 
+    /// Replaces the text of the field `css` with `value`.
+    async fn fill(&self, css: &str, value: &str) {
+        let el = self.find(css).await;
+        el.clear()
+            .await
+            .unwrap_or_else(|e| panic!("clear {css}: {e}"));
+        el.send_keys(value)
+            .await
+            .unwrap_or_else(|e| panic!("type into {css}: {e}"));
+    }
+
+    /// Chooses the option `value` of the select `css`.
+    async fn choose(&self, css: &str, value: &str) {
+        self.find(css)
+            .await
+            .select_by_value(value)
+            .await
+            .unwrap_or_else(|e| panic!("choose {value} in {css}: {e}"));
+    }
+
     /// Logs in through the form; lands wherever `next` says.
     async fn log_in(&mut self, user: &str, password: &str) {
         assert_eq!(self.path().await, "/login");
@@ -433,6 +455,26 @@ async fn a_user_logs_in_launches_opens_and_stops_an_app_and_an_admin_sees_the_ad
     assert!(table.contains("stopped"), "{table}");
     b.shot("my-instances").await;
 
+    // Its files were kept: the volume and its one snapshot, the head, with a
+    // download link.
+    b.goto("/volumes").await;
+    assert_eq!(b.h1().await, "Volumes");
+    let table = b.text("table").await;
+    assert!(table.contains("app"), "{table}");
+    b.click("table a[href='/volumes/app']").await;
+    b.wait_path("the volume page", Duration::from_secs(10), |p| {
+        p == "/volumes/app"
+    })
+    .await;
+    assert_eq!(b.h1().await, "Volume app");
+    let table = b.text("table").await;
+    assert!(
+        table.contains("head") && table.contains("Download"),
+        "{table}"
+    );
+    b.check_accessibility("/volumes/app").await;
+    b.shot("volume").await;
+
     // Log out from the header.
     b.log_out().await;
     b.shot("logged-out").await;
@@ -503,4 +545,350 @@ async fn a_user_logs_in_launches_opens_and_stops_an_app_and_an_admin_sees_the_ad
         started.elapsed(),
         b.shots.display()
     );
+}
+
+/// A teacher's day, in the browser: a user starts a group, makes a blueprint for
+/// it and a join code; a student, who cannot see the blueprint before joining,
+/// joins with the code and launches it; the teacher sees the student's instance
+/// on the group's page and stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_teacher_starts_a_course_a_student_joins_and_launches_and_the_teacher_stops_it() {
+    if !require(&[Need::Docker, Need::Chromium]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let driver = Chromedriver::start(tmp.path()).await;
+    let image = testapp_image();
+    let mut ctl = Controller::init(tmp.path(), &Default::default());
+    // New groups' managers may use the test images.
+    ctl.set_config("images", r#"["cairn-test/*"]"#);
+    ctl.start().await;
+    let _agent = cairn_tests::cluster::start_agent(&ctl, tmp.path(), "docker-host").await;
+    let mut cleanup = InstanceContainers(vec![]);
+    for name in ["teacher", "student"] {
+        let (status, body) = ctl
+            .send(
+                Method::POST,
+                "/api/v1/users",
+                Some(
+                    json!({"name": name, "password": format!("{name}-password-1"), "role": "user"}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let mut b = Browser::connect(&driver, &ctl.api, &tmp.path().join("chromium-profile")).await;
+
+    // The teacher starts a group.
+    b.goto("/groups").await;
+    b.log_in("teacher", "teacher-password-1").await;
+    assert_eq!(b.path().await, "/groups");
+    b.check_accessibility("/groups").await;
+    b.fill("#name", "bio101").await;
+    b.fill("#title", "Biology 101").await;
+    b.click("form[action='/groups'] button[type=submit]").await;
+    b.wait_path("the group's page", Duration::from_secs(10), |p| {
+        p == "/groups/bio101"
+    })
+    .await;
+    b.check_accessibility("/groups/bio101").await;
+    b.shot("teacher-group").await;
+
+    // A join code (the form posts back to this page).
+    b.click("#new-code").await;
+    let code = match b
+        .client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#join-code"))
+        .await
+    {
+        Ok(e) => e.text().await.unwrap(),
+        Err(e) => {
+            b.fail(format!("no join code after New join code: {e}"))
+                .await
+        }
+    };
+    assert!(
+        code.len() >= 8,
+        "a join code too short to resist guessing: {code:?}"
+    );
+
+    // A blueprint for the group, from the group's page (the group is filled in).
+    b.click("#new-blueprint").await;
+    b.wait_path("the new blueprint form", Duration::from_secs(10), |p| {
+        p == "/admin/blueprints/new"
+    })
+    .await;
+    assert_eq!(
+        b.find("#group")
+            .await
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("bio101")
+    );
+    b.fill("#name", "bio-notebook").await;
+    b.fill("#description", "The course's notebook").await;
+    b.fill("#image", &image).await;
+    b.choose("#app", "http").await;
+    b.fill("#app_port", &PORT.to_string()).await;
+    b.fill("#memory_mib", "256").await;
+    b.fill("#cpus", "1").await;
+    b.choose("#pull", "never").await;
+    b.click("form.fields button[type=submit]").await;
+    b.wait_path("the blueprint's page", Duration::from_secs(20), |p| {
+        p == "/admin/blueprints/bio-notebook"
+    })
+    .await;
+    b.shot("teacher-blueprint").await;
+    b.log_out().await;
+
+    // The student sees no course blueprint before joining, joins with the code,
+    // and then does.
+    b.log_in("student", "student-password-1").await;
+    assert_eq!(b.path().await, "/");
+    let main = b.text("main").await;
+    assert!(
+        !main.contains("bio-notebook"),
+        "shown before joining: {main}"
+    );
+    b.goto("/groups").await;
+    b.fill("#code", &code).await;
+    b.click("form[action='/groups/join'] button[type=submit]")
+        .await;
+    b.wait_path("the group's page", Duration::from_secs(10), |p| {
+        p == "/groups/bio101"
+    })
+    .await;
+    b.shot("student-joined").await;
+    b.goto("/").await;
+    b.click(r#"button[aria-label="Launch bio-notebook"]"#).await;
+    b.wait_path("an instance page", Duration::from_secs(10), |p| {
+        p.starts_with("/instances/")
+    })
+    .await;
+    let id = b.path().await.trim_start_matches("/instances/").to_string();
+    cleanup.0.push(id.clone());
+    b.wait_text("#state", "running", Duration::from_secs(60))
+        .await;
+    b.shot("student-running").await;
+    b.log_out().await;
+
+    // The teacher sees the student's instance on the group's page and stops it.
+    b.log_in("teacher", "teacher-password-1").await;
+    b.goto("/groups/bio101").await;
+    let row = format!("//tr[.//a[@href='/instances/{id}']]");
+    let tr = match b.client.find(Locator::XPath(&row)).await {
+        Ok(tr) => tr,
+        Err(e) => b.fail(format!("{id} not on the group's page: {e}")).await,
+    };
+    let text = tr.text().await.unwrap();
+    assert!(
+        text.contains("student") && text.contains("bio-notebook") && text.contains("running"),
+        "{text}"
+    );
+    tr.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let stopped = format!("{row}//*[contains(., 'stopped')]");
+    let start = Instant::now();
+    loop {
+        b.goto("/groups/bio101").await;
+        if b.client.find(Locator::XPath(&stopped)).await.is_ok() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            b.fail(format!("{id} not stopped on the group's page"))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    b.shot("teacher-stopped").await;
+    // Stopped by the teacher, for the student to read.
+    let (status, v) = ctl
+        .send(Method::GET, &format!("/api/v1/instances/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["state"], "stopped", "{v}");
+    assert_eq!(v["state_reason"], "stopped by teacher", "{v}");
+    b.client.close().await.unwrap();
+}
+
+/// Single sign-on against a real OpenID Connect provider (django-oidc-provider):
+/// the login page's button goes to the provider, its login form comes back
+/// logged in where the user was going, with an account made for the identity
+/// and the provider's group mapped to a Cairn group; a local account of the same
+/// name as a provider's user is never taken over; a forged or replayed callback
+/// is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_sign_on_with_openid_connect_makes_the_account_and_maps_groups() {
+    if !require(&[Need::Chromium, Need::Oidc]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let driver = Chromedriver::start(tmp.path()).await;
+    let mut ctl = Controller::init(tmp.path(), &Default::default());
+    let redirect = format!("{}/login/oidc/callback", ctl.api);
+    let provider = OidcProvider::start(
+        &[
+            OidcUser::new(
+                "Erin",
+                "erin-password-1",
+                "erin@uni.example",
+                &["bio-students", "library"],
+            ),
+            OidcUser::new("alice", "alice-idp-password", "alice@uni.example", &[]),
+        ],
+        std::slice::from_ref(&redirect),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("starting the OIDC provider: {e:#}"));
+    ctl.append_config(&format!(
+        "[auth.oidc]\nissuer = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n\
+         redirect_url = \"{redirect}\"\nlabel = \"University ID\"\n\
+         scopes = [\"email\", \"profile\", \"groups\"]\n\
+         [auth.oidc.groups]\n\"bio-students\" = \"bio101\"\n",
+        provider.issuer, provider.client_id, provider.client_secret
+    ));
+    ctl.start().await;
+    let teacher = ctl.user("teacher", "user").await;
+    let (status, body) = ctl
+        .request(
+            Some(&teacher),
+            Method::POST,
+            "/api/v1/groups",
+            Some(json!({"name": "bio101", "title": "Biology 101"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // A local account that a provider's user of the same name must not get.
+    let (status, body) = ctl
+        .send(
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"name": "alice", "password": "alice-local-password", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut b = Browser::connect(&driver, &ctl.api, &tmp.path().join("chromium-profile")).await;
+
+    // A protected page, the login page's button, the provider's form.
+    b.goto("/groups").await;
+    assert_eq!(b.path().await, "/login");
+    assert_eq!(b.text("#sso-login").await, "Log in with University ID");
+    b.check_accessibility("login with single sign-on").await;
+    b.shot("sso-login").await;
+    b.click("#sso-login").await;
+    sso_provider_login(&mut b, &provider, "Erin", "erin-password-1").await;
+    b.wait_path("the page asked for", Duration::from_secs(20), |p| {
+        p == "/groups"
+    })
+    .await;
+    assert_eq!(b.h1().await, "Groups");
+    let header = b.text("header").await;
+    assert!(header.contains("erin"), "{header}");
+    let main = b.text("main").await;
+    assert!(
+        main.contains("Biology 101"),
+        "the mapped group is not among erin's: {main}"
+    );
+    b.shot("sso-logged-in").await;
+
+    // The account the identity made (a user, no password), its group, the audit.
+    let (_, users) = ctl.send(Method::GET, "/api/v1/users", None).await;
+    let erin = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "erin")
+        .unwrap_or_else(|| panic!("no account erin: {users}"));
+    assert_eq!(erin["role"], "user", "{erin}");
+    let (_, g) = ctl.send(Method::GET, "/api/v1/groups/bio101", None).await;
+    assert!(
+        g["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["user"] == "erin" && m["role"] == "member"),
+        "{g}"
+    );
+    let (_, audit) = ctl.send(Method::GET, "/api/v1/audit?limit=50", None).await;
+    let logins: Vec<&Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "login" && e["actor"] == "erin")
+        .collect();
+    assert_eq!(logins.len(), 1, "{audit}");
+    assert!(
+        logins[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("oidc {}#", provider.issuer)),
+        "{audit}"
+    );
+    // No password logs in as it.
+    let (status, _) = ctl
+        .send(
+            Method::POST,
+            "/api/v1/login",
+            Some(json!({"user": "erin", "password": ""})),
+        )
+        .await;
+    assert_ne!(status, 200);
+    b.log_out().await;
+
+    // The provider's alice is not the local admin alice. (The provider still
+    // knows erin's browser: its session cookie goes, which cookies on
+    // 127.0.0.1 share whatever the port.)
+    b.client.delete_all_cookies().await.unwrap();
+    b.click("#sso-login").await;
+    sso_provider_login(&mut b, &provider, "alice", "alice-idp-password").await;
+    b.wait_path("the login page", Duration::from_secs(20), |p| {
+        p.starts_with("/login")
+    })
+    .await;
+    let main = b.text("main").await;
+    assert!(
+        main.contains("an account named \"alice\" exists here already"),
+        "{main}"
+    );
+    assert!(
+        b.client.find(Locator::Css("form.logout")).await.is_err(),
+        "logged in as the local alice"
+    );
+    b.shot("sso-not-linked").await;
+
+    // A callback nobody started (or one used already) is refused.
+    b.goto("/login/oidc/callback?code=stolen&state=forged")
+        .await;
+    let main = b.text("main").await;
+    assert!(main.contains("expired or was already used"), "{main}");
+    b.client.close().await.unwrap();
+}
+
+/// Fills the provider's login form (the provider may remember the browser's
+/// session there: then it sends the browser straight back).
+async fn sso_provider_login(b: &mut Browser, provider: &OidcProvider, user: &str, password: &str) {
+    let at_provider = b
+        .client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#id_username"))
+        .await;
+    if let Err(e) = at_provider {
+        b.fail(format!(
+            "no login form at the provider {}: {e}",
+            provider.issuer
+        ))
+        .await;
+    }
+    b.fill("#id_username", user).await;
+    b.fill("#id_password", password).await;
+    b.click("#login-submit").await;
 }

@@ -434,6 +434,18 @@ impl QuicChunkSource {
         &self,
         req: &AgentRequest,
     ) -> Result<(AgentResponse, quinn::RecvStream), FetchError> {
+        self.ask_with_body(req, &[], ANSWER_TIMEOUT).await
+    }
+
+    /// [`QuicChunkSource::ask`] for a request followed by a body (a pack of
+    /// chunks, a snapshot's manifest), waiting `answer_within` for the answer
+    /// once the body is sent.
+    pub async fn ask_with_body(
+        &self,
+        req: &AgentRequest,
+        body: &[u8],
+        answer_within: Duration,
+    ) -> Result<(AgentResponse, quinn::RecvStream), FetchError> {
         let conn = self
             .connection
             .borrow()
@@ -446,20 +458,65 @@ impl QuicChunkSource {
         framing::write(&mut send, req, 64 * 1024)
             .await
             .map_err(|e| FetchError::Link(e.to_string()))?;
+        if !body.is_empty() {
+            tokio::time::timeout(STALL_TIMEOUT, send.write_all(body))
+                .await
+                .map_err(|_| FetchError::Stalled)?
+                .map_err(|e| FetchError::Link(e.to_string()))?;
+        }
         let _ = send.finish();
         let resp = tokio::time::timeout(
-            ANSWER_TIMEOUT,
+            answer_within,
             framing::read::<_, AgentResponse>(&mut recv, 64 * 1024),
         )
         .await
         .map_err(|_| FetchError::Link(format!("no answer within {} s", ANSWER_TIMEOUT.as_secs())))?
-        .map_err(|e| FetchError::Link(e.to_string()))?
+        .map_err(|e| header_error(e, req))?
         .ok_or_else(|| FetchError::Link("the controller closed the stream".into()))?;
         if let AgentResponse::Refused { message, .. } = resp {
             return Err(FetchError::Refused(message));
         }
         Ok((resp, recv))
     }
+}
+
+/// What the controller meant by resetting a stream with `code`, about the chunk of
+/// `asked` the code names (or `at`, the chunk being read, when it names none).
+fn reset_error(code: quinn::VarInt, asked: &[ChunkId], at: Option<&ChunkId>) -> FetchError {
+    match ChunkStreamCode::split(code.into_inner()) {
+        Some((c, i)) => match asked.get(i).or(at) {
+            Some(named) if c == ChunkStreamCode::Stalled => FetchError::Link(c.describe(named)),
+            Some(named) => FetchError::Controller(c.describe(named)),
+            None => FetchError::Link(format!("the controller reset the stream (code {code})")),
+        },
+        None => match at {
+            Some(chunk) => FetchError::Link(format!(
+                "the controller reset the stream (code {code}) at chunk {chunk}"
+            )),
+            None => FetchError::Link(format!("the controller reset the stream (code {code})")),
+        },
+    }
+}
+
+/// A failure to read an answer's header. The controller may reset the stream
+/// before its header is delivered (a reset discards what it had not yet sent, so a
+/// first chunk found corrupt can overtake the header): that reset still names a
+/// chunk of the request and means the same as it does mid-stream.
+fn header_error(e: framing::FrameError, req: &AgentRequest) -> FetchError {
+    if let framing::FrameError::Io(io) = &e {
+        if let Some(quinn::ReadError::Reset(code)) = io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<quinn::ReadError>())
+        {
+            let asked: &[ChunkId] = match req {
+                AgentRequest::FetchChunks { chunks } => chunks,
+                AgentRequest::FetchManifest { manifest } => std::slice::from_ref(manifest),
+                _ => &[],
+            };
+            return reset_error(*code, asked, None);
+        }
+    }
+    FetchError::Link(e.to_string())
 }
 
 /// Reads exactly `buf.len()` bytes of `chunk`, mapping a stream reset to what the
@@ -479,19 +536,7 @@ async fn read_exact(
             buf.len()
         ))),
         Ok(Err(ReadExactError::ReadError(ReadError::Reset(code)))) => {
-            match ChunkStreamCode::split(code.into_inner()) {
-                Some((c, i)) => {
-                    let named = asked.get(i).unwrap_or(chunk);
-                    if c == ChunkStreamCode::Stalled {
-                        Err(FetchError::Link(c.describe(named)))
-                    } else {
-                        Err(FetchError::Controller(c.describe(named)))
-                    }
-                }
-                None => Err(FetchError::Link(format!(
-                    "the controller reset the stream (code {code}) at chunk {chunk}"
-                ))),
-            }
+            Err(reset_error(code, asked, Some(chunk)))
         }
         Ok(Err(ReadExactError::ReadError(ReadError::ConnectionLost(e)))) => {
             Err(FetchError::Link(describe_connection_error(&e)))

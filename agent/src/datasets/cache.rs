@@ -346,6 +346,11 @@ impl DatasetCache {
         }
     }
 
+    /// Follows the link's connection (the volume keeper saves and restores on it).
+    pub fn connection(&self) -> watch::Receiver<Option<quinn::Connection>> {
+        self.connection.subscribe()
+    }
+
     /// Where version `manifest` lives once materialised.
     pub fn tree_path(&self, manifest: &ChunkId) -> PathBuf {
         self.trees_dir.join(manifest.to_hex())
@@ -580,6 +585,7 @@ impl DatasetCache {
                     Some(Seed {
                         root: trees_dir.join(id.to_hex()),
                         manifest: Arc::new(manifest),
+                        link: true,
                     })
                 })
                 .collect()

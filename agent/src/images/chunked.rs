@@ -87,6 +87,7 @@ fn seeds(root: &Path, except: &str) -> Vec<Seed> {
             dir.is_dir().then(|| Seed {
                 root: dir,
                 manifest: Arc::new(manifest),
+                link: true,
             })
         })
         .collect()

@@ -315,6 +315,36 @@ impl ContainerRuntime for DockerRuntime {
             .and_then(|ip| ip.parse().ok()))
     }
 
+    async fn image_user(&self, image: &str) -> Option<(u32, u32)> {
+        let info = bounded(
+            "inspecting the image",
+            self.docker().await.ok()?.inspect_image(image),
+        )
+        .await
+        .ok()?;
+        parse_user(info.config?.user.as_deref()?)
+    }
+
+    async fn stop(&self, container_id: &str) -> Result<(), RuntimeError> {
+        // Ten seconds to finish writing, as `docker stop` gives.
+        let opts = bollard::query_parameters::StopContainerOptionsBuilder::new()
+            .t(10)
+            .build();
+        match self
+            .docker()
+            .await?
+            .stop_container(container_id, Some(opts))
+            .await
+        {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304 | 404,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(docker_err("stopping the container", e)),
+        }
+    }
+
     async fn remove(&self, container_id: &str) -> Result<(), RuntimeError> {
         let opts = RemoveContainerOptionsBuilder::new()
             .force(true)
@@ -365,7 +395,8 @@ impl ContainerRuntime for DockerRuntime {
 /// (nothing mounted later on the host leaks into the container, and nothing
 /// inside propagates out). `ReadOnlyForceRecursive` exists from API 1.44 on and
 /// is asked for only there; the trees hold no mounts of their own, so on older
-/// engines (20.10 speaks 1.41) the plain read-only bind is already complete.
+/// engines (20.10 speaks 1.41) the plain read-only bind is already complete. A
+/// volume copy is the one writable bind, `rprivate` too.
 pub fn dataset_mounts(datasets: &[DatasetBind], api: (usize, usize)) -> Vec<Mount> {
     let recursive = api >= (1, 44);
     datasets
@@ -374,10 +405,10 @@ pub fn dataset_mounts(datasets: &[DatasetBind], api: (usize, usize)) -> Vec<Moun
             target: Some(b.target.clone()),
             source: Some(b.source.to_string_lossy().into_owned()),
             typ: Some(MountTypeEnum::BIND),
-            read_only: Some(true),
+            read_only: Some(!b.writable),
             bind_options: Some(MountBindOptions {
                 propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
-                read_only_force_recursive: recursive.then_some(true),
+                read_only_force_recursive: (recursive && !b.writable).then_some(true),
                 ..Default::default()
             }),
             ..Default::default()
@@ -385,13 +416,43 @@ pub fn dataset_mounts(datasets: &[DatasetBind], api: (usize, usize)) -> Vec<Moun
         .collect()
 }
 
+/// An image's `User` as numbers: `1000` (group 0, as Docker gives a uid with no
+/// passwd entry) or `1000:100`; a name is `None` (it would need the image's
+/// `/etc/passwd`).
+pub fn parse_user(user: &str) -> Option<(u32, u32)> {
+    let user = user.trim();
+    if user.is_empty() {
+        return Some((0, 0));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let uid = u.parse::<u32>().ok()?;
+    let gid = match g {
+        Some(g) => g.parse::<u32>().ok()?,
+        None => 0,
+    };
+    Some((uid, gid))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn image_users_by_number_only() {
+        assert_eq!(parse_user(""), Some((0, 0)));
+        assert_eq!(parse_user("1000"), Some((1000, 0)));
+        assert_eq!(parse_user("1000:100"), Some((1000, 100)));
+        assert_eq!(parse_user("jovyan"), None);
+        assert_eq!(parse_user("1000:users"), None);
+    }
+
+    #[test]
     fn dataset_mounts_are_read_only_private_binds() {
         let b = [DatasetBind {
+            writable: false,
             source: "/var/lib/cairn/datasets/trees/ab".into(),
             target: "/data/course".into(),
         }];

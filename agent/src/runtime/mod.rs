@@ -40,13 +40,16 @@ pub mod labels {
     pub const HOST: &str = "cairn.host";
 }
 
-/// A materialised dataset version bound into a container.
+/// A host directory bound into a container: a materialised dataset version
+/// (read-only) or the instance's copy of its user's volume (writable).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatasetBind {
-    /// The tree on the host (in the agent's dataset cache).
+    /// The tree on the host (in the agent's dataset cache or volume keeper).
     pub source: std::path::PathBuf,
     /// Absolute path inside the container.
     pub target: String,
+    /// Only a user's volume is writable; datasets never are.
+    pub writable: bool,
 }
 
 /// A failed runtime operation, in the runtime's own words (shown to users).
@@ -92,6 +95,16 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     ) -> impl Future<Output = bool> + Send {
         let probe = probe.clone();
         async move { supervisor::answers(addr, &probe).await }
+    }
+    /// The user an image's containers run as, as `(uid, gid)`, when the image
+    /// names it by number (a volume's files are given to it); `None` otherwise.
+    fn image_user(&self, _image: &str) -> impl Future<Output = Option<(u32, u32)>> + Send {
+        async { None }
+    }
+    /// Stops a container without removing it (its files are saved before it is
+    /// removed); idempotent.
+    fn stop(&self, _container_id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        async { Ok(()) }
     }
     /// Stops and removes a container (idempotent).
     fn remove(&self, container_id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;

@@ -31,7 +31,7 @@ pub enum ContainerState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Create and start a container for this instance.
-    Create(DesiredInstance),
+    Create(Box<DesiredInstance>),
     /// Start watching a running container until its app answers.
     Probe(InstanceId),
     /// Stop and remove a container that is not desired (stopped or orphaned).
@@ -77,7 +77,7 @@ pub fn plan(
                     memory.reported.get(id),
                     Some(InstancePhase::Failed { .. }) | Some(InstancePhase::Missing)
                 ) {
-                    work.push(Action::Create(d.clone()));
+                    work.push(Action::Create(Box::new(d.clone())));
                 }
             }
             Some(ContainerState::Created) => {}
@@ -145,6 +145,7 @@ mod tests {
             start_timeout_ms: 1000,
             expect_existing: existing,
             datasets: vec![],
+            volume: None,
         }
     }
 
@@ -162,7 +163,7 @@ mod tests {
         let mut mem = Memory::default();
         assert_eq!(
             plan(&desired, &BTreeMap::new(), &mem),
-            vec![Action::Create(want(&id, false))]
+            vec![Action::Create(Box::new(want(&id, false)))]
         );
         mem.busy.insert(id.clone());
         assert_eq!(plan(&desired, &BTreeMap::new(), &mem), vec![]);

@@ -31,6 +31,7 @@ use super::{ContainerRuntime, DatasetBind, RuntimeError};
 use crate::datasets::DatasetCache;
 use crate::images::ImageManager;
 use crate::state::ImagesSettings;
+use crate::volumes::VolumeKeeper;
 
 /// How often the supervisor looks at the runtime when nothing wakes it.
 const PASS_INTERVAL: Duration = Duration::from_secs(2);
@@ -83,6 +84,7 @@ pub struct Supervisor<R> {
     runtime: Arc<R>,
     images: Arc<ImageManager>,
     datasets: std::sync::OnceLock<Arc<DatasetCache>>,
+    volumes: std::sync::OnceLock<Arc<VolumeKeeper>>,
     state: Mutex<State>,
     changed: Notify,
     wake: Notify,
@@ -114,6 +116,7 @@ impl<R: ContainerRuntime> Supervisor<R> {
             runtime: Arc::new(runtime),
             images,
             datasets: std::sync::OnceLock::new(),
+            volumes: std::sync::OnceLock::new(),
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             wake: Notify::new(),
@@ -124,6 +127,12 @@ impl<R: ContainerRuntime> Supervisor<R> {
     /// instance that mounts datasets fails with a clear reason).
     pub fn set_datasets(&self, cache: Arc<DatasetCache>) {
         let _ = self.datasets.set(cache);
+    }
+
+    /// Restores and saves launches' volumes through `keeper` (set once; without
+    /// one, an instance with a volume fails with a clear reason).
+    pub fn set_volumes(&self, keeper: Arc<VolumeKeeper>) {
+        let _ = self.volumes.set(keeper);
     }
 
     /// The image manager launches pull through.
@@ -205,13 +214,14 @@ impl<R: ContainerRuntime> Supervisor<R> {
             }
             actions
         };
+        self.volume_work(&observed);
         for action in actions {
             match action {
                 Action::Report(id, phase) => self.report(&id, phase),
                 Action::Create(d) => {
                     self.lock().memory.busy.insert(d.id.clone());
                     let me = self.clone();
-                    tokio::spawn(async move { me.create_and_probe(d).await });
+                    tokio::spawn(async move { me.create_and_probe(*d).await });
                 }
                 Action::Probe(id) => {
                     let d = self.lock().desired.get(&id).cloned();
@@ -230,6 +240,7 @@ impl<R: ContainerRuntime> Supervisor<R> {
                     self.lock().memory.busy.insert(instance.clone());
                     let me = self.clone();
                     tokio::spawn(async move {
+                        me.save_before_removal(&instance, Some(&container_id)).await;
                         tracing::info!(%instance, container = %container_id, "removing container");
                         if let Err(e) = me.runtime.remove(&container_id).await {
                             tracing::warn!(%instance, error = %e, "could not remove container; will retry");
@@ -241,12 +252,195 @@ impl<R: ContainerRuntime> Supervisor<R> {
         }
     }
 
+    /// Volume chores of a pass: a final save for each copy whose instance is no
+    /// longer wanted and has no container left (its launch failed after the
+    /// restore, or the agent restarted mid-save), and a checkpoint for each
+    /// running instance that is due one.
+    fn volume_work(self: &Arc<Self>, observed: &BTreeMap<InstanceId, super::Observed>) {
+        let Some(keeper) = self.volumes.get() else {
+            return;
+        };
+        let (orphans, due): (Vec<InstanceId>, Vec<InstanceId>) = {
+            let st = self.lock();
+            if st.version.is_none() {
+                // Until the controller says what is wanted, nothing is an orphan.
+                return;
+            }
+            let here = keeper.instances();
+            let orphans = here
+                .iter()
+                .filter(|id| {
+                    !st.desired.contains_key(*id)
+                        && !observed.contains_key(*id)
+                        && !st.memory.busy.contains(*id)
+                })
+                .cloned()
+                .collect();
+            let due = here
+                .into_iter()
+                .filter(|id| {
+                    st.desired.contains_key(id)
+                        && matches!(
+                            st.memory.reported.get(id),
+                            Some(InstancePhase::Running { .. })
+                        )
+                        && !st.memory.busy.contains(id)
+                })
+                .collect();
+            (orphans, due)
+        };
+        for id in orphans {
+            self.lock().memory.busy.insert(id.clone());
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.save_before_removal(&id, None).await;
+                me.done(&id);
+            });
+        }
+        for id in due {
+            if !keeper.checkpoint_due(&id) {
+                continue;
+            }
+            let keeper = keeper.clone();
+            tokio::spawn(async move {
+                match keeper.save(&id, false).await {
+                    Ok(s) => {
+                        tracing::debug!(instance = %id, files_read = s.files_read, bytes = s.bytes_sent, "volume checkpoint")
+                    }
+                    Err(e) => {
+                        tracing::warn!(instance = %id, error = %e, "volume checkpoint failed; trying again at the next one")
+                    }
+                }
+            });
+        }
+    }
+
+    /// Saves `instance`'s volume copy, if this host holds one, before its
+    /// container (if any) is removed: the container is stopped first so nothing
+    /// changes under the save, and a failed save is retried (reported as
+    /// `save failed: …`) until the controller acknowledges one. The copy is kept
+    /// meanwhile; the container is never removed before.
+    async fn save_before_removal(&self, instance: &InstanceId, container: Option<&str>) {
+        let Some(keeper) = self.volumes.get() else {
+            return;
+        };
+        if !keeper.holds(instance) {
+            return;
+        }
+        if let Some(c) = container {
+            if let Err(e) = self.runtime.stop(c).await {
+                tracing::warn!(%instance, error = %e, "could not stop the container before saving; saving anyway");
+            }
+        }
+        self.report(
+            instance,
+            InstancePhase::Saving {
+                detail: "saving files".into(),
+            },
+        );
+        let mut delay = Duration::from_secs(2);
+        for attempt in 1u32.. {
+            tracing::info!(%instance, attempt, "saving the volume before removal");
+            let link = keeper.link();
+            match keeper.save(instance, true).await {
+                Ok(saved) => {
+                    tracing::info!(%instance, outcome = ?saved.outcome, elapsed_ms = saved.elapsed.as_millis() as u64, "volume saved at stop");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(%instance, error = %e, "saving the volume failed; retrying");
+                    self.report(
+                        instance,
+                        InstancePhase::Saving {
+                            detail: crate::facts::clip(&format!("save failed: {e}; retrying"), 900),
+                        },
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        // A new connection since the attempt began is what a link
+                        // failure waits for.
+                        _ = crate::volumes::link_renewed(link) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+
+    /// Restores the instance's volume, reporting `Preparing { detail: "restoring
+    /// files 60%" }`; the bind to add, `Ok(None)` without a volume, `Err(())` when
+    /// no container must be created (failure reported).
+    async fn prepare_volume(&self, d: &DesiredInstance) -> Result<Option<DatasetBind>, ()> {
+        let Some(vm) = &d.volume else {
+            return Ok(None);
+        };
+        if !self.runtime.mounts_datasets() {
+            return Ok(None);
+        }
+        let Some(keeper) = self.volumes.get() else {
+            self.report(
+                &d.id,
+                InstancePhase::Failed {
+                    reason: "this agent keeps no volumes, so it cannot restore the user's files"
+                        .into(),
+                },
+            );
+            return Err(());
+        };
+        let owner = match vm.owner {
+            Some(o) => o,
+            None => self.runtime.image_user(&d.image).await.unwrap_or((0, 0)),
+        };
+        let (tx, rx) = tokio::sync::watch::channel(crate::chunks::fetch::FetchProgress::default());
+        let restore = keeper.restore(&d.id, vm, owner, &tx);
+        tokio::pin!(restore);
+        let mut shown = String::new();
+        let outcome = loop {
+            let detail = format!("restoring files {}%", rx.borrow().percent());
+            if detail != shown {
+                self.report(
+                    &d.id,
+                    InstancePhase::Preparing {
+                        detail: detail.clone(),
+                    },
+                );
+                shown = detail;
+            }
+            // The pause is a branch of its own, never a wait inside one: the
+            // restore must be polled all the while (its fetch stalls otherwise).
+            tokio::select! {
+                r = &mut restore => break r,
+                _ = tokio::time::sleep(PULL_REPORT_INTERVAL) => {}
+            }
+        };
+        match outcome {
+            Ok(source) => Ok(Some(DatasetBind {
+                source,
+                target: vm.path.clone(),
+                writable: true,
+            })),
+            Err(e) => {
+                let reason = format!("restoring volume {}: {e}", vm.volume);
+                tracing::warn!(instance = %d.id, %reason, "cannot restore the instance's volume");
+                self.report(&d.id, InstancePhase::Failed { reason });
+                Err(())
+            }
+        }
+    }
+
     async fn create_and_probe(self: Arc<Self>, d: DesiredInstance) {
-        let binds = if self.pull_image(&d).await {
+        let mut binds = if self.pull_image(&d).await {
             self.prepare_datasets(&d).await
         } else {
             None
         };
+        if let Some(b) = binds.as_mut() {
+            match self.prepare_volume(&d).await {
+                Ok(Some(v)) => b.push(v),
+                Ok(None) => {}
+                Err(()) => binds = None,
+            }
+        }
         if let Some(binds) = binds {
             self.report(
                 &d.id,
@@ -367,6 +561,7 @@ impl<R: ContainerRuntime> Supervisor<R> {
                 Ok(source) => binds.push(DatasetBind {
                     source,
                     target: mount.path.clone(),
+                    writable: false,
                 }),
                 Err(e) => {
                     let reason = format!(
@@ -728,6 +923,7 @@ mod tests {
             start_timeout_ms: 60_000,
             expect_existing: false,
             datasets: vec![],
+            volume: None,
         }
     }
 
@@ -960,6 +1156,7 @@ mod tests {
         assert_eq!(
             binds,
             vec![DatasetBind {
+                writable: false,
                 source: tmp.path().join("trees").join(spec.manifest.to_hex()),
                 target: "/data/course".into(),
             }]

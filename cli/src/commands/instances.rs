@@ -18,10 +18,15 @@ use cairn_api::instances::{InstanceState, InstanceView as Instance, Launch};
 /// How often `launch --wait` asks.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
-pub async fn launch(ctx: &Ctx, blueprint: &str, wait: Option<Duration>) -> Result<(), Error> {
+pub async fn launch(
+    ctx: &Ctx,
+    blueprint: &str,
+    volume: Option<&str>,
+    wait: Option<Duration>,
+) -> Result<(), Error> {
     let v = ctx
         .client
-        .post(&["instances"], Some(&launch_body(blueprint)?))
+        .post(&["instances"], Some(&launch_body(blueprint, volume)?))
         .await?;
     let inst: Instance = parse(&v, "the new instance")?;
     let Some(timeout) = wait else {
@@ -76,16 +81,21 @@ pub async fn launch(ctx: &Ctx, blueprint: &str, wait: Option<Duration>) -> Resul
     ctx.emit(&v, || Ok(render_access(&inst, &ctx.client)))
 }
 
-pub async fn ps(ctx: &Ctx, all: bool) -> Result<(), Error> {
+pub async fn ps(ctx: &Ctx, all: bool, group: Option<&str>) -> Result<(), Error> {
     let query = if all {
         vec![("all", "true".to_string())]
     } else {
         vec![]
     };
-    let v = ctx
-        .client
-        .json(Method::GET, &["instances"], &query, None)
-        .await?;
+    let v = match group {
+        Some(g) => ctx.client.get(&["groups", g, "instances"]).await?,
+        None => {
+            ctx.client
+                .json(Method::GET, &["instances"], &query, None)
+                .await?
+        }
+    };
+    let all = all || group.is_some();
     ctx.emit(&v, || {
         let list: Vec<Instance> = parse(&v, "the instance list")?;
         Ok(render_ps(&list, all, output::now_ms()))
@@ -247,7 +257,15 @@ pub fn render_ps(list: &[Instance], all: bool, now_ms: u64) -> String {
             "no instances; start one with `cairn launch BLUEPRINT`\n".into()
         };
     }
-    let mut headers = vec!["ID", "BLUEPRINT", "STATE", "HOST", "AGE", "TIME LEFT"];
+    let mut headers = vec![
+        "ID",
+        "BLUEPRINT",
+        "STATE",
+        "HOST",
+        "AGE",
+        "TIME LEFT",
+        "ACTIVE",
+    ];
     if all {
         headers.push("OWNER");
     }
@@ -264,6 +282,7 @@ pub fn render_ps(list: &[Instance], all: bool, now_ms: u64) -> String {
                 .map_or_else(|| "-".into(), |h| h.to_string()),
             age,
             left,
+            activity(i, now_ms),
         ];
         if all {
             row.push(i.owner.clone());
@@ -271,6 +290,21 @@ pub fn render_ps(list: &[Instance], all: bool, now_ms: u64) -> String {
         t.row(row);
     }
     t.render()
+}
+
+/// When the instance was last used through the proxy (`5m ago`), with the idle
+/// stop when it is near; `-` before any use.
+pub fn activity(i: &Instance, now_ms: u64) -> String {
+    let mut s = i
+        .last_activity_ms
+        .map_or_else(|| "-".into(), |t| output::ago(now_ms, t));
+    if let Some(at) = i.idle_stop_ms {
+        s.push_str(&format!(
+            " (idle: stops in {})",
+            output::duration_ms(at.saturating_sub(now_ms))
+        ));
+    }
+    s
 }
 
 /// What is left of an instance's lifetime, by the controller's count (immune to a
@@ -286,9 +320,10 @@ pub fn time_left(i: &Instance) -> String {
 }
 
 /// The JSON an instance command sends (exposed for tests).
-pub fn launch_body(blueprint: &str) -> Result<Value, Error> {
+pub fn launch_body(blueprint: &str, volume: Option<&str>) -> Result<Value, Error> {
     body(&Launch {
         blueprint: blueprint.into(),
+        volume: volume.map(str::to_string),
     })
 }
 
@@ -325,6 +360,10 @@ mod tests {
             },
             queue_position: None,
             datasets: vec![],
+            volume: None,
+            group: None,
+            last_activity_ms: None,
+            idle_stop_ms: None,
         }
     }
 
@@ -342,7 +381,8 @@ mod tests {
             {"id":"i-0123456789abcdef","owner":"alice","blueprint":"python","revision":2,"state":"running",
              "state_reason":null,"host":"h-aaaaaaaaaaaaaaaa","address":"172.18.0.2:8888",
              "created_ms":1_000_000,"expires_ms":1_000_000 + 3_600_000,"time_left_secs":3000,
-             "transitions":[],"app":{"kind":"jupyter","url":"/i/i-0123456789abcdef/","token":"tok"}}
+             "transitions":[],"app":{"kind":"jupyter","url":"/i/i-0123456789abcdef/","token":"tok"},
+             "group":"everyone","last_activity_ms":1_480_000,"idle_stop_ms":2_080_000}
         ))
         .unwrap();
         let queued = Instance {
@@ -371,11 +411,11 @@ mod tests {
     fn ps_renders_own_instances() {
         assert_eq!(
             render_ps(&sample(), false, 1_600_000),
-            "ID                   BLUEPRINT   STATE      HOST                 AGE   TIME LEFT\n\
-             i-0123456789abcdef   python      running    h-aaaaaaaaaaaaaaaa   10m   50m\n\
-             i-fedcba9876543210   rstudio     queued     -                    10s   expired\n\
-             i-1111111111111111   python      failed     h-bbbbbbbbbbbbbbbb   20m   -\n\
-             i-2222222222222222   python      starting   -                    1m    1m\n"
+            "ID                   BLUEPRINT   STATE      HOST                 AGE   TIME LEFT   ACTIVE\n\
+             i-0123456789abcdef   python      running    h-aaaaaaaaaaaaaaaa   10m   50m         2m ago (idle: stops in 8m)\n\
+             i-fedcba9876543210   rstudio     queued     -                    10s   expired     -\n\
+             i-1111111111111111   python      failed     h-bbbbbbbbbbbbbbbb   20m   -           -\n\
+             i-2222222222222222   python      starting   -                    1m    1m          -\n"
         );
     }
 
@@ -385,10 +425,16 @@ mod tests {
         let mut lines = text.lines();
         assert_eq!(
             lines.next().unwrap(),
-            "ID                   BLUEPRINT   STATE      HOST                 AGE   TIME LEFT   OWNER"
+            "ID                   BLUEPRINT   STATE      HOST                 AGE   TIME LEFT   ACTIVE                       OWNER"
         );
-        assert!(lines.next().unwrap().ends_with("50m         alice"));
-        assert!(lines.last().unwrap().ends_with("1m          carol"));
+        assert!(lines
+            .next()
+            .unwrap()
+            .ends_with("(idle: stops in 8m)   alice"));
+        assert!(lines
+            .last()
+            .unwrap()
+            .ends_with("1m          -                            carol"));
         assert_eq!(
             render_ps(&[], false, 0),
             "no instances; start one with `cairn launch BLUEPRINT`\n"
@@ -495,7 +541,7 @@ mod tests {
         );
         assert_eq!(state_line("i-1", "stopping", Some(" ")), "i-1 stopping\n");
         assert_eq!(
-            launch_body("python").unwrap(),
+            launch_body("python", None).unwrap(),
             json!({"blueprint": "python"})
         );
     }

@@ -7,6 +7,8 @@
 //! * [`hosts`] — `hosts`.
 //! * [`images`] — `images ls|push|rm`: image archives pushed to the controller.
 //! * [`datasets`] — `datasets ls|show|push|rm`: directories pushed as chunks.
+//! * [`volumes`] — `volumes ls|snapshots|restore|download|rm`: users' kept files.
+//! * [`groups`] — `groups …`, `join`, `usage`, `audit`.
 //! * [`users`] — `users ls|create|disable|enable`.
 //! * [`completions`] — `completions SHELL`.
 //! * [`prompt`] — asking for user names and passwords.
@@ -14,19 +16,22 @@
 pub mod blueprints;
 pub mod completions;
 pub mod datasets;
+pub mod groups;
 pub mod hosts;
 pub mod images;
 pub mod instances;
 pub mod prompt;
 pub mod session;
 pub mod users;
+pub mod volumes;
 
 use std::path::PathBuf;
 
 use serde_json::Value;
 
 use crate::args::{
-    BlueprintsCommand, Cli, Command, DatasetsCommand, HostsCommand, ImagesCommand, UsersCommand,
+    BlueprintsCommand, Cli, Command, DatasetsCommand, GroupsCommand, HostsCommand, ImagesCommand,
+    UsersCommand, VolumesCommand,
 };
 use crate::client::Client;
 use crate::config::{self, ConfigFile, Inputs, Settings};
@@ -97,10 +102,11 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         },
         Command::Launch {
             blueprint,
+            volume,
             wait,
             timeout,
-        } => instances::launch(&ctx, &blueprint, wait.then_some(timeout)).await,
-        Command::Ps { all } => instances::ps(&ctx, all).await,
+        } => instances::launch(&ctx, &blueprint, volume.as_deref(), wait.then_some(timeout)).await,
+        Command::Ps { all, group } => instances::ps(&ctx, all, group.as_deref()).await,
         Command::Stop { id } => instances::stop(&ctx, &id).await,
         Command::Logs { id, tail } => instances::logs(&ctx, &id, tail).await,
         Command::Hosts { command } => match command.unwrap_or(HostsCommand::Ls) {
@@ -120,6 +126,45 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             DatasetsCommand::Push { name, dir } => datasets::push(&ctx, &name, &dir).await,
             DatasetsCommand::Rm { dataset } => datasets::remove(&ctx, &dataset).await,
         },
+        Command::Volumes { command } => match command.unwrap_or(VolumesCommand::Ls) {
+            VolumesCommand::Ls => volumes::list(&ctx).await,
+            VolumesCommand::Snapshots { name } => volumes::snapshots(&ctx, &name).await,
+            VolumesCommand::Restore { name, snapshot } => {
+                volumes::restore(&ctx, &name, snapshot).await
+            }
+            VolumesCommand::Download {
+                name,
+                snapshot,
+                output,
+            } => {
+                let out = output.unwrap_or_else(|| format!("{name}-{snapshot}.tar").into());
+                volumes::download(&ctx, &name, snapshot, &out).await
+            }
+            VolumesCommand::Rm { name, yes } => volumes::remove(&ctx, &name, yes).await,
+        },
+        Command::Groups { command } => match command.unwrap_or(GroupsCommand::Ls) {
+            GroupsCommand::Ls => groups::list(&ctx).await,
+            GroupsCommand::Show { name } => groups::show(&ctx, &name).await,
+            GroupsCommand::Create { name, owner, title } => {
+                groups::create(&ctx, &name, &owner, title).await
+            }
+            GroupsCommand::Set { name, fields } => groups::set(&ctx, &name, &fields).await,
+            GroupsCommand::Add { name, user, role } => groups::add(&ctx, &name, &user, role).await,
+            GroupsCommand::Rm { name, user } => groups::remove(&ctx, &name, &user).await,
+            GroupsCommand::Leave { name } => {
+                let me = session::whoami_name(&ctx).await?;
+                groups::remove(&ctx, &name, &me).await
+            }
+            GroupsCommand::Code {
+                name,
+                new,
+                valid,
+                max_uses,
+            } => groups::code(&ctx, &name, new, valid, max_uses).await,
+        },
+        Command::Join { code } => groups::join(&ctx, &code).await,
+        Command::Usage { group, csv } => groups::usage(&ctx, group.as_deref(), csv).await,
+        Command::Audit { limit } => groups::audit(&ctx, limit).await,
         Command::Users { command } => match command.unwrap_or(UsersCommand::Ls) {
             UsersCommand::Ls => users::list(&ctx).await,
             UsersCommand::Create {

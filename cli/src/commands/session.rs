@@ -143,6 +143,13 @@ pub async fn whoami(ctx: &Ctx) -> Result<(), Error> {
     })
 }
 
+/// The name the saved token belongs to (for `groups leave`).
+pub async fn whoami_name(ctx: &Ctx) -> Result<String, Error> {
+    let v = ctx.client.get(&["me"]).await?;
+    let p: Principal = parse(&v, "whoami")?;
+    Ok(p.name().to_string())
+}
+
 /// `alice (user) at URL`, or the bootstrap admin token's stand-in.
 pub fn render_whoami(p: &Principal, url: &str) -> String {
     match &p.user {

@@ -27,7 +27,9 @@ pub async fn launch(
     b: Result<Json<Launch>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<InstanceView>)> {
     let req = body(b)?;
-    let i = s.launch(&caller, &req.blueprint).await?;
+    let i = s
+        .launch_with(&caller, &req.blueprint, req.volume.as_deref())
+        .await?;
     Ok((StatusCode::CREATED, Json(i)))
 }
 

@@ -8,12 +8,14 @@
 mod autoscaler;
 mod blueprints;
 mod datasets;
+mod groups;
 mod hosts;
 mod images;
 mod instances;
 mod session;
 mod tokens;
 mod users;
+mod volumes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -187,6 +189,20 @@ fn described(service: &Arc<Service>) -> (Router<Arc<Service>>, utoipa::openapi::
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .routes(routes!(images::get, images::remove))
+        .routes(routes!(volumes::list))
+        .routes(routes!(volumes::get, volumes::remove))
+        .routes(routes!(volumes::set_head))
+        .routes(routes!(volumes::tar))
+        .routes(routes!(groups::list, groups::create))
+        .routes(routes!(groups::get, groups::update, groups::remove))
+        .routes(routes!(groups::set_member, groups::remove_member))
+        .routes(routes!(groups::code, groups::new_code))
+        .routes(routes!(groups::instances))
+        .routes(routes!(groups::usage))
+        .routes(routes!(groups::join))
+        .routes(routes!(groups::my_usage))
+        .routes(routes!(groups::usage_csv))
+        .routes(routes!(groups::audit))
         .route_layer(middleware::from_fn_with_state(
             service.clone(),
             authenticate,
@@ -288,7 +304,11 @@ async fn authenticate(
     }
     match service.authenticate(cred.token()) {
         Ok(caller) => {
-            req.extensions_mut().insert(caller);
+            let addr = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip());
+            req.extensions_mut().insert(caller.from_addr(addr));
             next.run(req).await
         }
         Err(e) => ApiError(e).into_response(),

@@ -7,8 +7,8 @@
 //! model's (`cairn_api::blueprints`), re-exported here; the rules are the controller's.
 
 pub use cairn_api::blueprints::{
-    AppKind, BlueprintDataset, BlueprintInput, BlueprintSpec, DatasetInput, DatasetVersionInput,
-    Prepull, PrepullInput, PullPolicy, ResolvedImage,
+    AppKind, BlueprintDataset, BlueprintInput, BlueprintSpec, BlueprintVolume, DatasetInput,
+    DatasetVersionInput, Prepull, PrepullInput, PullPolicy, ResolvedImage, VolumeInput,
 };
 pub use cairn_api::error::FieldError;
 pub use cairn_shared::workload::MAX_INSTANCE_DATASETS;
@@ -443,6 +443,44 @@ pub fn validate(input: &BlueprintInput) -> Result<BlueprintSpec, Vec<FieldError>
         }
     }
     let datasets = validate_datasets(input.datasets.as_deref(), &mut e);
+    let volume = validate_volume(input.volume.as_ref(), &datasets, &mut e);
+    let group = match input.group.as_deref() {
+        None | Some("") => None,
+        Some(cairn_api::groups::DEFAULT_GROUP) => None,
+        Some(g) if valid_name(g) => Some(g.to_string()),
+        Some(_) => {
+            err(
+                &mut e,
+                "group",
+                "a group's name: 1-63 characters of a-z, 0-9 and '-'",
+            );
+            None
+        }
+    };
+    let cost = match input.cost {
+        None => 1.0,
+        Some(c) if c.is_finite() && (0.0..=1000.0).contains(&c) => c,
+        Some(c) => {
+            err(
+                &mut e,
+                "cost",
+                format!("{c}: credits an hour, from 0 to 1000"),
+            );
+            1.0
+        }
+    };
+    let idle_timeout_secs = match input.idle_timeout_secs {
+        None => None,
+        Some(t) if (0..=MAX_IDLE_TIMEOUT_SECS as i64).contains(&t) => Some(t as u64),
+        Some(t) => {
+            err(
+                &mut e,
+                "idle_timeout_secs",
+                format!("{t}: from 0 (never) to {MAX_IDLE_TIMEOUT_SECS} (30 days)"),
+            );
+            None
+        }
+    };
     if !e.is_empty() {
         return Err(e);
     }
@@ -464,9 +502,93 @@ pub fn validate(input: &BlueprintInput) -> Result<BlueprintSpec, Vec<FieldError>
         pull,
         prepull,
         datasets,
+        volume,
         resolved: None,
+        group,
+        cost,
+        idle_timeout_secs,
         enabled: input.enabled.unwrap_or(true),
     })
+}
+
+/// The longest idle timeout: 30 days.
+pub const MAX_IDLE_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+
+/// Longest checkpoint period: a day.
+pub const MAX_CHECKPOINT_MINUTES: i64 = 1440;
+/// Default checkpoint period.
+pub const DEFAULT_CHECKPOINT_MINUTES: u32 = 5;
+
+/// Checks `volume`: an absolute mount path apart from every dataset's, a checkpoint
+/// period, an optional numeric `UID:GID`.
+pub fn validate_volume(
+    input: Option<&VolumeInput>,
+    datasets: &[BlueprintDataset],
+    e: &mut Vec<FieldError>,
+) -> Option<BlueprintVolume> {
+    let v = input?;
+    let path = v.path.clone().unwrap_or_default();
+    if let Some(problem) = mount_path_problem(&path) {
+        err(e, "volume.path", problem);
+    } else if let Some(d) = datasets
+        .iter()
+        .find(|d| is_within(&path, &d.path) || is_within(&d.path, &path))
+    {
+        err(
+            e,
+            "volume.path",
+            format!(
+                "{path} and dataset {}'s {} overlap; mount points must be apart",
+                d.name, d.path
+            ),
+        );
+    }
+    let secs = match v.checkpoint_minutes {
+        None => DEFAULT_CHECKPOINT_MINUTES * 60,
+        Some(0.0) => 0,
+        Some(m) if (0.1..=MAX_CHECKPOINT_MINUTES as f64).contains(&m) => (m * 60.0).round() as u32,
+        Some(m) => {
+            err(
+                e,
+                "volume.checkpoint_minutes",
+                format!("{m}: 0 (save only at stop), or from 0.1 to {MAX_CHECKPOINT_MINUTES}"),
+            );
+            0
+        }
+    };
+    let owner = match v.owner.as_deref() {
+        None => None,
+        Some(o) => match parse_owner(o) {
+            Some(ug) => Some(ug),
+            None => {
+                err(
+                    e,
+                    "volume.owner",
+                    format!(
+                        "{:?} is not UID:GID (two numbers, e.g. 1000:100)",
+                        o.chars().take(40).collect::<String>()
+                    ),
+                );
+                None
+            }
+        },
+    };
+    Some(BlueprintVolume {
+        path,
+        checkpoint_secs: secs,
+        owner,
+    })
+}
+
+/// `UID:GID` as two numbers.
+fn parse_owner(s: &str) -> Option<(u32, u32)> {
+    let (u, g) = s.split_once(':')?;
+    let num = |x: &str| {
+        (!x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| x.parse::<u32>().ok())
+            .flatten()
+    };
+    Some((num(u)?, num(g)?))
 }
 
 #[cfg(test)]

@@ -62,3 +62,24 @@ pub trait ChunkStore: Send + Sync + std::fmt::Debug + 'static {
     /// Every stored object, for the collector.
     async fn list(&self) -> Result<Vec<StoredChunk>, ChunkStoreError>;
 }
+
+/// Which chunks `manifest` lists that `store` lacks (each asked once, in batches),
+/// in the manifest's order: what a commit checks before it records anything.
+pub async fn missing_of(
+    store: &dyn ChunkStore,
+    manifest: &cairn_shared::chunks::Manifest,
+) -> Result<Vec<ChunkId>, ChunkStoreError> {
+    let wanted: Vec<ChunkId> = manifest.unique_chunks().iter().map(|c| c.id).collect();
+    let mut missing = vec![];
+    for batch in wanted.chunks(16 * 1024) {
+        let present = store.contains(batch).await?;
+        missing.extend(
+            batch
+                .iter()
+                .zip(present)
+                .filter(|(_, p)| !p)
+                .map(|(id, _)| *id),
+        );
+    }
+    Ok(missing)
+}

@@ -77,13 +77,7 @@ pub fn parse(pack: &[u8]) -> Result<Vec<(ChunkId, Range<usize>)>, PackError> {
     Ok(out)
 }
 
-/// Appends one frame to `pack` (the CLI has its own copy of these three lines; the
-/// tests here use this one).
-pub fn push_frame(pack: &mut Vec<u8>, id: ChunkId, bytes: &[u8]) {
-    pack.extend_from_slice(&id.0);
-    pack.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    pack.extend_from_slice(bytes);
-}
+pub use cairn_shared::chunks::push_frame;
 
 #[cfg(test)]
 mod tests {

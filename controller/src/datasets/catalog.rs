@@ -88,7 +88,7 @@ pub struct Committed {
     pub unchanged: bool,
 }
 
-mod hex_id {
+pub(crate) mod hex_id {
     use cairn_shared::chunks::ChunkId;
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -165,18 +165,7 @@ impl Datasets {
             }
         }
         let _no_gc = self.gc.read().await;
-        let wanted: Vec<ChunkId> = manifest.unique_chunks().iter().map(|c| c.id).collect();
-        let mut missing = vec![];
-        for batch in wanted.chunks(16 * 1024) {
-            let present = self.chunks.contains(batch).await?;
-            missing.extend(
-                batch
-                    .iter()
-                    .zip(present)
-                    .filter(|(_, p)| !p)
-                    .map(|(id, _)| *id),
-            );
-        }
+        let missing = crate::chunks::missing_of(self.chunks.as_ref(), &manifest).await?;
         if !missing.is_empty() {
             return Err(DatasetsError::ChunksMissing {
                 count: missing.len(),

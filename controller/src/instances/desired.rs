@@ -76,5 +76,6 @@ pub fn desired_of(i: &Instance, spec: &BlueprintSpec, start_timeout_ms: u64) -> 
         expect_existing: i.container_seen,
         // The versions fixed at launch, never the blueprint's `latest` of today.
         datasets: i.datasets.clone(),
+        volume: i.volume.as_ref().map(|v| v.mount.clone()),
     }
 }

@@ -36,6 +36,9 @@ use crate::store::{Store, StoreError, Tree};
 pub enum LaunchError {
     #[error("{0}")]
     Limit(String),
+    /// Over a group's or a member's quota, with the numbers.
+    #[error("{0}")]
+    Quota(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -48,6 +51,15 @@ pub struct Admission {
     pub per_blueprint: u32,
     /// The controller-wide limit per user.
     pub per_user: u32,
+}
+
+/// The group quotas a launch must fit, checked under the same lock.
+#[derive(Debug, Clone)]
+pub struct QuotaCheck {
+    pub group: String,
+    pub group_limits: crate::groups::core::Limits,
+    pub member_limits: crate::groups::core::Limits,
+    pub ask: crate::groups::core::Ask,
 }
 
 #[derive(Debug, Default)]
@@ -162,6 +174,56 @@ impl Instances {
             .collect();
         v.sort_by_key(|i| std::cmp::Reverse(i.created_ms));
         v
+    }
+
+    /// The instances `keep` picks, newest first.
+    pub fn matching(&self, keep: impl Fn(&Instance) -> bool) -> Vec<Instance> {
+        let mut v: Vec<Instance> = self
+            .lock()
+            .all
+            .values()
+            .filter(|i| keep(i))
+            .cloned()
+            .collect();
+        v.sort_by_key(|i| std::cmp::Reverse(i.created_ms));
+        v
+    }
+
+    /// What the instance holding a volume's lease is doing, for the volume's rules:
+    /// gone or ended (`Ended`), cut off with its host (`Unreachable`), or anything
+    /// else, saving its files included (`Running`).
+    pub fn lease_holder(&self, id: &str) -> crate::volumes::core::Holder {
+        use crate::volumes::core::Holder;
+        let Ok(id) = InstanceId::parse(id) else {
+            return Holder::Ended;
+        };
+        let Some((state, host, had_container)) = self
+            .lock()
+            .all
+            .get(&id)
+            .map(|i| (i.state, i.host.clone(), i.container_seen))
+        else {
+            return Holder::Ended;
+        };
+        let standing = host.and_then(|h| self.registry.get(&h)).map(|h| h.state);
+        match state {
+            // Ended, but still holding the lease: its final save is not in yet.
+            // An instance whose container exited by itself is `failed` at once
+            // while its agent saves; until that save is in (it releases the
+            // lease), a relaunch would restore an older head.
+            s if s.is_terminal() => {
+                if had_container && standing == Some(HostState::Active) {
+                    Holder::Running
+                } else {
+                    Holder::Ended
+                }
+            }
+            InstanceState::Unreachable => Holder::Unreachable,
+            // A holder stopping on a lost host (waiting for it to save) must not
+            // lock its owner out: a relaunch moves the lease.
+            _ if standing == Some(HostState::Lost) => Holder::Unreachable,
+            _ => Holder::Running,
+        }
     }
 
     /// The host an instance is placed on, for requests to its agent.
@@ -294,21 +356,40 @@ impl Instances {
 
     // ---- operations ----
 
-    /// Creates an instance of `bp` for `owner` within `limits`, mounting
+    /// Creates instance `id` of `bp` for `owner` within `limits`, mounting
     /// `datasets` (the blueprint's, versions fixed now by the caller, see
-    /// [`crate::datasets::lookup::resolve_mounts`]), and places it if the scheduler can.
+    /// [`crate::datasets::lookup::resolve_mounts`]) and writing `volume` (whose
+    /// lease the caller took for `id`), and places it if the scheduler can.
+    #[allow(clippy::too_many_arguments)]
     pub async fn launch(
         &self,
+        id: InstanceId,
         owner: &str,
         bp: &BlueprintRecord,
         datasets: Vec<DatasetMount>,
+        volume: Option<super::state::InstanceVolume>,
         limits: Admission,
+        charge: Option<(super::state::Charge, QuotaCheck)>,
         now_ms: u64,
     ) -> Result<Instance, LaunchError> {
         let mut applied = Applied::default();
         let id = {
             let mut guard = self.lock();
             let inner = &mut *guard;
+            if let Some((_, q)) = &charge {
+                let runs = inner
+                    .all
+                    .values()
+                    .filter(|i| i.charge.as_ref().is_some_and(|c| c.group == q.group))
+                    .filter_map(Instance::as_run);
+                let (mine, group) = crate::groups::core::usage(runs, owner, now_ms);
+                crate::groups::core::check_quota(
+                    (&q.member_limits, &mine),
+                    (&q.group_limits, &group),
+                    &q.ask,
+                )
+                .map_err(|e| LaunchError::Quota(format!("{e} (group {})", q.group)))?;
+            }
             let (mine, of_bp) = inner.books.live.of(owner, &bp.spec.name);
             if of_bp >= limits.per_blueprint {
                 return Err(LaunchError::Limit(format!(
@@ -322,7 +403,7 @@ impl Instances {
                 )));
             }
             let mut inst = Instance::new(
-                InstanceId::generate(),
+                id,
                 owner.to_string(),
                 bp.spec.name.clone(),
                 bp.revision,
@@ -331,6 +412,8 @@ impl Instances {
                 now_ms,
             );
             inst.datasets = datasets;
+            inst.volume = volume;
+            inst.charge = charge.map(|(c, _)| c);
             self.save(&inst)?;
             let id = inst.id.clone();
             tracing::info!(instance = %id, user = %owner, blueprint = %inst.blueprint, datasets = inst.datasets.len(), "instance queued");
@@ -528,11 +611,8 @@ impl Instances {
         }
         let views = self.registry.list();
         self.sync_images(&views);
-        let lost: BTreeSet<HostId> = views
-            .into_iter()
-            .filter(|h| h.state == HostState::Lost)
-            .map(|h| h.id)
-            .collect();
+        let standing: HashMap<HostId, HostState> =
+            views.into_iter().map(|h| (h.id, h.state)).collect();
         let watchdog = self.config.start_timeout_ms + 60_000;
         let mut applied = Applied::default();
         {
@@ -542,9 +622,8 @@ impl Instances {
                 .all
                 .values()
                 .filter_map(|i| {
-                    let host_lost = i.host.as_ref().is_some_and(|h| lost.contains(h));
-                    i.due(now_ms, host_lost, watchdog)
-                        .map(|e| (i.id.clone(), e))
+                    let host = i.host.as_ref().and_then(|h| standing.get(h).copied());
+                    i.due(now_ms, host, watchdog).map(|e| (i.id.clone(), e))
                 })
                 .collect();
             for (id, ev) in due {

@@ -17,5 +17,5 @@ pub mod state;
 pub mod sync;
 
 pub use desired::base_url;
-pub use manager::{Admission, Instances, LaunchError};
+pub use manager::{Admission, Instances, LaunchError, QuotaCheck};
 pub use state::{Instance, InstanceState};

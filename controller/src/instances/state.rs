@@ -3,7 +3,13 @@
 //! ```text
 //! queued → scheduled → preparing → starting → running → stopping → stopped
 //!    └──────────┴───────────┴───────────┴──────────┴──────→ failed (with a reason)
+//!                                          running ⇄ unreachable
 //! ```
+//!
+//! A running instance whose host is lost becomes `unreachable`, not `failed`: the
+//! notebook may well run on through a network blip, so it stays desired on its host
+//! and resumes as `running` when the host reports it again. Its owner may relaunch
+//! elsewhere meanwhile (its volume's lease moves, and this one is stopped).
 //!
 //! [`Instance::apply`] takes an [`Event`] and `now` and returns whether anything
 //! changed; every change is recorded as a timestamped [`Transition`]. No clock, no
@@ -48,6 +54,70 @@ pub struct Instance {
     /// Empty in records older than datasets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub datasets: Vec<cairn_shared::workload::DatasetMount>,
+    /// The user's volume it restores and saves, fixed at launch (with the lease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<InstanceVolume>,
+    /// The group it was launched through and what it costs, fixed at launch;
+    /// `None` in records older than groups (they count against nobody).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charge: Option<Charge>,
+}
+
+/// What an instance counts against: its group's and its owner's quotas there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Charge {
+    pub group: String,
+    /// Credits an hour of running.
+    pub cost: f64,
+    pub memory_mib: u64,
+    /// Idle seconds before it is stopped (the blueprint's, else the group's, at
+    /// launch); `None` never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+}
+
+impl Instance {
+    /// When it first ran (credits are charged from then).
+    pub fn running_since(&self) -> Option<u64> {
+        self.transitions
+            .iter()
+            .find(|t| t.state == InstanceState::Running)
+            .map(|t| t.at_ms)
+    }
+
+    /// The instance as the quota and usage arithmetic sees it (`None` for records
+    /// older than groups).
+    pub fn as_run(&self) -> Option<crate::groups::core::Run<'_>> {
+        let c = self.charge.as_ref()?;
+        Some(crate::groups::core::Run {
+            user: &self.owner,
+            live: !self.state.is_terminal(),
+            memory_mib: c.memory_mib,
+            cost: c.cost,
+            running_since_ms: self.running_since(),
+            ended_ms: self.ended_at(),
+        })
+    }
+
+    /// When it ended, if it did.
+    pub fn ended_at(&self) -> Option<u64> {
+        if !self.state.is_terminal() {
+            return None;
+        }
+        self.transitions
+            .iter()
+            .find(|t| t.state.is_terminal())
+            .map(|t| t.at_ms)
+    }
+}
+
+/// The volume an instance writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceVolume {
+    /// The volume's name among its owner's.
+    pub name: String,
+    /// What the agent restores and where.
+    pub mount: cairn_shared::workload::VolumeMount,
 }
 
 /// What can happen to an instance.
@@ -59,8 +129,10 @@ pub enum Event {
     Report(InstancePhase),
     /// The owner or an admin asked to stop it.
     StopRequested { reason: String },
-    /// Its host is gone for good.
+    /// Its host passed the lost threshold.
     HostLost,
+    /// The host of an unreachable instance is live again (its heartbeats flow).
+    HostBack,
     /// It took too long to start.
     StartTimeout,
 }
@@ -94,20 +166,39 @@ impl Instance {
             }],
             container_seen: false,
             datasets: vec![],
+            volume: None,
+            charge: None,
         }
     }
 
     /// What the passing of time does to this instance at `now`: the lifecycle tick's
-    /// choice of event, in order of precedence. A lost host ends it; a lifetime that
-    /// ran out stops it (unless it is already stopping); a launch stuck in
+    /// choice of event, in order of precedence. A lost host ends it (or, running,
+    /// makes it unreachable); a lifetime that ran out stops it (unless it is
+    /// already stopping); a launch stuck in
     /// scheduled/preparing/starting longer than `watchdog_ms` times out.
-    pub fn due(&self, now_ms: u64, host_lost: bool, watchdog_ms: u64) -> Option<Event> {
+    /// `host` is the standing of its host, if it has one the registry knows.
+    pub fn due(
+        &self,
+        now_ms: u64,
+        host: Option<crate::hosts::HostState>,
+        watchdog_ms: u64,
+    ) -> Option<Event> {
+        use crate::hosts::HostState as H;
         use InstanceState as S;
         if self.state.is_terminal() {
             return None;
         }
-        if host_lost && self.host.is_some() {
+        let host_lost = host == Some(H::Lost) && self.host.is_some();
+        // A stopping instance with a volume waits for its host: its agent saves
+        // the files when it returns (as a conflict, if the lease moved meanwhile).
+        let waits_to_save = self.state == S::Stopping && self.volume.is_some();
+        if host_lost && self.state != S::Unreachable && !waits_to_save {
             return Some(Event::HostLost);
+        }
+        // The same connection may outlive a stall past the lost threshold: the
+        // agent then has nothing new to report, and heartbeats say it is back.
+        if self.state == S::Unreachable && host == Some(H::Active) {
+            return Some(Event::HostBack);
         }
         if now_ms >= self.expires_ms && self.state != S::Stopping {
             return Some(Event::StopRequested {
@@ -154,13 +245,32 @@ impl Instance {
                 _ => self.go(S::Stopping, Some(reason), now_ms),
             },
             Event::HostLost => match self.state {
-                S::Stopping => self.go(S::Stopped, Some("host lost while stopping".into()), now_ms),
-                S::Queued => false,
+                S::Stopping => self.go(
+                    S::Stopped,
+                    Some(match &self.volume {
+                        Some(_) => "its host was lost while stopping; files changed since its last checkpoint were not saved".into(),
+                        None => "host lost while stopping".into(),
+                    }),
+                    now_ms,
+                ),
+                S::Queued | S::Unreachable => false,
+                S::Running => self.go(
+                    S::Unreachable,
+                    Some(
+                        "its host stopped answering; it may still run there and resumes when the host returns"
+                            .into(),
+                    ),
+                    now_ms,
+                ),
                 _ => self.go(
                     S::Failed,
                     Some("the host running it was lost".into()),
                     now_ms,
                 ),
+            },
+            Event::HostBack => match self.state {
+                S::Unreachable => self.go(S::Running, Some("its host is back".into()), now_ms),
+                _ => false,
             },
             Event::StartTimeout => match self.state {
                 S::Scheduled | S::Preparing | S::Starting => {
@@ -177,9 +287,21 @@ impl Instance {
         match phase {
             // A stopping instance only cares about its container going away.
             InstancePhase::Removed => match self.state {
-                S::Stopping => self.go(S::Stopped, self.state_reason.clone(), now_ms),
+                S::Stopping => {
+                    let reason = self.transitions.last().and_then(|t| t.reason.clone());
+                    self.go(S::Stopped, reason, now_ms)
+                }
                 S::Queued => false,
                 _ => self.go(S::Failed, Some("its container was removed".into()), now_ms),
+            },
+            // The agent saves the volume before it removes the container: shown as
+            // the reason ("saving files", "save failed: …"), not as a transition.
+            InstancePhase::Saving { detail } => match self.state {
+                S::Stopping if self.state_reason.as_deref() != Some(detail.as_str()) => {
+                    self.state_reason = Some(detail);
+                    true
+                }
+                _ => false,
             },
             _ if self.state == S::Stopping => false,
             InstancePhase::Preparing { detail } => match self.state {
@@ -200,6 +322,10 @@ impl Instance {
                 _ => false,
             },
             InstancePhase::Running { address } => match self.state {
+                S::Unreachable => {
+                    self.address = Some(address);
+                    self.go(S::Running, Some("its host is back".into()), now_ms)
+                }
                 S::Scheduled | S::Preparing | S::Starting => {
                     self.container_seen = true;
                     self.address = Some(address);
@@ -234,6 +360,9 @@ impl Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const UP: Option<crate::hosts::HostState> = Some(crate::hosts::HostState::Active);
+    const LOST: Option<crate::hosts::HostState> = Some(crate::hosts::HostState::Lost);
 
     fn inst() -> Instance {
         Instance::new(
@@ -374,33 +503,104 @@ mod tests {
         let mut i = inst();
         let h = HostId::generate();
         // Queued, not expired: nothing is due, whatever the watchdog.
-        assert_eq!(i.due(1_000, false, 0), None);
+        assert_eq!(i.due(1_000, UP, 0), None);
         assert!(i.apply(Event::Scheduled(h), 1_000));
-        assert_eq!(i.due(1_500, false, 1_000), None);
-        assert_eq!(i.due(2_001, false, 1_000), Some(Event::StartTimeout));
+        assert_eq!(i.due(1_500, UP, 1_000), None);
+        assert_eq!(i.due(2_001, UP, 1_000), Some(Event::StartTimeout));
         // A lost host wins over everything else.
-        assert_eq!(i.due(2_001, true, 1_000), Some(Event::HostLost));
+        assert_eq!(i.due(2_001, LOST, 1_000), Some(Event::HostLost));
         // Past the lifetime the instance is stopped, not timed out.
         let late = i.expires_ms;
         assert_eq!(
-            i.due(late, false, 1_000),
+            i.due(late, UP, 1_000),
             Some(Event::StopRequested {
                 reason: "its lifetime ran out".into()
             })
         );
         // A stopping instance is not stopped again when its lifetime runs out.
         assert!(i.apply(Event::StopRequested { reason: "x".into() }, late));
-        assert_eq!(i.due(late + 10, false, u64::MAX), None);
+        assert_eq!(i.due(late + 10, UP, u64::MAX), None);
         // Ended instances are left alone.
         assert!(i.apply(Event::Report(InstancePhase::Removed), late + 20));
-        assert_eq!(i.due(late + 30, true, 0), None);
+        assert_eq!(i.due(late + 30, LOST, 0), None);
     }
 
     #[test]
-    fn lost_hosts_fail_instances() {
+    fn lost_hosts_fail_launches_and_make_running_instances_unreachable() {
         let mut i = inst();
         i.apply(Event::Scheduled(HostId::generate()), 1);
         i.apply(Event::HostLost, 2);
         assert_eq!(i.state, InstanceState::Failed);
+
+        let mut r = inst();
+        r.apply(Event::Scheduled(HostId::generate()), 1);
+        let running = Event::Report(InstancePhase::Running {
+            address: "10.0.0.2:80".into(),
+        });
+        r.apply(running.clone(), 2);
+        assert_eq!(r.due(3, LOST, 1_000), Some(Event::HostLost));
+        assert!(r.apply(Event::HostLost, 3));
+        assert_eq!(r.state, InstanceState::Unreachable);
+        assert!(r.state.desired_on_host(), "kept on its host for its return");
+        // Lost it stays; nothing more is due while the host is away.
+        assert_eq!(r.due(4, LOST, 1_000), None);
+        assert_eq!(
+            r.due(4, Some(crate::hosts::HostState::Unreachable), 1_000),
+            None
+        );
+        // Heartbeats again on the same connection: back to running.
+        assert_eq!(r.due(4, UP, 1_000), Some(Event::HostBack));
+        // The host returns and reports it running: it resumes.
+        assert!(r.apply(running, 5));
+        assert_eq!(r.state, InstanceState::Running);
+        assert_eq!(r.state_reason.as_deref(), Some("its host is back"));
+    }
+
+    #[test]
+    fn an_unreachable_instance_stopped_ends_when_its_host_is_lost_for_good() {
+        let mut r = inst();
+        r.apply(Event::Scheduled(HostId::generate()), 1);
+        r.apply(
+            Event::Report(InstancePhase::Running {
+                address: "a:1".into(),
+            }),
+            2,
+        );
+        r.apply(Event::HostLost, 3);
+        assert!(r.apply(
+            Event::StopRequested {
+                reason: "relaunched".into()
+            },
+            4
+        ));
+        assert_eq!(r.state, InstanceState::Stopping);
+        assert_eq!(r.due(5, LOST, 1_000), Some(Event::HostLost));
+        r.apply(Event::HostLost, 5);
+        assert_eq!(r.state, InstanceState::Stopped);
+    }
+
+    #[test]
+    fn saving_shows_as_the_stopping_reason_and_the_stop_reason_is_kept() {
+        let mut i = inst();
+        i.apply(Event::Scheduled(HostId::generate()), 1);
+        i.apply(
+            Event::StopRequested {
+                reason: "stopped by alice".into(),
+            },
+            2,
+        );
+        let saving = |d: &str| {
+            Event::Report(InstancePhase::Saving {
+                detail: d.to_string(),
+            })
+        };
+        assert!(i.apply(saving("saving files"), 3));
+        assert_eq!(i.state_reason.as_deref(), Some("saving files"));
+        assert!(i.apply(saving("save failed: disk full; retrying"), 4));
+        assert_eq!(i.state, InstanceState::Stopping);
+        assert!(i.apply(Event::Report(InstancePhase::Removed), 5));
+        assert_eq!(i.state, InstanceState::Stopped);
+        assert_eq!(i.state_reason.as_deref(), Some("stopped by alice"));
+        assert_eq!(states(&i).len(), 4, "queued, scheduled, stopping, stopped");
     }
 }

@@ -131,7 +131,7 @@ async fn load_manifest(
 }
 
 /// Writes `header`, then `bytes`, then ends the stream.
-async fn send_object(
+pub(crate) async fn send_object(
     header: &AgentResponse,
     bytes: &[u8],
     sink: &mut dyn ChunkSink,

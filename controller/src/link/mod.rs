@@ -9,6 +9,7 @@ pub mod ask;
 pub mod chunks;
 pub mod enrol;
 pub mod session;
+pub mod volumes;
 
 use std::sync::Arc;
 use std::time::Duration;

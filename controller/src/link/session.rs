@@ -300,6 +300,33 @@ async fn handle_request(
                     Err(refusal) => refusal,
                 }
             }
+            AgentRequest::MissingChunks { chunks } => super::volumes::missing(&app, &chunks).await,
+            AgentRequest::StoreChunks { len } => super::volumes::store(&app, &mut recv, len).await,
+            AgentRequest::StoreChunkDeltas { len } => {
+                super::volumes::store_deltas(&app, &mut recv, len).await
+            }
+            AgentRequest::ChunkSignatures { chunks } => {
+                match super::volumes::signatures(&app, &chunks, &mut send).await {
+                    Ok(()) => return,
+                    Err(refusal) => refusal,
+                }
+            }
+            AgentRequest::CommitSnapshot {
+                instance,
+                base_generation,
+                final_save,
+                len,
+                delta,
+            } => {
+                let req = super::volumes::Commit {
+                    instance,
+                    base_generation,
+                    final_save,
+                    len,
+                    delta,
+                };
+                super::volumes::commit(&app, &host, &mut recv, req).await
+            }
         },
     };
     if framing::write(&mut send, &response, MAX_REQUEST_FRAME)

@@ -14,6 +14,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use super::activity::FrameScanner;
+
 /// How a splice ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpliceEnd {
@@ -30,14 +32,35 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    splice_watched(a, b, idle, None).await
+}
+
+/// Called when a WebSocket message (not a ping or pong) starts, either way.
+pub type OnMessage = Arc<dyn Fn() + Send + Sync>;
+
+/// [`splice`] for a WebSocket, calling `on_message` for each message in either
+/// direction that is not a ping or pong (the instance's activity).
+pub async fn splice_watched<A, B>(
+    a: A,
+    b: B,
+    idle: Duration,
+    on_message: Option<OnMessage>,
+) -> SpliceEnd
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let last = Arc::new(Mutex::new(Instant::now()));
+    let watch = |on: &Option<OnMessage>| on.clone().map(|f| (FrameScanner::default(), f));
     let mut a = Touch {
         inner: a,
         last: last.clone(),
+        frames: watch(&on_message),
     };
     let mut b = Touch {
         inner: b,
         last: last.clone(),
+        frames: watch(&on_message),
     };
     let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
     tokio::pin!(copy);
@@ -64,6 +87,8 @@ where
 struct Touch<T> {
     inner: T,
     last: Arc<Mutex<Instant>>,
+    /// Frame boundaries of what is read from `inner`, and whom to tell.
+    frames: Option<(FrameScanner, OnMessage)>,
 }
 
 impl<T> Touch<T> {
@@ -82,6 +107,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Touch<T> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.touch();
+            let this = &mut *self;
+            if let Some((scanner, on_message)) = &mut this.frames {
+                if scanner.feed(&buf.filled()[before..]) {
+                    on_message();
+                }
+            }
         }
         r
     }

@@ -4,6 +4,8 @@
 //! * [`tunnel`] — byte tunnels over the link, and the connector hyper's pooled client
 //!   uses, so keep-alive connections to an app are reused.
 //! * [`forward`] — what changes in requests and responses on the way (pure).
+//! * [`activity`] — what counts as use of an instance (requests, WebSocket
+//!   messages other than pings), for idle culling.
 //! * [`idle`] — splicing upgraded connections (WebSockets) with a long idle limit.
 //!
 //! Only the owner, or an admin, gets through; everyone else gets the same 404 as for
@@ -11,6 +13,7 @@
 //! buffered beyond the link's flow-control windows, so a 2 GiB upload costs no more
 //! memory than a small one.
 
+pub mod activity;
 pub mod forward;
 pub mod idle;
 pub mod tunnel;
@@ -148,6 +151,7 @@ async fn handle(
         s if s.is_terminal() => return pages::instance_gone(&inst).into_response(),
         _ => return pages::instance_waiting(&inst).into_response(),
     }
+    app.activity.touch(&inst.id, cairn_shared::time::now_ms());
     let Some(kind) = proxy.app_kind(&inst) else {
         return pages::proxy_error(&inst, "its blueprint revision is missing").into_response();
     };
@@ -217,11 +221,22 @@ async fn forward(
         let app_upgrade = hyper::upgrade::on(&mut resp);
         let idle = proxy.websocket_idle;
         let id = inst.id.clone();
+        let on_message: idle::OnMessage = {
+            let app = proxy.app.clone();
+            let id = inst.id.clone();
+            Arc::new(move || app.activity.touch(&id, cairn_shared::time::now_ms()))
+        };
         tokio::spawn(async move {
             let (client, app) = tokio::join!(client_upgrade, app_upgrade);
             match (client, app) {
                 (Ok(c), Ok(a)) => {
-                    let end = idle::splice(TokioIo::new(c), TokioIo::new(a), idle).await;
+                    let end = idle::splice_watched(
+                        TokioIo::new(c),
+                        TokioIo::new(a),
+                        idle,
+                        Some(on_message),
+                    )
+                    .await;
                     tracing::debug!(instance = %id, ?end, "websocket closed");
                 }
                 (c, a) => tracing::info!(

@@ -1,6 +1,8 @@
-//! Blueprints: the catalogue (users see the enabled ones, admins all), and for
-//! admins create, edit (each a new revision), enable/disable, refresh the image,
-//! and the revision history.
+//! Blueprints: the catalogue (users see the enabled blueprints of their groups and
+//! those granted to them, managers also their groups' disabled ones, admins all),
+//! and for admins and group managers create, edit (each a new revision),
+//! enable/disable, refresh the image, and the revision history. A manager's
+//! blueprint stays within the limits an admin set for the group.
 //!
 //! Saves resolve the image first; a tag that cannot be resolved is an invalid
 //! `image` field and nothing is saved. Saves hold the image-use lock so an image
@@ -11,6 +13,7 @@ use super::{now, Caller, Service, ServiceError, ServiceResult};
 use crate::blueprints::catalog::Revision;
 use crate::blueprints::{BlueprintInput, BlueprintRecord, CatalogError};
 use crate::datasets::lookup as datasets;
+use crate::groups::core::Action;
 use crate::images::resolve::Resolver;
 
 impl From<CatalogError> for ServiceError {
@@ -49,6 +52,19 @@ fn check_name(name: &str) -> ServiceResult<()> {
 }
 
 impl Service {
+    /// Blueprint `name` if `caller` may change it (admins, its group's managers).
+    fn editable(&self, caller: &Caller, name: &str) -> ServiceResult<BlueprintRecord> {
+        let bp = self.blueprint(caller, name)?;
+        if caller.is_admin() || self.may_edit_group(caller, bp.spec.group()) {
+            Ok(bp)
+        } else {
+            Err(ServiceError::forbidden(format!(
+                "this needs a manager of group {} or an admin",
+                bp.spec.group()
+            )))
+        }
+    }
+
     /// Whether the datasets `input` names exist (pinned versions too), before
     /// anything is saved. A missing one is a field error (`datasets[0].name: no
     /// dataset "x"`), reported with the input's other problems. Inputs whose
@@ -75,28 +91,102 @@ impl Service {
         Err(CatalogError::Invalid(fields).into())
     }
 
-    /// The blueprints the caller may launch (admins: all of them).
+    /// The group through which `caller` may launch `bp`: its own group if they
+    /// are in it, else a group of theirs it is granted to (admins: its own).
+    pub(crate) fn launch_group(&self, caller: &Caller, bp: &BlueprintRecord) -> Option<String> {
+        let p = caller.principal()?;
+        let own = bp.spec.group();
+        if p.is_admin() {
+            return Some(own.to_string());
+        }
+        let mine = self.app.groups.of_user(p.name(), now());
+        if mine.iter().any(|(g, _)| g.name == own) {
+            return Some(own.to_string());
+        }
+        mine.into_iter()
+            .find(|(g, _)| g.granted.contains(&bp.spec.name))
+            .map(|(g, _)| g.name)
+    }
+
+    /// Whether `caller` may edit the blueprints of `group`.
+    fn may_edit_group(&self, caller: &Caller, group: &str) -> bool {
+        self.group_for(caller, group, Action::EditBlueprints)
+            .is_ok()
+    }
+
+    /// Whether `caller` sees `bp`: admins all; the managers of its group also
+    /// disabled ones; everyone else the enabled blueprints they may launch.
+    fn sees(&self, caller: &Caller, bp: &BlueprintRecord) -> bool {
+        caller.is_admin()
+            || (bp.spec.enabled && self.launch_group(caller, bp).is_some())
+            || self.may_edit_group(caller, bp.spec.group())
+    }
+
+    /// The blueprints the caller sees (admins: all of them).
     pub fn list_blueprints(&self, caller: &Caller) -> ServiceResult<Vec<BlueprintRecord>> {
         caller.user()?;
-        let admin = caller.is_admin();
         Ok(self
             .app
             .blueprints
             .list()?
             .into_iter()
-            .filter(|b| admin || b.spec.enabled)
+            .filter(|b| self.sees(caller, b))
             .collect())
     }
 
     pub fn blueprint(&self, caller: &Caller, name: &str) -> ServiceResult<BlueprintRecord> {
         caller.user()?;
         check_name(name)?;
-        let admin = caller.is_admin();
         self.app
             .blueprints
             .get(name)?
-            .filter(|b| admin || b.spec.enabled)
+            .filter(|b| self.sees(caller, b))
             .ok_or_else(|| no_such(name))
+    }
+
+    /// Whether `caller` may save `input` as a blueprint of its group (replacing
+    /// `existing`): admins always; the group's managers within the limits an
+    /// admin set for it (allowed images, memory, lifetime).
+    fn check_editor(
+        &self,
+        caller: &Caller,
+        input: &BlueprintInput,
+        existing: Option<&BlueprintRecord>,
+    ) -> ServiceResult<()> {
+        let p = caller.user()?;
+        if p.is_admin() {
+            if let Some(g) = input.group.as_deref().filter(|g| !g.is_empty()) {
+                if self.app.groups.get(g).is_none() {
+                    return Err(ServiceError::invalid(format!("no group named {g:?}")));
+                }
+            }
+            return Ok(());
+        }
+        if let Some(old) = existing {
+            let g = old.spec.group();
+            if !self.may_edit_group(caller, g) {
+                return Err(ServiceError::forbidden(format!(
+                    "this needs a manager of group {g} or an admin"
+                )));
+            }
+        }
+        let group = input
+            .group
+            .as_deref()
+            .filter(|g| !g.is_empty())
+            .unwrap_or(cairn_api::groups::DEFAULT_GROUP);
+        let g = self.group_for(caller, group, Action::EditBlueprints)?;
+        // Field errors come from the catalogue's own validation, with the rest.
+        let Ok(spec) = crate::blueprints::spec::validate(input) else {
+            return Ok(());
+        };
+        crate::groups::core::within_limits(
+            &g.limits,
+            &spec.image,
+            spec.memory_mib,
+            spec.max_lifetime_secs,
+        )
+        .map_err(|m| ServiceError::forbidden(format!("group {group}: {m}")))
     }
 
     pub async fn create_blueprint(
@@ -104,7 +194,8 @@ impl Service {
         caller: &Caller,
         input: &BlueprintInput,
     ) -> ServiceResult<BlueprintRecord> {
-        let p = caller.admin()?;
+        self.check_editor(caller, input, None)?;
+        let p = caller.user()?;
         self.check_datasets(input, None)?;
         let _use = self.image_use.lock().await;
         let r = self
@@ -113,6 +204,12 @@ impl Service {
             .create(input, &Resolver::of(&self.app), now())
             .await?;
         tracing::info!(blueprint = %r.spec.name, revision = r.revision, image = %r.spec.run_image(), by = %p.name(), "blueprint created");
+        self.audit(
+            caller,
+            "blueprint.create",
+            &r.spec.name,
+            format!("group {}", r.spec.group()),
+        );
         Ok(r)
     }
 
@@ -122,8 +219,20 @@ impl Service {
         name: &str,
         input: &BlueprintInput,
     ) -> ServiceResult<BlueprintRecord> {
-        let p = caller.admin()?;
-        check_name(name)?;
+        let p = caller.user()?;
+        // Admins edit any blueprint: a missing one, or a rename, is the
+        // catalogue's to report with the input's other problems. Others must see
+        // it first, and may change it only as its group's managers.
+        let existing = if caller.is_admin() {
+            None
+        } else {
+            Some(self.blueprint(caller, name)?)
+        };
+        let named = BlueprintInput {
+            name: Some(name.to_string()),
+            ..input.clone()
+        };
+        self.check_editor(caller, &named, existing.as_ref())?;
         self.check_datasets(input, Some(name))?;
         let _use = self.image_use.lock().await;
         let r = self
@@ -132,6 +241,12 @@ impl Service {
             .update(name, input, &Resolver::of(&self.app), now())
             .await?;
         tracing::info!(blueprint = %name, revision = r.revision, image = %r.spec.run_image(), by = %p.name(), "blueprint updated");
+        self.audit(
+            caller,
+            "blueprint.update",
+            name,
+            format!("revision {}", r.revision),
+        );
         Ok(r)
     }
 
@@ -141,8 +256,8 @@ impl Service {
         name: &str,
         enabled: bool,
     ) -> ServiceResult<BlueprintRecord> {
-        let p = caller.admin()?;
-        check_name(name)?;
+        let p = caller.user()?;
+        self.editable(caller, name)?;
         let _use = self.image_use.lock().await;
         let r = self
             .app
@@ -150,14 +265,24 @@ impl Service {
             .set_enabled(name, enabled, now())
             .await?;
         tracing::info!(blueprint = %name, enabled, revision = r.revision, by = %p.name(), "blueprint enabled flag set");
+        self.audit(
+            caller,
+            if enabled {
+                "blueprint.enable"
+            } else {
+                "blueprint.disable"
+            },
+            name,
+            String::new(),
+        );
         Ok(r)
     }
 
     /// Resolves the image's tag again: a moved tag makes a new revision; running
     /// instances keep the one they started with.
     pub async fn refresh_blueprint(&self, caller: &Caller, name: &str) -> ServiceResult<Refreshed> {
-        let p = caller.admin()?;
-        check_name(name)?;
+        let p = caller.user()?;
+        self.editable(caller, name)?;
         let _use = self.image_use.lock().await;
         let (blueprint, changed) = self
             .app
@@ -169,8 +294,7 @@ impl Service {
     }
 
     pub fn blueprint_revisions(&self, caller: &Caller, name: &str) -> ServiceResult<Vec<Revision>> {
-        caller.admin()?;
-        check_name(name)?;
+        self.editable(caller, name)?;
         let revs = self.app.blueprints.revisions(name)?;
         if revs.is_empty() {
             return Err(no_such(name));

@@ -8,12 +8,14 @@ use crate::users::Principal;
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
     principal: Option<Principal>,
+    /// The client's address, for the audit log.
+    addr: Option<std::net::IpAddr>,
 }
 
 impl Caller {
     /// Nobody logged in.
     pub fn anonymous() -> Self {
-        Caller { principal: None }
+        Caller::default()
     }
 
     /// The local operator: whoever runs the controller's process (development mode,
@@ -28,7 +30,26 @@ impl Caller {
 
     /// An authenticated principal (doors get one from [`super::Service::authenticate`]).
     pub fn of(p: Principal) -> Self {
-        Caller { principal: Some(p) }
+        Caller {
+            principal: Some(p),
+            addr: None,
+        }
+    }
+
+    /// The same caller, known to come from `addr`.
+    pub fn from_addr(mut self, addr: Option<std::net::IpAddr>) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    pub fn addr(&self) -> Option<std::net::IpAddr> {
+        self.addr
+    }
+
+    /// The name the audit log records: the account, `admin` for the bootstrap
+    /// token, `-` for nobody.
+    pub fn actor(&self) -> &str {
+        self.principal.as_ref().map_or("-", Principal::name)
     }
 
     pub fn principal(&self) -> Option<&Principal> {

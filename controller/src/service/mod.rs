@@ -7,6 +7,7 @@
 //! * [`instances`] — launch, list, read, stop, extend, logs.
 //! * [`blueprints`] — the catalogue, create, edit, enable/disable, refresh, history.
 //! * [`users`] — accounts (admins).
+//! * [`groups`] — groups, their people and join codes, usage, the audit log.
 //! * [`session`] — login (throttled), logout, who am I, one's API tokens.
 //! * [`hosts`] — the host pool: list, drain, undrain, remove; the autoscaler's log.
 //! * [`join_tokens`] — tokens that let a host enrol.
@@ -21,6 +22,7 @@ pub mod blueprints;
 mod caller;
 pub mod datasets;
 mod error;
+pub mod groups;
 pub mod health;
 pub mod hosts;
 pub mod images;
@@ -29,6 +31,7 @@ pub mod join_tokens;
 pub mod session;
 pub mod users;
 pub mod views;
+pub mod volumes;
 
 use std::sync::Arc;
 
@@ -49,6 +52,11 @@ pub struct Service {
     image_use: tokio::sync::Mutex<()>,
     /// Failed logins per account and per client address.
     throttle: crate::users::LoginThrottle,
+    /// The OpenID Connect provider users may log in with, if one is configured.
+    oidc: Option<crate::users::oidc::Oidc>,
+    /// The trusted front proxies' networks (`[auth.front_proxy]`), checked at
+    /// start.
+    proxy_nets: Vec<ipnet::IpNet>,
 }
 
 fn now() -> u64 {
@@ -58,9 +66,21 @@ fn now() -> u64 {
 impl Service {
     pub fn new(app: Arc<App>) -> Arc<Self> {
         Arc::new(Service {
-            app,
             image_use: tokio::sync::Mutex::new(()),
             throttle: crate::users::LoginThrottle::default(),
+            oidc: app.config.auth.oidc.clone().and_then(|c| {
+                crate::users::oidc::Oidc::new(c)
+                    .map_err(|e| tracing::error!(error = %e, "OpenID Connect login is off"))
+                    .ok()
+            }),
+            proxy_nets: app
+                .config
+                .auth
+                .front_proxy
+                .as_ref()
+                .and_then(|p| p.trusted_nets().ok())
+                .unwrap_or_default(),
+            app,
         })
     }
 

@@ -16,6 +16,21 @@ pub const MAX_PASSWORD: usize = 1024;
 /// to learn which names exist.
 pub const LOGIN_FAILED: &str = "wrong user name or password, or the account is disabled";
 
+fn no_sso() -> ServiceError {
+    ServiceError::not_found("single sign-on is not configured here")
+}
+
+fn sso_error(e: crate::users::oidc::OidcError) -> ServiceError {
+    use crate::users::oidc::OidcError as E;
+    match e {
+        E::UnknownState | E::Claims(_) => ServiceError::invalid(e.to_string()),
+        E::Refused(_) | E::BadToken(_) => {
+            ServiceError::new(Kind::Unauthenticated, "sso_refused", e.to_string())
+        }
+        E::Provider(_) => ServiceError::new(Kind::Unavailable, "sso_unavailable", e.to_string()),
+    }
+}
+
 impl Service {
     /// Trades a user name and password for an API token described as
     /// `description`. `client` is the address the request came from.
@@ -37,7 +52,12 @@ impl Service {
         // In-process callers have no address; they share one slot.
         let addr = client.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         self.throttle.check(user, addr).map_err(throttled)?;
+        let anonymous = Caller::anonymous().from_addr(client);
         let Some(found) = self.app.accounts.authenticate(user, password).await? else {
+            // Names are bounded above; a typed password in the name field stays
+            // out of the log by being cut to what a name can be.
+            let shown: String = user.chars().take(32).collect();
+            self.audit(&anonymous, "login.failed", &shown, String::new());
             // The answer says what the next attempt faces, so a person knows to wait.
             let mut e = ServiceError::new(Kind::Unauthenticated, "login_failed", LOGIN_FAILED);
             if let Some(next) = self.throttle.failed(user, addr) {
@@ -47,19 +67,196 @@ impl Service {
             return Err(e);
         };
         self.throttle.succeeded(user);
+        self.open_session(&found, description, client, description.to_string())
+            .await
+    }
+
+    /// A login token for `user`, logged and audited.
+    async fn open_session(
+        &self,
+        user: &crate::users::User,
+        description: &str,
+        client: Option<IpAddr>,
+        detail: String,
+    ) -> ServiceResult<LoginResponse> {
         let (token, rec) = self
             .app
             .api_tokens
-            .issue(&found.name, description, now())
+            .issue(&user.name, description, now())
             .await?;
-        tracing::info!(user = %found.name, token = %rec.id, client = ?client, "login");
+        tracing::info!(user = %user.name, token = %rec.id, client = ?client, "login");
+        self.audit_as(&user.name, client, "login", &user.name, detail);
         Ok(LoginResponse {
             token,
             token_id: rec.id,
-            user: found.name,
-            role: found.role,
+            user: user.name.clone(),
+            role: user.role,
             expires_ms: rec.expires_ms,
         })
+    }
+
+    /// The header a trusted front proxy names users in, if one is configured.
+    pub fn front_proxy_header(&self) -> Option<&str> {
+        self.app
+            .config
+            .auth
+            .front_proxy
+            .as_ref()
+            .map(|p| p.header.as_str())
+    }
+
+    /// A login by a trusted front proxy: `value` is its identity header on a
+    /// connection from `peer`. `None` when there is nothing to log in with (no
+    /// header, or a header from an address that is not a trusted proxy, which is
+    /// ignored and logged). The account must exist unless the site lets the
+    /// proxy's users make theirs; a disabled one is refused.
+    pub async fn front_proxy_login(
+        &self,
+        value: Option<&str>,
+        peer: Option<IpAddr>,
+    ) -> ServiceResult<Option<LoginResponse>> {
+        let (Some(cfg), Some(value)) = (&self.app.config.auth.front_proxy, value) else {
+            return Ok(None);
+        };
+        if value.is_empty() {
+            return Ok(None);
+        }
+        if !crate::users::front_proxy::trusted(&self.proxy_nets, peer) {
+            tracing::warn!(peer = ?peer, header = %cfg.header, "identity header from an address that is not a trusted proxy: ignored");
+            return Ok(None);
+        }
+        let anonymous = Caller::anonymous().from_addr(peer);
+        let name = crate::users::front_proxy::account_name(cfg.format, value)
+            .map_err(ServiceError::invalid)?;
+        let user = match self.app.accounts.get(&name)? {
+            Some(u) => u,
+            None if cfg.create_accounts => {
+                let (u, _) = self
+                    .app
+                    .accounts
+                    .external(&name, "front-proxy", now())
+                    .await?;
+                tracing::info!(user = %u.name, "account made for a front proxy's user");
+                self.audit_as(&u.name, peer, "user.create", &u.name, "front proxy".into());
+                u
+            }
+            None => {
+                self.audit(
+                    &anonymous,
+                    "login.failed",
+                    &name,
+                    "front proxy: no account".into(),
+                );
+                return Err(ServiceError::new(
+                    Kind::Unauthenticated,
+                    "no_account",
+                    format!("the front proxy logged you in as {name:?}, but there is no account of that name here; ask an admin"),
+                ));
+            }
+        };
+        if user.disabled {
+            self.audit(
+                &anonymous,
+                "login.failed",
+                &user.name,
+                "front proxy: disabled".into(),
+            );
+            return Err(ServiceError::new(
+                Kind::Unauthenticated,
+                "login_failed",
+                LOGIN_FAILED,
+            ));
+        }
+        let detail = format!("front proxy {}", cfg.header);
+        self.open_session(&user, "web session", peer, detail)
+            .await
+            .map(Some)
+    }
+
+    /// What the login page offers besides passwords: the single sign-on
+    /// button's label, if a provider is configured.
+    pub fn sso_label(&self) -> Option<&str> {
+        self.oidc.as_ref().map(|o| o.label())
+    }
+
+    /// Starts a single sign-on login that returns to `next`: the provider's URL.
+    pub async fn sso_begin(&self, next: &str) -> ServiceResult<String> {
+        let o = self.oidc.as_ref().ok_or_else(no_sso)?;
+        o.begin(next).await.map_err(sso_error)
+    }
+
+    /// Finishes a single sign-on login: the provider's `code` for the login
+    /// `state` names. The account is the identity's own (made at its first
+    /// login; a local account of the same name is never taken over), it joins
+    /// the groups its provider groups map to, and the answer is a session and
+    /// where the user was going.
+    pub async fn sso_finish(
+        &self,
+        code: &str,
+        state: &str,
+        client: Option<IpAddr>,
+    ) -> ServiceResult<(LoginResponse, String)> {
+        let o = self.oidc.as_ref().ok_or_else(no_sso)?;
+        let anonymous = Caller::anonymous().from_addr(client);
+        let (id, next) = match o.finish(code, state).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, client = ?client, "single sign-on failed");
+                self.audit(&anonymous, "login.failed", "", format!("oidc: {e}"));
+                return Err(sso_error(e));
+            }
+        };
+        let (user, made) = match self
+            .app
+            .accounts
+            .external(&id.user, &id.external_id, now())
+            .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                self.audit(
+                    &anonymous,
+                    "login.failed",
+                    &id.user,
+                    format!("oidc {}: {e}", id.external_id),
+                );
+                return Err(e.into());
+            }
+        };
+        if user.disabled {
+            self.audit(
+                &anonymous,
+                "login.failed",
+                &user.name,
+                "oidc: disabled".into(),
+            );
+            return Err(ServiceError::new(
+                Kind::Unauthenticated,
+                "login_failed",
+                LOGIN_FAILED,
+            ));
+        }
+        if made {
+            tracing::info!(user = %user.name, identity = %id.external_id, "account made by single sign-on");
+            self.audit_as(
+                &user.name,
+                client,
+                "user.create",
+                &user.name,
+                format!("oidc {}", id.external_id),
+            );
+        }
+        self.grant_memberships(&user.name, &id.groups, client)
+            .await?;
+        let session = self
+            .open_session(
+                &user,
+                "web session",
+                client,
+                format!("oidc {}", id.external_id),
+            )
+            .await?;
+        Ok((session, next))
     }
 
     /// Lifts a login lock-out or delay on `account` (admins). Not found if the
@@ -67,6 +264,7 @@ impl Service {
     pub fn unlock_login(&self, caller: &Caller, account: &str) -> ServiceResult<()> {
         let by = caller.admin()?;
         if self.throttle.lift(account, by.name()) {
+            self.audit(caller, "login.unlock", account, String::new());
             Ok(())
         } else {
             Err(ServiceError::not_found(format!(

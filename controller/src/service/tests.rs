@@ -86,6 +86,15 @@ async fn users_cannot_do_what_admins_do() {
         kind(s.create_blueprint(u, &notebook("py", true)).await),
         Kind::Forbidden
     );
+    // A blueprint she cannot see is not found; one she sees but may not change
+    // is forbidden.
+    assert_eq!(
+        kind(s.update_blueprint(u, "py", &notebook("py", true)).await),
+        Kind::NotFound
+    );
+    s.create_blueprint(&w.admin, &notebook("py", true))
+        .await
+        .unwrap();
     assert_eq!(
         kind(s.update_blueprint(u, "py", &notebook("py", true)).await),
         Kind::Forbidden

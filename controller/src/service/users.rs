@@ -13,6 +13,9 @@ impl From<AccountsError> for ServiceError {
                 ServiceError::invalid(e.to_string())
             }
             AccountsError::Exists(_) => ServiceError::conflict("already_exists", e.to_string()),
+            AccountsError::NotLinked(_) => {
+                ServiceError::conflict("account_not_linked", e.to_string())
+            }
             AccountsError::NotFound(_) => ServiceError::not_found(e.to_string()),
             AccountsError::Hash(_) | AccountsError::Store(_) => ServiceError::internal(e),
         }
@@ -39,6 +42,7 @@ impl Service {
             .create(name, password, role, now())
             .await?;
         tracing::info!(user = %user.name, role = ?user.role, by = %by.name(), "user created");
+        self.audit(caller, "user.create", &user.name, user.role.to_string());
         Ok(User::from(&user))
     }
 
@@ -59,6 +63,16 @@ impl Service {
         }
         let user = self.app.accounts.set_disabled(name, disabled).await?;
         tracing::info!(user = %name, disabled, by = %by.name(), "user disabled flag set");
+        self.audit(
+            caller,
+            if disabled {
+                "user.disable"
+            } else {
+                "user.enable"
+            },
+            name,
+            String::new(),
+        );
         Ok(User::from(&user))
     }
 }

@@ -22,6 +22,11 @@ pub struct User {
     pub password_hash: String,
     pub disabled: bool,
     pub created_ms: u64,
+    /// For an account made by a single sign-on login: the provider's issuer and
+    /// subject (`{issuer}#{sub}`), the one identity that may log in as it. An
+    /// account without it is local and no provider may take it over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
 }
 
 /// The account as the API shows it: everything but the hash.
@@ -48,6 +53,8 @@ pub enum AccountsError {
     Exists(String),
     #[error("no user named {0:?}")]
     NotFound(String),
+    #[error("an account named {0:?} exists here already and is not the one this sign-in made; ask an admin")]
+    NotLinked(String),
     #[error("password hashing failed: {0}")]
     Hash(String),
     #[error(transparent)]
@@ -124,6 +131,7 @@ impl Accounts {
             password_hash,
             disabled: false,
             created_ms: now_ms,
+            external_id: None,
         };
         {
             let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
@@ -136,11 +144,56 @@ impl Accounts {
         Ok(user)
     }
 
+    /// The account a single sign-on identity logs in as: `name`, made now (with
+    /// no password) if it does not exist, refused if it exists for anyone else
+    /// (a local account, or another identity's).
+    pub async fn external(
+        &self,
+        name: &str,
+        external_id: &str,
+        now_ms: u64,
+    ) -> Result<(User, bool), AccountsError> {
+        if !valid_user_name(name) {
+            return Err(AccountsError::BadName);
+        }
+        let made = {
+            let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(u) = self.store.get::<User>(Tree::Users, name)? {
+                return if u.external_id.as_deref() == Some(external_id) {
+                    Ok((u, false))
+                } else {
+                    Err(AccountsError::NotLinked(name.to_string()))
+                };
+            }
+            let user = User {
+                name: name.to_string(),
+                role: Role::User,
+                password_hash: String::new(),
+                disabled: false,
+                created_ms: now_ms,
+                external_id: Some(external_id.to_string()),
+            };
+            self.store.put(Tree::Users, name, &user)?;
+            user
+        };
+        self.store.flush().await?;
+        Ok((made, true))
+    }
+
     pub fn get(&self, name: &str) -> Result<Option<User>, StoreError> {
         if !valid_user_name(name) {
             return Ok(None);
         }
         self.store.get(Tree::Users, name)
+    }
+
+    /// Whether `name` is an admin account (a store error reads as no: the caller
+    /// then applies the rules for users, which is the safe side).
+    pub fn is_admin(&self, name: &str) -> bool {
+        self.get(name)
+            .ok()
+            .flatten()
+            .is_some_and(|u| u.role == Role::Admin)
     }
 
     pub fn list(&self) -> Result<Vec<User>, StoreError> {

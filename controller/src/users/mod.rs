@@ -4,10 +4,14 @@
 //! * [`accounts`] — users with argon2 password hashes, roles, and a disabled flag.
 //! * [`api_tokens`] — bearer tokens created by login, revocable, stored hashed.
 //! * [`throttle`] — delays and lock-outs after failed logins.
+//! * [`oidc`] — login through an OpenID Connect provider.
+//! * [`front_proxy`] — login by a trusted front proxy's header.
 //! * [`Principal`] — the authenticated caller, attached to each API request.
 
 pub mod accounts;
 pub mod api_tokens;
+pub mod front_proxy;
+pub mod oidc;
 pub mod throttle;
 
 pub use accounts::{Accounts, AccountsError, Role, User};

@@ -17,7 +17,7 @@ use super::{failure, AdminSession};
 use crate::service::{Kind, Service, ServiceError};
 use cairn_api::blueprints::{
     BlueprintInput, BlueprintSpec, DatasetInput, DatasetVersionInput, Prepull, PrepullInput,
-    PullPolicy, Strategy,
+    PullPolicy, Strategy, VolumeInput,
 };
 use cairn_api::error::FieldError;
 use cairn_api::users::Role;
@@ -269,6 +269,19 @@ pub struct BlueprintForm {
     /// `NAME[@VERSION] PATH`, one per line; no version means the latest.
     #[serde(default)]
     datasets: String,
+    /// `PATH [MINUTES] [UID:GID]`: the persistent mount, its checkpoint period and
+    /// its owner; empty keeps no files.
+    #[serde(default)]
+    volume: String,
+    /// The owning group; empty is the default group.
+    #[serde(default)]
+    group: String,
+    /// Credits an hour; empty is 1.
+    #[serde(default)]
+    cost: String,
+    /// Minutes idle before an instance is stopped; empty takes the group's.
+    #[serde(default)]
+    idle_minutes: String,
     #[serde(default)]
     enabled: Option<String>,
     /// Set by the "Refresh image" button: resolve the tag again instead of saving.
@@ -322,6 +335,23 @@ impl BlueprintForm {
                 .map(|d| format!("{} {}", d.reference(), d.path))
                 .collect::<Vec<_>>()
                 .join("\n"),
+            volume: b
+                .volume
+                .as_ref()
+                .map(|v| {
+                    let mut s = format!("{} {}", v.path, f64::from(v.checkpoint_secs) / 60.0);
+                    if let Some((u, g)) = v.owner {
+                        s.push_str(&format!(" {u}:{g}"));
+                    }
+                    s
+                })
+                .unwrap_or_default(),
+            group: b.group.clone().unwrap_or_default(),
+            cost: b.cost.to_string(),
+            idle_minutes: b
+                .idle_timeout_secs
+                .map(|s| format!("{}", s as f64 / 60.0))
+                .unwrap_or_default(),
             enabled: b.enabled.then(|| "on".into()),
             refresh: None,
         }
@@ -390,6 +420,37 @@ impl BlueprintForm {
                 }
             }
         };
+        // `PATH [MINUTES] [UID:GID]`; the rules are validation's.
+        let volume = {
+            let words: Vec<&str> = self.volume.split_whitespace().collect();
+            match words.as_slice() {
+                [] => None,
+                [path, rest @ ..] if rest.len() <= 2 => {
+                    let minutes = match rest.first() {
+                        None => None,
+                        Some(m) => match m.parse::<f64>() {
+                            Ok(n) => Some(n),
+                            Err(_) => {
+                                bad("volume", &format!("{m:?} is not a number of minutes"));
+                                None
+                            }
+                        },
+                    };
+                    Some(VolumeInput {
+                        path: Some(path.to_string()),
+                        checkpoint_minutes: minutes,
+                        owner: rest.get(1).map(|o| o.to_string()),
+                    })
+                }
+                _ => {
+                    bad(
+                        "volume",
+                        "write PATH [MINUTES] [UID:GID], e.g. /home/jovyan/work 5 1000:100",
+                    );
+                    None
+                }
+            }
+        };
         // `NAME[@VERSION] PATH` per line; the version and path rules are validation's.
         let mut datasets = vec![];
         for line in self
@@ -426,11 +487,40 @@ impl BlueprintForm {
             .filter(|l| !l.is_empty())
             .map(str::to_string)
             .collect();
+        let cost = match self.cost.trim() {
+            "" => None,
+            c => match c.parse::<f64>() {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    errors.push(FieldError {
+                        field: "cost".into(),
+                        message: "a number of credits an hour, e.g. 1 or 0.5".into(),
+                    });
+                    None
+                }
+            },
+        };
+        let idle_timeout_secs = match self.idle_minutes.trim() {
+            "" => None,
+            m => match m.parse::<f64>() {
+                Ok(v) if v.is_finite() && v >= 0.0 => Some((v * 60.0).round() as i64),
+                _ => {
+                    errors.push(FieldError {
+                        field: "idle_timeout_secs".into(),
+                        message: "a number of minutes, 0 for never".into(),
+                    });
+                    None
+                }
+            },
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
         let text = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
         Ok(BlueprintInput {
+            group: text(&self.group),
+            cost,
+            idle_timeout_secs,
             name: text(&self.name),
             description: Some(self.description.trim().to_string()),
             image: text(&self.image),
@@ -453,6 +543,7 @@ impl BlueprintForm {
                 Err(_) => PrepullInput::Word(p),
             }),
             datasets: Some(datasets),
+            volume,
             enabled: Some(self.enabled.is_some()),
         })
     }
@@ -543,6 +634,11 @@ fn blueprint_form(
             (field("prepull", "Pre-pull", "all, none, or a number of hosts", text("prepull", &f.prepull, false), errors))
             (field("datasets", "Datasets", "NAME[@VERSION] PATH, one per line, mounted read-only; no version means the latest at each launch (pre-fetched like the image)", html! {
                 textarea id="datasets" name="datasets" rows="2" aria-invalid=[invalid("datasets")] aria-describedby="datasets-hint datasets-error" { (f.datasets) } }, errors))
+            (field("volume", "Persistent files", "PATH [MINUTES] [UID:GID]: each user's files there are kept between instances, saved every MINUTES (default 5) and at stop; empty keeps nothing", text("volume", &f.volume, false), errors))
+            (field("group", "Group", "the group whose members launch it and whose managers edit it; empty is everyone", text("group", &f.group, false), errors))
+            (field("cost", "Cost", "credits an hour of running costs (default 1)", text("cost", &f.cost, false), errors))
+            (field("idle_timeout_secs", "Idle timeout (minutes)", "stop instances nobody used for this long; empty takes the group's, 0 never", html! {
+                input id="idle_timeout_secs" name="idle_minutes" value=(f.idle_minutes) aria-invalid=[invalid("idle_timeout_secs")]; }, errors))
             div class="row" {
                 input id="enabled" name="enabled" type="checkbox" checked[f.enabled.is_some()];
                 label for="enabled" { "Enabled (users can launch it)" }
@@ -552,8 +648,16 @@ fn blueprint_form(
     }
 }
 
-/// `GET /admin/blueprints/new`.
-pub async fn new_blueprint(AdminSession(s): AdminSession) -> Response {
+#[derive(Debug, Deserialize)]
+pub struct NewQuery {
+    /// The group the new blueprint is for (from a group's page).
+    #[serde(default)]
+    group: Option<String>,
+}
+
+/// `GET /admin/blueprints/new`: for admins, and for group managers (the service
+/// checks what they save against their group's limits).
+pub async fn new_blueprint(s: super::Session, Query(q): Query<NewQuery>) -> Response {
     let f = BlueprintForm {
         app: "jupyter".into(),
         app_port: "8888".into(),
@@ -563,6 +667,7 @@ pub async fn new_blueprint(AdminSession(s): AdminSession) -> Response {
         max_instances_per_user: "1".into(),
         priority: "0".into(),
         enabled: Some("on".into()),
+        group: q.group.unwrap_or_default(),
         ..Default::default()
     };
     let body = blueprint_form("/admin/blueprints/new", &s.viewer.csrf, &f, &[], true);
@@ -572,7 +677,7 @@ pub async fn new_blueprint(AdminSession(s): AdminSession) -> Response {
 /// `POST /admin/blueprints/new`.
 pub async fn create_blueprint(
     State(service): State<Arc<Service>>,
-    AdminSession(s): AdminSession,
+    s: super::Session,
     Form(f): Form<BlueprintForm>,
 ) -> Result<Response, Response> {
     s.check(&f.csrf)?;
@@ -706,7 +811,7 @@ fn edit_page(
 /// `GET /admin/blueprints/{name}`: the edit form and the revision history.
 pub async fn edit_blueprint(
     State(service): State<Arc<Service>>,
-    AdminSession(s): AdminSession,
+    s: super::Session,
     Path(name): Path<String>,
     Query(q): Query<EditQuery>,
 ) -> Response {
@@ -764,7 +869,7 @@ async fn refresh_blueprint(
 /// "Refresh image" button) the image resolved again.
 pub async fn save_blueprint(
     State(service): State<Arc<Service>>,
-    AdminSession(s): AdminSession,
+    s: super::Session,
     Path(name): Path<String>,
     Form(f): Form<BlueprintForm>,
 ) -> Result<Response, Response> {
@@ -803,7 +908,7 @@ pub struct EnabledForm {
 /// `POST /admin/blueprints/{name}/enabled`.
 pub async fn set_blueprint_enabled(
     State(service): State<Arc<Service>>,
-    AdminSession(s): AdminSession,
+    s: super::Session,
     Path(name): Path<String>,
     Form(f): Form<EnabledForm>,
 ) -> Result<Response, Response> {
@@ -1011,6 +1116,7 @@ mod tests {
             priority: "-20".into(),
             placement: "zone=a".into(),
             datasets: "course-data /data/course\n  shared@3   /data/shared  ".into(),
+            volume: "/home/jovyan/work 10 1000:100".into(),
             enabled: Some("on".into()),
             ..Default::default()
         }
@@ -1018,6 +1124,14 @@ mod tests {
         .unwrap();
         let spec = crate::blueprints::spec::validate(&input).unwrap();
         assert_eq!(spec.priority, -20);
+        assert_eq!(
+            spec.volume,
+            Some(crate::blueprints::spec::BlueprintVolume {
+                path: "/home/jovyan/work".into(),
+                checkpoint_secs: 600,
+                owner: Some((1000, 100)),
+            })
+        );
         assert_eq!(
             spec.datasets
                 .iter()

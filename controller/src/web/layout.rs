@@ -49,7 +49,9 @@ pub fn page(title: &str, viewer: Option<&Viewer>, current: &str, body: Markup) -
                             ul {
                                 (nav_item("/", "Catalogue", current))
                                 (nav_item("/instances", "My instances", current))
+                                (nav_item("/volumes", "Volumes", current))
                                 (nav_item("/datasets", "Datasets", current))
+                                (nav_item("/groups", "Groups", current))
                                 @if v.admin {
                                     (nav_item("/admin/hosts", "Hosts", current))
                                     (nav_item("/admin/instances", "All instances", current))
@@ -99,7 +101,7 @@ pub fn progress(state: InstanceState) -> u8 {
         InstanceState::Scheduled => 20,
         InstanceState::Preparing => 40,
         InstanceState::Starting => 70,
-        InstanceState::Running => 100,
+        InstanceState::Running | InstanceState::Unreachable => 100,
         InstanceState::Stopping => 100,
         InstanceState::Stopped | InstanceState::Failed => 100,
     }

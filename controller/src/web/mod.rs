@@ -5,6 +5,9 @@
 //! * [`user`] — the catalogue, launching, my instances, one instance.
 //! * [`admin`] — hosts, all instances, blueprints, users.
 //! * [`datasets`] — datasets and their versions (everyone signed in).
+//! * [`groups`] — groups: joining, starting one, a group's people, code,
+//!   instances and usage for its managers.
+//! * [`volumes`] — a user's volumes and snapshots: restore, download, delete.
 //! * [`pages`] — what the proxy shows instead of an app that is not there.
 //!
 //! A browser session is a login token in an `HttpOnly`, `SameSite=Lax` cookie. Every
@@ -16,15 +19,17 @@
 
 pub mod admin;
 pub mod datasets;
+pub mod groups;
 pub mod layout;
 pub mod pages;
 pub mod user;
+pub mod volumes;
 
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -40,6 +45,8 @@ pub fn router(service: Arc<Service>) -> Router {
     Router::new()
         .route("/", get(user::catalogue))
         .route("/login", get(login_form).post(login))
+        .route("/login/oidc", get(sso_begin))
+        .route("/login/oidc/callback", get(sso_callback))
         .route("/logout", post(logout))
         .route("/launch", post(user::launch))
         .route("/instances", get(user::my_instances))
@@ -48,6 +55,21 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/instances/{id}/extend", post(user::extend))
         .route("/datasets", get(datasets::list))
         .route("/datasets/{name}", get(datasets::one))
+        .route("/volumes", get(volumes::list))
+        .route("/volumes/{name}", get(volumes::one))
+        .route("/volumes/{name}/head", post(volumes::set_head))
+        .route("/volumes/{name}/delete", post(volumes::delete))
+        .route("/volumes/{name}/snapshots/{id}/tar", get(volumes::tar))
+        .route("/groups", get(groups::list).post(groups::create))
+        .route("/groups/join", post(groups::join))
+        .route("/groups/{name}", get(groups::one))
+        .route("/groups/{name}/code", post(groups::new_code))
+        .route("/groups/{name}/members", post(groups::add_member))
+        .route(
+            "/groups/{name}/members/{user}/remove",
+            post(groups::remove_member),
+        )
+        .route("/groups/{name}/usage.csv", get(groups::usage_csv))
         .route("/admin/hosts", get(admin::hosts))
         .route("/admin/instances", get(admin::instances))
         .route("/admin/blueprints", get(admin::blueprints))
@@ -236,17 +258,60 @@ pub fn not_found(viewer: &Viewer, what: &str) -> Response {
 #[derive(Debug, Deserialize)]
 pub struct LoginQuery {
     next: Option<String>,
+    /// Set by logout, so that a front proxy's identity header does not log the
+    /// user straight back in: they asked to leave.
+    #[serde(default)]
+    logged_out: Option<String>,
 }
 
-async fn login_form(Query(q): Query<LoginQuery>) -> Response {
-    login_page(StatusCode::OK, safe_next(q.next.as_deref()), None, "").into_response()
+/// The login page, or, behind a trusted front proxy that names the user, the
+/// session at once.
+async fn login_form(
+    State(service): State<Arc<Service>>,
+    crate::api::ClientAddr(client): crate::api::ClientAddr,
+    headers: HeaderMap,
+    Query(q): Query<LoginQuery>,
+) -> Response {
+    let next = safe_next(q.next.as_deref());
+    if q.logged_out.is_none() {
+        let value = service
+            .front_proxy_header()
+            .and_then(|h| headers.get(h))
+            .and_then(|v| v.to_str().ok());
+        match service.front_proxy_login(value, client).await {
+            Ok(Some(session)) => return logged_in(&service, &session, next),
+            Ok(None) => {}
+            Err(e) if e.kind == Kind::Internal => return failure(None, &e),
+            Err(e) => {
+                return login_page(
+                    &service,
+                    crate::api::status_of(e.kind),
+                    next,
+                    Some(&e.message),
+                    "",
+                )
+            }
+        }
+    }
+    login_page(&service, StatusCode::OK, next, None, "")
 }
 
-fn login_page(status: StatusCode, next: &str, error: Option<&str>, user: &str) -> Response {
+fn login_page(
+    service: &Service,
+    status: StatusCode,
+    next: &str,
+    error: Option<&str>,
+    user: &str,
+) -> Response {
+    let sso = service.sso_label();
     let body = html! {
         div class="login stack" {
             p class="muted" { "Your notebooks and apps, a click away. Ask your course or group administrator for an account." }
             @if let Some(e) = error { (layout::message("error", e)) }
+            @if let Some(label) = sso {
+                p { a class="button" id="sso-login" href={ "/login/oidc?next=" (serde_urlencoded_next(next)) } { "Log in with " (label) } }
+                p class="muted" { "Or with a password of this site:" }
+            }
             form class="fields" method="post" action="/login" {
                 input type="hidden" name="next" value=(next);
                 div {
@@ -287,19 +352,84 @@ async fn login(
         Err(e) => {
             let status = crate::api::status_of(e.kind);
             let user: String = f.user.chars().take(64).collect();
-            return login_page(status, &next, Some(&e.message), &user);
+            return login_page(&service, status, &next, Some(&e.message), &user);
         }
     };
+    logged_in(&service, &session, &next)
+}
+
+/// The answer to a successful login: the session cookie, and on to `next`.
+fn logged_in(
+    service: &Service,
+    session: &cairn_api::session::LoginResponse,
+    next: &str,
+) -> Response {
     let max_age = session
         .expires_ms
         .saturating_sub(cairn_shared::time::now_ms())
         / 1000;
-    let cookie = session_cookie(&service, &session.token, max_age);
-    let mut resp = Redirect::to(&next).into_response();
+    let cookie = session_cookie(service, &session.token, max_age);
+    let mut resp = Redirect::to(next).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     resp
+}
+
+/// "Log in with …": on to the identity provider.
+async fn sso_begin(State(service): State<Arc<Service>>, Query(q): Query<LoginQuery>) -> Response {
+    let next = safe_next(q.next.as_deref());
+    match service.sso_begin(next).await {
+        Ok(url) => Redirect::to(&url).into_response(),
+        Err(e) => login_page(
+            &service,
+            crate::api::status_of(e.kind),
+            next,
+            Some(&e.message),
+            "",
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SsoCallback {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    state: String,
+    /// Set when the provider refused (the user cancelled, or is not allowed).
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// The identity provider sends the browser back here with a code.
+async fn sso_callback(
+    State(service): State<Arc<Service>>,
+    crate::api::ClientAddr(client): crate::api::ClientAddr,
+    Query(q): Query<SsoCallback>,
+) -> Response {
+    if let Some(err) = &q.error {
+        let why: String = q
+            .error_description
+            .as_deref()
+            .unwrap_or(err)
+            .chars()
+            .take(200)
+            .collect();
+        let msg = format!("the identity provider did not log you in: {why}");
+        return login_page(&service, StatusCode::UNAUTHORIZED, "/", Some(&msg), "");
+    }
+    match service.sso_finish(&q.code, &q.state, client).await {
+        Ok((session, next)) => logged_in(&service, &session, safe_next(Some(&next))),
+        Err(e) if e.kind == Kind::Internal => failure(None, &e),
+        Err(e) => login_page(
+            &service,
+            crate::api::status_of(e.kind),
+            "/",
+            Some(&e.message),
+            "",
+        ),
+    }
 }
 
 fn session_cookie(service: &Service, value: &str, max_age: u64) -> String {
@@ -329,7 +459,7 @@ async fn logout(
             return Err(failure(Some(&s.viewer), &e));
         }
     }
-    let mut resp = Redirect::to("/login").into_response();
+    let mut resp = Redirect::to("/login?logged_out=1").into_response();
     if let Ok(v) = HeaderValue::from_str(&session_cookie(&service, "", 0)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }

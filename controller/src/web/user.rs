@@ -196,6 +196,14 @@ pub async fn instance(
                 progress id="progress" max="100" value=(pct) aria-label="Launch progress" hidden[i.state.is_terminal()] { (pct) "%" }
                 p id="reason" class="muted" hidden[i.state_reason.is_none()] { (i.state_reason.clone().unwrap_or_default()) }
             }
+            @if let Some(at) = i.idle_stop_ms {
+                div id="idle-warning" {
+                    (layout::message("error", &format!(
+                        "Nobody has used this instance for a while: it will be stopped in {} unless you use it.",
+                        layout::duration(at.saturating_sub(cairn_shared::time::now_ms()) / 1000)
+                    )))
+                }
+            }
             div class="row" {
                 a id="open" class="button" href={ "/i/" (i.id) "/" } hidden[i.state.is_terminal()]
                     aria-disabled=(if running { "false" } else { "true" })

@@ -92,6 +92,10 @@ fn tree_mode(mode: u32) -> u32 {
 pub struct Seed {
     pub root: PathBuf,
     pub manifest: Arc<Manifest>,
+    /// Whether a whole file may be hard-linked from it: only when both trees stay
+    /// read-only (dataset versions). A writable tree (a user's volume) must get
+    /// copies, or a write through one tree would change the other.
+    pub link: bool,
 }
 
 /// Where a chunk goes: an entry of the manifest and a byte offset in it.
@@ -145,7 +149,7 @@ fn file_key(chunks: &[ChunkRef], mode: u32, mtime_ns: i64) -> [u8; 32] {
 
 /// Reads `len` bytes at `offset` of `path` (never following a symlink) and checks
 /// them against `id`; `None` on any failure (the chunk is then fetched instead).
-fn read_verified(path: &Path, offset: u64, len: u32, id: &ChunkId) -> Option<Vec<u8>> {
+pub fn read_verified(path: &Path, offset: u64, len: u32, id: &ChunkId) -> Option<Vec<u8>> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
@@ -221,9 +225,11 @@ impl Assembly {
         for (si, seed) in seeds.iter().enumerate() {
             for (ei, e) in seed.manifest.entries.iter().enumerate() {
                 if let EntryKind::File { chunks } = &e.kind {
-                    seed_files
-                        .entry(file_key(chunks, e.mode, e.mtime_ns))
-                        .or_insert((si, ei));
+                    if seed.link {
+                        seed_files
+                            .entry(file_key(chunks, e.mode, e.mtime_ns))
+                            .or_insert((si, ei));
+                    }
                     let mut off = 0u64;
                     for c in chunks {
                         seed_chunks.entry(c.id).or_insert((si, ei, off));
@@ -845,6 +851,7 @@ mod tests {
         let seed = Seed {
             root: v1.clone(),
             manifest: Arc::new(m1.clone()),
+            link: true,
         };
         let v2 = t.path().join("v2");
         let (a, got) = Assembly::prepare(Arc::new(m2.clone()), &v2, &[seed]).unwrap();

@@ -12,6 +12,7 @@
 //! * [`scan`](mod@scan) — a directory turned into a manifest, reusing the chunks of files whose
 //!   size, mtime, ctime and inode did not change since the last scan.
 //! * [`delta`] — a manifest sent as its difference from one the receiver holds.
+//! * [`patch`] — a changed chunk sent as its rsync delta from the one it replaces.
 //! * [`dir`] — a local directory of verified chunks named by hash ([`dir::ChunkDir`]).
 //! * [`plan`] — the sans-I/O transfer planner: have/want in, batches out.
 //! * [`materialise`](mod@materialise) — a manifest written out as a tree, chunks put in
@@ -37,6 +38,8 @@ pub mod delta;
 pub mod dir;
 #[cfg(feature = "chunks")]
 pub mod materialise;
+#[cfg(feature = "chunks")]
+pub mod patch;
 #[cfg(feature = "chunks")]
 pub mod scan;
 
@@ -155,3 +158,12 @@ impl Params {
 
 /// The sizes this build chunks with.
 pub const DEFAULT_PARAMS: Params = Params::with_avg(64 * 1024);
+
+/// Appends one frame of a chunk pack (`[32-byte id][u32 big-endian length][bytes]`):
+/// the body of a CLI push (`POST /api/v1/chunks`) and of an agent's
+/// `AgentRequest::StoreChunks`.
+pub fn push_frame(pack: &mut Vec<u8>, id: ChunkId, bytes: &[u8]) {
+    pack.extend_from_slice(&id.0);
+    pack.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    pack.extend_from_slice(bytes);
+}

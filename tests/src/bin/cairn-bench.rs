@@ -21,6 +21,12 @@
 //!   Docker, root and Debian's `rsync`.
 //! * `chunk-sizes` — the FastCDC average size: chunks, manifest size, scan speed and
 //!   bytes re-sent after a 1% change at 16, 64 and 256 KiB.
+//! * `volumes` — users' persistent volumes beside `rsync -a --delete` to an rsync
+//!   daemon on a home of about 1 GiB (`--scale` multiplies it): the first save, a
+//!   save with nothing changed, a save after a 1% change, a 4 KiB insert alone, and
+//!   restores on a host holding nothing (cold) and on the host that kept the copy
+//!   (warm); wall time, the agent's own timing, bytes on the wire and CPU. Needs
+//!   Docker, root and Debian's `rsync`.
 //!
 //! Each prints a table and, with `--json FILE`, writes the figures as JSON (`--json -`
 //! prints them after the table).
@@ -31,9 +37,13 @@
 //! cargo build --release --workspace --bins && target/release/cairn-bench proxy
 //! ```
 
-// One file per family of measurements, next to this one.
+// One file per family of measurements, next to this one, and what they share.
+#[path = "cairn-bench/common.rs"]
+mod common;
 #[path = "cairn-bench/data.rs"]
 mod data;
+#[path = "cairn-bench/volumes.rs"]
+mod volumes;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -106,6 +116,16 @@ enum Cmd {
         #[arg(long, default_value_t = 4.0)]
         large_gib: f64,
     },
+    /// Users' volumes: saves and restores beside rsync (see the module header).
+    Volumes {
+        /// Where the home, the controller, the agents and the rsync daemon live
+        /// (empty or new; needs about 8× the home's size free).
+        #[arg(long, default_value = "/var/tmp/cairn-bench-volumes")]
+        dir: std::path::PathBuf,
+        /// Multiplies the home's file counts and total size (1.0: about 1 GiB).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
     /// Chunk-size study for FastCDC (16, 64, 256 KiB averages).
     ChunkSizes {
         #[arg(long, default_value = "/var/tmp/cairn-bench-data")]
@@ -167,6 +187,7 @@ async fn main() -> Result<()> {
             large_files,
             large_gib,
         } => data::datasets(dir, large_files, large_gib).await?,
+        Cmd::Volumes { dir, scale } => volumes::volumes(dir, scale).await?,
         Cmd::ChunkSizes {
             dir,
             large_files,

@@ -318,6 +318,7 @@ mod tests {
             start_timeout_ms: 1,
             expect_existing: false,
             datasets: vec![],
+            volume: None,
         };
         let h = GcHandle::new();
         let feed = DesiredImagesFeed::new(Arc::new(Accept::default()), h.clone());

@@ -38,83 +38,9 @@ use cairn_shared::chunks::{scan, Params};
 use cairn_tests::cluster::{bin, controller_with_agent_using, Controller, ControllerOptions};
 use serde_json::{json, Value};
 
-/// Bytes of the loopback interface's transmit counter.
-fn lo_tx_bytes() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/net/dev")?;
-    for line in text.lines() {
-        let line = line.trim_start();
-        if let Some(rest) = line.strip_prefix("lo:") {
-            // Receive: bytes packets errs drop fifo frame compressed multicast;
-            // then transmit: bytes …
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            return fields
-                .get(8)
-                .and_then(|f| f.parse().ok())
-                .context("parsing lo in /proc/net/dev");
-        }
-    }
-    bail!("no lo interface in /proc/net/dev")
-}
-
-/// A timed, byte-counted step.
-#[derive(Debug, Clone, Copy, Default)]
-struct Step {
-    secs: f64,
-    wire: u64,
-}
-
-/// Flushes every filesystem, so each measured step starts with no dirty pages left
-/// by the one before (writing back gigabytes of another tool's data would otherwise
-/// be charged to whoever runs next).
-fn settle() -> Result<()> {
-    let st = Command::new("sync").status().context("running sync")?;
-    if !st.success() {
-        bail!("sync failed: {st}");
-    }
-    Ok(())
-}
-
-fn measure<T>(f: impl FnOnce() -> Result<T>) -> Result<(Step, T)> {
-    settle()?;
-    let before = lo_tx_bytes()?;
-    let t0 = Instant::now();
-    let out = f()?;
-    let secs = t0.elapsed().as_secs_f64();
-    let wire = lo_tx_bytes()?.saturating_sub(before);
-    Ok((Step { secs, wire }, out))
-}
-
-async fn measure_async<T, F: std::future::Future<Output = Result<T>>>(f: F) -> Result<(Step, T)> {
-    settle()?;
-    let before = lo_tx_bytes()?;
-    let t0 = Instant::now();
-    let out = f.await?;
-    let secs = t0.elapsed().as_secs_f64();
-    let wire = lo_tx_bytes()?.saturating_sub(before);
-    Ok((Step { secs, wire }, out))
-}
-
-/// Deterministic incompressible bytes for file `seed`.
-fn noise(seed: &str, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    let mut h = blake3::Hasher::new();
-    h.update(seed.as_bytes());
-    h.finalize_xof().fill(&mut out);
-    out
-}
-
-fn write_file(path: &Path, seed: &str, len: u64) -> Result<()> {
-    let mut f = std::fs::File::create(path).with_context(|| format!("{}", path.display()))?;
-    let mut left = len;
-    let mut part = 0u64;
-    while left > 0 {
-        let n = left.min(64 << 20);
-        f.write_all(&noise(&format!("{seed}/{part}"), n as usize))?;
-        left -= n;
-        part += 1;
-    }
-    Ok(())
-}
+use super::common::{
+    measure, measure_async, mib, noise, rsync, rsync_with, write_file, RsyncDaemon, Step,
+};
 
 /// A tree of the benchmark, and how to change 1% of it.
 #[derive(Debug, Clone)]
@@ -210,75 +136,6 @@ impl Tree {
         }
         Ok(changed)
     }
-}
-
-/// An rsync daemon on loopback serving one writable module.
-struct RsyncDaemon {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl RsyncDaemon {
-    fn start(dir: &Path) -> Result<Self> {
-        let module = dir.join("module");
-        std::fs::create_dir_all(&module)?;
-        let port = cairn_tests::cluster::free_tcp_port();
-        let conf = dir.join("rsyncd.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "use chroot = no\nport = {port}\naddress = 127.0.0.1\npid file = {}\n\
-                 [bench]\npath = {}\nread only = no\nuid = root\ngid = root\n",
-                dir.join("rsyncd.pid").display(),
-                module.display()
-            ),
-        )?;
-        let child = Command::new("rsync")
-            .args(["--daemon", "--no-detach", "--config"])
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting `rsync --daemon` (apt-get install rsync)")?;
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if t0.elapsed() > Duration::from_secs(10) {
-                bail!("rsync daemon did not listen on {port}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(RsyncDaemon { child, port })
-    }
-
-    fn url(&self, name: &str) -> String {
-        format!("rsync://127.0.0.1:{}/bench/{name}/", self.port)
-    }
-}
-
-impl Drop for RsyncDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rsync(from: &str, to: &str) -> Result<()> {
-    rsync_with(&["-a"], from, to)
-}
-
-fn rsync_with(args: &[&str], from: &str, to: &str) -> Result<()> {
-    let out = Command::new("rsync")
-        .args(args)
-        .args([from, to])
-        .output()
-        .context("running rsync")?;
-    if !out.status.success() {
-        bail!(
-            "rsync {from} {to}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
 }
 
 /// `cairn datasets push NAME DIR` as the admin; returns its stdout.
@@ -378,10 +235,6 @@ async fn dataset_blueprint(
 struct Row {
     cairn: Step,
     rsync: Step,
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / (1024.0 * 1024.0)
 }
 
 fn table_row(out: &mut String, what: &str, r: Row) {
