@@ -33,6 +33,21 @@ pub struct User {
     pub role: Role,
     pub disabled: bool,
     pub created_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Self-registered and waiting for approval: cannot log in yet.
+    #[serde(default)]
+    pub pending: bool,
+    /// The group whose join code the registrant gave; its managers may approve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_group: Option<String>,
+    /// When the account stops working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+    /// Deletion was asked for: the account and its files go at this time,
+    /// unless the request is withdrawn first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_after_ms: Option<u64>,
 }
 
 /// The caller of an API request (`GET /api/v1/me`).
@@ -69,4 +84,33 @@ pub struct NewUser {
 
 fn default_role() -> Role {
     Role::User
+}
+
+/// Body of `POST /api/v1/register`: self sign-up, where the site allows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub name: String,
+    pub email: String,
+    pub password: String,
+    /// A group's join code: the group's managers may approve the account, which
+    /// then joins the group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+/// The answer to a registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Registered {
+    pub user: User,
+    /// What happens next, for the person who registered.
+    pub message: String,
+}
+
+/// Body of `POST /api/v1/users/{name}/expiry`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Expiry {
+    /// Milliseconds since the epoch; `null` for never.
+    pub expires_ms: Option<u64>,
 }

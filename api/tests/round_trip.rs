@@ -19,7 +19,7 @@ use cairn_api::images::ImageRecord;
 use cairn_api::instances::{Extend, InstanceState, InstanceView, Launch};
 use cairn_api::join_tokens::{CreateToken, CreatedTokenView, JoinTokenView};
 use cairn_api::session::{ApiTokenView, Login, LoginResponse};
-use cairn_api::users::{NewUser, Principal, Role, User};
+use cairn_api::users::{Expiry, NewUser, Principal, Registration, Role, User};
 
 /// Reads `v` as a `T` and writes it back; the two must be the same JSON.
 fn round_trip<T: Serialize + DeserializeOwned>(v: Value) -> T {
@@ -197,9 +197,16 @@ fn hosts() {
 #[test]
 fn users_and_sessions() {
     let users: Vec<User> = round_trip(json!([
-        {"name":"alice","role":"user","disabled":false,"created_ms":1},
-        {"name":"root","role":"admin","disabled":true,"created_ms":2}]));
-    assert_eq!(users[1].role, Role::Admin);
+        {"name":"alice","role":"user","disabled":false,"created_ms":1,"pending":false},
+        {"name":"sam","role":"user","disabled":false,"created_ms":3,"email":"sam@uni.example",
+         "pending":true,"pending_group":"course-a","expires_ms":9,"delete_after_ms":10},
+        {"name":"root","role":"admin","disabled":true,"created_ms":2,"pending":false}]));
+    assert_eq!(users[2].role, Role::Admin);
+    assert_eq!(users[1].pending_group.as_deref(), Some("course-a"));
+    round_trip::<Registration>(
+        json!({"name":"sam","email":"sam@uni.example","password":"pw","code":"ABCDE12345"}),
+    );
+    round_trip::<Expiry>(json!({"expires_ms":null}));
     let me: Principal = round_trip(json!({"user":null,"role":"admin","token_id":null}));
     assert_eq!((me.name(), me.is_admin()), ("admin", true));
     round_trip::<Principal>(json!({"user":"alice","role":"user","token_id":"0123abcd"}));

@@ -124,6 +124,18 @@ pub enum Command {
     },
     /// Join a group with the code your teacher gave you.
     Join { code: String },
+    /// Sign up for an account, where the site takes sign-ups; it may wait for
+    /// approval. The password is asked for, or read with --password-stdin.
+    Register {
+        name: String,
+        #[arg(long)]
+        email: String,
+        /// Your course's join code: its teachers can approve you, and you join it.
+        #[arg(long)]
+        code: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// What you have used (credits, instances); --group for a group's (managers),
     /// --csv for everyone's (admins).
     Usage {
@@ -341,6 +353,30 @@ pub enum UsersCommand {
     Enable { name: String },
     /// Lift the delay or lock-out that failed logins put on an account.
     Unlock { name: String },
+    /// Sign-ups waiting for your approval (admins: all; managers: their groups').
+    Pending,
+    /// Approve a sign-up: the account may log in.
+    Approve { name: String },
+    /// Reject a sign-up: the account goes.
+    Reject { name: String },
+    /// Set when an account stops working (admins): `--in 90d`, or `--never`.
+    Expire {
+        name: String,
+        #[arg(long = "in", value_parser = humantime::parse_duration, conflicts_with = "never", required_unless_present = "never")]
+        after: Option<std::time::Duration>,
+        #[arg(long)]
+        never: bool,
+    },
+    /// Ask for an account's deletion with its files, after the site's grace
+    /// period (your own, or anyone's as an admin); --cancel withdraws it.
+    Delete {
+        name: String,
+        #[arg(long)]
+        cancel: bool,
+        /// Confirm: the account's volumes go with it.
+        #[arg(long, required_unless_present = "cancel")]
+        yes: bool,
+    },
 }
 
 #[cfg(test)]

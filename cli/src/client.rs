@@ -255,7 +255,25 @@ impl Client {
         Ok(n)
     }
 
-    /// `POST /api/v1/login`, the one call without a token.
+    /// `POST /api/v1/register`: sign-up, without a token.
+    pub async fn register(&self, body: &Value) -> Result<Value, Error> {
+        let resp = self
+            .send(
+                Method::POST,
+                self.endpoint(&["register"], &[]),
+                Some(body),
+                false,
+            )
+            .await?;
+        read_json(resp).await
+    }
+
+    /// `PUT` with authentication, JSON body and answer.
+    pub async fn put(&self, segments: &[&str], body: Option<&Value>) -> Result<Value, Error> {
+        self.json(Method::PUT, segments, &[], body).await
+    }
+
+    /// `POST /api/v1/login`, one of the two calls without a token.
     pub async fn login(
         &self,
         user: &str,

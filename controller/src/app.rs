@@ -234,6 +234,7 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
     ));
     tasks.spawn(chunk_gc_loop(app.clone(), shutdown.clone()));
     tasks.spawn(crate::groups::reconcile::run(app.clone(), shutdown.clone()));
+    tasks.spawn(crate::users::reconcile::run(app.clone(), shutdown.clone()));
     tasks.spawn(server_cert_loop(
         app.clone(),
         endpoint.clone(),

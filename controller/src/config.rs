@@ -86,6 +86,9 @@ pub struct ControllerConfig {
     /// may put in blueprints until an admin says otherwise.
     #[serde(default)]
     pub groups: GroupsConfig,
+    /// Self sign-up and the end of accounts: approval, expiry, deletion.
+    #[serde(default)]
+    pub registration: RegistrationConfig,
     /// Host pools with their placement and scaling rules. Hosts belong to the pool
     /// their `pool` label names (`default` without one).
     #[serde(default)]
@@ -295,6 +298,58 @@ pub struct GroupsConfig {
 
 fn yes() -> bool {
     true
+}
+
+/// Registration (`[registration]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// Whether people may sign up themselves. Their accounts wait for an admin,
+    /// or for a manager of the group whose join code they gave.
+    #[serde(default)]
+    pub open: bool,
+    /// E-mail domains whose registrants need no approval (`uni.example`, which
+    /// also covers `dept.uni.example`).
+    #[serde(default)]
+    pub auto_approve_domains: Vec<String>,
+    /// How long after a deletion request the account and its files go; the
+    /// request can be withdrawn until then.
+    #[serde(default = "default_deletion_grace_secs")]
+    pub deletion_grace_secs: u64,
+}
+
+fn default_deletion_grace_secs() -> u64 {
+    14 * 24 * 3600
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        RegistrationConfig {
+            open: false,
+            auto_approve_domains: vec![],
+            deletion_grace_secs: default_deletion_grace_secs(),
+        }
+    }
+}
+
+impl RegistrationConfig {
+    fn validate(&self) -> Result<(), String> {
+        for d in &self.auto_approve_domains {
+            let ok = !d.is_empty()
+                && d.len() <= 253
+                && d.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !ok {
+                return Err(format!(
+                    "registration.auto_approve_domains: {d:?} is not a domain name"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for GroupsConfig {
@@ -713,6 +768,7 @@ impl ControllerConfig {
         if let Some(p) = &self.auth.front_proxy {
             p.validate()?;
         }
+        self.registration.validate()?;
         let h = &self.hosts;
         if h.heartbeat_interval_ms < 100 || h.heartbeat_interval_ms > 600_000 {
             return Err("hosts.heartbeat_interval_ms must be between 100 and 600000".into());
@@ -790,6 +846,7 @@ mod tests {
             chunks: Default::default(),
             volumes: Default::default(),
             groups: Default::default(),
+            registration: Default::default(),
             api: ApiConfig::plain("127.0.0.1:7080".parse().unwrap()),
             link: LinkConfig {
                 listen: "127.0.0.1:7443".parse().unwrap(),

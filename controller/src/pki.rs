@@ -133,6 +133,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<InitOutcome, PkiError> 
         chunks: Default::default(),
         volumes: Default::default(),
         groups: Default::default(),
+        registration: Default::default(),
         api: ApiConfig {
             listen: opts.api_listen,
             tls: match &opts.web {

@@ -282,6 +282,29 @@ impl Controller {
             .expect("run cairn-controller")
     }
 
+    /// Runs the user's `cairn` CLI as the holder of `token` (none: logged out),
+    /// with `stdin` as its standard input, and no config file of anyone's.
+    pub fn cairn_as(&self, token: Option<&str>, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        let mut cmd = Command::new(bin("cairn"));
+        cmd.args(args)
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("CAIRN_TOKEN")
+            .env("CAIRN_URL", &self.api)
+            .env("CAIRN_CONFIG", self.dir.join("no-cli-config.toml"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(t) = token {
+            cmd.env("CAIRN_TOKEN", t);
+        }
+        let mut child = cmd.spawn().expect("run cairn");
+        if let Some(mut i) = child.stdin.take() {
+            let _ = i.write_all(stdin.as_bytes());
+        }
+        child.wait_with_output().expect("wait for cairn")
+    }
+
     /// Creates a join token through the CLI (which goes through the API while the
     /// controller runs).
     pub fn token(&self, ttl: &str, uses: u32) -> String {

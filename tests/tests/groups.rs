@@ -6,7 +6,7 @@
 //! where WebSocket messages keep an instance and pings do not.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -15,25 +15,12 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use cairn_tests::cluster::{bin, start_agent, stderr, wait_for, Controller, ControllerOptions};
+use cairn_tests::cluster::{start_agent, stderr, wait_for, Controller, ControllerOptions};
 use cairn_tests::docker::InstanceContainers;
 use cairn_tests::require::{require, Need};
 use cairn_tests::testapp::{testapp_image, PORT};
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// Runs `cairn` as the holder of `token`.
-fn cairn_as(ctl: &Controller, token: &str, args: &[&str]) -> Output {
-    Command::new(bin("cairn"))
-        .args(args)
-        .env_remove("XDG_CONFIG_HOME")
-        .env("CAIRN_URL", &ctl.api)
-        .env("CAIRN_TOKEN", token)
-        .env("CAIRN_CONFIG", ctl.dir.join("no-cli-config.toml"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run cairn")
-}
 
 fn ok(o: Output) -> String {
     assert!(o.status.success(), "cairn failed: {}", stderr(&o));
@@ -229,15 +216,15 @@ async fn a_course_from_join_code_to_its_end_with_every_permission_edge() {
     assert_eq!(s, 404);
 
     // A join code, through the CLI as a teacher would.
-    let out = ok(cairn_as(
-        &ctl,
-        &tina,
+    let out = ok(ctl.cairn_as(
+        Some(&tina),
         &["groups", "code", "course-a", "--new", "--valid", "1d"],
+        "",
     ));
     let code = out.split_whitespace().next().unwrap().to_string();
     assert_eq!(code.len(), 10, "{out}");
     assert!(out.contains(&format!("cairn join {code}")), "{out}");
-    let refused = cairn_as(&ctl, &sam, &["groups", "code", "course-a", "--new"]);
+    let refused = ctl.cairn_as(Some(&sam), &["groups", "code", "course-a", "--new"], "");
     assert!(!refused.status.success());
     assert!(
         stderr(&refused).contains("no group named \"course-a\""),
@@ -246,15 +233,15 @@ async fn a_course_from_join_code_to_its_end_with_every_permission_edge() {
     );
     // Typed the way people type codes.
     let typed = format!("{}-{}", &code[..5], &code[5..]).to_lowercase();
-    let out = ok(cairn_as(&ctl, &sam, &["join", &typed]));
+    let out = ok(ctl.cairn_as(Some(&sam), &["join", &typed], ""));
     assert!(out.contains("joined course-a (Course A)"), "{out}");
-    let again = cairn_as(&ctl, &sam, &["join", &code]);
+    let again = ctl.cairn_as(Some(&sam), &["join", &code], "");
     assert!(
         stderr(&again).contains("you are already in this group"),
         "{}",
         stderr(&again)
     );
-    let out = ok(cairn_as(&ctl, &sam, &["groups"]));
+    let out = ok(ctl.cairn_as(Some(&sam), &["groups"], ""));
     assert!(
         out.contains("course-a") && out.contains("member") && out.contains("everyone"),
         "{out}"
@@ -317,7 +304,7 @@ async fn a_course_from_join_code_to_its_end_with_every_permission_edge() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 404, "the teacher reached a student's app");
-    let out = ok(cairn_as(&ctl, &tina, &["ps", "--group", "course-a"]));
+    let out = ok(ctl.cairn_as(Some(&tina), &["ps", "--group", "course-a"], ""));
     assert!(out.contains(&id) && out.contains("sam"), "{out}");
 
     // Usage: the student's own, the group's for its managers, CSV for admins.
@@ -340,13 +327,13 @@ async fn a_course_from_join_code_to_its_end_with_every_permission_edge() {
     assert_eq!(report["member_quota"]["instances"], 1);
     let (s, _) = req(&sam, Method::GET, "/api/v1/groups/course-a/usage", None).await;
     assert_eq!(s, 403);
-    let csv = ok(cairn_as(&ctl, &admin, &["usage", "--csv"]));
+    let csv = ok(ctl.cairn_as(Some(&admin), &["usage", "--csv"], ""));
     assert!(
         csv.starts_with("group,user,instances,memory_mib,credits,launches\n"),
         "{csv}"
     );
     assert!(csv.contains("course-a,sam,1,256,"), "{csv}");
-    let refused = cairn_as(&ctl, &tina, &["usage", "--csv"]);
+    let refused = ctl.cairn_as(Some(&tina), &["usage", "--csv"], "");
     assert!(
         stderr(&refused).contains("needs an admin"),
         "{}",
@@ -415,7 +402,7 @@ async fn a_course_from_join_code_to_its_end_with_every_permission_edge() {
     )
     .await;
     assert_eq!(s, 200);
-    let out = ok(cairn_as(&ctl, &olga, &["groups", "leave", "course-a"]));
+    let out = ok(ctl.cairn_as(Some(&olga), &["groups", "leave", "course-a"], ""));
     assert!(out.contains("olga is no longer in course-a"), "{out}");
     // Owners set the course's end; quotas stay the admins'.
     let (s, b) = req(
@@ -428,7 +415,7 @@ async fn a_course_from_join_code_to_its_end_with_every_permission_edge() {
     assert_eq!(s, 403, "{b}");
 
     // The course ends while an instance runs: it is stopped with the reason.
-    let out = ok(cairn_as(&ctl, &sam, &["join", &code]));
+    let out = ok(ctl.cairn_as(Some(&sam), &["join", &code], ""));
     assert!(out.contains("joined course-a"), "{out}");
     let id2 = ctl.launch(&sam, "lab").await;
     cleanup.0.push(id2.clone());
@@ -456,7 +443,7 @@ async fn a_course_from_join_code_to_its_end_with_every_permission_edge() {
         credits > 0.0 && credits < 0.5,
         "two short runs at 2 credits an hour: {report}"
     );
-    let again = cairn_as(&ctl, &sam, &["join", &code]);
+    let again = ctl.cairn_as(Some(&sam), &["join", &code], "");
     assert!(
         stderr(&again).contains("group course-a has ended"),
         "{}",
@@ -489,7 +476,7 @@ async fn a_course_from_join_code_to_its_end_with_every_permission_edge() {
     );
     let (s, _) = req(&tina, Method::GET, "/api/v1/audit", None).await;
     assert_eq!(s, 403);
-    let out = ok(cairn_as(&ctl, &admin, &["audit", "-n", "5"]));
+    let out = ok(ctl.cairn_as(Some(&admin), &["audit", "-n", "5"], ""));
     assert!(out.starts_with("WHEN"), "{out}");
 }
 
@@ -572,7 +559,7 @@ async fn idle_instances_are_stopped_and_messages_not_pings_keep_one_alive() {
     );
     let last = busy_view["last_activity_ms"].as_u64().unwrap();
     assert!(cairn_shared::time::now_ms() - last < 5_000, "{busy_view:#}");
-    let out = ok(cairn_as(&ctl, &ann, &["ps"]));
+    let out = ok(ctl.cairn_as(Some(&ann), &["ps"], ""));
     let line = out.lines().find(|l| l.contains(&busy)).unwrap();
     assert!(
         line.contains("s ago") || line.contains("0s"),

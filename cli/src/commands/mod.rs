@@ -163,6 +163,12 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             } => groups::code(&ctx, &name, new, valid, max_uses).await,
         },
         Command::Join { code } => groups::join(&ctx, &code).await,
+        Command::Register {
+            name,
+            email,
+            code,
+            password_stdin,
+        } => users::register(&ctx, &name, &email, code, password_stdin).await,
         Command::Usage { group, csv } => groups::usage(&ctx, group.as_deref(), csv).await,
         Command::Audit { limit } => groups::audit(&ctx, limit).await,
         Command::Users { command } => match command.unwrap_or(UsersCommand::Ls) {
@@ -175,6 +181,11 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             UsersCommand::Disable { name } => users::set_disabled(&ctx, &name, true).await,
             UsersCommand::Enable { name } => users::set_disabled(&ctx, &name, false).await,
             UsersCommand::Unlock { name } => users::unlock(&ctx, &name).await,
+            UsersCommand::Pending => users::pending(&ctx).await,
+            UsersCommand::Approve { name } => users::decide(&ctx, &name, "approve").await,
+            UsersCommand::Reject { name } => users::decide(&ctx, &name, "reject").await,
+            UsersCommand::Expire { name, after, .. } => users::expire(&ctx, &name, after).await,
+            UsersCommand::Delete { name, cancel, .. } => users::delete(&ctx, &name, cancel).await,
         },
         Command::Completions { .. } => Ok(()),
     }

@@ -146,6 +146,11 @@ fn described(service: &Arc<Service>) -> (Router<Arc<Service>>, utoipa::openapi::
         .routes(routes!(users::disable))
         .routes(routes!(users::enable))
         .routes(routes!(users::unlock))
+        .routes(routes!(users::pending))
+        .routes(routes!(users::approve))
+        .routes(routes!(users::reject))
+        .routes(routes!(users::expiry))
+        .routes(routes!(users::request_deletion, users::cancel_deletion))
         .routes(routes!(instances::list, instances::launch))
         .routes(routes!(instances::get, instances::stop))
         .routes(routes!(instances::extend))
@@ -208,12 +213,13 @@ fn described(service: &Arc<Service>) -> (Router<Arc<Service>>, utoipa::openapi::
             authenticate,
         ))
         .routes(routes!(session::login))
+        .routes(routes!(users::register))
         .split_for_parts()
 }
 
 /// Builds the API's router (`/healthz`, `/api/v1` and `/api/v1/openapi.json`).
 ///
-/// Every `/api/v1` route except `login` and the document passes [`authenticate`],
+/// Every `/api/v1` route except `login`, `register` and the document passes [`authenticate`],
 /// which attaches the caller; the service operations decide what each caller may do.
 pub fn router(service: Arc<Service>) -> Router {
     let (api, doc) = described(&service);

@@ -575,6 +575,14 @@ impl Service {
     /// Joins the group whose code the caller typed, as a member.
     pub async fn join(&self, caller: &Caller, code: &str) -> ServiceResult<Group> {
         let user = caller.user()?.name().to_string();
+        let g = self.join_as(&user, code).await?;
+        self.audit(caller, "group.join", &g.name, "with a join code".into());
+        self.group_view(caller, &g)
+    }
+
+    /// Makes `user` a member of the group whose code this is, counting a use.
+    pub(crate) async fn join_as(&self, user: &str, code: &str) -> ServiceResult<GroupRecord> {
+        let user = user.to_string();
         let code = normalise_code(code);
         let wrong =
             || ServiceError::not_found("no group has this join code; check it with your teacher");
@@ -620,8 +628,7 @@ impl Service {
                 Ok(())
             })
             .await?;
-        self.audit(caller, "group.join", &g.name, "with a join code".into());
-        self.group_view(caller, &g)
+        Ok(g)
     }
 
     /// A group's usage per member with its quotas (managers, admins).

@@ -7,6 +7,7 @@
 //! * [`instances`] — launch, list, read, stop, extend, logs.
 //! * [`blueprints`] — the catalogue, create, edit, enable/disable, refresh, history.
 //! * [`users`] — accounts (admins).
+//! * [`registration`] — sign-up, approval, expiry, deletion requests.
 //! * [`groups`] — groups, their people and join codes, usage, the audit log.
 //! * [`session`] — login (throttled), logout, who am I, one's API tokens.
 //! * [`hosts`] — the host pool: list, drain, undrain, remove; the autoscaler's log.
@@ -28,6 +29,7 @@ pub mod hosts;
 pub mod images;
 pub mod instances;
 pub mod join_tokens;
+pub mod registration;
 pub mod session;
 pub mod users;
 pub mod views;
@@ -113,7 +115,7 @@ impl Service {
         let Some(user) = app.accounts.get(&rec.user)? else {
             return Ok(None);
         };
-        if user.disabled {
+        if user.standing(now()) != crate::users::Standing::Active {
             return Ok(None);
         }
         Ok(Some(Principal {

@@ -67,6 +67,12 @@ impl Service {
             return Err(e);
         };
         self.throttle.succeeded(user);
+        // The password was right: saying why the account cannot log in yet
+        // tells nothing a guesser could use.
+        if let Some(e) = self.standing_refusal(&found) {
+            self.audit(&anonymous, "login.failed", &found.name, e.code.to_string());
+            return Err(e);
+        }
         self.open_session(&found, description, client, description.to_string())
             .await
     }
@@ -154,18 +160,14 @@ impl Service {
                 ));
             }
         };
-        if user.disabled {
+        if let Some(e) = self.standing_refusal(&user) {
             self.audit(
                 &anonymous,
                 "login.failed",
                 &user.name,
-                "front proxy: disabled".into(),
+                format!("front proxy: {}", e.code),
             );
-            return Err(ServiceError::new(
-                Kind::Unauthenticated,
-                "login_failed",
-                LOGIN_FAILED,
-            ));
+            return Err(e);
         }
         let detail = format!("front proxy {}", cfg.header);
         self.open_session(&user, "web session", peer, detail)
@@ -223,18 +225,14 @@ impl Service {
                 return Err(e.into());
             }
         };
-        if user.disabled {
+        if let Some(e) = self.standing_refusal(&user) {
             self.audit(
                 &anonymous,
                 "login.failed",
                 &user.name,
-                "oidc: disabled".into(),
+                format!("oidc: {}", e.code),
             );
-            return Err(ServiceError::new(
-                Kind::Unauthenticated,
-                "login_failed",
-                LOGIN_FAILED,
-            ));
+            return Err(e);
         }
         if made {
             tracing::info!(user = %user.name, identity = %id.external_id, "account made by single sign-on");

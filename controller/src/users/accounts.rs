@@ -27,6 +27,57 @@ pub struct User {
     /// account without it is local and no provider may take it over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
+    /// The address a self-registered user gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Set while a self-registered account waits for approval: it cannot log in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingApproval>,
+    /// When the account stops working (a course's guest, a visitor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+    /// Deletion was asked for: at this time the account and its files go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_after_ms: Option<u64>,
+}
+
+/// A registration waiting for approval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingApproval {
+    pub requested_ms: u64,
+    /// The group whose join code the registrant gave: its managers may approve,
+    /// and approval makes the user its member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// Where an account stands at a moment: only an active one may log in or use
+/// its tokens. Pure, so every door asks the same question the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Active,
+    Disabled,
+    Pending,
+    Expired,
+}
+
+impl User {
+    pub fn standing(&self, now_ms: u64) -> Standing {
+        if self.disabled {
+            Standing::Disabled
+        } else if self.pending.is_some() {
+            Standing::Pending
+        } else if self.expires_ms.is_some_and(|e| now_ms >= e) {
+            Standing::Expired
+        } else {
+            Standing::Active
+        }
+    }
+
+    /// Whether its deletion is due at `now`.
+    pub fn deletion_due(&self, now_ms: u64) -> bool {
+        self.delete_after_ms.is_some_and(|t| now_ms >= t)
+    }
 }
 
 /// The account as the API shows it: everything but the hash.
@@ -37,6 +88,11 @@ impl From<&User> for cairn_api::users::User {
             role: u.role,
             disabled: u.disabled,
             created_ms: u.created_ms,
+            email: u.email.clone(),
+            pending: u.pending.is_some(),
+            pending_group: u.pending.as_ref().and_then(|p| p.group.clone()),
+            expires_ms: u.expires_ms,
+            delete_after_ms: u.delete_after_ms,
         }
     }
 }
@@ -118,6 +174,19 @@ impl Accounts {
         role: Role,
         now_ms: u64,
     ) -> Result<User, AccountsError> {
+        self.create_with(name, password, role, now_ms, |_| {}).await
+    }
+
+    /// Creates an account that `adjust` completes (a registration's e-mail and
+    /// approval state) before it is stored.
+    pub async fn create_with(
+        &self,
+        name: &str,
+        password: &str,
+        role: Role,
+        now_ms: u64,
+        adjust: impl FnOnce(&mut User),
+    ) -> Result<User, AccountsError> {
         if !valid_user_name(name) {
             return Err(AccountsError::BadName);
         }
@@ -132,7 +201,13 @@ impl Accounts {
             disabled: false,
             created_ms: now_ms,
             external_id: None,
+            email: None,
+            pending: None,
+            expires_ms: None,
+            delete_after_ms: None,
         };
+        let mut user = user;
+        adjust(&mut user);
         {
             let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
             if self.store.get::<User>(Tree::Users, name)?.is_some() {
@@ -172,6 +247,10 @@ impl Accounts {
                 disabled: false,
                 created_ms: now_ms,
                 external_id: Some(external_id.to_string()),
+                email: None,
+                pending: None,
+                expires_ms: None,
+                delete_after_ms: None,
             };
             self.store.put(Tree::Users, name, &user)?;
             user
@@ -203,17 +282,39 @@ impl Accounts {
     }
 
     pub async fn set_disabled(&self, name: &str, disabled: bool) -> Result<User, AccountsError> {
+        self.modify(name, |u| u.disabled = disabled).await
+    }
+
+    /// Changes an account with `f`, durably.
+    pub async fn modify(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut User),
+    ) -> Result<User, AccountsError> {
         let user = {
             let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
             let mut u = self
                 .get(name)?
                 .ok_or_else(|| AccountsError::NotFound(name.to_string()))?;
-            u.disabled = disabled;
+            f(&mut u);
             self.store.put(Tree::Users, name, &u)?;
             u
         };
         self.store.flush().await?;
         Ok(user)
+    }
+
+    /// Removes an account record, durably.
+    pub async fn remove(&self, name: &str) -> Result<(), AccountsError> {
+        {
+            let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+            if self.get(name)?.is_none() {
+                return Err(AccountsError::NotFound(name.to_string()));
+            }
+            self.store.remove(Tree::Users, name)?;
+        }
+        self.store.flush().await?;
+        Ok(())
     }
 
     /// The user, if `password` is theirs and the account is enabled. Every failure looks

@@ -6,15 +6,17 @@
 //! * [`throttle`] — delays and lock-outs after failed logins.
 //! * [`oidc`] — login through an OpenID Connect provider.
 //! * [`front_proxy`] — login by a trusted front proxy's header.
+//! * [`reconcile`] — expired accounts' instances stop; due deletions happen.
 //! * [`Principal`] — the authenticated caller, attached to each API request.
 
 pub mod accounts;
 pub mod api_tokens;
 pub mod front_proxy;
 pub mod oidc;
+pub mod reconcile;
 pub mod throttle;
 
-pub use accounts::{Accounts, AccountsError, Role, User};
+pub use accounts::{Accounts, AccountsError, PendingApproval, Role, Standing, User};
 pub use api_tokens::{ApiTokenRecord, ApiTokens};
 pub use throttle::{LoginThrottle, Throttled};
 

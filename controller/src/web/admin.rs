@@ -949,7 +949,13 @@ fn users_page(
                         tr {
                             td { (u.name) }
                             td { @if u.role == Role::Admin { "admin" } @else { "user" } }
-                            td { @if u.disabled { (badge("disabled")) } @else { (badge("active")) } }
+                            td {
+                                @if u.disabled { (badge("disabled")) }
+                                @else if u.pending { a href="/registrations" { (badge("pending")) } }
+                                @else if u.expires_ms.is_some_and(|e| e <= now()) { (badge("expired")) }
+                                @else { (badge("active")) }
+                                @if let Some(d) = u.delete_after_ms { " " span class="muted" { "deleted in " (duration(d.saturating_sub(now()) / 1000)) } }
+                            }
                             td { (duration(now().saturating_sub(u.created_ms) / 1000)) " ago" }
                             td {
                                 @if me.as_deref() != Some(u.name.as_str()) {

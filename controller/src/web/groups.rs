@@ -152,6 +152,7 @@ pub async fn one(
         p { "Your role: " strong { @match g.role { Some(r) => (r.as_str()), None => "admin" } }
             @if let Some(e) = g.expires_ms { " · " (until(e)) } }
         @if managing {
+            p { a href="/registrations" { "Sign-ups waiting for approval" } " (people who registered with this group's code)" }
             h2 { "Join code" }
             @match &code {
                 Some(c) => p { "Students join with " code id="join-code" { (c.code) } " (" (until(c.expires_ms)) ", used " (c.uses) @if let Some(m) = c.max_uses { " of " (m) } " times)." },

@@ -8,6 +8,7 @@
 //! * [`groups`] — groups: joining, starting one, a group's people, code,
 //!   instances and usage for its managers.
 //! * [`volumes`] — a user's volumes and snapshots: restore, download, delete.
+//! * [`registration`] — sign-up, and the registrations waiting for approval.
 //! * [`pages`] — what the proxy shows instead of an app that is not there.
 //!
 //! A browser session is a login token in an `HttpOnly`, `SameSite=Lax` cookie. Every
@@ -22,6 +23,7 @@ pub mod datasets;
 pub mod groups;
 pub mod layout;
 pub mod pages;
+pub mod registration;
 pub mod user;
 pub mod volumes;
 
@@ -86,6 +88,12 @@ pub fn router(service: Arc<Service>) -> Router {
             post(admin::set_blueprint_enabled),
         )
         .route("/admin/users", get(admin::users).post(admin::create_user))
+        .route(
+            "/register",
+            get(registration::form).post(registration::register),
+        )
+        .route("/registrations", get(registration::pending))
+        .route("/registrations/{name}/{verb}", post(registration::decide))
         .route(
             "/admin/users/{name}/disabled",
             post(admin::set_user_disabled),
@@ -323,6 +331,9 @@ fn login_page(
                     input id="password" name="password" type="password" autocomplete="current-password" required;
                 }
                 div { button type="submit" { "Log in" } }
+            }
+            @if service.registration_open() {
+                p { "New here? " a id="register" href="/register" { "Sign up" } }
             }
         }
     };
