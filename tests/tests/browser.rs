@@ -663,6 +663,9 @@ async fn a_teacher_starts_a_course_a_student_joins_and_launches_and_the_teacher_
     })
     .await;
     b.shot("student-joined").await;
+    // The group's page lists its blueprints to its members too.
+    let listed = b.text("#group-blueprints").await;
+    assert!(listed.contains("bio-notebook"), "{listed}");
     b.goto("/").await;
     b.click(r#"button[aria-label="Launch bio-notebook"]"#).await;
     b.wait_path("an instance page", Duration::from_secs(10), |p| {

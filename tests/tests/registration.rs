@@ -28,6 +28,19 @@ fn names(list: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Whether the proxy treats `token`'s holder as logged out: its not-found page
+/// then offers a login (for someone logged in it points to their instances).
+async fn proxy_offers_login(ctl: &Controller, token: &str) -> bool {
+    let resp = reqwest::Client::new()
+        .get(format!("{}/i/i-0123456789abcdef/", ctl.api))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    resp.text().await.unwrap().contains("log in")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_ups_wait_for_the_right_approver_and_accounts_expire_and_are_deleted() {
     let tmp = tempfile::tempdir().unwrap();
@@ -285,12 +298,20 @@ async fn sign_ups_wait_for_the_right_approver_and_accounts_expire_and_are_delete
     assert_eq!(s, 200, "{b}");
     let (s, _) = ctl.get_with("/api/v1/me", Some(&pat)).await;
     assert_eq!(s, 401, "an expired account's token stops working");
+    assert!(
+        proxy_offers_login(&ctl, &pat).await,
+        "the proxy no longer knows him"
+    );
     let refused = ctl.login("pat", "pat-password-1").await.unwrap_err();
     assert_eq!(refused["error"]["code"], "account_expired", "{refused}");
     let out = ok(ctl.cairn_as(Some(&admin), &["users", "expire", "pat", "--never"], ""));
     assert!(out.contains("never expires"), "{out}");
     let (s, me) = ctl.get_with("/api/v1/me", Some(&pat)).await;
     assert_eq!((s, me["user"].as_str()), (200, Some("pat")), "{me}");
+    assert!(
+        !proxy_offers_login(&ctl, &pat).await,
+        "the proxy knows him again"
+    );
 
     // Deletion: asked by Pat himself (nobody else but admins may), withdrawn,
     // asked again, and carried out after the grace period.

@@ -21,6 +21,23 @@ use crate::groups::core::{self, Action, Actor, CodeRefusal};
 use crate::groups::GroupsError;
 use crate::instances::Instance;
 
+/// What a group's page shows ([`Service::group_page`]).
+#[derive(Debug)]
+pub struct GroupPage {
+    pub group: Group,
+    pub blueprints: Vec<crate::blueprints::BlueprintRecord>,
+    /// For its managers (and admins).
+    pub managing: Option<GroupManagement>,
+}
+
+/// The managers' part of a group's page.
+#[derive(Debug)]
+pub struct GroupManagement {
+    pub code: Option<JoinCode>,
+    pub instances: Vec<cairn_api::instances::InstanceView>,
+    pub usage: UsageReport,
+}
+
 /// A join code's default life: a week.
 pub const DEFAULT_CODE_SECS: u64 = 7 * 24 * 3600;
 /// A join code's longest life: a year.
@@ -629,6 +646,33 @@ impl Service {
             })
             .await?;
         Ok(g)
+    }
+
+    /// Everything a group's page shows the caller: the group and the blueprints
+    /// of it the caller sees; for its managers also its join code, its members'
+    /// instances and its usage.
+    pub fn group_page(&self, caller: &Caller, name: &str) -> ServiceResult<GroupPage> {
+        let group = self.group(caller, name)?;
+        let g = self.app.groups.get(name).ok_or_else(|| no_group(name))?;
+        let managing = if core::may(self.actor(caller, &g)?, Action::ManageInstances) {
+            Some(GroupManagement {
+                code: self.join_code(caller, name).ok(),
+                instances: self.group_instances(caller, name)?,
+                usage: self.group_usage(caller, name)?,
+            })
+        } else {
+            None
+        };
+        let blueprints = self
+            .list_blueprints(caller)?
+            .into_iter()
+            .filter(|b| b.spec.group() == name)
+            .collect();
+        Ok(GroupPage {
+            group,
+            blueprints,
+            managing,
+        })
     }
 
     /// A group's usage per member with its quotas (managers, admins).

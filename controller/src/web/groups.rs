@@ -138,15 +138,15 @@ pub async fn one(
     s: Session,
     Path(name): Path<String>,
 ) -> Response {
-    let g = match service.group(&s.caller, &name) {
-        Ok(g) => g,
+    let view = match service.group_page(&s.caller, &name) {
+        Ok(v) => v,
         Err(e) => return failure(Some(&s.viewer), &e),
     };
-    // What a manager sees; a member gets refusals here and sees none of it.
-    let instances = service.group_instances(&s.caller, &name).ok();
-    let usage = service.group_usage(&s.caller, &name).ok();
-    let code = service.join_code(&s.caller, &name).ok();
-    let managing = instances.is_some();
+    let g = &view.group;
+    let managing = view.managing.is_some();
+    let code = view.managing.as_ref().and_then(|m| m.code.as_ref());
+    let instances = view.managing.as_ref().map(|m| &m.instances);
+    let usage = view.managing.as_ref().map(|m| &m.usage);
     let csrf = &s.viewer.csrf;
     let body = html! {
         p { "Your role: " strong { @match g.role { Some(r) => (r.as_str()), None => "admin" } }
@@ -166,6 +166,7 @@ pub async fn one(
                 button type="submit" id="new-code" { "New join code" }
             }
             h2 { "Blueprints" }
+            (blueprint_list(&view.blueprints, true))
             p { a href={ "/admin/blueprints/new?group=" (g.name) } id="new-blueprint" { "New blueprint for this group" }
               @if !g.limits.images.is_empty() { span class="muted" { " (images: " (g.limits.images.join(", ")) ")" } } }
             h2 { "People" }
@@ -189,7 +190,7 @@ pub async fn one(
                 div { button type="submit" { "Add" } }
             }
             h2 { "Instances" }
-            @if let Some(list) = &instances {
+            @if let Some(list) = instances {
                 @if list.is_empty() { p { "None yet." } } @else {
                     div class="table-wrap" { table {
                         thead { tr { th scope="col" { "Instance" } th scope="col" { "Owner" } th scope="col" { "Blueprint" } th scope="col" { "State" } th scope="col" { "Last used" } th scope="col" { span class="muted" { "Actions" } } } }
@@ -208,13 +209,15 @@ pub async fn one(
                     } }
                 }
             }
-            @if let Some(u) = &usage {
+            @if let Some(u) = usage {
                 h2 { "Usage" }
                 p { "Credits spent: " (format!("{:.2}", u.total.credits)) " · running now: " (u.total.instances)
                     " · " a href={ "/groups/" (g.name) "/usage.csv" } { "Download usage (CSV)" } }
             }
         } @else {
-            (message("info", "You are a member: the group's blueprints are in the catalogue."))
+            h2 { "Blueprints" }
+            (blueprint_list(&view.blueprints, false))
+            (message("info", "You are a member: launch the group's blueprints from the catalogue."))
         }
         p { a href="/groups" { "All groups" } }
     };
@@ -225,6 +228,19 @@ pub async fn one(
         body,
     )
     .into_response()
+}
+
+/// The group's blueprints; managers get a link to edit each.
+fn blueprint_list(list: &[crate::blueprints::BlueprintRecord], editing: bool) -> maud::Markup {
+    html! {
+        @if list.is_empty() { p class="muted" { "None yet." } } @else {
+            ul id="group-blueprints" { @for b in list { li {
+                @if editing { a href={ "/admin/blueprints/" (b.spec.name) } { (b.spec.name) } } @else { (b.spec.name) }
+                @if !b.spec.description.is_empty() { " — " (b.spec.description) }
+                @if !b.spec.enabled { " " (badge("disabled")) }
+            } } }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
