@@ -93,7 +93,7 @@ impl GroupRecord {
             None => return None,
         };
         Some(Membership {
-            role: core_role(role),
+            role,
             expires_ms: self.expires_ms,
         })
     }
@@ -109,22 +109,6 @@ impl GroupRecord {
             .iter()
             .find(|(_, m)| m.role == GroupRole::Owner)
             .map(|(u, _)| u.as_str())
-    }
-}
-
-pub fn core_role(r: GroupRole) -> Role {
-    match r {
-        GroupRole::Member => Role::Member,
-        GroupRole::Manager => Role::Manager,
-        GroupRole::Owner => Role::Owner,
-    }
-}
-
-pub fn api_role(r: Role) -> GroupRole {
-    match r {
-        Role::Member => GroupRole::Member,
-        Role::Manager => GroupRole::Manager,
-        Role::Owner => GroupRole::Owner,
     }
 }
 

@@ -16,13 +16,9 @@
 /// Milliseconds in an hour.
 const HOUR_MS: u64 = 3_600_000;
 
-/// A person's place in a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    Member,
-    Manager,
-    Owner,
-}
+/// A person's place in a group: the API's type, ordered member < manager <
+/// owner, so the rules and the answers speak of the same thing.
+pub use cairn_api::groups::GroupRole as Role;
 
 /// Who is asking, as the rules see them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use cairn_api::groups::{
 };
 
 use super::{now, Caller, Service, ServiceError, ServiceResult};
-use crate::groups::catalog::{api_role, replace_code, GroupRecord, Member, StoredCode};
+use crate::groups::catalog::{replace_code, GroupRecord, Member, StoredCode};
 use crate::groups::core::{self, Action, Actor, CodeRefusal};
 use crate::groups::GroupsError;
 use crate::instances::Instance;
@@ -131,11 +131,8 @@ impl Service {
         let actor = self.actor(caller, g)?;
         let managing = core::may(actor, Action::ManageMembers);
         let role = match actor {
-            Actor::User(r) => r.map(api_role),
-            Actor::Admin => caller
-                .principal()
-                .and_then(|p| g.role_at(p.name(), now()))
-                .map(api_role),
+            Actor::User(r) => r,
+            Actor::Admin => caller.principal().and_then(|p| g.role_at(p.name(), now())),
         };
         Ok(Group {
             name: g.name.clone(),
