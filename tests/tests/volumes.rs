@@ -156,6 +156,7 @@ async fn an_emptying_save_is_halted_and_older_snapshots_come_back() {
     let tmp = tempfile::tempdir().unwrap();
     let mut ctl = Controller::init(tmp.path(), &ControllerOptions::default());
     ctl.set_config("quota_mib", "64");
+    ctl.set_config("deletion_grace_secs", "1");
     ctl.start().await;
     let agent = start_agent_labelled(&ctl, tmp.path(), "vol-h", "site=h").await;
     let mut cleanup = InstanceContainers(vec![]);
@@ -294,6 +295,33 @@ async fn an_emptying_save_is_halted_and_older_snapshots_come_back() {
         .await;
     let v = volume(&ctl, &bob, "home").await;
     assert_eq!(v["files"], 10, "{v}");
+
+    // Bob asks for his account's deletion: after the grace, his volume goes
+    // with the account.
+    let (_, vols) = ctl.get("/api/v1/volumes?all=true").await;
+    assert!(vols.to_string().contains("\"bob\""), "{vols}");
+    let (s, b) = ctl
+        .request(
+            Some(&bob),
+            reqwest::Method::POST,
+            "/api/v1/users/bob/deletion",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    wait_for(
+        "Bob's account and volume deleted",
+        Duration::from_secs(30),
+        || {
+            let ctl = &ctl;
+            async move {
+                let (_, vols) = ctl.get("/api/v1/volumes?all=true").await;
+                let (_, users) = ctl.get("/api/v1/users").await;
+                !vols.to_string().contains("\"bob\"") && !users.to_string().contains("\"bob\"")
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
