@@ -275,6 +275,16 @@ async fn sign_ups_wait_for_the_right_approver_and_accounts_expire_and_are_delete
     assert_eq!(resp.status(), 201);
     let text = resp.text().await.unwrap();
     assert!(text.contains("waits for a manager of course-a"), "{text}");
+    // Her login on the web page, before approval: refused, saying for whom she waits.
+    let resp = http
+        .post(format!("{}/login", ctl.api))
+        .form(&[("user", "vera"), ("password", "vera-password-1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("waits for a manager of course-a"), "{text}");
 
     // Expiry (admins only): Pat's token stops working and his login says why;
     // lifted, both work again.
