@@ -296,15 +296,8 @@ async fn liveness_loop(app: Arc<App>, shutdown: CancellationToken) {
 /// dataset removal asks, through the service).
 async fn chunk_gc_loop(app: Arc<App>, shutdown: CancellationToken) {
     let period = Duration::from_secs(app.config.chunks.gc_interval_secs);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => break,
-        }
-        collect_chunks(&app).await;
-    }
+    let app = &*app;
+    crate::periodic::every(period, period, shutdown, |_| collect_chunks(app)).await;
 }
 
 /// One collection of the chunk store, logged; a failure is retried next time. The

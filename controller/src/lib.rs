@@ -41,6 +41,7 @@ pub mod https;
 pub mod images;
 pub mod instances;
 pub mod link;
+pub mod periodic;
 pub mod pki;
 pub mod proxy;
 pub mod scheduler;

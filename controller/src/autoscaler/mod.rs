@@ -254,15 +254,9 @@ impl Autoscaler {
 
 /// Runs passes every `period` until `shutdown`.
 pub async fn run(app: Arc<App>, period: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => break,
-        }
-        app.autoscaler
-            .pass(&app, cairn_shared::time::now_ms())
-            .await;
-    }
+    let app = &*app;
+    crate::periodic::every(period, Duration::ZERO, shutdown, |now| {
+        app.autoscaler.pass(app, now)
+    })
+    .await;
 }

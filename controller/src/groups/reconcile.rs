@@ -17,15 +17,8 @@ use crate::instances::Instance;
 pub const PERIOD: Duration = Duration::from_secs(2);
 
 pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(PERIOD);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => break,
-        }
-        pass(&app, cairn_shared::time::now_ms()).await;
-    }
+    let app = &*app;
+    crate::periodic::every(PERIOD, Duration::ZERO, shutdown, |now| pass(app, now)).await;
 }
 
 /// Why `i` must stop at `now`, if it must.

@@ -47,15 +47,8 @@ pub fn step(user: &User, live: bool, now_ms: u64) -> Step {
 }
 
 pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(PERIOD);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => break,
-        }
-        pass(&app, cairn_shared::time::now_ms()).await;
-    }
+    let app = &*app;
+    crate::periodic::every(PERIOD, Duration::ZERO, shutdown, |now| pass(app, now)).await;
 }
 
 /// One pass at `now`.
