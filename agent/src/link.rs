@@ -282,6 +282,15 @@ async fn converse<F: FactsSource>(
         heartbeat_ms = welcome.heartbeat_interval_ms,
         "connected to controller"
     );
+    // Ready for systemd (`Type=notify`) once the link is up; the status line
+    // says so on later reconnections too. Without NOTIFY_SOCKET this does nothing.
+    let _ = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("connected to the controller"),
+        ],
+    );
 
     // From now on archive fetches go over this connection; the guard takes it back
     // whichever way the conversation ends.

@@ -180,9 +180,23 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         }
         Command::Run { dir } => {
             let running = app::start(DataDir::new(&dir.data_dir)).await?;
+            // Ready for systemd (`Type=notify`) only now: the store is open and
+            // both listeners are bound. Without NOTIFY_SOCKET this does nothing.
+            let status = format!(
+                "serving the API on {} and agents on {}",
+                running.api_addr, running.link_addr
+            );
+            let _ = sd_notify::notify(
+                false,
+                &[
+                    sd_notify::NotifyState::Ready,
+                    sd_notify::NotifyState::Status(&status),
+                ],
+            );
             let token = running.shutdown_token();
             tokio::spawn(async move {
                 cairn_shared::process::shutdown_signal().await;
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
                 token.cancel();
             });
             running.wait().await;

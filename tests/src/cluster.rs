@@ -196,9 +196,17 @@ impl Controller {
 
     /// Starts `cairn-controller run` and waits until `/healthz` answers.
     pub async fn start(&mut self) {
+        self.start_with_env(&[]).await;
+    }
+
+    /// [`Controller::start`] with extra environment variables.
+    pub async fn start_with_env(&mut self, env: &[(&str, &std::ffi::OsStr)]) {
         assert!(self.child.is_none(), "controller already running");
         let mut cmd = Command::new(bin("cairn-controller"));
         cmd.args(["run", "--data-dir"]).arg(&self.dir);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         self.child = Some(spawn_logged(cmd, &self.log));
         let http = self.http.clone();
         let url = format!("{}/healthz", self.api);
