@@ -167,6 +167,23 @@ fn session_cookie(resp: &reqwest::Response) -> Option<String> {
         .map(|c| c.split(';').next().unwrap().to_string())
 }
 
+/// Opens `url` (a login page) with `client`, sending `header` if given, and
+/// asserts no session comes of it; returns the status and the page.
+async fn no_session(
+    client: &reqwest::Client,
+    url: &str,
+    header: Option<&str>,
+) -> (StatusCode, String) {
+    let mut req = client.get(url);
+    if let Some(h) = header {
+        req = req.header("X-SSL-Client-S-DN", h);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    assert!(session_cookie(&resp).is_none(), "{url}: a session was made");
+    (status, resp.text().await.unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_at_the_trusted_proxy_logs_the_user_in_and_a_forged_header_does_not() {
     if !require(&[Need::Nginx]) {
@@ -225,40 +242,28 @@ format = "x509_subject"
         .redirect(Policy::none())
         .build()
         .unwrap();
-    let resp = direct
-        .get(format!("{}/login", ctl.api))
-        .header("X-SSL-Client-S-DN", "CN=alice,O=Example University")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert!(session_cookie(&resp).is_none());
-    assert!(resp.text().await.unwrap().contains("name=\"password\""));
+    let (status, page) = no_session(
+        &direct,
+        &format!("{}/login", ctl.api),
+        Some("CN=alice,O=Example University"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("name=\"password\""));
 
     // No certificate: the login form, and a header the client made up itself is
     // replaced by nginx's (empty) one.
     let anonymous = browser(&pki, None);
-    let resp = anonymous
-        .get(format!("{}/login", nginx.url))
-        .header("X-SSL-Client-S-DN", "CN=alice")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert!(session_cookie(&resp).is_none());
-    assert!(resp.text().await.unwrap().contains("name=\"password\""));
+    let login = format!("{}/login", nginx.url);
+    let (status, page) = no_session(&anonymous, &login, Some("CN=alice")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("name=\"password\""));
 
     // A certificate for a name with no account: refused, saying why; no account
     // is made unless the site asks for it.
     let (cert, key) = pki.issue("mallory", false);
-    let resp = browser(&pki, Some((&cert, &key)))
-        .get(format!("{}/login", nginx.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    assert!(session_cookie(&resp).is_none());
-    let body = resp.text().await.unwrap();
+    let (status, body) = no_session(&browser(&pki, Some((&cert, &key))), &login, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(body.contains("no account of that name"), "{body}");
     let (_, users) = ctl.get("/api/v1/users").await;
     assert!(
@@ -272,23 +277,13 @@ format = "x509_subject"
         .await;
     assert!(status < 300, "{status} {body}");
     let (cert, key) = pki.issue("carol", false);
-    let resp = browser(&pki, Some((&cert, &key)))
-        .get(format!("{}/login", nginx.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    assert!(session_cookie(&resp).is_none());
+    let (status, _) = no_session(&browser(&pki, Some((&cert, &key))), &login, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     // Logging out does not log Alice straight back in: the page after logout
     // is the form, although her certificate is still there.
-    let resp = alice
-        .get(format!("{}/login?logged_out=1", nginx.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert!(session_cookie(&resp).is_none());
+    let (status, _) = no_session(&alice, &format!("{login}?logged_out=1"), None).await;
+    assert_eq!(status, StatusCode::OK);
 
     // The logins are in the audit log, with the proxy named.
     let (_, audit) = ctl.get("/api/v1/audit").await;

@@ -4,7 +4,8 @@
 //! the group whose code came with it — never by an outsider or a manager of
 //! another group; rejection; bad input that makes no account; expiry, which
 //! stops tokens and logins and is lifted again; a deletion request, withdrawn,
-//! asked again and carried out after the grace period. Through the API, the
+//! asked again and carried out after the grace period; sign-ups from one
+//! address throttled. Through the API, the
 //! CLI and the web form.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
@@ -356,6 +357,27 @@ async fn sign_ups_wait_for_the_right_approver_and_accounts_expire_and_are_delete
     .await;
     let (s, _) = ctl.get_with("/api/v1/me", Some(&pat)).await;
     assert_eq!(s, 401);
+
+    // One address signing up again and again is held back, saying for how long.
+    let mut throttled = None;
+    for n in 0..12 {
+        let (s, b) = ctl
+            .request(
+                None,
+                Method::POST,
+                "/api/v1/register",
+                Some(signup(&format!("spam{n}"), "spam@mail.example", None)),
+            )
+            .await;
+        if s == 429 {
+            throttled = Some((n, b));
+            break;
+        }
+        assert_eq!(s, 201, "{b}");
+    }
+    let (n, b) = throttled.expect("sign-ups from one address are throttled");
+    assert!(n <= 10, "held back after {n} sign-ups");
+    assert_eq!(b["error"]["code"], "registration_throttled", "{b}");
 
     // The audit log has each step, with who did it.
     let (_, audit) = ctl.get("/api/v1/audit").await;

@@ -2,7 +2,8 @@
 //! it), approval by an admin or by a manager of the group whose join code the
 //! registrant gave, auto-approval by e-mail domain, expiry, and deletion asked
 //! for with a grace period (the accounts' pass, `users::reconcile`, carries it
-//! out). Who may do each is decided here, once.
+//! out). Who may do each is decided here, once. Sign-ups are throttled per
+//! address with the login door's policy.
 
 use std::net::IpAddr;
 
@@ -84,6 +85,25 @@ impl Service {
                 "too many registrations are waiting for approval; try again later",
             ));
         }
+        // Each sign-up costs a password hash: an address gets the login door's
+        // free tries, then waits longer each time. The key is the name asked
+        // for, so no account and no other address is held back by it.
+        let addr = client.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let key = format!("sign-up:{}", r.name);
+        self.throttle.check(&key, addr).map_err(|t| {
+            let mut e = ServiceError::new(
+                Kind::Throttled,
+                "registration_throttled",
+                format!(
+                    "too many sign-ups from this address; try again in {} s",
+                    t.retry_after_secs()
+                ),
+            );
+            e.retry_after_secs = Some(t.retry_after_secs());
+            e
+        })?;
+        self.throttle.failed(&key, addr);
+        self.throttle.succeeded(&key);
         let approved = auto_approved(&domain, &cfg.auto_approve_domains);
         let now = now();
         let user = self
