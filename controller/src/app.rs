@@ -106,16 +106,8 @@ impl App {
             crate::images::registry::credentials(&config.images),
         )?;
         instances.configure_pools(&config.pools);
-        let mut policies = std::collections::HashMap::new();
-        for p in &config.pools {
-            if p.provider != "static" {
-                return Err(StartError::Config(format!(
-                    "pool {}: provider {:?} is not available in this build (only \"static\")",
-                    p.name, p.provider
-                )));
-            }
-            policies.insert(p.name.clone(), p.scaling(false));
-        }
+        let autoscaler = crate::autoscaler::providers(&config, &data_dir, store.clone())
+            .map_err(StartError::Config)?;
         let chunks: Arc<dyn crate::chunks::ChunkStore> = Arc::new(
             crate::chunks::local::LocalChunks::open(&data_dir.chunks()).map_err(|e| {
                 StartError::Config(format!("chunk store {}: {e}", data_dir.chunks().display()))
@@ -138,10 +130,6 @@ impl App {
         ));
         let groups = crate::groups::Groups::open(store.clone(), cairn_shared::time::now_ms())?;
         let audit = crate::audit::Audit::new(store.clone());
-        let autoscaler = crate::autoscaler::Autoscaler::new(
-            Box::new(crate::autoscaler::StaticProvider),
-            policies,
-        );
         Ok(App {
             config,
             data_dir,

@@ -93,6 +93,9 @@ pub struct ControllerConfig {
     /// their `pool` label names (`default` without one).
     #[serde(default)]
     pub pools: Vec<PoolConfig>,
+    /// What hosts a cloud creates are told (pools with `provider = "openstack"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_hosts: Option<crate::autoscaler::cloud_config::CloudHosts>,
 }
 
 /// One pool's placement and autoscaling rules.
@@ -101,8 +104,12 @@ pub struct ControllerConfig {
 pub struct PoolConfig {
     pub name: String,
     /// `static`: hosts join by token; the autoscaler only drains and reopens them.
+    /// `openstack`: the autoscaler creates and deletes servers (`[pools.openstack]`).
     #[serde(default = "default_provider")]
     pub provider: String,
+    /// The servers an `openstack` pool creates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openstack: Option<crate::autoscaler::cloud_config::OpenStackPool>,
     #[serde(default)]
     pub min_hosts: u32,
     #[serde(default = "default_max_hosts")]
@@ -769,6 +776,7 @@ impl ControllerConfig {
             p.validate()?;
         }
         self.registration.validate()?;
+        self.validate_pools()?;
         let h = &self.hosts;
         if h.heartbeat_interval_ms < 100 || h.heartbeat_interval_ms > 600_000 {
             return Err("hosts.heartbeat_interval_ms must be between 100 and 600000".into());
@@ -817,6 +825,55 @@ impl ControllerConfig {
         Ok(())
     }
 
+    fn validate_pools(&self) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        for p in &self.pools {
+            if !names.insert(&p.name) {
+                return Err(format!("pool {} is configured twice", p.name));
+            }
+            match (p.provider.as_str(), &p.openstack) {
+                ("static", None) => {}
+                ("static", Some(_)) => {
+                    return Err(format!(
+                        "pool {}: [pools.openstack] needs provider = \"openstack\"",
+                        p.name
+                    ))
+                }
+                ("openstack", Some(o)) => {
+                    o.validate(&p.name)?;
+                    let hosts = self.cloud_hosts.as_ref().ok_or_else(|| {
+                        format!(
+                            "pool {}: an openstack pool needs [cloud_hosts] (controller_link, and public_url for bootstrap mode)",
+                            p.name
+                        )
+                    })?;
+                    if o.mode == crate::autoscaler::cloud_config::Mode::Bootstrap
+                        && hosts.public_url.is_none()
+                    {
+                        return Err(format!(
+                            "pool {}: bootstrap mode needs cloud_hosts.public_url to serve the agent's package",
+                            p.name
+                        ));
+                    }
+                }
+                ("openstack", None) => return Err(format!(
+                    "pool {}: provider \"openstack\" needs [pools.openstack] (flavor, image, ...)",
+                    p.name
+                )),
+                (other, _) => {
+                    return Err(format!(
+                        "pool {}: unknown provider {other:?} (static or openstack)",
+                        p.name
+                    ))
+                }
+            }
+        }
+        if let Some(h) = &self.cloud_hosts {
+            h.validate()?;
+        }
+        Ok(())
+    }
+
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             format!(
@@ -859,6 +916,7 @@ mod tests {
                 server_cert_ttl_secs: default_server_ttl(),
             },
             pools: vec![],
+            cloud_hosts: None,
             proxy: ProxyConfig::default(),
             auth: AuthConfig {
                 admin_token_sha256: "0".repeat(64),

@@ -159,6 +159,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<InitOutcome, PkiError> 
         instances: Default::default(),
         proxy: Default::default(),
         pools: vec![],
+        cloud_hosts: None,
         auth: AuthConfig {
             admin_token_sha256: auth::digest_hex(&admin_token),
             oidc: None,

@@ -71,6 +71,8 @@ pub enum Tree {
     Groups,
     /// The audit log, by time.
     Audit,
+    /// Servers a cloud provider created, by the cloud's server id.
+    CloudServers,
 }
 
 impl Tree {
@@ -88,6 +90,7 @@ impl Tree {
             Tree::Volumes => "volumes",
             Tree::Groups => "groups",
             Tree::Audit => "audit",
+            Tree::CloudServers => "cloud_servers",
         }
     }
 }

@@ -12,6 +12,7 @@ mod groups;
 mod hosts;
 mod images;
 mod instances;
+mod packages;
 mod session;
 mod tokens;
 mod users;
@@ -226,6 +227,10 @@ pub fn router(service: Arc<Service>) -> Router {
     let doc = Arc::new(doc);
     Router::new()
         .route("/healthz", get(healthz))
+        .route(
+            crate::autoscaler::openstack::PACKAGE_PATH,
+            get(packages::agent_package),
+        )
         .route(
             "/api/v1/openapi.json",
             get(move || {

@@ -126,6 +126,8 @@ impl Service {
         Ok(AutoscalerView {
             waiting,
             decisions: self.app.autoscaler.decisions(),
+            servers: self.app.autoscaler.servers(),
+            providers: self.app.autoscaler.health(),
         })
     }
 }

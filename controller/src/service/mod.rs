@@ -29,6 +29,7 @@ pub mod hosts;
 pub mod images;
 pub mod instances;
 pub mod join_tokens;
+pub mod packages;
 pub mod registration;
 pub mod session;
 pub mod users;

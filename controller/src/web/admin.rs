@@ -30,12 +30,13 @@ fn now() -> u64 {
 /// `GET /admin/hosts`: state, capacity bars (reserved and used), labels, images,
 /// instances.
 pub async fn hosts(State(service): State<Arc<Service>>, AdminSession(s): AdminSession) -> Response {
-    let (hosts, booked) = match (
+    let (hosts, booked, scaler) = match (
         service.list_hosts(&s.caller),
         service.host_reservations(&s.caller),
+        service.autoscaler(&s.caller),
     ) {
-        (Ok(h), Ok(r)) => (h, r),
-        (Err(e), _) | (_, Err(e)) => return failure(Some(&s.viewer), &e),
+        (Ok(h), Ok(r), Ok(a)) => (h, r, a),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return failure(Some(&s.viewer), &e),
     };
     // Memory (bytes) and CPU (cores) reserved on each host, and its instances.
     let reserved: HashMap<String, (u64, f64, usize)> = booked
@@ -48,6 +49,25 @@ pub async fn hosts(State(service): State<Arc<Service>>, AdminSession(s): AdminSe
         })
         .collect();
     let body = html! {
+        @for (pool, health) in &scaler.providers {
+            section class="card" aria-label={ "Pool " (pool) } {
+                h2 { "Pool " (pool) " (" (health.provider) ")" }
+                @if health.backoff_until_ms > now() {
+                    p class="error" role="alert" { (plural(u64::from(health.failures_in_a_row), "failure", "failures"))
+                        " in a row: no server is created for another "
+                        (duration((health.backoff_until_ms - now()) / 1000)) "." }
+                }
+                @if let Some(e) = &health.last_error { p class="muted" { "Last failure: " (e) } }
+                @let servers: Vec<_> = scaler.servers.iter().filter(|v| &v.pool == pool).collect();
+                @if !servers.is_empty() {
+                    table { thead { tr { th { "Server" } th { "Phase" } th { "Cloud status" } th { "Age" } } }
+                        tbody { @for v in servers { tr {
+                            td { (v.name) } td { (badge(&format!("{:?}", v.phase).to_lowercase())) }
+                            td { (v.status) } td { (duration(now().saturating_sub(v.created_ms) / 1000)) }
+                        } } } }
+                }
+            }
+        }
         @if hosts.is_empty() {
             p { "No hosts have joined yet. Create a join token with "
                 code { "cairn-controller token create" } " and run "
