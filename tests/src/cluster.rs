@@ -127,6 +127,9 @@ pub struct ControllerOptions {
     pub missed: u32,
     pub lost_after: &'static str,
     pub agent_cert_ttl: &'static str,
+    /// `init --web-tls`: `http` (loopback), or `https` with the certificate `init`
+    /// makes, which this handle's HTTP client then trusts through the Cairn CA.
+    pub web_tls: &'static str,
 }
 
 impl Default for ControllerOptions {
@@ -136,6 +139,7 @@ impl Default for ControllerOptions {
             missed: 3,
             lost_after: "60s",
             agent_cert_ttl: "30d",
+            web_tls: "http",
         }
     }
 }
@@ -164,6 +168,7 @@ impl Controller {
                 "--agent-cert-ttl",
                 opts.agent_cert_ttl,
             ])
+            .args(["--web-tls", opts.web_tls])
             .output()
             .expect("run init");
         assert!(
@@ -182,16 +187,33 @@ impl Controller {
             .expect("admin token")
             .trim()
             .to_string();
+        let https = opts.web_tls == "https";
+        let http = Self::client(&dir, https);
         Controller {
             log: root.join("controller.log"),
             dir,
-            api: format!("http://127.0.0.1:{api_port}"),
+            api: format!(
+                "{}://127.0.0.1:{api_port}",
+                if https { "https" } else { "http" }
+            ),
             link: SocketAddr::from(([127, 0, 0, 1], link_port)),
             admin_token,
             ca_sha256,
             child: None,
-            http: reqwest::Client::new(),
+            http,
         }
+    }
+
+    /// An HTTP client for the API; for HTTPS, one that trusts the Cairn CA.
+    fn client(dir: &Path, https: bool) -> reqwest::Client {
+        if !https {
+            return reqwest::Client::new();
+        }
+        let pem = std::fs::read(dir.join("ca.crt")).expect("the Cairn CA certificate");
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA PEM"))
+            .build()
+            .expect("an HTTPS client")
     }
 
     /// Starts `cairn-controller run` and waits until `/healthz` answers.
@@ -226,7 +248,7 @@ impl Controller {
     /// Closes the HTTP connections this handle keeps open to the controller, for
     /// tests that count the controller's connections.
     pub fn drop_idle_connections(&mut self) {
-        self.http = reqwest::Client::new();
+        self.http = Self::client(&self.dir, self.api.starts_with("https:"));
     }
 
     /// Sets `key = value` in the controller's `config.toml` (the line `init`

@@ -46,7 +46,7 @@ pub fn image_exists(tag: &str) -> bool {
 /// A cross-process lock held while it lives: an atomically created directory with
 /// an `owner` file holding the owner's pid.
 #[derive(Debug)]
-struct BuildLock(PathBuf);
+pub(crate) struct BuildLock(PathBuf);
 
 impl BuildLock {
     fn path_for(name: &str) -> PathBuf {
@@ -57,7 +57,7 @@ impl BuildLock {
         std::env::temp_dir().join(format!("cairn-image-lock-{safe}"))
     }
 
-    fn acquire(name: &str) -> Self {
+    pub(crate) fn acquire(name: &str) -> Self {
         Self::acquire_at(Self::path_for(name))
     }
 
@@ -446,7 +446,7 @@ pub fn jupyter_rootfs(root: &Path) {
 
 /// The mirror for [`DEBIAN_SUITE`] in the machine's apt sources (one-line and deb822
 /// formats), or [`DEFAULT_DEBIAN_MIRROR`].
-fn debian_mirror() -> String {
+pub(crate) fn debian_mirror() -> String {
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
         let mut more: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -549,7 +549,7 @@ fn run_step(step: &str, cmd: &mut Command) -> Result<(), String> {
 }
 
 /// The last few kilobytes of `bytes`, as text.
-fn tail(bytes: &[u8]) -> String {
+pub(crate) fn tail(bytes: &[u8]) -> String {
     const KEEP: usize = 8000;
     let text = String::from_utf8_lossy(bytes);
     match text.char_indices().rev().nth(KEEP) {
@@ -583,7 +583,7 @@ fn remove_path(path: &Path) {
 /// Unmounts, lazily and innermost first, whatever is mounted below its path when
 /// dropped.
 #[derive(Debug)]
-struct UnmountUnder(PathBuf);
+pub(crate) struct UnmountUnder(pub(crate) PathBuf);
 
 impl Drop for UnmountUnder {
     fn drop(&mut self) {

@@ -7,7 +7,7 @@
 //!
 //! The only way around is explicit: `CAIRN_TEST_SKIP` lists, comma-separated, the
 //! needs whose tests the developer chooses not to run ([`Need::name`]: `docker`,
-//! `chromium`, `registry`, `jupyter`). Such a test prints one line,
+//! `chromium`, `registry`, `jupyter`, `oidc`, `nginx`, `vm`, `cargo-deb`, `ansible`, `openstack`). Such a test prints one line,
 //! `SKIPPED (needs docker): <test name>`, past the test harness's output capture so it
 //! always shows (`.ci/run` counts these lines), and returns. Under `CI=true` a
 //! non-empty `CAIRN_TEST_SKIP` is itself a failure: CI skips nothing.
@@ -39,16 +39,29 @@ pub enum Need {
     Oidc,
     /// Debian's nginx, as the trusted front proxy.
     Nginx,
+    /// The systemd "VM" test image ([`crate::vm`]), or `debootstrap` to build it.
+    Vm,
+    /// `cargo deb` (cargo-deb), to make the Debian packages ([`crate::debs`]).
+    CargoDeb,
+    /// `ansible-playbook` and `ansible-lint` (Debian's), and an SSH client.
+    Ansible,
+    /// The mini OpenStack test image ([`crate::openstack`]), or `debootstrap` and
+    /// `unshare` to build it.
+    OpenStack,
 }
 
 impl Need {
-    pub const ALL: [Need; 6] = [
+    pub const ALL: [Need; 10] = [
         Need::Docker,
         Need::Chromium,
         Need::Registry,
         Need::Jupyter,
         Need::Oidc,
         Need::Nginx,
+        Need::Vm,
+        Need::CargoDeb,
+        Need::Ansible,
+        Need::OpenStack,
     ];
 
     /// Its name in `CAIRN_TEST_SKIP` and in the skip line.
@@ -60,6 +73,10 @@ impl Need {
             Need::Jupyter => "jupyter",
             Need::Oidc => "oidc",
             Need::Nginx => "nginx",
+            Need::Vm => "vm",
+            Need::CargoDeb => "cargo-deb",
+            Need::Ansible => "ansible",
+            Need::OpenStack => "openstack",
         }
     }
 
@@ -76,6 +93,16 @@ impl Need {
             }
             Need::Oidc => "apt-get install python3 python3-venv (the provider comes from PyPI)",
             Need::Nginx => "apt-get install nginx",
+            Need::Vm => {
+                "apt-get install debootstrap (the image is built from Debian on first use)"
+            }
+            Need::CargoDeb => {
+                "bash packaging/build-debs.sh --install-only (cargo install cargo-deb --version 3.8.0 --locked)"
+            }
+            Need::Ansible => "apt-get install ansible-core ansible-lint openssh-client",
+            Need::OpenStack => {
+                "apt-get install debootstrap util-linux (the image is built from Debian's OpenStack packages on first use, ~5 min)"
+            }
         }
     }
 
@@ -102,6 +129,32 @@ impl Need {
             Need::Jupyter if image_exists(JUPYTER_TAG) => None,
             Need::Jupyter => program(DEBOOTSTRAP)
                 .map(|m| format!("{m} and the image {JUPYTER_TAG} is not built")),
+            // As for Jupyter: a built image needs nothing more.
+            Need::Vm if image_exists(crate::vm::VM_TAG) => None,
+            Need::Vm => program(DEBOOTSTRAP)
+                .map(|m| format!("{m} and the image {} is not built", crate::vm::VM_TAG)),
+            Need::CargoDeb => crate::debs::cargo_deb_missing(),
+            Need::OpenStack if image_exists(crate::openstack::OPENSTACK_TAG) => None,
+            Need::OpenStack => {
+                let gone: Vec<String> = [DEBOOTSTRAP, "unshare"]
+                    .into_iter()
+                    .filter_map(program)
+                    .collect();
+                (!gone.is_empty()).then(|| {
+                    format!(
+                        "{} and the image {} is not built",
+                        gone.join("; "),
+                        crate::openstack::OPENSTACK_TAG
+                    )
+                })
+            }
+            Need::Ansible => {
+                let gone: Vec<String> = ["ansible-playbook", "ansible-lint", "ssh", "ssh-keygen"]
+                    .into_iter()
+                    .filter_map(program)
+                    .collect();
+                (!gone.is_empty()).then(|| gone.join("; "))
+            }
             Need::Nginx => nginx_program()
                 .is_none()
                 .then(|| "nginx is not on PATH or in /usr/sbin".into()),
@@ -236,7 +289,10 @@ mod tests {
         assert_eq!(parse_skip("", false), Ok(vec![]));
         assert_eq!(parse_skip(" , ", true), Ok(vec![]));
         assert_eq!(
-            parse_skip("docker, chromium,registry,jupyter,oidc,nginx", false),
+            parse_skip(
+                "docker, chromium,registry,jupyter,oidc,nginx,vm,cargo-deb,ansible,openstack",
+                false
+            ),
             Ok(Need::ALL.to_vec())
         );
         let typo = parse_skip("docker,chrome", false).unwrap_err();

@@ -85,7 +85,7 @@ impl OpenStackPool {
                 "pool {pool}: an OpenStack pool's name becomes part of host names: use lowercase letters, digits or dashes"
             ));
         }
-        if !(60..=24 * 3600).contains(&self.join_deadline_secs) {
+        if !(30..=24 * 3600).contains(&self.join_deadline_secs) {
             return Err(format!(
                 "{} must be between 60 and 86400",
                 at("join_deadline_secs")
