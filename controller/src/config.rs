@@ -856,10 +856,12 @@ impl ControllerConfig {
                         ));
                     }
                 }
-                ("openstack", None) => return Err(format!(
+                ("openstack", None) => {
+                    return Err(format!(
                     "pool {}: provider \"openstack\" needs [pools.openstack] (flavor, image, ...)",
                     p.name
-                )),
+                ))
+                }
                 (other, _) => {
                     return Err(format!(
                         "pool {}: unknown provider {other:?} (static or openstack)",
@@ -930,15 +932,25 @@ mod tests {
     #[test]
     fn openstack_pools_need_their_settings() {
         let pool = |toml: &str| -> PoolConfig {
-            toml::from_str(&format!("name = \"cloud\"\nprovider = \"openstack\"\n{toml}")).unwrap()
+            toml::from_str(&format!(
+                "name = \"cloud\"\nprovider = \"openstack\"\n{toml}"
+            ))
+            .unwrap()
         };
         let mut c = sample();
         c.pools = vec![pool("")];
-        assert!(c.validate().unwrap_err().contains("needs [pools.openstack]"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("needs [pools.openstack]"));
         c.pools = vec![pool("[openstack]\nflavor = \"m1\"\nimage = \"debian\"\n")];
         assert!(c.validate().unwrap_err().contains("needs [cloud_hosts]"));
-        c.cloud_hosts = Some(toml::from_str("controller_link = \"cairn.example.org:7443\"").unwrap());
-        assert!(c.validate().unwrap_err().contains("bootstrap mode needs cloud_hosts.public_url"));
+        c.cloud_hosts =
+            Some(toml::from_str("controller_link = \"cairn.example.org:7443\"").unwrap());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("bootstrap mode needs cloud_hosts.public_url"));
         c.cloud_hosts = Some(
             toml::from_str("controller_link = \"cairn.example.org:7443\"\npublic_url = \"https://cairn.example.org\"")
                 .unwrap(),
@@ -947,8 +959,13 @@ mod tests {
         let back: ControllerConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
         c.pools[0].provider = "ec2".into();
-        assert!(c.validate().unwrap_err().contains("unknown provider \"ec2\""));
-        c.pools = vec![pool("[openstack]\nflavor = \"m1\"\nimage = \"d\"\nname_prefix = \"Bad Prefix\"\n")];
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("unknown provider \"ec2\""));
+        c.pools = vec![pool(
+            "[openstack]\nflavor = \"m1\"\nimage = \"d\"\nname_prefix = \"Bad Prefix\"\n",
+        )];
         assert!(c.validate().unwrap_err().contains("name_prefix"));
         c.cloud_hosts = Some(toml::from_str("controller_link = \"nohost\"").unwrap());
         c.pools = vec![];
