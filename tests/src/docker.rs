@@ -47,6 +47,23 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `docker logs --tail TAIL NAME`: the container's last lines, stdout then stderr, for
+/// failure messages; says so if docker could not be run.
+pub fn container_logs(name: &str, tail: u32) -> String {
+    Command::new("docker")
+        .args(["logs", "--tail", &tail.to_string(), name])
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+        .unwrap_or_else(|e| format!("(docker logs: {e})"))
+}
+
 /// Removes a container (by id or name) when dropped, so a failing test leaves none
 /// behind.
 #[derive(Debug)]

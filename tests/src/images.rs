@@ -150,8 +150,20 @@ pub fn ensure_image_with_changes(
 /// `tar -C root -c . | docker import -c CHANGE... - tag`, with every file owned by
 /// root in the image whoever runs the tests.
 pub(crate) fn import(root: &Path, tag: &str, changes: &[String]) {
-    let mut tar = Command::new("tar")
-        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+    import_tree(root, tag, changes, true);
+}
+
+/// `tar -C root -c . | docker import -c CHANGE... - tag`; with `root_owned`, every
+/// file is root's in the image whoever runs the tests, otherwise the files keep their
+/// (numeric) owners.
+pub(crate) fn import_tree(root: &Path, tag: &str, changes: &[String], root_owned: bool) {
+    let mut tar = Command::new("tar");
+    tar.arg("--numeric-owner");
+    if root_owned {
+        tar.args(["--owner=0", "--group=0"]);
+    }
+    let mut tar = tar
+        .arg("-C")
         .arg(root)
         .args(["-c", "."])
         .stdout(Stdio::piped())
@@ -169,7 +181,7 @@ pub(crate) fn import(root: &Path, tag: &str, changes: &[String]) {
     let out = out.expect("run docker import");
     assert!(
         tar_status.success(),
-        "tar of the root file system failed: {tar_status}"
+        "tar of {tag}'s root file system failed: {tar_status}"
     );
     assert!(
         out.status.success(),
@@ -359,7 +371,7 @@ pub fn jupyter_rootfs(root: &Path) {
         ])
         .arg(root)
         .arg(&mirror);
-    if let Err(e) = run_step("debootstrap", &mut debootstrap) {
+    if let Err(e) = run_step(JUPYTER_TAG, "debootstrap", &mut debootstrap) {
         // debootstrap's own log says more than its stderr about a failed package.
         let log = std::fs::read(root.join("debootstrap/debootstrap.log"))
             .map(|l| format!("\n--- debootstrap/debootstrap.log (end) ---\n{}", tail(&l)))
@@ -521,30 +533,28 @@ fn chroot_step(root: &Path, step: &str, args: &[&str]) {
         }
     }
     cmd.arg("chroot").arg(root).args(args);
-    if let Err(e) = run_step(step, &mut cmd) {
+    if let Err(e) = run_step(JUPYTER_TAG, step, &mut cmd) {
         panic!("{e}");
     }
 }
 
-/// Runs one build step; on failure, a message naming it with its exit status and
-/// the end of its stderr (or stdout, if stderr is empty).
-fn run_step(step: &str, cmd: &mut Command) -> Result<(), String> {
+/// Runs one build step of the image `image_tag`; on failure, a message naming it with
+/// its exit status and the end of its output (stdout, then stderr if it is not empty).
+pub(crate) fn run_step(image_tag: &str, step: &str, cmd: &mut Command) -> Result<(), String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("{JUPYTER_TAG} build step `{step}` could not start: {e}"))?;
+        .map_err(|e| format!("{image_tag} build step `{step}` could not start: {e}"))?;
     if out.status.success() {
         return Ok(());
     }
-    let (name, text) = if out.stderr.iter().all(u8::is_ascii_whitespace) {
-        ("stdout", &out.stdout)
-    } else {
-        ("stderr", &out.stderr)
-    };
+    let mut text = tail(&out.stdout);
+    if !out.stderr.iter().all(u8::is_ascii_whitespace) {
+        text = format!("{text}\n--- stderr ---\n{}", tail(&out.stderr));
+    }
     Err(format!(
-        "{JUPYTER_TAG} build step `{step}` failed ({}); its {name} ends:\n{}",
-        out.status,
-        tail(text)
+        "{image_tag} build step `{step}` failed ({}); its output ends:\n{text}",
+        out.status
     ))
 }
 
@@ -688,20 +698,25 @@ mod tests {
     #[test]
     fn failed_build_steps_name_themselves_with_their_stderr() {
         let err = run_step(
+            "img",
             "the step",
             Command::new("sh").args(["-c", "echo out; echo boom >&2; exit 3"]),
         )
         .unwrap_err();
-        assert!(err.contains("`the step` failed"), "{err}");
-        assert!(err.contains("stderr ends:\nboom"), "{err}");
-        assert!(!err.contains("out"), "{err}");
+        assert!(err.contains("img build step `the step` failed"), "{err}");
+        assert!(
+            err.contains("output ends:\nout\n\n--- stderr ---\nboom"),
+            "{err}"
+        );
         let err = run_step(
+            "img",
             "quiet",
             Command::new("sh").args(["-c", "echo only-out; exit 1"]),
         )
         .unwrap_err();
-        assert!(err.contains("stdout ends:\nonly-out"), "{err}");
-        assert!(run_step("fine", &mut Command::new("true")).is_ok());
+        assert!(err.contains("output ends:\nonly-out"), "{err}");
+        assert!(!err.contains("stderr"), "{err}");
+        assert!(run_step("img", "fine", &mut Command::new("true")).is_ok());
         assert_eq!(tail(&vec![b'x'; 9000]).len(), "[...]".len() + 8001);
     }
 

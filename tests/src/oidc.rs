@@ -31,6 +31,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use base64::alphabet;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine as _;
 use rand::RngCore;
 use reqwest::header::{HeaderMap, COOKIE, LOCATION, SET_COOKIE};
 use reqwest::{StatusCode, Url};
@@ -448,7 +452,7 @@ pub fn pkce_verifier() -> String {
 
 /// The PKCE `S256` challenge of `verifier`: base64url(SHA-256(verifier)).
 pub fn pkce_challenge(verifier: &str) -> String {
-    base64url_encode(&Sha256::digest(verifier.as_bytes()))
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
 /// The claims of a JWT (its middle part), without checking its signature.
@@ -466,62 +470,29 @@ fn jwt_part(jwt: &str, index: usize) -> Result<Value> {
     if parts.len() != 3 {
         bail!("not a JWS compact serialization: {} parts", parts.len());
     }
-    let bytes = base64url_decode(parts[index])?;
+    let bytes = decode_base64url(parts[index])?;
     serde_json::from_slice(&bytes).context("a JWT part is not JSON")
 }
 
-const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-/// Base64url without padding (RFC 4648 §5), as JWTs and PKCE use it.
-pub fn base64url_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(char::from(BASE64URL[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    out
-}
-
-/// Decodes base64url, padded or not (standard base64's `+` and `/` too).
-pub fn base64url_decode(text: &str) -> Result<Vec<u8>> {
-    let text = text.trim_end_matches('=');
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            _ => bail!("{:?} is not a base64url character", char::from(c)),
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    if bits >= 6 {
-        bail!("truncated base64url");
-    }
-    Ok(out)
+/// Decodes base64url, padded or not (standard base64's `+` and `/` too), as a JWT part.
+fn decode_base64url(text: &str) -> Result<Vec<u8>> {
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &alphabet::URL_SAFE,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+            .with_decode_allow_trailing_bits(true),
+    );
+    let url_safe = text.trim_end_matches('=').replace('+', "-").replace('/', "_");
+    LENIENT
+        .decode(url_safe)
+        .with_context(|| format!("{text:?} is not base64url"))
 }
 
 /// `n` random bytes, base64url.
 fn random_token(n: usize) -> String {
     let mut bytes = vec![0u8; n];
     rand::rng().fill_bytes(&mut bytes);
-    base64url_encode(&bytes)
+    URL_SAFE_NO_PAD.encode(&bytes)
 }
 
 /// An HTTP client that follows no redirect and uses no proxy (loopback only).
@@ -782,13 +753,14 @@ mod tests {
             (b"foobar", "Zm9vYmFy"),
         ];
         for (raw, encoded) in vectors {
-            assert_eq!(base64url_encode(raw), encoded);
-            assert_eq!(base64url_decode(encoded).unwrap(), raw);
+            assert_eq!(URL_SAFE_NO_PAD.encode(raw), encoded);
+            assert_eq!(decode_base64url(encoded).unwrap(), raw);
         }
-        assert_eq!(base64url_encode(&[0xfb, 0xff]), "-_8");
-        assert_eq!(base64url_decode("-_8=").unwrap(), [0xfb, 0xff]);
-        assert!(base64url_decode("Zm9v!").is_err());
-        assert!(base64url_decode("Z").is_err());
+        assert_eq!(URL_SAFE_NO_PAD.encode([0xfb, 0xff]), "-_8");
+        assert_eq!(decode_base64url("-_8=").unwrap(), [0xfb, 0xff]);
+        assert_eq!(decode_base64url("+/8").unwrap(), [0xfb, 0xff]);
+        assert!(decode_base64url("Zm9v!").is_err());
+        assert!(decode_base64url("Z").is_err());
     }
 
     #[test]

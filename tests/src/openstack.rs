@@ -33,10 +33,15 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context};
+use base64::alphabet;
+use base64::engine::general_purpose::STANDARD as BASE64_STANDARD;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine as _;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::images::{debian_mirror, image_exists, import, tail, BuildLock};
+use crate::docker::container_logs;
+use crate::images::{debian_mirror, image_exists, import, run_step, tail, BuildLock};
 
 /// The image's tag; bump it whenever anything in [`RECIPE`] or [`PACKAGES`] changes.
 pub const OPENSTACK_TAG: &str = "cairn-test/openstack:zed-1";
@@ -368,7 +373,7 @@ fn openstack_rootfs(root: &Path, started: Instant) {
         .args(["debootstrap", "--variant=minbase", SUITE])
         .arg(root)
         .arg(&mirror);
-    if let Err(e) = run_step("debootstrap", &mut debootstrap) {
+    if let Err(e) = run_step(OPENSTACK_TAG, "debootstrap", &mut debootstrap) {
         let log = std::fs::read(in_root("/debootstrap/debootstrap.log"))
             .map(|l| format!("\n--- debootstrap/debootstrap.log (end) ---\n{}", tail(&l)))
             .unwrap_or_default();
@@ -494,29 +499,9 @@ fn in_namespaces(root: &Path, step: &str, unshare: &[&str], script: &str) {
         ))
         .arg("sh")
         .arg(root);
-    if let Err(e) = run_step(step, &mut cmd) {
+    if let Err(e) = run_step(OPENSTACK_TAG, step, &mut cmd) {
         panic!("{e}");
     }
-}
-
-/// Runs one build step; on failure, a message naming it with its exit status and the end
-/// of its output (stderr, or stdout if stderr is empty).
-fn run_step(step: &str, cmd: &mut Command) -> Result<(), String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{OPENSTACK_TAG} build step `{step}` could not start: {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let mut text = tail(&out.stdout);
-    if !out.stderr.iter().all(u8::is_ascii_whitespace) {
-        text = format!("{text}\n--- stderr ---\n{}", tail(&out.stderr));
-    }
-    Err(format!(
-        "{OPENSTACK_TAG} build step `{step}` failed ({}); its output ends:\n{text}",
-        out.status
-    ))
 }
 
 fn write_file(path: &Path, text: &str, mode: u32) {
@@ -624,7 +609,7 @@ impl Server {
         let user_data_raw = match v.get("OS-EXT-SRV-ATTR:user_data").and_then(Value::as_str) {
             None => None,
             Some(b64) => Some(
-                base64_decode(b64)
+                decode_user_data(b64)
                     .ok_or_else(|| anyhow!("server {id}: user_data is not base64: {b64:?}"))?,
             ),
         };
@@ -992,18 +977,7 @@ impl OpenStack {
 
     /// The last lines of the container's log (stdout and stderr).
     pub fn log_tail(&self) -> String {
-        Command::new("docker")
-            .args(["logs", "--tail", "80", &self.container])
-            .stdin(Stdio::null())
-            .output()
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                )
-            })
-            .unwrap_or_else(|e| format!("(docker logs: {e})"))
+        container_logs(&self.container, 80)
     }
 
     /// A `clouds.yaml` with one cloud, [`CLOUD_NAME`], as the unprivileged user: the
@@ -1463,50 +1437,20 @@ async fn poll_loop(api: Arc<Api>, shared: Arc<HvShared>, boot: Arc<BootFn>) {
     }
 }
 
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 /// Standard base64 with padding (Nova's `user_data`).
 pub fn base64_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(BASE64[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    BASE64_STANDARD.encode(bytes)
 }
 
-/// Decodes standard base64 (padding optional, whitespace ignored); `None` if invalid.
-pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    let digits = digits
-        .strip_suffix(b"==")
-        .or_else(|| digits.strip_suffix(b"="))
-        .unwrap_or(&digits);
-    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for &d in digits {
-        let v = BASE64.iter().position(|&c| c == d)? as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // Leftover bits must be padding zeros, and a lone 6-bit digit is no byte at all.
-    (bits < 6 && acc == 0).then_some(out)
+/// Nova's `user_data`, decoded: standard base64, padding optional, whitespace ignored;
+/// `None` if invalid.
+fn decode_user_data(b64: &str) -> Option<Vec<u8>> {
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let digits: Vec<u8> = b64.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    LENIENT.decode(digits).ok()
 }
 
 #[cfg(test)]
@@ -1525,14 +1469,14 @@ mod tests {
             ("foobar", "Zm9vYmFy"),
         ] {
             assert_eq!(base64_encode(plain.as_bytes()), coded);
-            assert_eq!(base64_decode(coded).unwrap(), plain.as_bytes());
+            assert_eq!(decode_user_data(coded).unwrap(), plain.as_bytes());
         }
         let all: Vec<u8> = (0..=255).collect();
-        assert_eq!(base64_decode(&base64_encode(&all)).unwrap(), all);
-        assert_eq!(base64_decode("Zm9v\nYmFy").unwrap(), b"foobar");
-        assert_eq!(base64_decode("Zm9vYmFy").unwrap(), b"foobar");
-        assert!(base64_decode("Zm9*").is_none());
-        assert!(base64_decode("Z").is_none());
+        assert_eq!(decode_user_data(&base64_encode(&all)).unwrap(), all);
+        assert_eq!(decode_user_data("Zm9v\nYmFy").unwrap(), b"foobar");
+        assert_eq!(decode_user_data("Zm8").unwrap(), b"fo");
+        assert!(decode_user_data("Zm9*").is_none());
+        assert!(decode_user_data("Z").is_none());
     }
 
     #[test]

@@ -27,7 +27,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::images::{debian_mirror, image_exists, tail, BuildLock, UnmountUnder};
+use crate::docker::{container_logs, ContainerGuard};
+use crate::images::{
+    debian_mirror, image_exists, import_tree, run_step, tail, BuildLock, UnmountUnder,
+};
 
 /// The VM image's tag; bump it when [`vm_rootfs`] changes.
 pub const VM_TAG: &str = "cairn-test/vm:bookworm-1";
@@ -137,7 +140,7 @@ pub fn vm_image_with_agent(deb: &Path) -> String {
         return tag;
     }
     let builder = format!("cairn-vm-bake-{}", std::process::id());
-    let _gone = RemoveContainer(builder.clone());
+    let _gone = ContainerGuard(builder.clone());
     let mount = format!("{}:/var/tmp/cairn-agent.deb:ro", deb.display());
     // Installed without booting: the maintainer scripts see no running systemd,
     // so they enable the unit (symlinks) and start nothing, as in an image build.
@@ -187,7 +190,7 @@ fn vm_rootfs(root: &Path) {
         .arg(SUITE)
         .arg(root)
         .arg(&mirror);
-    if let Err(e) = build_step("debootstrap", &mut debootstrap) {
+    if let Err(e) = run_step(VM_TAG, "debootstrap", &mut debootstrap) {
         let log = std::fs::read(root.join("debootstrap/debootstrap.log"))
             .map(|l| format!("\n--- debootstrap/debootstrap.log (end) ---\n{}", tail(&l)))
             .unwrap_or_default();
@@ -241,14 +244,16 @@ fn vm_rootfs(root: &Path) {
     remove("/var/lib/dbus/machine-id");
     // Forget what running cloud-init in the build might have left: the first boot
     // of each container is a first boot.
-    build_step(
+    run_step(
+        VM_TAG,
         "cloud-init clean",
         Command::new("chroot")
             .arg(root)
             .args(["cloud-init", "clean", "--logs"]),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    build_step(
+    run_step(
+        VM_TAG,
         "apt-get clean",
         Command::new("chroot").arg(root).args(["apt-get", "clean"]),
     )
@@ -287,54 +292,7 @@ fn ensure_image_keeping_owners(tag: &str, changes: &[String], build: impl FnOnce
         .tempdir()
         .expect("create a temporary directory for the root fs");
     build(root.path());
-    let mut tar = Command::new("tar")
-        .args(["--numeric-owner", "-C"])
-        .arg(root.path())
-        .args(["-c", "."])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run tar (is it installed?)");
-    let tar_out = tar.stdout.take().expect("tar's stdout is piped");
-    let mut docker = Command::new("docker");
-    docker.arg("import");
-    for change in changes {
-        docker.args(["-c", change]);
-    }
-    let out = docker.args(["-", tag]).stdin(tar_out).output();
-    // Reap tar before looking at docker's result, so no zombie is left either way.
-    let tar_status = tar.wait().expect("wait for tar");
-    let out = out.expect("run docker import");
-    assert!(
-        tar_status.success(),
-        "tar of {tag}'s root failed: {tar_status}"
-    );
-    assert!(
-        out.status.success(),
-        "docker import {tag}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs one build step; on failure, a message naming it with its exit status and
-/// the end of its stderr (or stdout, if stderr is empty).
-fn build_step(step: &str, cmd: &mut Command) -> Result<(), String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{VM_TAG} build step `{step}` could not start: {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let (name, text) = if out.stderr.iter().all(u8::is_ascii_whitespace) {
-        ("stdout", &out.stdout)
-    } else {
-        ("stderr", &out.stderr)
-    };
-    Err(format!(
-        "{VM_TAG} build step `{step}` failed ({}); its {name} ends:\n{}",
-        out.status,
-        tail(text)
-    ))
+    import_tree(root.path(), tag, changes, false);
 }
 
 /// `docker ARGS`; its stdout, or an error naming `what` with docker's stderr.
@@ -353,20 +311,6 @@ fn run_docker(what: &str, args: &[&str]) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Removes a container when dropped.
-struct RemoveContainer(String);
-
-impl Drop for RemoveContainer {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", &self.0])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
 }
 
 /// `name` as a host name: lower-case letters, digits and dashes, at most 63.
@@ -418,7 +362,7 @@ fn remove_orphans() {
             continue;
         };
         if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
-            drop(RemoveContainer(id.to_string()));
+            drop(ContainerGuard(id.to_string()));
         }
     }
 }
@@ -536,7 +480,7 @@ impl Vm {
                     self.name,
                     state,
                     String::from_utf8_lossy(&out.stderr),
-                    self.docker_logs()
+                    container_logs(&self.name, 60)
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -690,22 +634,6 @@ impl Vm {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// `docker logs` of the container (systemd's console output), for failures.
-    fn docker_logs(&self) -> String {
-        Command::new("docker")
-            .args(["logs", "--tail", "60", &self.name])
-            .stdin(Stdio::null())
-            .output()
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                )
-            })
-            .unwrap_or_default()
     }
 }
 

@@ -8,7 +8,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cairn_tests::docker::{docker, ContainerGuard};
+use cairn_tests::docker::{container_logs, docker, ContainerGuard};
 use cairn_tests::images::jupyter_image;
 use cairn_tests::jupyter;
 use cairn_tests::require::{require, Need};
@@ -74,17 +74,7 @@ async fn jupyter_image_serves_a_kernel_under_its_base_url_with_a_token() {
     let base = format!("http://{ip}:8888/i/test1/");
 
     if let Err(e) = jupyter::wait_until_up(&base, Duration::from_secs(60)).await {
-        let logs = Command::new("docker")
-            .args(["logs", "--tail", "50", &name])
-            .output()
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                )
-            })
-            .unwrap_or_default();
+        let logs = container_logs(&name, 50);
         panic!("{e}\n--- docker logs {name} ---\n{logs}");
     }
 
