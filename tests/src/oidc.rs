@@ -482,7 +482,10 @@ fn decode_base64url(text: &str) -> Result<Vec<u8>> {
             .with_decode_padding_mode(DecodePaddingMode::RequireNone)
             .with_decode_allow_trailing_bits(true),
     );
-    let url_safe = text.trim_end_matches('=').replace('+', "-").replace('/', "_");
+    let url_safe = text
+        .trim_end_matches('=')
+        .replace('+', "-")
+        .replace('/', "_");
     LENIENT
         .decode(url_safe)
         .with_context(|| format!("{text:?} is not base64url"))
