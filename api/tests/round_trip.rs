@@ -261,7 +261,16 @@ fn errors_health_and_autoscaler() {
         "decisions":[{"at_ms":5,"pool":"default","action":"create","host":null,"count":2,
                       "reason":"2 requests wait","outcome":"ok"},
                      {"at_ms":4,"pool":"default","action":"drain","host":"h-0123456789abcdef",
-                      "count":null,"reason":"idle for 10m","outcome":"ok"}]}));
+                      "count":null,"reason":"idle for 10m","outcome":"ok"},
+                     {"at_ms":3,"pool":"cloud","action":"failed","host":null,"count":null,
+                      "reason":"a created server did not become a host",
+                      "outcome":"server cairn-cloud-1 went into ERROR; deleted"}],
+        "servers":[{"pool":"cloud","id":"6f1c","name":"cairn-cloud-2","phase":"joining",
+                    "status":"ACTIVE","created_ms":1,"active_ms":2,"joined_ms":null,
+                    "deadline_ms":600_001,"host":null}],
+        "providers":{"cloud":{"provider":"openstack","failures_in_a_row":1,"failures":1,
+                     "last_error":"server cairn-cloud-1 went into ERROR; deleted",
+                     "backoff_until_ms":30_003}}}));
 }
 
 /// Every `$ref` in `v`.
