@@ -344,7 +344,7 @@ async fn openstack_pools_create_bootstrap_scale_and_delete_hosts() {
     assert_eq!(host["pool"]["standing"]["state"], "removed", "{host:#}");
 
     // The doomed server never joined: deleted at its deadline, counted, token revoked.
-    let failed = wait_for("the doomed pool's failure recorded", WAIT, || async {
+    wait_for("the doomed pool's failure recorded", WAIT, || async {
         autoscaler(&ctl).await["providers"]["doomed"]["failures"].as_u64() >= Some(1)
     })
     .await;
@@ -425,6 +425,5 @@ async fn openstack_pools_create_bootstrap_scale_and_delete_hosts() {
         burst_to_running.as_secs_f64(),
         removed.as_secs_f64(),
     );
-    let _ = failed;
     drop(hypervisor);
 }

@@ -90,6 +90,19 @@ fn dpkg_install(vm: &Vm, debs: &Debs) -> (String, Duration) {
     (text, took)
 }
 
+/// Whether `unit`'s start conditions held at its last start (`no`: skipped).
+fn condition_result(vm: &Vm, unit: &str) -> String {
+    vm.exec_ok(&[
+        "systemctl",
+        "show",
+        "-p",
+        "ConditionResult",
+        "--value",
+        unit,
+    ])
+    .unwrap()
+}
+
 /// `systemctl is-active UNIT` (its answer, whatever the exit status).
 fn is_active(vm: &Vm, unit: &str) -> String {
     let out = vm.exec(&["systemctl", "is-active", unit]).unwrap();
@@ -390,18 +403,7 @@ fn packages_install_and_the_services_start_as_their_units_say() {
     vm.exec_ok(&["systemctl", "start", "cairn-controller"])
         .unwrap();
     assert_eq!(is_active(&vm, "cairn-controller"), "inactive");
-    assert_eq!(
-        vm.exec_ok(&[
-            "systemctl",
-            "show",
-            "-p",
-            "ConditionResult",
-            "--value",
-            "cairn-controller"
-        ])
-        .unwrap(),
-        "no"
-    );
+    assert_eq!(condition_result(&vm, "cairn-controller"), "no");
 
     let ctl = init_controller(&vm);
     let took = start(&vm, "cairn-controller");
@@ -697,18 +699,7 @@ async fn the_baked_image_starts_the_agent_once_enrolled() {
         "enabled"
     );
     assert_eq!(is_active(&vm, "cairn-agent"), "inactive");
-    assert_eq!(
-        vm.exec_ok(&[
-            "systemctl",
-            "show",
-            "-p",
-            "ConditionResult",
-            "--value",
-            "cairn-agent"
-        ])
-        .unwrap(),
-        "no"
-    );
+    assert_eq!(condition_result(&vm, "cairn-agent"), "no");
     vm.exec_ok(&["test", "!", "-e", "/var/lib/cairn-agent/agent.toml"])
         .unwrap();
 

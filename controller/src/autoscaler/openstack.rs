@@ -318,8 +318,8 @@ impl OpenStackProvider {
             id: String,
         }
         // 2.37: `networks` may say "auto" or "none".
-        let answer = call(
-            "POST /servers",
+        let answer = tokio::time::timeout(
+            CALL_TIMEOUT,
             conn.session
                 .post(osauth::services::COMPUTE, &["servers"])
                 .api_version((2, 37))
@@ -329,12 +329,21 @@ impl OpenStackProvider {
         .await;
         let ms = started.elapsed().as_millis() as u64;
         let id = match answer {
-            Ok(c) => c.server.id,
-            Err(e) => {
+            Ok(Ok(c)) => c.server.id,
+            Ok(Err(e)) => {
                 tracing::warn!(%pool, server = %name, ms, error = %e, "openstack: create server failed");
-                if e.contains("401") || e.contains("nauthori") {
+                if e.kind() == openstack::ErrorKind::AuthenticationFailed {
+                    // A rotated password or an expired credential: log in again next time.
                     self.drop_connection(&s.cloud).await;
                 }
+                return Err(revoke(format!("POST /servers: {e}")).await);
+            }
+            Err(_) => {
+                let e = format!(
+                    "POST /servers: no answer within {} s",
+                    CALL_TIMEOUT.as_secs()
+                );
+                tracing::warn!(%pool, server = %name, ms, error = %e, "openstack: create server failed");
                 return Err(revoke(e).await);
             }
         };
@@ -374,20 +383,36 @@ impl OpenStackProvider {
 
     /// Deletes a server (gone already counts as done); returns its console log's
     /// last lines when Nova gives them, for the failure's message.
+    /// The server `id`, `None` if Nova no longer has it.
+    async fn lookup(
+        &self,
+        pool: &str,
+        id: &str,
+    ) -> Result<Option<openstack::compute::Server>, String> {
+        let s = self.settings(pool)?;
+        let conn = self.connect(&s.cloud).await?;
+        match tokio::time::timeout(CALL_TIMEOUT, conn.cloud.get_server(id)).await {
+            Ok(Ok(server)) => Ok(Some(server)),
+            Ok(Err(e)) if not_found(&e) => Ok(None),
+            Ok(Err(e)) => Err(format!("GET /servers/{id}: {e}")),
+            Err(_) => Err(format!(
+                "GET /servers/{id}: no answer within {} s",
+                CALL_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    /// Deletes a server (gone already counts as done); returns its console log's
+    /// last lines when asked and Nova gives them, for the failure's message.
     async fn delete_server(
         &self,
         pool: &str,
         id: &str,
         want_console: bool,
     ) -> Result<Option<String>, String> {
-        let s = self.settings(pool)?;
-        let conn = self.connect(&s.cloud).await?;
         let started = Instant::now();
-        let server = match tokio::time::timeout(CALL_TIMEOUT, conn.cloud.get_server(id)).await {
-            Ok(Ok(server)) => server,
-            Ok(Err(e)) if not_found(&e) => return Ok(None),
-            Ok(Err(e)) => return Err(format!("GET /servers/{id}: {e}")),
-            Err(_) => return Err(format!("GET /servers/{id}: no answer")),
+        let Some(server) = self.lookup(pool, id).await? else {
+            return Ok(None);
         };
         let console = if want_console {
             match call(
@@ -417,14 +442,10 @@ impl OpenStackProvider {
 
     /// What Nova says of a server: its status, `None` if gone.
     async fn status(&self, rec: &ServerRecord) -> Result<Option<String>, String> {
-        let s = self.settings(&rec.pool)?;
-        let conn = self.connect(&s.cloud).await?;
-        match tokio::time::timeout(CALL_TIMEOUT, conn.cloud.get_server(&rec.id)).await {
-            Ok(Ok(server)) => Ok(Some(String::from(server.status()))),
-            Ok(Err(e)) if not_found(&e) => Ok(None),
-            Ok(Err(e)) => Err(format!("GET /servers/{}: {e}", rec.id)),
-            Err(_) => Err(format!("GET /servers/{}: no answer", rec.id)),
-        }
+        Ok(self
+            .lookup(&rec.pool, &rec.id)
+            .await?
+            .map(|server| String::from(server.status())))
     }
 
     /// Follows each server not yet active; returns failures as (pool, message).
@@ -475,24 +496,23 @@ impl OpenStackProvider {
                 Step::Fail { reason } => {
                     let console = self.delete_server(&rec.pool, &rec.id, true).await;
                     let _ = app.tokens.revoke(&rec.token_id).await;
-                    let mut msg = format!("{reason}; deleted");
-                    match console {
+                    let deleted = console.is_ok();
+                    let msg = match console {
                         Ok(Some(text)) => {
-                            let tail: Vec<&str> =
-                                text.lines().rev().take(CONSOLE_LINES as usize).collect();
-                            let tail: Vec<&str> = tail.into_iter().rev().collect();
-                            msg.push_str(&format!("; console log ends: {}", tail.join(" | ")));
+                            let lines: Vec<&str> = text.lines().collect();
+                            let tail = &lines[lines.len().saturating_sub(CONSOLE_LINES as usize)..];
+                            format!("{reason}; deleted; console log ends: {}", tail.join(" | "))
                         }
-                        Ok(None) => {}
-                        Err(e) => msg = format!("{reason}; deleting it failed too: {e}"),
-                    }
+                        Ok(None) => format!("{reason}; deleted"),
+                        Err(e) => format!("{reason}; deleting it failed too: {e}"),
+                    };
                     tracing::warn!(pool = %rec.pool, server = %rec.name, error = %msg, "openstack: server failed");
                     lock(&self.backoff)
                         .entry(rec.pool.clone())
                         .or_default()
                         .failed(msg.clone(), now_ms);
-                    // A server whose delete failed is kept, to be tried again.
-                    if !msg.contains("deleting it failed") {
+                    // A server whose delete failed stays on record, to be tried again.
+                    if deleted {
                         self.forget(&rec.id).await;
                     }
                     failures.push((rec.pool.clone(), msg));
