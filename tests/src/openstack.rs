@@ -1175,6 +1175,8 @@ type SharedVm = Arc<StdMutex<VmHandle>>;
 struct HvState {
     vms: HashMap<String, SharedVm>,
     booting: HashSet<String>,
+    /// Servers whose VM left `vms` but whose handle is still being dropped.
+    dropping: HashSet<String>,
     times: HashMap<String, BootTimes>,
     failed: HashMap<String, String>,
     last_error: Option<String>,
@@ -1302,7 +1304,8 @@ impl Hypervisor {
     /// Waits until server `id` has no VM (its handle was dropped) and none is booting.
     pub async fn wait_gone(&self, id: &str, timeout: Duration) -> anyhow::Result<()> {
         self.wait(timeout, &format!("server {id}'s VM to go"), |s| {
-            (!s.vms.contains_key(id) && !s.booting.contains(id)).then_some(Ok(()))
+            (!s.vms.contains_key(id) && !s.booting.contains(id) && !s.dropping.contains(id))
+                .then_some(Ok(()))
         })
         .await
     }
@@ -1364,7 +1367,7 @@ async fn poll_loop(api: Arc<Api>, shared: Arc<HvShared>, boot: Arc<BootFn>) {
             .filter(|s| s.wants_vm())
             .map(|s| (s.id.as_str(), s))
             .collect();
-        let (gone, to_boot) = {
+        let (gone_ids, gone, to_boot) = {
             let mut s = shared.lock();
             s.last_error = None;
             s.polls += 1;
@@ -1375,6 +1378,7 @@ async fn poll_loop(api: Arc<Api>, shared: Arc<HvShared>, boot: Arc<BootFn>) {
                 .cloned()
                 .collect();
             let gone: Vec<SharedVm> = gone_ids.iter().filter_map(|id| s.vms.remove(id)).collect();
+            s.dropping.extend(gone_ids.iter().cloned());
             let to_boot: Vec<Server> = wanted
                 .values()
                 .filter(|v| {
@@ -1387,13 +1391,19 @@ async fn poll_loop(api: Arc<Api>, shared: Arc<HvShared>, boot: Arc<BootFn>) {
             for v in &to_boot {
                 s.booting.insert(v.id.clone());
             }
-            (gone, to_boot)
+            (gone_ids, gone, to_boot)
         };
         if !gone.is_empty() {
             // Dropping may be slow (a VM's container is removed): off the runtime's threads.
             let shared = shared.clone();
             tokio::task::spawn_blocking(move || {
                 drop(gone);
+                // Only now is the VM really gone: `wait_gone` waits for this.
+                let mut s = shared.lock();
+                for id in &gone_ids {
+                    s.dropping.remove(id);
+                }
+                drop(s);
                 shared.notify();
             });
         }
