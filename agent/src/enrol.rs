@@ -234,6 +234,7 @@ pub async fn enrol_on(
                     oci_runtime: None,
                     images: Default::default(),
                     datasets: Default::default(),
+                    container_slots: None,
                 },
                 ca_der,
                 cert_der,

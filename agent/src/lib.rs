@@ -5,7 +5,8 @@
 //! the controller ([`link`]), over which it reports what it sees of its host
 //! ([`facts`]) and on which it receives the instances to run ([`runtime`]) and the
 //! images to hold ([`images`]). [`docker`] is its one way to reach the Docker Engine;
-//! [`run`] wires a running agent from its state directory.
+//! [`run`] wires a running agent from its state directory; [`metrics`] counts what it
+//! does and serves the counts to Prometheus when asked to.
 #![forbid(unsafe_code)]
 
 pub mod chunks;
@@ -15,6 +16,7 @@ pub mod enrol;
 pub mod facts;
 pub mod images;
 pub mod link;
+pub mod metrics;
 pub mod run;
 pub mod runtime;
 pub mod state;

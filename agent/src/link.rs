@@ -305,6 +305,7 @@ async fn converse<F: FactsSource>(
     if let Some(d) = &datasets {
         d.set_connection(Some(conn.clone()));
     }
+    crate::metrics::link_up(true);
     let _connection_guard = ConnectionGuard(images.clone(), datasets.clone());
     let mut readied = datasets.as_ref().map(|d| d.readied());
 
@@ -359,7 +360,7 @@ async fn converse<F: FactsSource>(
             _ = ticker.tick() => {
                 seq += 1;
                 isolation = isolation_of(&workloads);
-                let hb = heartbeat(seq, facts, &images, &datasets, isolation.clone()).await;
+                let hb = heartbeat(seq, facts, &images, &datasets, isolation.clone(), launch_queue_of(&workloads)).await;
                 if let Err(e) = framing::write(&mut send, &hb, framing::MAX_FRAME_LEN).await {
                     return lost(conn, true, format!("sending heartbeat: {e}"));
                 }
@@ -367,7 +368,7 @@ async fn converse<F: FactsSource>(
             _ = dataset_readied(&mut readied) => {
                 // A version just became ready: say so now, not a heartbeat later.
                 seq += 1;
-                let hb = heartbeat(seq, facts, &images, &datasets, isolation.clone()).await;
+                let hb = heartbeat(seq, facts, &images, &datasets, isolation.clone(), launch_queue_of(&workloads)).await;
                 if let Err(e) = framing::write(&mut send, &hb, framing::MAX_FRAME_LEN).await {
                     return lost(conn, true, format!("sending heartbeat: {e}"));
                 }
@@ -387,7 +388,7 @@ async fn converse<F: FactsSource>(
                 if isolation_of(&workloads) != isolation {
                     seq += 1;
                     isolation = isolation_of(&workloads);
-                    let hb = heartbeat(seq, facts, &images, &datasets, isolation.clone()).await;
+                    let hb = heartbeat(seq, facts, &images, &datasets, isolation.clone(), launch_queue_of(&workloads)).await;
                     if let Err(e) = framing::write(&mut send, &hb, framing::MAX_FRAME_LEN).await {
                         return lost(conn, true, format!("sending heartbeat: {e}"));
                     }
@@ -425,6 +426,11 @@ async fn converse<F: FactsSource>(
     }
 }
 
+/// Launches waiting for the host's container slots; none without a supervisor.
+fn launch_queue_of(workloads: &Option<WorkloadsHandle>) -> u32 {
+    workloads.as_ref().map_or(0, |w| w.0.launch_queue())
+}
+
 /// The supervisor's isolation; an agent without one runs nothing, so has none.
 fn isolation_of(workloads: &Option<WorkloadsHandle>) -> Isolation {
     workloads
@@ -439,6 +445,7 @@ async fn heartbeat<F: FactsSource>(
     images: &Option<Arc<ImageManager>>,
     datasets: &Option<Arc<DatasetCache>>,
     isolation: Isolation,
+    launch_queue: u32,
 ) -> AgentMsg {
     AgentMsg::Heartbeat(Heartbeat {
         seq,
@@ -447,6 +454,7 @@ async fn heartbeat<F: FactsSource>(
         pulls: images.as_ref().map(|i| i.progress()).unwrap_or_default(),
         isolation,
         datasets: datasets.as_ref().map(|d| d.ready()).unwrap_or_default(),
+        launch_queue,
     })
 }
 
@@ -470,12 +478,13 @@ async fn wait_changed(workloads: &Option<WorkloadsHandle>) {
     }
 }
 
-/// Tells the image manager and the dataset cache the connection is gone when
-/// dropped.
+/// Tells the image manager and the dataset cache (and the metrics) the connection
+/// is gone when dropped.
 struct ConnectionGuard(Option<Arc<ImageManager>>, Option<Arc<DatasetCache>>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
+        crate::metrics::link_up(false);
         if let Some(i) = &self.0 {
             i.set_connection(None);
         }

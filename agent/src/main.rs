@@ -58,6 +58,17 @@ enum Command {
             default_value = "/var/lib/cairn-agent"
         )]
         state_dir: PathBuf,
+        /// Serve Prometheus metrics at http://ADDR/metrics (off by default). There is
+        /// no authentication: use a loopback address or one on a private network
+        /// only the monitoring system reaches, e.g. 127.0.0.1:9464.
+        #[arg(long, env = "CAIRN_AGENT_METRICS_LISTEN", value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
+        /// Container creates run at once on this host (default 4, or
+        /// `container_slots` in agent.toml); further launches wait their turn and
+        /// show their place in line. A slow Docker Engine answers a few at a time
+        /// faster than a hundred at once.
+        #[arg(long, env = "CAIRN_AGENT_CONTAINER_SLOTS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        container_slots: Option<u16>,
     },
 }
 
@@ -126,22 +137,47 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Command::Run { state_dir } => run(state_dir).await,
+            Command::Run {
+                state_dir,
+                metrics_listen,
+                container_slots,
+            } => run(state_dir, metrics_listen, container_slots).await,
         }
     });
     ExitCode::from(code as u8)
 }
 
-async fn run(state_dir: PathBuf) -> i32 {
+async fn run(
+    state_dir: PathBuf,
+    metrics_listen: Option<std::net::SocketAddr>,
+    container_slots: Option<u16>,
+) -> i32 {
     let dir = StateDir::new(state_dir);
-    let state = match AgentState::load(&dir) {
+    let mut state = match AgentState::load(&dir) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return 3;
         }
     };
+    if let Some(n) = container_slots {
+        state.config.container_slots = Some(usize::from(n));
+    }
     let shutdown = CancellationToken::new();
+    if let Some(addr) = metrics_listen {
+        // Installed before anything records, so no early event is lost.
+        cairn_agent::metrics::install();
+        match cairn_agent::metrics::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(%addr, "serving metrics at /metrics");
+                tokio::spawn(cairn_agent::metrics::serve(listener, shutdown.clone()));
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        }
+    }
     tokio::spawn(stop_on_signal(shutdown.clone()));
     match cairn_agent::run::run(dir, state, shutdown).await {
         Ok(()) => 0,

@@ -40,6 +40,12 @@ pub async fn run(
         partial_downloads(&dir),
     );
     let supervisor = Supervisor::with_images(runtime, images.clone());
+    supervisor.set_container_slots(
+        state
+            .config
+            .container_slots
+            .unwrap_or(crate::runtime::queue::DEFAULT_CONTAINER_SLOTS),
+    );
     let datasets = DatasetCache::open(&dir.root().join("datasets"), &state.config.datasets)
         .map_err(|e| LinkError::Setup(format!("dataset cache: {e}")))?;
     let volumes =

@@ -52,6 +52,11 @@ pub struct AgentConfig {
     /// The dataset cache (`[datasets]` in agent.toml).
     #[serde(default)]
     pub datasets: DatasetsSettings,
+    /// Container creates run at once on this host; the others wait in line (see
+    /// `runtime::queue`). 4 when absent; `cairn-agent run --container-slots`
+    /// overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_slots: Option<usize>,
 }
 
 /// How much disk this agent gives dataset versions.
@@ -354,6 +359,7 @@ mod tests {
                 oci_runtime: None,
                 images: Default::default(),
                 datasets: Default::default(),
+                container_slots: None,
             },
             ca_der: ca.cert_der().to_vec(),
             cert_der,

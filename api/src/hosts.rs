@@ -158,6 +158,10 @@ pub struct HostView {
     /// the last heartbeat.
     #[serde(default)]
     pub datasets: Vec<String>,
+    /// Launches waiting for the host's container slots, from the last heartbeat
+    /// (the scheduler sends new launches elsewhere while it is long).
+    #[serde(default)]
+    pub launch_queue: u32,
 }
 
 impl HostView {

@@ -89,7 +89,7 @@ impl App {
     pub fn open(data_dir: DataDir) -> Result<App, StartError> {
         let config = ControllerConfig::load(&data_dir.config()).map_err(StartError::Config)?;
         let pki = Pki::load(&data_dir, &config)?;
-        let store = Store::open(&data_dir.state())?;
+        let store = Store::open_configured(&config.store, &data_dir.state())?;
         let registry = Arc::new(Registry::load(
             store.clone(),
             Thresholds::from_config(&config.hosts),
@@ -155,6 +155,8 @@ impl App {
 
 /// Opens the store, binds both listeners and starts serving.
 pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
+    // Before anything can record, so no early event is lost to the no-op recorder.
+    crate::metrics::install();
     let config = ControllerConfig::load(&data_dir.config()).map_err(StartError::Config)?;
     let pki = Pki::load(&data_dir, &config)?;
     let server_config = identity::server_config(pki.ca.cert_der(), &pki.server)?;
@@ -221,6 +223,7 @@ pub async fn start(data_dir: DataDir) -> Result<Running, StartError> {
         shutdown.clone(),
     ));
     tasks.spawn(chunk_gc_loop(app.clone(), shutdown.clone()));
+    tasks.spawn(retention_loop(app.clone(), shutdown.clone()));
     tasks.spawn(crate::groups::reconcile::run(app.clone(), shutdown.clone()));
     tasks.spawn(crate::users::reconcile::run(app.clone(), shutdown.clone()));
     tasks.spawn(server_cert_loop(
@@ -278,6 +281,21 @@ async fn liveness_loop(app: Arc<App>, shutdown: CancellationToken) {
             }
         }
     }
+}
+
+/// Deletes what is past keeping ([`crate::retention`]): soon after start, then every
+/// [`crate::retention::PERIOD`].
+async fn retention_loop(app: Arc<App>, shutdown: CancellationToken) {
+    let app = &*app;
+    crate::periodic::every(
+        crate::retention::PERIOD,
+        Duration::from_secs(30),
+        shutdown,
+        |now| async move {
+            crate::retention::sweep(app, now).await;
+        },
+    )
+    .await;
 }
 
 /// Collects unreferenced chunks every `chunks.gc_interval_secs` (and sooner when a

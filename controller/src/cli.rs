@@ -67,6 +67,15 @@ pub enum Command {
         /// Overwrite an existing data directory (every enrolled agent must re-enrol).
         #[arg(long)]
         force: bool,
+        /// Where the state lives: `sled` (in the data directory) or `etcd`.
+        #[arg(long, default_value = "sled")]
+        store_engine: String,
+        /// An etcd client URL (repeatable), with `--store-engine etcd`.
+        #[arg(long = "etcd-endpoint")]
+        etcd_endpoints: Vec<String>,
+        /// The prefix of every key in etcd.
+        #[arg(long, default_value = "/cairn/")]
+        etcd_prefix: String,
     },
     /// Serve the API and the agent link.
     Run {
@@ -77,6 +86,31 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Copy the state out of or into the configured engine (moving from sled to etcd).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Write every record to FILE (JSON lines); the controller must be stopped.
+    Export {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Where to write (`-` for standard output).
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+    },
+    /// Load an export into the configured engine, which must hold no records yet.
+    Import {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// The export to read (`-` for standard input).
+        #[arg(long = "in", default_value = "-")]
+        input: PathBuf,
     },
 }
 
@@ -145,7 +179,11 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
             lost_after,
             agent_cert_ttl,
             force,
+            store_engine,
+            etcd_endpoints,
+            etcd_prefix,
         } => {
+            let store = store_config(&store_engine, etcd_endpoints, etcd_prefix)?;
             let mut names = server_names;
             if names.is_empty() {
                 names = default_server_names();
@@ -163,6 +201,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
                 },
                 agent_cert_ttl,
                 force,
+                store,
             };
             let out = pki::init(&DataDir::new(&dir.data_dir), &opts)?;
             println!("initialised {}", dir.data_dir.display());
@@ -246,6 +285,46 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Store {
+            command: StoreCommand::Export { dir, out },
+        } => {
+            let store = open_store_offline(&DataDir::new(&dir.data_dir))?;
+            let n = if out.as_os_str() == "-" {
+                crate::store::dump::export(&store, &mut std::io::stdout().lock())
+            } else {
+                let file = std::fs::File::create(&out)
+                    .map_err(|e| CliError::Other(format!("creating {}: {e}", out.display())))?;
+                let mut w = std::io::BufWriter::new(file);
+                crate::store::dump::export(&store, &mut w)
+            }
+            .map_err(|e| CliError::Other(e.to_string()))?;
+            eprintln!(
+                "exported {n} records from the {} store",
+                store.engine_name()
+            );
+            Ok(())
+        }
+        Command::Store {
+            command: StoreCommand::Import { dir, input },
+        } => {
+            let store = open_store_offline(&DataDir::new(&dir.data_dir))?;
+            let n = if input.as_os_str() == "-" {
+                crate::store::dump::import(&store, std::io::stdin().lock())
+            } else {
+                let file = std::fs::File::open(&input)
+                    .map_err(|e| CliError::Other(format!("opening {}: {e}", input.display())))?;
+                crate::store::dump::import(&store, std::io::BufReader::new(file))
+            }
+            .map_err(|e| CliError::Other(e.to_string()))?;
+            store
+                .flush_blocking()
+                .map_err(|e| CliError::Other(e.to_string()))?;
+            eprintln!(
+                "imported {n} records into the {} store",
+                store.engine_name()
+            );
+            Ok(())
+        }
         Command::Token {
             command: TokenCommand::List { dir },
         } => {
@@ -280,6 +359,42 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// `[store]` from `init`'s flags.
+fn store_config(
+    engine: &str,
+    endpoints: Vec<String>,
+    prefix: String,
+) -> Result<crate::config::StoreConfig, CliError> {
+    use crate::config::{EtcdConfig, StoreConfig, StoreEngineKind};
+    let mut etcd = EtcdConfig {
+        prefix,
+        ..Default::default()
+    };
+    if !endpoints.is_empty() {
+        etcd.endpoints = endpoints;
+    }
+    let engine = match engine {
+        "sled" => StoreEngineKind::Sled,
+        "etcd" => {
+            etcd.validate().map_err(CliError::Usage)?;
+            StoreEngineKind::Etcd
+        }
+        other => {
+            return Err(CliError::Usage(format!(
+                "--store-engine {other:?}: expected sled or etcd"
+            )))
+        }
+    };
+    Ok(StoreConfig { engine, etcd })
+}
+
+/// Opens the configured store for `store export|import`, refusing while a controller
+/// holds it.
+fn open_store_offline(data: &DataDir) -> Result<Store, CliError> {
+    open_store_or_api(data)?
+        .ok_or_else(|| CliError::Unavailable("the controller is running; stop it first".into()))
+}
+
 /// The names a server certificate gets when none are given: this host's name and loopback.
 pub fn default_server_names() -> Vec<String> {
     let mut v = vec![
@@ -304,7 +419,18 @@ fn open_store_or_api(data: &DataDir) -> Result<Option<Store>, CliError> {
             data.root().display()
         )));
     }
-    match Store::open(&data.state()) {
+    let cfg = ControllerConfig::load(&data.config()).map_err(CliError::Other)?;
+    if cfg.store.engine == crate::config::StoreEngineKind::Etcd {
+        // etcd has no lock to tell: a controller is running if its API answers.
+        let mut addr = cfg.api.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)).is_ok() {
+            return Ok(None);
+        }
+    }
+    match Store::open_configured(&cfg.store, &data.state()) {
         Ok(s) => Ok(Some(s)),
         Err(StoreError::Locked { .. }) => Ok(None),
         Err(e) => Err(CliError::Other(e.to_string())),

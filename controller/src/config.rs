@@ -96,6 +96,128 @@ pub struct ControllerConfig {
     /// What hosts a cloud creates are told (pools with `provider = "openstack"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_hosts: Option<crate::autoscaler::cloud_config::CloudHosts>,
+    /// Where the controller's state lives: sled in the data directory, or etcd.
+    #[serde(default, skip_serializing_if = "StoreConfig::is_default")]
+    pub store: StoreConfig,
+}
+
+/// `[store]`: the engine of the controller's state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default)]
+    pub engine: StoreEngineKind,
+    /// `[store.etcd]`, for `engine = "etcd"`.
+    #[serde(default)]
+    pub etcd: EtcdConfig,
+}
+
+impl StoreConfig {
+    fn is_default(&self) -> bool {
+        *self == StoreConfig::default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreEngineKind {
+    /// sled in `DATA_DIR/state` (one machine).
+    #[default]
+    Sled,
+    /// An etcd cluster.
+    Etcd,
+}
+
+/// `[store.etcd]`: how to reach the etcd cluster and where the keys live.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs, e.g. `https://etcd-1:2379`.
+    #[serde(default = "default_etcd_endpoints")]
+    pub endpoints: Vec<String>,
+    /// Every key is `PREFIX TREE/KEY`; one cluster can hold several sites.
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    /// The CA that signed the etcd servers' certificates (TLS when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and key, for clusters that require them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Connect and request timeout.
+    #[serde(default = "default_etcd_timeout")]
+    pub timeout_secs: u64,
+    /// The cluster's `--max-txn-ops` (etcd's default is 128): a commit with more
+    /// writes than this is sent in several etcd transactions.
+    #[serde(default = "default_etcd_txn_ops")]
+    pub max_txn_ops: usize,
+}
+
+fn default_etcd_endpoints() -> Vec<String> {
+    vec!["http://127.0.0.1:2379".into()]
+}
+fn default_etcd_prefix() -> String {
+    "/cairn/".into()
+}
+fn default_etcd_timeout() -> u64 {
+    10
+}
+fn default_etcd_txn_ops() -> usize {
+    128
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: default_etcd_endpoints(),
+            prefix: default_etcd_prefix(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            timeout_secs: default_etcd_timeout(),
+            max_txn_ops: default_etcd_txn_ops(),
+        }
+    }
+}
+
+impl EtcdConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.endpoints.is_empty() || self.endpoints.len() > 16 {
+            return Err("[store.etcd] endpoints: give 1 to 16 URLs".into());
+        }
+        for e in &self.endpoints {
+            let tls = self.ca_file.is_some() || self.cert_file.is_some();
+            let scheme_ok = if tls {
+                e.starts_with("https://")
+            } else {
+                e.starts_with("http://")
+            };
+            if !scheme_ok || e.len() > 256 {
+                return Err(format!(
+                    "[store.etcd] endpoint {e:?}: expected an {} URL",
+                    if tls { "https://" } else { "http://" }
+                ));
+            }
+        }
+        let p = &self.prefix;
+        if !p.starts_with('/') || !p.ends_with('/') || p.len() > 128 || p.contains("//") {
+            return Err(format!(
+                "[store.etcd] prefix {p:?}: must start and end with '/', e.g. \"/cairn/\""
+            ));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err("[store.etcd] cert_file and key_file go together".into());
+        }
+        if !(1..=3600).contains(&self.timeout_secs) {
+            return Err("[store.etcd] timeout_secs: 1 to 3600".into());
+        }
+        if !(1..=100_000).contains(&self.max_txn_ops) {
+            return Err("[store.etcd] max_txn_ops: 1 to 100000".into());
+        }
+        Ok(())
+    }
 }
 
 /// One pool's placement and autoscaling rules.
@@ -455,6 +577,13 @@ pub struct InstancesConfig {
     /// Most unfinished instances one user may have, over all blueprints.
     #[serde(default = "default_max_per_user")]
     pub max_per_user: u32,
+    /// Ended instances are kept this long (history, usage reports), then deleted.
+    #[serde(default = "default_keep_ended_days")]
+    pub keep_ended_days: u32,
+}
+
+fn default_keep_ended_days() -> u32 {
+    30
 }
 
 fn default_start_timeout() -> u64 {
@@ -469,6 +598,7 @@ impl Default for InstancesConfig {
         InstancesConfig {
             start_timeout_ms: default_start_timeout(),
             max_per_user: default_max_per_user(),
+            keep_ended_days: default_keep_ended_days(),
         }
     }
 }
@@ -777,6 +907,9 @@ impl ControllerConfig {
         }
         self.registration.validate()?;
         self.validate_pools()?;
+        if self.store.engine == StoreEngineKind::Etcd {
+            self.store.etcd.validate()?;
+        }
         let h = &self.hosts;
         if h.heartbeat_interval_ms < 100 || h.heartbeat_interval_ms > 600_000 {
             return Err("hosts.heartbeat_interval_ms must be between 100 and 600000".into());
@@ -919,6 +1052,7 @@ mod tests {
             },
             pools: vec![],
             cloud_hosts: None,
+            store: Default::default(),
             proxy: ProxyConfig::default(),
             auth: AuthConfig {
                 admin_token_sha256: "0".repeat(64),

@@ -3,8 +3,9 @@
 //! * [`config`] — the config file and data directory layout.
 //! * [`pki`] — the CA, the server certificate, `init`.
 //! * [`auth`] — admin and join token secrets.
-//! * [`store`] — sled, with a schema-version guard.
+//! * [`store`] — the state behind one seam: sled or etcd, with a schema-version guard.
 //! * [`tokens`] — join tokens.
+//! * [`retention`] — what the controller forgets, and when.
 //! * [`users`] — accounts, API tokens, and the principal of a request.
 //! * [`blueprints`] — blueprint specs, validation and revisions.
 //! * [`chunks`] — the chunk store (every pushed byte) and its collector.
@@ -14,6 +15,7 @@
 //! * [`scheduler`] — where instances go: the deterministic placement core.
 //! * [`hosts`] — the host registry and its liveness state machine.
 //! * [`link`] — the QUIC server agents dial: enrolment and sessions.
+//! * [`metrics`] — Prometheus metrics: what is counted where, and `/metrics`.
 //! * [`service`] — every user and admin action as one typed operation: the rules.
 //! * [`api`] — the REST API.
 //! * [`http_server`] — the HTTP listener: accept loop, timeouts, connection cap.
@@ -41,9 +43,11 @@ pub mod https;
 pub mod images;
 pub mod instances;
 pub mod link;
+pub mod metrics;
 pub mod periodic;
 pub mod pki;
 pub mod proxy;
+pub mod retention;
 pub mod scheduler;
 pub mod service;
 pub mod store;

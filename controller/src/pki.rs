@@ -50,6 +50,8 @@ pub struct InitOptions {
     /// Lifetime of agents' client certificates.
     pub agent_cert_ttl: Duration,
     pub force: bool,
+    /// `[store]`: sled (the default) or etcd.
+    pub store: crate::config::StoreConfig,
 }
 
 /// How browsers reach the API listener.
@@ -160,6 +162,7 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<InitOutcome, PkiError> 
         proxy: Default::default(),
         pools: vec![],
         cloud_hosts: None,
+        store: opts.store.clone(),
         auth: AuthConfig {
             admin_token_sha256: auth::digest_hex(&admin_token),
             oidc: None,
@@ -273,6 +276,7 @@ mod tests {
             hosts: HostsConfig::default(),
             agent_cert_ttl: Duration::from_secs(30 * 24 * 3600),
             force: false,
+            store: Default::default(),
         }
     }
 

@@ -206,6 +206,21 @@ impl TokenStore {
         self.store.all(Tree::JoinTokens)
     }
 
+    /// Deletes tokens past their expiry by the grace period; how many.
+    pub async fn prune(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let due: Vec<String> = self
+            .list()?
+            .into_iter()
+            .filter(|t| crate::retention::join_token_due(t.expires_ms, now_ms))
+            .map(|t| t.id)
+            .collect();
+        for id in &due {
+            self.store.remove(Tree::JoinTokens, id)?;
+        }
+        self.store.flush().await?;
+        Ok(due.len())
+    }
+
     /// Deletes a token; true if it existed.
     pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
         let existed = self.store.get::<JoinToken>(Tree::JoinTokens, id)?.is_some();

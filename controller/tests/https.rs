@@ -50,6 +50,7 @@ async fn https_with_the_init_certificate() {
             hosts: Default::default(),
             agent_cert_ttl: Duration::from_secs(3600),
             force: false,
+            store: Default::default(),
         },
     )
     .unwrap();

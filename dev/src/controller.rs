@@ -30,6 +30,7 @@ pub fn init_if_new(data: &DataDir, api_port: u16, link_port: u16) -> Result<bool
         hosts: HostsConfig::default(),
         agent_cert_ttl: Duration::from_secs(30 * 24 * 3600),
         force: false,
+        store: Default::default(),
     };
     pki::init(data, &opts)?;
     // The local agent may run without root, and so without the packet filter that

@@ -213,6 +213,7 @@ mod tests {
                 pulls: vec![],
                 isolation: Isolation::Enforced,
                 datasets: vec![],
+                launch_queue: (seq % 1000) as u32,
             });
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let back: AgentMsg = rt.block_on(async {
@@ -278,6 +279,50 @@ mod tests {
             encode(&msg, 1000),
             Err(FrameError::TooLarge { .. })
         ));
+    }
+
+    /// A heartbeat as agents sent it before `launch_queue` (same variant index).
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    enum AgentMsgBeforeQueue {
+        Heartbeat {
+            seq: u64,
+            capacity: Capacity,
+            runtime: RuntimeFacts,
+            pulls: Vec<crate::images::PullProgress>,
+            isolation: Isolation,
+            datasets: Vec<crate::chunks::ChunkId>,
+        },
+    }
+
+    #[test]
+    fn heartbeats_with_and_without_the_launch_queue_decode_on_either_side() {
+        let old = AgentMsgBeforeQueue::Heartbeat {
+            seq: 7,
+            capacity: Capacity::default(),
+            runtime: RuntimeFacts::Unavailable { error: "x".into() },
+            pulls: vec![],
+            isolation: Isolation::Enforced,
+            datasets: vec![crate::chunks::ChunkId([3; 32])],
+        };
+        // An older agent's heartbeat reads as an empty queue …
+        let buf = encode(&old, MAX_FRAME_LEN).unwrap();
+        let AgentMsg::Heartbeat(h) = decode::<AgentMsg>(&buf, MAX_FRAME_LEN).unwrap() else {
+            panic!("not a heartbeat")
+        };
+        assert_eq!((h.seq, h.launch_queue), (7, 0));
+        assert_eq!(h.datasets, vec![crate::chunks::ChunkId([3; 32])]);
+        // … and a newer agent's reads whole here and, minus the queue, on an older
+        // controller.
+        let new = AgentMsg::Heartbeat(Heartbeat {
+            launch_queue: 42,
+            ..h
+        });
+        let buf = encode(&new, MAX_FRAME_LEN).unwrap();
+        assert_eq!(decode::<AgentMsg>(&buf, MAX_FRAME_LEN).unwrap(), new);
+        assert_eq!(
+            decode::<AgentMsgBeforeQueue>(&buf, MAX_FRAME_LEN).unwrap(),
+            old
+        );
     }
 
     #[test]

@@ -248,6 +248,27 @@ pub struct Heartbeat {
     /// Dataset versions (their manifests) materialised and ready on this host: the
     /// scheduler prefers hosts that hold what a launch mounts.
     pub datasets: Vec<crate::chunks::ChunkId>,
+    /// Launches waiting in the host's queue for container operations (the agent
+    /// runs only a few creates at once): the scheduler steers new launches away
+    /// from a host with a long queue. Added after protocol version 5 shipped, so it
+    /// stays last and reads as 0 from an agent that does not send it.
+    #[serde(default, deserialize_with = "trailing_or_default")]
+    pub launch_queue: u32,
+}
+
+/// Reads a field added at the end of a message after agents without it were
+/// deployed, as its default when the message ends before it. postcard is not
+/// self-describing: an older agent's heartbeat simply stops where the field would
+/// start, and `#[serde(default)]` alone does not help (postcard asks for every
+/// field of a struct). Only for the last field of a message: whatever follows a
+/// field read this way would be misread. (An older controller ignores the bytes
+/// after the fields it knows, so the other direction needs nothing.)
+fn trailing_or_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(T::deserialize(d).unwrap_or_default())
 }
 
 /// Most cached dataset versions listed in one heartbeat.

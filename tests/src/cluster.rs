@@ -118,6 +118,9 @@ pub struct Controller {
     log: PathBuf,
     child: Option<Child>,
     http: reqwest::Client,
+    /// The etcd holding this controller's state, when it is on etcd; dropped after the
+    /// controller (fields drop in order, and `Drop` kills the controller first).
+    pub etcd: Option<crate::etcd::Etcd>,
 }
 
 /// Settings for [`Controller::init`].
@@ -130,6 +133,9 @@ pub struct ControllerOptions {
     /// `init --web-tls`: `http` (loopback), or `https` with the certificate `init`
     /// makes, which this handle's HTTP client then trusts through the Cairn CA.
     pub web_tls: &'static str,
+    /// Keep the state on an etcd of its own (`init --store-engine etcd`) instead of
+    /// sled; the default comes from `CAIRN_TEST_STORE` ([`crate::etcd::STORE_VAR`]).
+    pub etcd: bool,
 }
 
 impl Default for ControllerOptions {
@@ -140,6 +146,7 @@ impl Default for ControllerOptions {
             lost_after: "60s",
             agent_cert_ttl: "30d",
             web_tls: "http",
+            etcd: crate::etcd::store_from_env(),
         }
     }
 }
@@ -148,6 +155,14 @@ impl Controller {
     /// Runs `cairn-controller init` in `root/controller`.
     pub fn init(root: &Path, opts: &ControllerOptions) -> Self {
         let dir = root.join("controller");
+        let etcd = opts.etcd.then(|| {
+            assert!(
+                crate::require::find_program("etcd").is_some(),
+                "{}=etcd needs the etcd binary: apt-get install etcd-server",
+                crate::etcd::STORE_VAR
+            );
+            crate::etcd::Etcd::start(&root.join("etcd"))
+        });
         let api_port = free_tcp_port();
         let link_port = free_udp_port();
         let out = Command::new(bin("cairn-controller"))
@@ -169,6 +184,16 @@ impl Controller {
                 opts.agent_cert_ttl,
             ])
             .args(["--web-tls", opts.web_tls])
+            .args(etcd.iter().flat_map(|e| {
+                [
+                    "--store-engine",
+                    "etcd",
+                    "--etcd-endpoint",
+                    e.url.as_str(),
+                    "--etcd-prefix",
+                    "/cairn-test/",
+                ]
+            }))
             .output()
             .expect("run init");
         assert!(
@@ -201,6 +226,7 @@ impl Controller {
             ca_sha256,
             child: None,
             http,
+            etcd,
         }
     }
 
@@ -243,6 +269,14 @@ impl Controller {
             }
         })
         .await;
+        if self.etcd.is_some() {
+            // A run on etcd must really be on etcd, not quietly on sled.
+            assert!(
+                self.log_text().contains("etcd store loaded"),
+                "the controller did not open its etcd store:\n{}",
+                self.log_text()
+            );
+        }
     }
 
     /// Closes the HTTP connections this handle keeps open to the controller, for

@@ -21,6 +21,7 @@
 pub mod cluster;
 pub mod debs;
 pub mod docker;
+pub mod etcd;
 pub mod hollow;
 pub mod images;
 pub mod jupyter;

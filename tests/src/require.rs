@@ -7,7 +7,7 @@
 //!
 //! The only way around is explicit: `CAIRN_TEST_SKIP` lists, comma-separated, the
 //! needs whose tests the developer chooses not to run ([`Need::name`]: `docker`,
-//! `chromium`, `registry`, `jupyter`, `oidc`, `nginx`, `vm`, `cargo-deb`, `ansible`, `openstack`). Such a test prints one line,
+//! `chromium`, `registry`, `jupyter`, `oidc`, `nginx`, `vm`, `cargo-deb`, `ansible`, `openstack`, `etcd`). Such a test prints one line,
 //! `SKIPPED (needs docker): <test name>`, past the test harness's output capture so it
 //! always shows (`.ci/run` counts these lines), and returns. Under `CI=true` a
 //! non-empty `CAIRN_TEST_SKIP` is itself a failure: CI skips nothing.
@@ -48,10 +48,12 @@ pub enum Need {
     /// The mini OpenStack test image ([`crate::openstack`]), or `debootstrap` and
     /// `unshare` to build it.
     OpenStack,
+    /// Debian's `etcd-server` (the `etcd` binary), for the etcd store engine.
+    Etcd,
 }
 
 impl Need {
-    pub const ALL: [Need; 10] = [
+    pub const ALL: [Need; 11] = [
         Need::Docker,
         Need::Chromium,
         Need::Registry,
@@ -62,6 +64,7 @@ impl Need {
         Need::CargoDeb,
         Need::Ansible,
         Need::OpenStack,
+        Need::Etcd,
     ];
 
     /// Its name in `CAIRN_TEST_SKIP` and in the skip line.
@@ -77,6 +80,7 @@ impl Need {
             Need::CargoDeb => "cargo-deb",
             Need::Ansible => "ansible",
             Need::OpenStack => "openstack",
+            Need::Etcd => "etcd",
         }
     }
 
@@ -100,6 +104,7 @@ impl Need {
                 "bash packaging/build-debs.sh --install-only (cargo install cargo-deb --version 3.8.0 --locked)"
             }
             Need::Ansible => "apt-get install ansible-core ansible-lint openssh-client",
+            Need::Etcd => "apt-get install etcd-server",
             Need::OpenStack => {
                 "apt-get install debootstrap util-linux (the image is built from Debian's OpenStack packages on first use, ~5 min)"
             }
@@ -155,6 +160,7 @@ impl Need {
                     .collect();
                 (!gone.is_empty()).then(|| gone.join("; "))
             }
+            Need::Etcd => program("etcd"),
             Need::Nginx => nginx_program()
                 .is_none()
                 .then(|| "nginx is not on PATH or in /usr/sbin".into()),
@@ -290,7 +296,7 @@ mod tests {
         assert_eq!(parse_skip(" , ", true), Ok(vec![]));
         assert_eq!(
             parse_skip(
-                "docker, chromium,registry,jupyter,oidc,nginx,vm,cargo-deb,ansible,openstack",
+                "docker, chromium,registry,jupyter,oidc,nginx,vm,cargo-deb,ansible,openstack,etcd",
                 false
             ),
             Ok(Need::ALL.to_vec())

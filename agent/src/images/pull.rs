@@ -461,6 +461,7 @@ impl ImageManager {
 
     /// Runs a pull to its end and tells its waiters.
     async fn drive(self: Arc<Self>, spec: ImageSpec, tx: watch::Sender<PullState>) {
+        let _in_flight = crate::metrics::PullInFlight::start();
         let reference = spec.reference.clone();
         let result = self.attempts(&spec, &tx).await;
         let mut inner = self.lock();

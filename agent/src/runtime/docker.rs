@@ -22,7 +22,7 @@ use bollard::Docker;
 use cairn_shared::ids::InstanceId;
 use cairn_shared::resources::Isolation;
 use cairn_shared::workload::{DesiredInstance, MAX_LOG_BYTES};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use super::{labels, ContainerRuntime, ContainerState, DatasetBind, Observed, RuntimeError};
 use crate::docker::DockerClient;
@@ -49,10 +49,7 @@ async fn bounded<T>(
 ) -> Result<T, RuntimeError> {
     match tokio::time::timeout(CALL_TIMEOUT, f).await {
         Ok(r) => r.map_err(|e| docker_err(what, e)),
-        Err(_) => Err(RuntimeError(format!(
-            "{what}: the Docker Engine did not answer within {} s",
-            CALL_TIMEOUT.as_secs()
-        ))),
+        Err(_) => Err(RuntimeError::no_answer(what, CALL_TIMEOUT)),
     }
 }
 
@@ -275,25 +272,36 @@ impl ContainerRuntime for DockerRuntime {
             ..Default::default()
         };
         let opts = CreateContainerOptionsBuilder::new().name(&name).build();
-        let id = match bounded(
+        let t = std::time::Instant::now();
+        let created = bounded(
             "creating the container",
-            self.docker().await?.create_container(Some(opts), body),
+            docker.create_container(Some(opts), body),
         )
-        .await
-        {
+        .await;
+        crate::metrics::container_op("create", created.is_ok(), t.elapsed());
+        let id = match created {
             Ok(r) => r.id,
             // Created by an earlier attempt that did not get to report: reuse it.
             Err(e) if e.0.contains("is already in use") => name.clone(),
             Err(e) => return Err(e),
         };
-        if let Err(e) = bounded(
+        let t = std::time::Instant::now();
+        let started = bounded(
             "starting the container",
-            self.docker()
-                .await?
-                .start_container(&id, None::<StartContainerOptions>),
+            // 304: already started, by an earlier attempt whose answer never came.
+            docker
+                .start_container(&id, None::<StartContainerOptions>)
+                .map(|r| match r {
+                    Err(bollard::errors::Error::DockerResponseServerError {
+                        status_code: 304,
+                        ..
+                    }) => Ok(()),
+                    r => r,
+                }),
         )
-        .await
-        {
+        .await;
+        crate::metrics::container_op("start", started.is_ok(), t.elapsed());
+        if let Err(e) = started {
             let _ = self.remove(&id).await;
             return Err(e);
         }

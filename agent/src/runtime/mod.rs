@@ -5,6 +5,8 @@
 //! * [`hollow`] — in-memory containers, for scale measurements only.
 //! * [`isolation`] — packet filter rules that keep instances off the host and the
 //!   cloud metadata address.
+//! * [`queue`] — the host's first-come-first-served queue for container creates,
+//!   with a few permits, so a burst of launches does not swamp the engine.
 //! * [`supervisor`] — the loop that applies desired state, executes plans, probes
 //!   apps until they answer, and queues reports for the link.
 
@@ -12,6 +14,7 @@ pub mod docker;
 pub mod hollow;
 pub mod isolation;
 pub mod plan;
+pub mod queue;
 pub mod supervisor;
 
 use std::collections::BTreeMap;
@@ -56,6 +59,23 @@ pub struct DatasetBind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct RuntimeError(pub String);
+
+/// What [`RuntimeError::no_answer`] says; how [`RuntimeError::is_no_answer`] knows it.
+const NO_ANSWER: &str = "the Docker Engine did not answer within";
+
+impl RuntimeError {
+    /// The engine did not answer `what` within `after`. Unlike a refusal, the
+    /// operation may still have happened: a create may have made its container.
+    pub fn no_answer(what: &str, after: std::time::Duration) -> Self {
+        RuntimeError(format!("{what}: {NO_ANSWER} {} s", after.as_secs()))
+    }
+
+    /// Whether the engine did not answer in time (an error made by
+    /// [`RuntimeError::no_answer`]): worth another try once the engine is less busy.
+    pub fn is_no_answer(&self) -> bool {
+        self.0.contains(NO_ANSWER)
+    }
+}
 
 /// What the supervisor needs from a container runtime.
 pub trait ContainerRuntime: Send + Sync + 'static {

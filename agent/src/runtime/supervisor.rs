@@ -10,6 +10,12 @@
 //! [`ImageManager`], reporting the pull as `Preparing { detail: "pulling 35%" }`.
 //! The desired image set in updates goes to the same manager, which pre-pulls it;
 //! the supervisor itself knows nothing of registries or Docker.
+//!
+//! Container creates wait their turn in the host's [`HostQueue`] (a few at a time),
+//! reporting `Preparing { detail: "waiting for the host (12 ahead)" }` meanwhile. A
+//! create the engine did not answer in time is tried again, after a pause, once
+//! what the lost attempt left is known: a running container is adopted, a
+//! half-made one removed.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +33,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::plan::{self, Action, Memory};
+use super::queue::{self, HostQueue};
 use super::{ContainerRuntime, DatasetBind, RuntimeError};
 use crate::datasets::DatasetCache;
 use crate::images::ImageManager;
@@ -37,6 +44,15 @@ use crate::volumes::VolumeKeeper;
 const PASS_INTERVAL: Duration = Duration::from_secs(2);
 /// How often a launch waiting for its image may report the pull's progress.
 const PULL_REPORT_INTERVAL: Duration = Duration::from_millis(300);
+/// How often a launch waiting in the host's queue may report its place: a burst of
+/// a hundred launches moving up must not flood the link (or the controller's
+/// store, which keeps every change of detail).
+const QUEUE_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Attempts at creating and starting a container when the engine does not answer,
+/// and the pauses between them: together with the engine's call timeouts, a couple
+/// of minutes before a launch fails for a slow engine.
+const CREATE_ATTEMPTS: u32 = 3;
+const CREATE_PAUSES: [Duration; 2] = [Duration::from_secs(10), Duration::from_secs(30)];
 
 /// What the link needs from the supervisor, object-safe so the link does not care
 /// which runtime is behind it.
@@ -49,6 +65,10 @@ pub trait Workloads: Send + Sync + 'static {
     fn drain(&self) -> Vec<InstanceReport>;
     /// Signalled when reports are queued.
     fn changed(&self) -> &Notify;
+    /// Launches waiting for the host's container slots, for the heartbeat.
+    fn launch_queue(&self) -> u32 {
+        0
+    }
     /// An instance's recent output.
     fn logs(&self, instance: InstanceId, tail: u32) -> BoxFuture<'_, Result<String, String>>;
     /// Where a running instance's app answers, as last reported; `None` unless it is
@@ -85,6 +105,8 @@ pub struct Supervisor<R> {
     images: Arc<ImageManager>,
     datasets: std::sync::OnceLock<Arc<DatasetCache>>,
     volumes: std::sync::OnceLock<Arc<VolumeKeeper>>,
+    /// Container creates, a few at a time, first come first served.
+    queue: Arc<HostQueue>,
     state: Mutex<State>,
     changed: Notify,
     wake: Notify,
@@ -117,6 +139,7 @@ impl<R: ContainerRuntime> Supervisor<R> {
             images,
             datasets: std::sync::OnceLock::new(),
             volumes: std::sync::OnceLock::new(),
+            queue: HostQueue::new(queue::DEFAULT_CONTAINER_SLOTS),
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             wake: Notify::new(),
@@ -133,6 +156,16 @@ impl<R: ContainerRuntime> Supervisor<R> {
     /// one, an instance with a volume fails with a clear reason).
     pub fn set_volumes(&self, keeper: Arc<VolumeKeeper>) {
         let _ = self.volumes.set(keeper);
+    }
+
+    /// How many container creates run at once on this host (at least one).
+    pub fn set_container_slots(&self, slots: usize) {
+        self.queue.set_permits(slots);
+    }
+
+    /// The queue container creates wait in.
+    pub fn container_queue(&self) -> &Arc<HostQueue> {
+        &self.queue
     }
 
     /// The image manager launches pull through.
@@ -203,6 +236,15 @@ impl<R: ContainerRuntime> Supervisor<R> {
                 return;
             }
         };
+        let (mut created, mut running, mut exited) = (0, 0, 0);
+        for o in observed.values() {
+            match o.state {
+                super::ContainerState::Created => created += 1,
+                super::ContainerState::Running => running += 1,
+                super::ContainerState::Exited { .. } => exited += 1,
+            }
+        }
+        crate::metrics::containers(created, running, exited);
         let actions = {
             let st = self.lock();
             let mut actions = plan::plan(&st.desired, &observed, &st.memory);
@@ -442,21 +484,127 @@ impl<R: ContainerRuntime> Supervisor<R> {
             }
         }
         if let Some(binds) = binds {
-            self.report(
-                &d.id,
-                InstancePhase::Preparing {
-                    detail: "creating container".into(),
-                },
-            );
-            match self.runtime.create(&d, &binds).await {
+            match self.create_container(&d, &binds).await {
                 Err(RuntimeError(reason)) => self.report(&d.id, InstancePhase::Failed { reason }),
-                Ok(_) => {
+                // No longer desired while it waited.
+                Ok(false) => {}
+                Ok(true) => {
                     self.report(&d.id, InstancePhase::Starting);
+                    // The probe's start timeout counts from here: the container
+                    // has started, whatever the queue and the engine took before.
                     self.probe(&d).await;
                 }
             }
         }
         self.done(&d.id);
+    }
+
+    /// Creates and starts the instance's container in its turn in the host's
+    /// queue, trying again (up to [`CREATE_ATTEMPTS`]) when the engine does not
+    /// answer in time. `Ok(true)` once the container has started, `Ok(false)` if
+    /// the instance stopped being desired while it waited.
+    async fn create_container(
+        &self,
+        d: &DesiredInstance,
+        binds: &[DatasetBind],
+    ) -> Result<bool, RuntimeError> {
+        let mut attempt = 1;
+        loop {
+            let Some(permit) = self.queue_turn(d).await else {
+                return Ok(false);
+            };
+            // The attempt that timed out may have made the container after all.
+            if attempt > 1 && self.adopt_or_clear(d).await {
+                return Ok(true);
+            }
+            let detail = match attempt {
+                1 => "creating container".to_string(),
+                n => format!("creating container (attempt {n} of {CREATE_ATTEMPTS})"),
+            };
+            self.report(&d.id, InstancePhase::Preparing { detail });
+            let outcome = self.runtime.create(d, binds).await;
+            // The engine is free for the next in line during the pause.
+            drop(permit);
+            match outcome {
+                Ok(_) => return Ok(true),
+                Err(e) if e.is_no_answer() && attempt < CREATE_ATTEMPTS => {
+                    let pause = CREATE_PAUSES[(attempt - 1) as usize % CREATE_PAUSES.len()];
+                    tracing::warn!(instance = %d.id, attempt, error = %e, pause_s = pause.as_secs(), "the engine did not answer; trying again");
+                    self.report(
+                        &d.id,
+                        InstancePhase::Preparing {
+                            detail: format!(
+                                "the host is busy; trying again in {} s",
+                                pause.as_secs()
+                            ),
+                        },
+                    );
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits for a permit of the host's queue, reporting the instance's place in
+    /// line (at most every [`QUEUE_REPORT_INTERVAL`], and only when it changed).
+    /// `None` if the instance stops being desired meanwhile.
+    async fn queue_turn(&self, d: &DesiredInstance) -> Option<queue::Permit> {
+        let mut ticket = self.queue.join();
+        if let Some(p) = ticket.try_take() {
+            return Some(p);
+        }
+        let mut shown = None;
+        loop {
+            let ahead = ticket.ahead();
+            if shown != Some(ahead) {
+                self.report(
+                    &d.id,
+                    InstancePhase::Preparing {
+                        detail: queue::waiting_detail(ahead),
+                    },
+                );
+                shown = Some(ahead);
+            }
+            if !self.lock().desired.contains_key(&d.id) {
+                return None;
+            }
+            // The turn and the reports take turns, as a pull's do: the turn is
+            // taken the moment it comes; the place is shown once a second at most.
+            tokio::select! {
+                p = ticket.turn() => return Some(p),
+                _ = tokio::time::sleep(QUEUE_REPORT_INTERVAL) => {}
+            }
+        }
+    }
+
+    /// What a create that timed out left: a running container (named and labelled
+    /// for the instance, so it is this one's) is adopted — true; a container that
+    /// never started is removed so the next attempt starts clean. If the removal
+    /// fails too, the next create finds the name taken and reuses the container.
+    async fn adopt_or_clear(&self, d: &DesiredInstance) -> bool {
+        let observed = match self.runtime.list().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(instance = %d.id, error = %e, "cannot list containers before trying again");
+                return false;
+            }
+        };
+        match observed.get(&d.id) {
+            Some(o) if o.state == super::ContainerState::Running => {
+                tracing::info!(instance = %d.id, container = %o.container_id, "the container started after all; adopting it");
+                true
+            }
+            Some(o) => {
+                tracing::info!(instance = %d.id, container = %o.container_id, "removing the container a timed-out attempt left");
+                if let Err(e) = self.runtime.remove(&o.container_id).await {
+                    tracing::warn!(instance = %d.id, error = %e, "could not remove the half-made container; reusing it");
+                }
+                false
+            }
+            None => false,
+        }
     }
 
     /// Makes the instance's image present, reporting the pull while it runs. False if
@@ -748,6 +896,10 @@ impl<R: ContainerRuntime> Workloads for Supervisor<R> {
         &self.changed
     }
 
+    fn launch_queue(&self) -> u32 {
+        u32::try_from(self.queue.waiting()).unwrap_or(u32::MAX)
+    }
+
     fn logs(&self, instance: InstanceId, tail: u32) -> BoxFuture<'_, Result<String, String>> {
         Box::pin(async move { self.runtime.logs(&instance, tail).await.map_err(|e| e.0) })
     }
@@ -787,6 +939,16 @@ mod tests {
         removed: Mutex<Vec<String>>,
         images: Arc<FakeBackend>,
         binds: Mutex<Map<InstanceId, Vec<DatasetBind>>>,
+        /// Outcomes of the next creates, first first: the error to answer with,
+        /// and the container the failed attempt leaves behind, if any.
+        script: Mutex<std::collections::VecDeque<(RuntimeError, Option<ContainerState>)>>,
+        /// Creates asked for.
+        creates: std::sync::atomic::AtomicUsize,
+        /// Creates under way now, and the most at once.
+        inside: std::sync::atomic::AtomicUsize,
+        most_inside: std::sync::atomic::AtomicUsize,
+        /// When set, each create takes one permit of it before it finishes.
+        gate: Option<Arc<tokio::sync::Semaphore>>,
     }
 
     impl Default for Fake {
@@ -796,6 +958,11 @@ mod tests {
                 removed: Default::default(),
                 images: Arc::new(FakeBackend::open()),
                 binds: Default::default(),
+                script: Default::default(),
+                creates: Default::default(),
+                inside: Default::default(),
+                most_inside: Default::default(),
+                gate: None,
             }
         }
     }
@@ -815,6 +982,25 @@ mod tests {
             d: &DesiredInstance,
             binds: &[DatasetBind],
         ) -> Result<String, RuntimeError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.creates.fetch_add(1, SeqCst);
+            let now = self.inside.fetch_add(1, SeqCst) + 1;
+            self.most_inside.fetch_max(now, SeqCst);
+            if let Some(gate) = &self.gate {
+                gate.acquire().await.unwrap().forget();
+            }
+            self.inside.fetch_sub(1, SeqCst);
+            let next = self.script.lock().unwrap().pop_front();
+            if let Some((error, left)) = next {
+                if let Some(state) = left {
+                    let o = Observed {
+                        container_id: format!("c-{}", d.id),
+                        state,
+                    };
+                    self.containers.lock().unwrap().insert(d.id.clone(), o);
+                }
+                return Err(error);
+            }
             self.binds
                 .lock()
                 .unwrap()
@@ -1198,6 +1384,226 @@ mod tests {
             })
         );
         assert!(sup.runtime.containers.lock().unwrap().is_empty());
+    }
+
+    fn no_answer() -> RuntimeError {
+        RuntimeError::no_answer("creating the container", Duration::from_secs(30))
+    }
+
+    /// A supervisor over `fake` with the test image present.
+    fn ready(fake: Fake) -> Arc<Supervisor<Fake>> {
+        fake.images.present.lock().unwrap().insert(IMAGE.into());
+        Supervisor::new(fake)
+    }
+
+    fn creates(sup: &Supervisor<Fake>) -> usize {
+        sup.runtime
+            .creates
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_create_the_engine_did_not_answer_is_tried_again() {
+        let fake = Fake::default();
+        fake.script.lock().unwrap().push_back((no_answer(), None));
+        let sup = ready(fake);
+        let d = instance(IMAGE);
+        launch(&sup, &d);
+        sup.pass().await;
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        let reports = phases(sup.drain());
+        assert_eq!(
+            reports[..4],
+            [
+                preparing("creating container"),
+                preparing("the host is busy; trying again in 10 s"),
+                preparing("creating container (attempt 2 of 3)"),
+                InstancePhase::Starting
+            ],
+            "{reports:?}"
+        );
+        assert_eq!(creates(&sup), 2);
+        assert!(sup.runtime.removed.lock().unwrap().is_empty());
+        assert!(sup.runtime.containers.lock().unwrap().contains_key(&d.id));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_made_container_is_removed_before_the_next_attempt() {
+        let fake = Fake::default();
+        fake.script
+            .lock()
+            .unwrap()
+            .push_back((no_answer(), Some(ContainerState::Created)));
+        let sup = ready(fake);
+        let d = instance(IMAGE);
+        launch(&sup, &d);
+        sup.pass().await;
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        let reports = phases(sup.drain());
+        assert!(reports.contains(&InstancePhase::Starting), "{reports:?}");
+        // Removed, then made again: one container, running.
+        assert_eq!(
+            *sup.runtime.removed.lock().unwrap(),
+            vec![format!("c-{}", d.id)]
+        );
+        assert_eq!(creates(&sup), 2);
+        assert_eq!(
+            sup.runtime
+                .containers
+                .lock()
+                .unwrap()
+                .get(&d.id)
+                .map(|o| o.state.clone()),
+            Some(ContainerState::Running)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_container_that_started_despite_the_timeout_is_adopted() {
+        let fake = Fake::default();
+        fake.script
+            .lock()
+            .unwrap()
+            .push_back((no_answer(), Some(ContainerState::Running)));
+        let sup = ready(fake);
+        let d = instance(IMAGE);
+        launch(&sup, &d);
+        sup.pass().await;
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        let reports = phases(sup.drain());
+        assert_eq!(
+            reports[..3],
+            [
+                preparing("creating container"),
+                preparing("the host is busy; trying again in 10 s"),
+                InstancePhase::Starting
+            ],
+            "{reports:?}"
+        );
+        assert_eq!(creates(&sup), 1, "not created twice");
+        assert!(sup.runtime.removed.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_engine_that_never_answers_fails_the_launch_after_three_attempts() {
+        let fake = Fake::default();
+        for _ in 0..5 {
+            fake.script.lock().unwrap().push_back((no_answer(), None));
+        }
+        let sup = ready(fake);
+        let d = instance(IMAGE);
+        launch(&sup, &d);
+        sup.pass().await;
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let reports = phases(sup.drain());
+        assert!(
+            reports.contains(&preparing("the host is busy; trying again in 30 s")),
+            "{reports:?}"
+        );
+        assert_eq!(
+            reports.last(),
+            Some(&InstancePhase::Failed {
+                reason: no_answer().0
+            })
+        );
+        assert_eq!(creates(&sup), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_is_not_tried_again() {
+        let fake = Fake::default();
+        let refused = RuntimeError("creating the container: No such image: x".into());
+        assert!(!refused.is_no_answer());
+        fake.script
+            .lock()
+            .unwrap()
+            .push_back((refused.clone(), None));
+        let sup = ready(fake);
+        let d = instance(IMAGE);
+        launch(&sup, &d);
+        sup.pass().await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(
+            phases(sup.drain()).last(),
+            Some(&InstancePhase::Failed { reason: refused.0 })
+        );
+        assert_eq!(creates(&sup), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn launches_wait_their_turn_for_the_hosts_slots_and_say_where_they_stand() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let fake = Fake {
+            gate: Some(gate.clone()),
+            ..Default::default()
+        };
+        let sup = ready(fake);
+        sup.set_container_slots(2);
+        let all: Vec<DesiredInstance> = (0..5).map(|_| instance(IMAGE)).collect();
+        assert!(sup.apply(DesiredUpdate {
+            version: 1,
+            full: true,
+            upsert: all.clone(),
+            remove: vec![],
+            images: None,
+            datasets: None,
+        }));
+        sup.pass().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Two creates under way, three waiting, each told its place.
+        let inside =
+            |s: &Supervisor<Fake>| s.runtime.inside.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(inside(&sup), 2);
+        assert_eq!(sup.launch_queue(), 3);
+        let mut places: Vec<String> = sup
+            .drain()
+            .into_iter()
+            .filter_map(|r| match r.phase {
+                InstancePhase::Preparing { detail } if detail.starts_with("waiting") => {
+                    Some(detail)
+                }
+                _ => None,
+            })
+            .collect();
+        places.sort();
+        assert_eq!(
+            places,
+            vec![
+                "waiting for the host (0 ahead)",
+                "waiting for the host (1 ahead)",
+                "waiting for the host (2 ahead)"
+            ]
+        );
+        // One create finishes: the line moves up, and the moves are reported.
+        gate.add_permits(1);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(inside(&sup), 2);
+        assert_eq!(sup.launch_queue(), 2);
+        let moved: Vec<String> = phases(sup.drain())
+            .into_iter()
+            .filter_map(|p| match p {
+                InstancePhase::Preparing { detail } if detail.starts_with("waiting") => {
+                    Some(detail)
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(
+            moved.contains(&"waiting for the host (0 ahead)".to_string())
+                && moved.contains(&"waiting for the host (1 ahead)".to_string()),
+            "{moved:?}"
+        );
+        // The rest go through, never more than two at once.
+        gate.add_permits(10);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(creates(&sup), 5);
+        assert_eq!(sup.launch_queue(), 0);
+        assert_eq!(
+            sup.runtime
+                .most_inside
+                .load(std::sync::atomic::Ordering::SeqCst),
+            2
+        );
     }
 
     #[test]

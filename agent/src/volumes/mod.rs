@@ -282,6 +282,7 @@ impl VolumeKeeper {
             restored = Some(manifest);
             how = "fetched";
             fetched = prepared.missing_bytes;
+            crate::metrics::volume_bytes("down", fetched);
             tracing::debug!(instance = %id, volume = %vm.volume, seeded = prepared.seeded_bytes, fetched, "volume assembled");
         }
         let f = files.clone();

@@ -134,6 +134,7 @@ impl VolumeKeeper {
         let (chunks, sent) = self.send(&files, &scanned, &whole).await?;
         saved.chunks_sent = chunks + by_delta;
         saved.bytes_sent = sent + delta_bytes;
+        crate::metrics::volume_bytes("up", saved.bytes_sent);
         // The manifest as its difference from the one the copy started from (a
         // few KiB for a few changed files of thousands), else whole.
         let delta = self

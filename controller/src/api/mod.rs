@@ -218,7 +218,8 @@ fn described(service: &Arc<Service>) -> (Router<Arc<Service>>, utoipa::openapi::
         .split_for_parts()
 }
 
-/// Builds the API's router (`/healthz`, `/api/v1` and `/api/v1/openapi.json`).
+/// Builds the API's router (`/healthz`, `/metrics`, `/api/v1` and
+/// `/api/v1/openapi.json`).
 ///
 /// Every `/api/v1` route except `login`, `register` and the document passes [`authenticate`],
 /// which attaches the caller; the service operations decide what each caller may do.
@@ -227,6 +228,7 @@ pub fn router(service: Arc<Service>) -> Router {
     let doc = Arc::new(doc);
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route(
             crate::autoscaler::openstack::PACKAGE_PATH,
             get(packages::agent_package),
@@ -334,6 +336,23 @@ async fn healthz(State(service): State<Arc<Service>>, req: Request) -> Response 
         .unwrap_or_else(Caller::anonymous);
     match service.health(&caller).await {
         Ok(h) => Json(h).into_response(),
+        Err(e) => ApiError(e).into_response(),
+    }
+}
+
+/// `/metrics`: the Prometheus text exposition, for an admin's API token. Only the
+/// `Authorization: Bearer` header is read: scrapers send that, and a browser's
+/// session cookie has no business here.
+async fn metrics(State(service): State<Arc<Service>>, req: Request) -> Response {
+    let caller = match auth::credential(req.headers()) {
+        Some(auth::Credential::Bearer(token)) => match service.authenticate(token) {
+            Ok(c) => c,
+            Err(e) => return ApiError(e).into_response(),
+        },
+        _ => Caller::anonymous(),
+    };
+    match service.metrics(&caller) {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
         Err(e) => ApiError(e).into_response(),
     }
 }

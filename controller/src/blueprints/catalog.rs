@@ -58,6 +58,8 @@ fn rev_key(name: &str, rev: u32) -> String {
 pub struct Catalog {
     store: Store,
     write: Mutex<()>,
+    /// Bumped by every save, so plans built from the catalogue know when to rebuild.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Catalog {
@@ -65,15 +67,25 @@ impl Catalog {
         Catalog {
             store,
             write: Mutex::new(()),
+            generation: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
+    /// Changes with every save (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Writes the record and its revision in one transaction, only if the record is
+    /// still as read (`expect`: its version, or `None` for a name not taken): a
+    /// revision never exists without its record, nor two saves under one number.
     fn save(
         &self,
         spec: BlueprintSpec,
         revision: u32,
         created_ms: u64,
         now_ms: u64,
+        expect: Option<crate::store::Version>,
     ) -> Result<BlueprintRecord, StoreError> {
         let record = BlueprintRecord {
             revision,
@@ -81,17 +93,27 @@ impl Catalog {
             updated_ms: now_ms,
             spec: spec.clone(),
         };
-        self.store.put(
-            Tree::BlueprintRevisions,
-            &rev_key(&spec.name, revision),
-            &Revision {
-                revision,
-                saved_ms: now_ms,
-                spec,
-            },
-        )?;
         self.store
-            .put(Tree::Blueprints, &record.spec.name, &record)?;
+            .transaction()
+            .expect(Tree::Blueprints, &spec.name, expect)
+            .expect(
+                Tree::BlueprintRevisions,
+                &rev_key(&spec.name, revision),
+                None,
+            )
+            .put(
+                Tree::BlueprintRevisions,
+                &rev_key(&spec.name, revision),
+                &Revision {
+                    revision,
+                    saved_ms: now_ms,
+                    spec,
+                },
+            )?
+            .put(Tree::Blueprints, &record.spec.name, &record)?
+            .commit()?;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(record)
     }
 
@@ -118,7 +140,7 @@ impl Catalog {
             {
                 return Err(CatalogError::Exists(spec.name));
             }
-            self.save(spec, 1, now_ms, now_ms)?
+            self.save(spec, 1, now_ms, now_ms, None)?
         };
         self.store.flush().await?;
         Ok(record)
@@ -248,9 +270,9 @@ impl Catalog {
     ) -> Result<Option<(BlueprintRecord, bool)>, CatalogError> {
         let record = {
             let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-            let old: BlueprintRecord = self
+            let (old, version): (BlueprintRecord, _) = self
                 .store
-                .get(Tree::Blueprints, name)?
+                .get_versioned(Tree::Blueprints, name)?
                 .ok_or_else(|| CatalogError::NotFound(name.to_string()))?;
             let Some(spec) = change(&old.spec) else {
                 return Ok(None);
@@ -258,7 +280,13 @@ impl Catalog {
             if spec == old.spec {
                 return Ok(Some((old, false)));
             }
-            self.save(spec, old.revision + 1, old.created_ms, now_ms)?
+            self.save(
+                spec,
+                old.revision + 1,
+                old.created_ms,
+                now_ms,
+                Some(version),
+            )?
         };
         self.store.flush().await?;
         Ok(Some((record, true)))

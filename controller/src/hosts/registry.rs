@@ -63,6 +63,10 @@ pub struct HostRecord {
     /// the next heartbeat says it again.
     #[serde(skip)]
     pub datasets: Vec<cairn_shared::chunks::ChunkId>,
+    /// Launches waiting in the agent's queue for container operations, from the
+    /// last heartbeat, for the scheduler's busy-host penalty. Not stored.
+    #[serde(skip)]
+    pub launch_queue: u32,
 }
 
 /// A change of standing, and the host as the API shows it, are the API model's.
@@ -112,6 +116,7 @@ impl HostRecord {
             pool_history: vec![],
             pulls: vec![],
             datasets: vec![],
+            launch_queue: 0,
         }
     }
 
@@ -163,6 +168,7 @@ impl From<&HostRecord> for HostView {
             pool_history: r.pool_history.clone(),
             pulls: r.pulls.clone(),
             datasets: r.datasets.iter().map(|m| m.to_hex()).collect(),
+            launch_queue: r.launch_queue,
         }
     }
 }
@@ -180,6 +186,18 @@ pub enum RegistryError {
 /// Sends messages down a host's control stream (a writer task owns the stream).
 pub type ControlSender = tokio::sync::mpsc::UnboundedSender<cairn_shared::protocol::ControllerMsg>;
 
+/// Whether a heartbeat's runtime facts show the same images (what placement and the
+/// pre-pull plan read) as the record's.
+fn same_images(old: Option<&RuntimeFacts>, new: &RuntimeFacts) -> bool {
+    match (old, new) {
+        (Some(RuntimeFacts::Docker(a)), RuntimeFacts::Docker(b)) => {
+            a.images == b.images && a.image_count == b.image_count
+        }
+        (Some(RuntimeFacts::Unavailable { .. }), RuntimeFacts::Unavailable { .. }) => true,
+        _ => false,
+    }
+}
+
 struct Entry {
     record: HostRecord,
     /// The live connection and its generation number.
@@ -194,6 +212,11 @@ pub struct Registry {
     thresholds: Thresholds,
     quarantine: QuarantinePolicy,
     generation: AtomicU64,
+    /// Bumped by every change the scheduler and the pre-pull plans see (a host
+    /// joining, connecting, changing state, standing, capacity, images or datasets),
+    /// not by heartbeats that only say a host is alive: an idle pool costs the tick
+    /// nothing ([`Registry::shape`]).
+    shape: AtomicU64,
 }
 
 impl std::fmt::Debug for Registry {
@@ -208,9 +231,14 @@ impl Registry {
     /// Loads every host from the store. No host has a connection yet.
     pub fn load(store: Store, thresholds: Thresholds) -> Result<Self, StoreError> {
         let records: Vec<HostRecord> = store.all(Tree::Hosts)?;
+        // Silence counts from when this controller could have heard a host: a
+        // heartbeat that said only "alive" is not written (see `heartbeat`), and a
+        // controller that was down heard nobody.
+        let started_ms = cairn_shared::time::now_ms();
         let hosts = records
             .into_iter()
-            .map(|record| {
+            .map(|mut record| {
+                record.liveness.last_seen_ms = record.liveness.last_seen_ms.max(started_ms);
                 (
                     record.id.clone(),
                     Entry {
@@ -227,6 +255,7 @@ impl Registry {
             thresholds,
             quarantine: QuarantinePolicy::default(),
             generation: AtomicU64::new(1),
+            shape: AtomicU64::new(1),
         })
     }
 
@@ -240,6 +269,16 @@ impl Registry {
         self.thresholds
     }
 
+    /// The shape generation: unchanged means every host looks to the scheduler as it
+    /// did (see the field).
+    pub fn shape(&self) -> u64 {
+        self.shape.load(Ordering::SeqCst)
+    }
+
+    fn reshaped(&self) {
+        self.shape.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Adds a newly enrolled host, durably.
     pub async fn enrolled(&self, record: HostRecord) -> Result<(), RegistryError> {
         self.store.put(Tree::Hosts, record.id.as_str(), &record)?;
@@ -251,6 +290,7 @@ impl Registry {
                 dirty: false,
             },
         );
+        self.reshaped();
         self.store.flush().await?;
         Ok(())
     }
@@ -299,6 +339,7 @@ impl Registry {
             note_isolation(r, isolation);
             r.pulls = vec![];
             r.datasets = vec![];
+            r.launch_queue = 0;
             if let Some(t) = r
                 .liveness
                 .apply(&Event::Connected, now_ms, &self.thresholds)
@@ -309,6 +350,7 @@ impl Registry {
             entry.dirty = false;
             self.store.put(Tree::Hosts, id.as_str(), &entry.record)?;
         }
+        self.reshaped();
         self.store.flush().await?;
         Ok(generation)
     }
@@ -327,6 +369,7 @@ impl Registry {
             pulls,
             isolation,
             mut datasets,
+            launch_queue,
             ..
         } = heartbeat;
         // The link bounds the list; sorted and deduplicated here so the view is stable.
@@ -343,20 +386,35 @@ impl Registry {
                 return Ok(());
             }
             let r = &mut entry.record;
+            // What the scheduler and the plans see; free memory, load, pulls and
+            // the container list change with every heartbeat and are not part of it.
+            let looks_different = r.capacity.as_ref().is_none_or(|c| {
+                (c.cpus, c.memory_total_bytes) != (capacity.cpus, capacity.memory_total_bytes)
+            }) || !same_images(r.runtime.as_ref(), &runtime)
+                || r.datasets != datasets;
             r.capacity = Some(capacity);
             r.runtime = Some(runtime);
             r.pulls = pulls;
             r.datasets = datasets;
+            // The queue steers placement (a snapshot refresh) but is not worth a write.
+            let queue_changed = r.launch_queue != launch_queue;
+            r.launch_queue = launch_queue;
             // A change of isolation decides placement: written now, like a
             // transition, not with the next batch.
             let isolation_changed = note_isolation(r, isolation);
             let t = r
                 .liveness
                 .apply(&Event::Heartbeat, now_ms, &self.thresholds);
-            entry.dirty = true;
+            // Only what looks different is written with the next batch: a heartbeat
+            // that says "alive" costs no write (liveness' last-seen time is reset
+            // when the controller starts; see `load`).
+            entry.dirty |= looks_different;
             let transitioned = t.is_some();
             if let Some(t) = t {
                 entry.record.record(t);
+            }
+            if looks_different || queue_changed || transitioned || isolation_changed {
+                self.reshaped();
             }
             if transitioned || isolation_changed {
                 entry.dirty = false;
@@ -396,6 +454,7 @@ impl Registry {
             entry.dirty = false;
             self.store.put(Tree::Hosts, id.as_str(), &entry.record)?;
         }
+        self.reshaped();
         self.store.flush().await?;
         Ok(())
     }
@@ -419,9 +478,32 @@ impl Registry {
             }
         }
         if !made.is_empty() {
+            self.reshaped();
             self.store.flush().await?;
         }
+        self.publish_metrics();
         Ok(made)
+    }
+
+    /// Sets the host gauges (`cairn_hosts` by state and standing, pulls in flight
+    /// on connected hosts) from the table as it is now.
+    pub fn publish_metrics(&self) {
+        use cairn_shared::images::PullPhase;
+        let mut counts: HashMap<(HostState, &'static str), usize> = HashMap::new();
+        let mut pulls = 0;
+        for e in self.lock().values() {
+            let key = (e.record.liveness.state, e.record.pool.standing.as_str());
+            *counts.entry(key).or_default() += 1;
+            if e.conn.is_some() {
+                pulls += e
+                    .record
+                    .pulls
+                    .iter()
+                    .filter(|p| !matches!(p.phase, PullPhase::Failed { .. }))
+                    .count();
+            }
+        }
+        crate::metrics::hosts(&counts, pulls);
     }
 
     /// Writes records changed only by heartbeats.
@@ -519,6 +601,7 @@ impl Registry {
             if entry.record.pool != before {
                 entry.note(&actions, now_ms);
                 self.store.put(Tree::Hosts, id.as_str(), &entry.record)?;
+                self.reshaped();
             }
             actions
         };
@@ -547,6 +630,7 @@ impl Registry {
                 if entry.record.pool != before {
                     entry.note(&actions, now_ms);
                     self.store.put(Tree::Hosts, id.as_str(), &entry.record)?;
+                    self.reshaped();
                 }
                 out.extend(actions.into_iter().map(|a| (id.clone(), a)));
             }
@@ -574,5 +658,14 @@ impl Registry {
                 c.close(code.into(), reason.as_bytes());
             }
         }
+        self.reshaped();
+    }
+
+    /// Each host's liveness state, without copying its record (the tick's view).
+    pub fn states(&self) -> HashMap<HostId, HostState> {
+        self.lock()
+            .iter()
+            .map(|(id, e)| (id.clone(), e.record.liveness.state))
+            .collect()
     }
 }

@@ -160,6 +160,7 @@ pub fn snapshot(h: &HostView) -> HostSnapshot {
             .iter()
             .filter_map(|m| ChunkId::from_hex(m))
             .collect(),
+        launch_queue: h.launch_queue,
     }
 }
 
@@ -211,6 +212,7 @@ mod tests {
             images: BTreeSet::new(),
             recent_failures: 0,
             datasets: BTreeSet::new(),
+            launch_queue: 0,
         }
     }
 

@@ -65,6 +65,9 @@ pub struct QuotaCheck {
 #[derive(Debug, Default)]
 struct Inner {
     all: BTreeMap<InstanceId, Instance>,
+    /// The instances that have not ended: what the tick looks at, so its cost
+    /// follows what runs now, not everything kept for history.
+    live: BTreeSet<InstanceId>,
     syncs: Syncs,
     books: Books,
 }
@@ -103,7 +106,27 @@ pub struct Instances {
     prefetch: Mutex<DatasetPlan>,
     /// The dataset catalogue, once the controller wires it in.
     lookup: std::sync::RwLock<Lookup>,
+    /// When the scheduler's host snapshots and the pre-fetch plans were last built,
+    /// and from which host shape and catalogue generation.
+    refreshed: Mutex<Refreshed>,
 }
+
+/// See [`Instances::due_refresh`].
+#[derive(Debug, Default, Clone, Copy)]
+struct Refreshed {
+    snapshots: Option<(u64, u64)>,
+    plans: Option<(u64, u64, u64)>,
+}
+
+/// The key of an instance's `seq`th transition; the sequence number is padded so
+/// keys sort in order.
+fn transition_key(id: &InstanceId, seq: usize) -> String {
+    format!("{}/{seq:04}", id.as_str())
+}
+
+/// Host snapshots and plans are rebuilt when a host or blueprint changed, and at
+/// least this often (dataset versions pushed meanwhile, say) — not on every tick.
+const REFRESH_MS: u64 = 5_000;
 
 impl Instances {
     pub fn load(
@@ -113,11 +136,30 @@ impl Instances {
         blueprints: Arc<Catalog>,
         credentials: Vec<RegistryCredential>,
     ) -> Result<Self, StoreError> {
-        let all: BTreeMap<InstanceId, Instance> = store
+        let mut all: BTreeMap<InstanceId, Instance> = store
             .all::<Instance>(Tree::Instances)?
             .into_iter()
             .map(|i| (i.id.clone(), i))
             .collect();
+        // Transitions are keys `ID/SEQ` in order; a record written before they had
+        // keys of their own carries them inline and has none here.
+        for (key, t) in store
+            .scan_keyed::<crate::instances::state::Transition>(Tree::InstanceTransitions, "")?
+        {
+            let Some(i) = key
+                .split_once('/')
+                .and_then(|(id, _)| InstanceId::parse(id).ok())
+                .and_then(|id| all.get_mut(&id))
+            else {
+                tracing::warn!(%key, "skipping the transition of an unknown instance");
+                continue;
+            };
+            if i.stored_transitions == 0 {
+                i.transitions.clear();
+            }
+            i.transitions.push(t);
+            i.stored_transitions = i.transitions.len();
+        }
         Ok(Instances {
             store,
             config,
@@ -128,8 +170,14 @@ impl Instances {
             images: Mutex::new(ImagePlan::default()),
             prefetch: Mutex::new(DatasetPlan::default()),
             lookup: std::sync::RwLock::new(Lookup::default()),
+            refreshed: Mutex::new(Refreshed::default()),
             inner: Mutex::new(Inner {
                 books: Books::of(all.values()),
+                live: all
+                    .values()
+                    .filter(|i| !i.state.is_terminal())
+                    .map(|i| i.id.clone())
+                    .collect(),
                 all,
                 syncs: Syncs::default(),
             }),
@@ -240,6 +288,17 @@ impl Instances {
         m
     }
 
+    /// Instances per state and the launches waiting for a host, in one look (for
+    /// the metrics).
+    pub fn gauges(&self) -> (BTreeMap<InstanceState, usize>, usize) {
+        let inner = self.lock();
+        let mut m = BTreeMap::new();
+        for i in inner.all.values() {
+            *m.entry(i.state).or_default() += 1;
+        }
+        (m, inner.books.sched.queue_len())
+    }
+
     /// An instance's place in the launch queue (1 = next), if it waits.
     pub fn queue_position(&self, id: &InstanceId) -> Option<usize> {
         self.lock().books.sched.position(id)
@@ -269,8 +328,20 @@ impl Instances {
 
     // ---- the one path for changes ----
 
-    fn save(&self, i: &Instance) -> Result<(), StoreError> {
-        self.store.put(Tree::Instances, i.id.as_str(), i)
+    /// Writes the record (without its history) and the transitions the store does
+    /// not hold yet, each as a key of its own, in one transaction: a change costs
+    /// its own size, not the size of everything that happened before.
+    fn save(&self, i: &mut Instance) -> Result<(), StoreError> {
+        let mut t = self
+            .store
+            .transaction()
+            .put(Tree::Instances, i.id.as_str(), &*i)?;
+        for (seq, tr) in i.transitions.iter().enumerate().skip(i.stored_transitions) {
+            t = t.put(Tree::InstanceTransitions, &transition_key(&i.id, seq), tr)?;
+        }
+        t.commit()?;
+        i.stored_transitions = i.transitions.len();
+        Ok(())
     }
 
     /// Applies one event under the lock: the state machine, the books, the host's
@@ -302,6 +373,9 @@ impl Instances {
             return;
         }
         inner.books.settle(i, was);
+        if i.state.is_terminal() {
+            inner.live.remove(id);
+        }
         if let Some(h) = &placing {
             inner.books.placed(h, id);
         }
@@ -310,6 +384,11 @@ impl Instances {
             applied.hosts.insert(h.clone());
         }
         tracing::info!(instance = %i.id, user = %i.owner, host = ?i.host, from = ?was, to = ?i.state, reason = ?i.state_reason, "instance state changed");
+        crate::metrics::instance_changed(
+            was,
+            i.state,
+            std::time::Duration::from_millis(now_ms.saturating_sub(i.created_ms)),
+        );
         if let Err(e) = self.save(i) {
             tracing::error!(instance = %i.id, error = %e, "could not store an instance's state");
             applied.error.get_or_insert(e);
@@ -388,16 +467,21 @@ impl Instances {
                     (&q.group_limits, &group),
                     &q.ask,
                 )
-                .map_err(|e| LaunchError::Quota(format!("{e} (group {})", q.group)))?;
+                .map_err(|e| {
+                    crate::metrics::launch_refused();
+                    LaunchError::Quota(format!("{e} (group {})", q.group))
+                })?;
             }
             let (mine, of_bp) = inner.books.live.of(owner, &bp.spec.name);
             if of_bp >= limits.per_blueprint {
+                crate::metrics::launch_refused();
                 return Err(LaunchError::Limit(format!(
                     "you already have {of_bp} instance(s) of {} and its limit is {}; stop one first",
                     bp.spec.name, limits.per_blueprint
                 )));
             }
             if mine >= limits.per_user {
+                crate::metrics::launch_refused();
                 return Err(LaunchError::Limit(format!(
                     "you already have {mine} instances, the most one user may run; stop one first"
                 )));
@@ -414,9 +498,10 @@ impl Instances {
             inst.datasets = datasets;
             inst.volume = volume;
             inst.charge = charge.map(|(c, _)| c);
-            self.save(&inst)?;
+            self.save(&mut inst)?;
             let id = inst.id.clone();
             tracing::info!(instance = %id, user = %owner, blueprint = %inst.blueprint, datasets = inst.datasets.len(), "instance queued");
+            crate::metrics::launch_accepted();
             inner.books.live.add(&inst);
             let placed = if inner.books.primed {
                 match inner.books.sched.submit(request_of(&inst, &bp.spec)) {
@@ -426,6 +511,7 @@ impl Instances {
             } else {
                 None
             };
+            inner.live.insert(id.clone());
             inner.all.insert(id.clone(), inst);
             if let Some(h) = placed {
                 self.apply_locked(inner, &id, Event::Scheduled(h), now_ms, &mut applied);
@@ -449,19 +535,32 @@ impl Instances {
     /// Refreshes the scheduler's view of the hosts, rebuilds its books after a
     /// start, and places what the queue can place now.
     pub async fn schedule(&self, now_ms: u64) {
-        let snapshots: Vec<_> = self.registry.list().iter().map(snapshot).collect();
+        // Host snapshots are rebuilt only when a host changed (or every few seconds):
+        // with a thousand idle hosts, rebuilding them every tick was most of the
+        // controller's idle cost.
+        let snapshots: Option<Vec<_>> = self
+            .due_refresh(now_ms, true)
+            .then(|| self.registry.list().iter().map(snapshot).collect());
         let mut applied = Applied::default();
         {
             let mut guard = self.lock();
             let inner = &mut *guard;
-            let known: Vec<HostId> = inner.books.sched.host_ids().cloned().collect();
-            for h in known {
-                if !snapshots.iter().any(|s| s.id == h) {
+            if let Some(snapshots) = snapshots {
+                let present: std::collections::HashSet<&HostId> =
+                    snapshots.iter().map(|s| &s.id).collect();
+                let gone: Vec<HostId> = inner
+                    .books
+                    .sched
+                    .host_ids()
+                    .filter(|h| !present.contains(h))
+                    .cloned()
+                    .collect();
+                for h in gone {
                     inner.books.sched.remove_host(&h);
                 }
-            }
-            for snap in snapshots {
-                inner.books.sched.upsert_host(snap);
+                for snap in snapshots {
+                    inner.books.sched.upsert_host(snap);
+                }
             }
             let mut placements = vec![];
             if !inner.books.primed {
@@ -584,6 +683,67 @@ impl Instances {
         Ok(Some(inst))
     }
 
+    /// Forgets instances that ended `keep_days` ago or more: from the store, then
+    /// from memory. Returns how many.
+    pub async fn forget_ended(&self, now_ms: u64, keep_days: u32) -> Result<usize, StoreError> {
+        let due: Vec<InstanceId> = self
+            .lock()
+            .all
+            .values()
+            .filter(|i| crate::retention::instance_due(i.ended_at(), now_ms, keep_days))
+            .map(|i| i.id.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        for chunk in due.chunks(100) {
+            let mut t = self.store.transaction();
+            for id in chunk {
+                t = t.remove(Tree::Instances, id.as_str());
+                for key in self
+                    .store
+                    .keys(Tree::InstanceTransitions, &format!("{}/", id.as_str()))?
+                {
+                    t = t.remove(Tree::InstanceTransitions, &key);
+                }
+            }
+            t.commit()?;
+        }
+        self.store.flush().await?;
+        let mut inner = self.lock();
+        for id in &due {
+            // Ended instances never change again, so what was due still is.
+            inner.all.remove(id);
+        }
+        Ok(due.len())
+    }
+
+    /// Whether the scheduler's snapshots (`snapshots`) or the pre-fetch plans are
+    /// stale at `now_ms`: a host or blueprint changed since they were built, or
+    /// [`REFRESH_MS`] passed. Marks them rebuilt if so.
+    fn due_refresh(&self, now_ms: u64, snapshots: bool) -> bool {
+        let shape = self.registry.shape();
+        let catalog = self.blueprints.generation();
+        let mut r = self.refreshed.lock().unwrap_or_else(|p| p.into_inner());
+        if snapshots {
+            let due = r
+                .snapshots
+                .is_none_or(|(s, at)| s != shape || now_ms.saturating_sub(at) >= REFRESH_MS);
+            if due {
+                r.snapshots = Some((shape, now_ms));
+            }
+            due
+        } else {
+            let due = r.plans.is_none_or(|(s, c, at)| {
+                s != shape || c != catalog || now_ms.saturating_sub(at) >= REFRESH_MS
+            });
+            if due {
+                r.plans = Some((shape, catalog, now_ms));
+            }
+            due
+        }
+    }
+
     /// Time-driven work: host standings (quarantines ending, drains finishing or
     /// reaching their deadline), the pre-pull plan, lost hosts, lifetimes, start
     /// time-outs, and waiting launches. What is due for each instance is decided by
@@ -592,7 +752,8 @@ impl Instances {
         let counts: HashMap<HostId, u32> = {
             let inner = self.lock();
             let mut m = HashMap::new();
-            for i in inner.all.values().filter(|i| i.state.holds_host()) {
+            let live = inner.live.iter().filter_map(|id| inner.all.get(id));
+            for i in live.filter(|i| i.state.holds_host()) {
                 if let Some(h) = &i.host {
                     *m.entry(h.clone()).or_insert(0) += 1;
                 }
@@ -609,18 +770,19 @@ impl Instances {
             }
             Err(e) => tracing::error!(error = %e, "host standing update failed"),
         }
-        let views = self.registry.list();
-        self.sync_images(&views);
-        let standing: HashMap<HostId, HostState> =
-            views.into_iter().map(|h| (h.id, h.state)).collect();
+        if self.due_refresh(now_ms, false) {
+            self.sync_images(&self.registry.list());
+        }
+        let standing: HashMap<HostId, HostState> = self.registry.states();
         let watchdog = self.config.start_timeout_ms + 60_000;
         let mut applied = Applied::default();
         {
             let mut guard = self.lock();
             let inner = &mut *guard;
             let due: Vec<(InstanceId, Event)> = inner
-                .all
-                .values()
+                .live
+                .iter()
+                .filter_map(|id| inner.all.get(id))
                 .filter_map(|i| {
                     let host = i.host.as_ref().and_then(|h| standing.get(h).copied());
                     i.due(now_ms, host, watchdog).map(|e| (i.id.clone(), e))
@@ -638,14 +800,17 @@ impl Instances {
 
     /// Stops every instance still on a host whose drain deadline passed.
     async fn stop_all_on(&self, host: &HostId, now_ms: u64) {
-        let ids: Vec<InstanceId> = self
-            .lock()
-            .all
-            .values()
-            .filter(|i| i.host.as_ref() == Some(host) && !i.state.is_terminal())
-            .filter(|i| i.state != InstanceState::Stopping)
-            .map(|i| i.id.clone())
-            .collect();
+        let ids: Vec<InstanceId> = {
+            let inner = self.lock();
+            inner
+                .live
+                .iter()
+                .filter_map(|id| inner.all.get(id))
+                .filter(|i| i.host.as_ref() == Some(host) && !i.state.is_terminal())
+                .filter(|i| i.state != InstanceState::Stopping)
+                .map(|i| i.id.clone())
+                .collect()
+        };
         for id in ids {
             tracing::info!(instance = %id, %host, "stopping: the host's drain deadline passed");
             let reason = "its host was drained and the deadline passed".to_string();

@@ -45,7 +45,14 @@ pub struct Instance {
     pub created_ms: u64,
     pub expires_ms: u64,
     pub secrets: AppSecrets,
+    /// Every change, oldest first. Stored as keys of their own
+    /// (`instance_transitions`, `ID/SEQ`) and appended, not rewritten with the record
+    /// on every change; records older than that carry them inline and are read so.
+    #[serde(default, skip_serializing)]
     pub transitions: Vec<Transition>,
+    /// How many of `transitions` the store holds already (bookkeeping, not stored).
+    #[serde(skip)]
+    pub stored_transitions: usize,
     /// A container for it was seen on the host (so a missing one means it vanished).
     #[serde(default)]
     pub container_seen: bool,
@@ -61,6 +68,12 @@ pub struct Instance {
     /// `None` in records older than groups (they count against nobody).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub charge: Option<Charge>,
+    /// When the agent last reported progress while preparing (a new detail:
+    /// "pulling 40%", "waiting for the host (12 ahead)"). The start watchdog counts
+    /// from it, so a launch that waits its turn on a busy host, and says so, is
+    /// not failed for waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_ms: Option<u64>,
 }
 
 /// What an instance counts against: its group's and its owner's quotas there.
@@ -164,10 +177,12 @@ impl Instance {
                 at_ms: now_ms,
                 reason: None,
             }],
+            stored_transitions: 0,
             container_seen: false,
             datasets: vec![],
             volume: None,
             charge: None,
+            progress_ms: None,
         }
     }
 
@@ -175,7 +190,8 @@ impl Instance {
     /// choice of event, in order of precedence. A lost host ends it (or, running,
     /// makes it unreachable); a lifetime that ran out stops it (unless it is
     /// already stopping); a launch stuck in
-    /// scheduled/preparing/starting longer than `watchdog_ms` times out.
+    /// scheduled/preparing/starting longer than `watchdog_ms` times out, counted
+    /// from its last transition or, while preparing, its last progress report.
     /// `host` is the standing of its host, if it has one the registry knows.
     pub fn due(
         &self,
@@ -206,10 +222,14 @@ impl Instance {
             });
         }
         let launching = matches!(self.state, S::Scheduled | S::Preparing | S::Starting);
-        let stuck = self
-            .transitions
-            .last()
-            .is_some_and(|t| now_ms.saturating_sub(t.at_ms) > watchdog_ms);
+        let since = self.transitions.last().map(|t| {
+            match (self.state, self.progress_ms) {
+                // Progress counts only within the state it was reported in.
+                (S::Preparing, Some(p)) => t.at_ms.max(p),
+                _ => t.at_ms,
+            }
+        });
+        let stuck = since.is_some_and(|at| now_ms.saturating_sub(at) > watchdog_ms);
         (launching && stuck).then_some(Event::StartTimeout)
     }
 
@@ -310,6 +330,7 @@ impl Instance {
                 // a transition of its own, so the history stays one line per state.
                 S::Preparing if self.state_reason.as_deref() != Some(detail.as_str()) => {
                     self.state_reason = Some(detail);
+                    self.progress_ms = Some(now_ms);
                     true
                 }
                 _ => false,
@@ -523,6 +544,35 @@ mod tests {
         // Ended instances are left alone.
         assert!(i.apply(Event::Report(InstancePhase::Removed), late + 20));
         assert_eq!(i.due(late + 30, LOST, 0), None);
+    }
+
+    #[test]
+    fn a_launch_that_reports_progress_while_preparing_is_not_timed_out() {
+        let mut i = inst();
+        let prep = |d: &str| {
+            Event::Report(InstancePhase::Preparing {
+                detail: d.to_string(),
+            })
+        };
+        i.apply(Event::Scheduled(HostId::generate()), 1_000);
+        i.apply(prep("waiting for the host (12 ahead)"), 2_000);
+        assert_eq!(i.due(3_001, UP, 1_000), Some(Event::StartTimeout));
+        // Moving up the host's queue is progress: the watchdog counts from it.
+        assert!(i.apply(prep("waiting for the host (3 ahead)"), 2_900));
+        assert_eq!(i.progress_ms, Some(2_900));
+        assert_eq!(i.due(3_001, UP, 1_000), None);
+        assert_eq!(i.due(3_900, UP, 1_000), None);
+        // The same detail again is not progress: a queue that does not move, or
+        // an agent that keeps saying the same thing, still times out.
+        assert!(!i.apply(prep("waiting for the host (3 ahead)"), 3_800));
+        assert_eq!(i.due(3_901, UP, 1_000), Some(Event::StartTimeout));
+        // Once starting, the count is from the transition: the agent's own
+        // start timeout runs from there, and progress while preparing is past.
+        assert!(i.apply(Event::Report(InstancePhase::Starting), 3_850));
+        assert_eq!(i.due(4_850, UP, 1_000), None);
+        assert_eq!(i.due(4_851, UP, 1_000), Some(Event::StartTimeout));
+        // A lost host and a lifetime that ran out still win.
+        assert_eq!(i.due(4_000, LOST, 1_000), Some(Event::HostLost));
     }
 
     #[test]

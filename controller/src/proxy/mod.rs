@@ -164,6 +164,7 @@ async fn handle(
         bearer_was_cairns: matches!(cred, Some(Credential::Bearer(_))),
         jupyter_token: inst.secrets.jupyter_token.as_deref(),
     };
+    crate::metrics::proxy_request();
     forward(&proxy, &inst, req, &cx)
         .await
         .unwrap_or_else(|resp| resp)

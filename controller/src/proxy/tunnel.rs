@@ -42,9 +42,25 @@ pub enum TunnelError {
     Timeout,
 }
 
-/// One open tunnel: the two halves of a QUIC stream as one byte stream.
+/// One open tunnel: the two halves of a QUIC stream as one byte stream. It adds
+/// the bytes it carries to the proxy's counters as they pass — one atomic add on a
+/// handle looked up once, so the counters never lag behind an idle keep-alive
+/// connection — and counts itself among the open tunnels while it lives.
 #[derive(Debug)]
 pub struct Tunnel(tokio::io::Join<quinn::RecvStream, quinn::SendStream>);
+
+impl Tunnel {
+    fn new(io: tokio::io::Join<quinn::RecvStream, quinn::SendStream>) -> Self {
+        crate::metrics::proxy_tunnel(true);
+        Tunnel(io)
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        crate::metrics::proxy_tunnel(false);
+    }
+}
 
 /// Opens a tunnel to `instance`'s app through its agent.
 pub async fn open(app: &App, instance: &InstanceId) -> Result<Tunnel, TunnelError> {
@@ -69,7 +85,9 @@ pub async fn open(app: &App, instance: &InstanceId) -> Result<Tunnel, TunnelErro
             .map_err(|e| TunnelError::Link(e.to_string()))?;
         // `read` takes exactly one frame, so nothing of the tunnelled bytes is lost.
         match framing::read::<_, ControllerResponse>(&mut recv, 64 * 1024).await {
-            Ok(Some(ControllerResponse::TunnelOpen)) => Ok(Tunnel(tokio::io::join(recv, send))),
+            Ok(Some(ControllerResponse::TunnelOpen)) => {
+                Ok(Tunnel::new(tokio::io::join(recv, send)))
+            }
             Ok(Some(ControllerResponse::Error { message })) => Err(TunnelError::Refused(message)),
             Ok(Some(other)) => Err(TunnelError::Link(format!(
                 "unexpected answer to a tunnel request: {other:?}"
@@ -89,7 +107,12 @@ impl AsyncRead for Tunnel {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.0).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            crate::metrics::proxy_bytes(0, (buf.filled().len() - before) as u64);
+        }
+        r
     }
 }
 
@@ -99,7 +122,11 @@ impl AsyncWrite for Tunnel {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        let r = Pin::new(&mut self.0).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            crate::metrics::proxy_bytes(n as u64, 0);
+        }
+        r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_flush(cx)

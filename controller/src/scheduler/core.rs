@@ -10,7 +10,9 @@
 //! * **Score**: bin-pack (fill busy hosts so idle ones can be removed) or spread;
 //!   a bonus when the host already has the image; whatever the [`Bonus`] extension
 //!   adds ([`DataLocality`]: the dataset versions the request mounts that the host
-//!   already holds); a penalty per recent launch failure. Ties go to the lowest host
+//!   already holds); a penalty per recent launch failure, and one per launch
+//!   waiting in the host's queue for container operations (bounded, see
+//!   [`queue_penalty`]), so a burst spills onto hosts that are not busy. Ties go to the lowest host
 //!   id. Scores only rank hosts that passed the filter: no bonus makes a host fit.
 //! * **Queue**: a request that fits nowhere waits, by priority then arrival. Every
 //!   [`Scheduler::drain`] walks the queue in that order and places what fits
@@ -97,6 +99,9 @@ pub struct HostSnapshot {
     pub recent_failures: u32,
     /// Dataset versions (their manifests) the host holds ready, as it reported.
     pub datasets: BTreeSet<ChunkId>,
+    /// Launches waiting in the host's queue for container operations, as it last
+    /// reported, for the busy-host penalty.
+    pub launch_queue: u32,
 }
 
 /// A dataset version a request mounts.
@@ -146,6 +151,20 @@ pub const IMAGE_BONUS: i64 = 200;
 pub const FAILURE_PENALTY: i64 = 150;
 /// The most [`DataLocality`] adds: a host holding every dataset a request mounts.
 pub const DATASET_BONUS: i64 = 2 * IMAGE_BONUS;
+/// Per launch waiting in a host's queue …
+pub const QUEUE_PENALTY: i64 = 25;
+/// … up to this much: a queue weighs at most like a full host's fill, so a busy
+/// host still takes launches no other host fits (the penalty ranks, never filters).
+pub const MAX_QUEUE_PENALTY: i64 = FIT_SCALE;
+
+/// The score a host loses for the launches waiting in its queue: each one means
+/// a new launch there waits longer before its container is even created. A host
+/// whose queue is 4 longer than another's loses a bin-packing tie-break by 100,
+/// about a tenth of a host's fill, so a burst spills over to an idle host instead
+/// of piling onto the one it started on; without a queue, nothing changes.
+pub fn queue_penalty(waiting: u32) -> i64 {
+    (QUEUE_PENALTY * i64::from(waiting)).min(MAX_QUEUE_PENALTY)
+}
 
 /// The data-locality bonus: a host that already holds the dataset versions a request
 /// mounts saves fetching them, so it scores up to [`DATASET_BONUS`], in proportion
@@ -446,6 +465,7 @@ impl Scheduler {
             score += IMAGE_BONUS;
         }
         score -= FAILURE_PENALTY * i64::from(e.snap.recent_failures);
+        score -= queue_penalty(e.snap.launch_queue);
         score + self.bonus.bonus(req, &e.snap)
     }
 
@@ -490,6 +510,7 @@ mod tests {
             images: BTreeSet::new(),
             recent_failures: 0,
             datasets: BTreeSet::new(),
+            launch_queue: 0,
         }
     }
 
@@ -632,6 +653,47 @@ mod tests {
         b.recent_failures = 3;
         s.upsert_host(b);
         assert_eq!(placed(s.submit(req(2, 1))), a.id);
+    }
+
+    #[test]
+    fn the_queue_penalty_grows_with_the_queue_and_is_bounded() {
+        assert_eq!(queue_penalty(0), 0);
+        assert_eq!(queue_penalty(4), 4 * QUEUE_PENALTY);
+        assert_eq!(queue_penalty(10_000), MAX_QUEUE_PENALTY);
+        assert_eq!(queue_penalty(u32::MAX), MAX_QUEUE_PENALTY);
+        assert!(queue_penalty(7) > queue_penalty(6));
+    }
+
+    #[test]
+    fn a_long_launch_queue_steers_a_burst_to_a_quieter_host() {
+        // Bin-packing would keep filling a (it already holds instances and the
+        // image); its queue of launches waiting for the engine sends the next to b.
+        let mut s = Scheduler::default();
+        let mut a = host(1, 64, 64);
+        a.images.insert("img:1".into());
+        let b = host(2, 64, 64);
+        s.upsert_host(a.clone());
+        s.upsert_host(b.clone());
+        for n in 0..4 {
+            assert_eq!(placed(s.submit(req(n, 1))), a.id, "bin-packing onto a");
+        }
+        a.launch_queue = 12;
+        s.upsert_host(a.clone());
+        assert_eq!(placed(s.submit(req(10, 1))), b.id);
+        // The same input, the same answer.
+        let mut again = Scheduler::default();
+        again.upsert_host(a.clone());
+        again.upsert_host(b.clone());
+        assert_eq!(placed(again.submit(req(10, 1))), b.id);
+        // The queue drains: back to packing a.
+        a.launch_queue = 0;
+        s.upsert_host(a.clone());
+        assert_eq!(placed(s.submit(req(11, 1))), a.id);
+        // A penalty never filters: with b gone, a busy a still takes launches.
+        s.remove_host(&b.id);
+        a.launch_queue = 1_000;
+        s.upsert_host(a.clone());
+        assert_eq!(placed(s.submit(req(12, 1))), a.id);
     }
 
     fn manifest(n: u8) -> ChunkId {

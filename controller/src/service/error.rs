@@ -93,7 +93,14 @@ impl ServiceError {
 
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
-        ServiceError::internal(e)
+        match e {
+            // Someone else wrote the record between our read and our write: the
+            // caller may read again and retry.
+            StoreError::Conflict { .. } => {
+                ServiceError::conflict("changed_meanwhile", e.to_string())
+            }
+            e => ServiceError::internal(e),
+        }
     }
 }
 

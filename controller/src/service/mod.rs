@@ -15,6 +15,7 @@
 //! * [`images`] — uploaded image archives.
 //! * [`datasets`] — datasets: chunk uploads, commits of versions, reading, removal.
 //! * [`health`] — liveness for anyone, counts for admins.
+//! * [`metrics`] — the Prometheus metrics, for admins.
 //!
 //! Below this layer sit the managers and pure cores (`instances/`, `scheduler/`,
 //! `hosts/`, `blueprints/`…) and the store.
@@ -29,6 +30,7 @@ pub mod hosts;
 pub mod images;
 pub mod instances;
 pub mod join_tokens;
+pub mod metrics;
 pub mod packages;
 pub mod registration;
 pub mod session;

@@ -36,6 +36,7 @@ impl World {
                 hosts: HostsConfig::default(),
                 agent_cert_ttl: Duration::from_secs(3600),
                 force: false,
+                store: Default::default(),
             },
         )
         .unwrap();

@@ -49,6 +49,7 @@ async fn anonymous_callers_are_refused_everything() {
     assert_eq!(kind(s.list_join_tokens(&nobody)), Kind::Unauthenticated);
     assert_eq!(kind(s.list_images(&nobody)), Kind::Unauthenticated);
     assert_eq!(kind(s.logout(&nobody).await), Kind::Unauthenticated);
+    assert_eq!(kind(s.metrics(&nobody)), Kind::Unauthenticated);
     // Health is for anyone, without the counts.
     let h = s.health(&nobody).await.unwrap();
     assert_eq!((h.status.as_str(), h.store.as_str()), ("ok", "writable"));
@@ -126,9 +127,12 @@ async fn users_cannot_do_what_admins_do() {
     assert_eq!(kind(s.list_images(u)), Kind::Forbidden);
     assert_eq!(kind(s.remove_image(u, "abc").await), Kind::Forbidden);
     assert_eq!(kind(s.extend(u, "i-x", 60).await), Kind::Forbidden);
+    assert_eq!(kind(s.metrics(u)), Kind::Forbidden);
     // The same calls pass for the admin.
     assert!(s.create_join_token(&w.admin, &req).await.is_ok());
     assert!(s.list_users(&w.admin).is_ok());
+    let text = s.metrics(&w.admin).unwrap();
+    assert!(text.contains("# TYPE cairn_hosts gauge"), "{text}");
 }
 
 #[tokio::test]
@@ -549,4 +553,53 @@ async fn launches_mount_pushed_versions_from_the_catalogue() {
     let e = s.launch(&w.bob, "py").await.unwrap_err();
     assert_eq!((e.kind, e.code), (Kind::Conflict, "dataset_missing"));
     assert!(e.message.contains("no dataset \"course-data\""), "{e:?}");
+}
+
+/// Retention on a simulated clock: an ended instance stays for `keep_ended_days`
+/// (30) and then leaves memory and the store; a live one stays; API tokens go when
+/// they expire, join tokens a day after.
+#[tokio::test]
+async fn retention_forgets_what_is_past_keeping_and_nothing_else() {
+    use crate::store::Tree;
+    let w = World::new().await;
+    let s = &w.service;
+    s.create_blueprint(&w.admin, &notebook("py", true))
+        .await
+        .unwrap();
+    let ended = s.launch(&w.alice, "py").await.unwrap().id.to_string();
+    let live = s.launch(&w.alice, "py").await.unwrap().id.to_string();
+    s.stop(&w.alice, &ended).await.unwrap();
+    let t0 = cairn_shared::time::now_ms();
+    let join = crate::service::join_tokens::CreateToken {
+        ttl_secs: 3600,
+        uses: 1,
+        description: "retention".into(),
+    };
+    s.create_join_token(&w.admin, &join).await.unwrap();
+    let day = 24 * 3600 * 1000;
+
+    let swept = crate::retention::sweep(&s.app, t0 + 29 * day).await;
+    assert_eq!(swept.instances, 0, "kept for 30 days");
+    assert_eq!(swept.join_tokens, 1, "a day past its hour");
+    assert!(s.instance(&w.admin, &ended).is_ok());
+
+    let swept = crate::retention::sweep(&s.app, t0 + 31 * day).await;
+    assert_eq!(swept.instances, 1, "{swept:?}");
+    let e = s.instance(&w.admin, &ended).unwrap_err();
+    assert_eq!(e.kind, Kind::NotFound);
+    assert!(s
+        .app
+        .store
+        .get::<serde_json::Value>(Tree::Instances, &ended)
+        .unwrap()
+        .is_none());
+    assert!(s.instance(&w.admin, &live).is_ok(), "live instances stay");
+    // Every login token of the world is 31 days old: expired, deleted.
+    assert!(swept.api_tokens >= 3, "{swept:?}");
+    assert!(s.app.api_tokens.list_for(None).unwrap().is_empty());
+    // Nothing left to do.
+    assert_eq!(
+        crate::retention::sweep(&s.app, t0 + 31 * day).await,
+        crate::retention::Swept::default()
+    );
 }

@@ -107,6 +107,22 @@ impl ApiTokens {
         Ok(v)
     }
 
+    /// Deletes expired and revoked tokens (web sessions included); how many.
+    pub async fn prune(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let due: Vec<String> = self
+            .store
+            .all::<ApiTokenRecord>(Tree::ApiTokens)?
+            .into_iter()
+            .filter(|t| crate::retention::api_token_due(t.expires_ms, t.revoked, now_ms))
+            .map(|t| t.id)
+            .collect();
+        for id in &due {
+            self.store.remove(Tree::ApiTokens, id)?;
+        }
+        self.store.flush().await?;
+        Ok(due.len())
+    }
+
     /// Revokes a token; false if there is none with that id.
     pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
         let Some(mut rec) = self.get(id)? else {
@@ -139,5 +155,18 @@ mod tests {
         assert!(t.revoke(&rec.id).await.unwrap());
         assert!(t.check(&secret, 2000).unwrap().is_none(), "revoked");
         assert!(!t.revoke("0123456789abcdef").await.unwrap());
+        let (_, live) = t.issue("bob", "web", 1000).await.unwrap();
+        let (_, old) = t.issue("bob", "web", 0).await.unwrap();
+        // At 1000 + TTL - 1: the revoked one and the one issued at 0 go.
+        assert_eq!(t.prune(1000 + DEFAULT_TTL_MS - 1).await.unwrap(), 2);
+        let left: Vec<String> = t
+            .list_for(None)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(left, std::slice::from_ref(&live.id));
+        assert!(t.get(&old.id).unwrap().is_none());
+        assert_eq!(t.prune(1000 + DEFAULT_TTL_MS).await.unwrap(), 1);
     }
 }

@@ -27,6 +27,11 @@
 //!   restores on a host holding nothing (cold) and on the host that kept the copy
 //!   (warm); wall time, the agent's own timing, bytes on the wire and CPU. Needs
 //!   Docker, root and Debian's `rsync`.
+//! * `burst` — a class arriving at once: N users (200 by default) log in and each
+//!   launches one small blueprint at the same moment, on a controller and two
+//!   agents sharing this machine's Docker Engine; accepted, running, failed (and
+//!   why), login and launch API p50/p99, and the time until the last one runs.
+//!   Needs Docker.
 //!
 //! Each prints a table and, with `--json FILE`, writes the figures as JSON (`--json -`
 //! prints them after the table).
@@ -38,6 +43,8 @@
 //! ```
 
 // One file per family of measurements, next to this one, and what they share.
+#[path = "cairn-bench/burst.rs"]
+mod burst;
 #[path = "cairn-bench/common.rs"]
 mod common;
 #[path = "cairn-bench/data.rs"]
@@ -126,6 +133,19 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
     },
+    /// A class arriving at once: N users log in and launch together (see the module
+    /// header).
+    Burst {
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        /// Concurrent container creates per agent (its `--container-slots`); the
+        /// agent's default when not given.
+        #[arg(long)]
+        slots: Option<usize>,
+        /// Give up waiting for the instances after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
     /// Chunk-size study for FastCDC (16, 64, 256 KiB averages).
     ChunkSizes {
         #[arg(long, default_value = "/var/tmp/cairn-bench-data")]
@@ -188,6 +208,11 @@ async fn main() -> Result<()> {
             large_gib,
         } => data::datasets(dir, large_files, large_gib).await?,
         Cmd::Volumes { dir, scale } => volumes::volumes(dir, scale).await?,
+        Cmd::Burst {
+            users,
+            slots,
+            timeout_secs,
+        } => burst::burst(users, slots, timeout_secs).await?,
         Cmd::ChunkSizes {
             dir,
             large_files,

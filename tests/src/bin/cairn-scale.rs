@@ -50,6 +50,10 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Where the controller keeps its state: `sled`, or `etcd` (a local etcd the
+    /// run starts, Debian's `etcd-server`).
+    #[arg(long, default_value = "sled", value_parser = ["sled", "etcd"])]
+    store: String,
 }
 
 /// Users that launch; each may run up to 1,000 instances of the blueprint.
@@ -87,6 +91,7 @@ async fn run(args: &Args) -> Result<Value> {
     let opts = ControllerOptions {
         heartbeat,
         lost_after: "10m",
+        etcd: args.store == "etcd",
         ..Default::default()
     };
     let mut ctl = Controller::init(tmp.path(), &opts);
@@ -301,8 +306,8 @@ async fn run(args: &Args) -> Result<Value> {
 
     println!();
     println!(
-        "{n} hollow hosts, {m} instances, start delay {:?}, {} launches in flight",
-        args.start_delay, args.concurrency
+        "{n} hollow hosts, {m} instances, start delay {:?}, {} launches in flight, state on {}",
+        args.start_delay, args.concurrency, args.store
     );
     println!("| measure                                   |        value |");
     println!("|-------------------------------------------|-------------:|");
@@ -327,7 +332,7 @@ async fn run(args: &Args) -> Result<Value> {
         "Goal (C1M rate on 2 cores): > 3,750/s end to end, scheduling p99 < 50 ms, peak < 1 GiB."
     );
     Ok(json!({
-        "bench": "scale", "hosts": n, "instances": m, "start_delay_ms": args.start_delay.as_millis() as u64,
+        "bench": "scale", "store": args.store, "hosts": n, "instances": m, "start_delay_ms": args.start_delay.as_millis() as u64,
         "concurrency": args.concurrency,
         "placements_per_s": place_rate, "launches_per_s_end_to_end": e2e_rate,
         "scheduling_ms": {"p50": percentile(&sched, 0.5), "p99": percentile(&sched, 0.99)},

@@ -231,6 +231,10 @@ impl Workloads for DesiredImagesFeed {
         self.inner.isolation()
     }
 
+    fn launch_queue(&self) -> u32 {
+        self.inner.launch_queue()
+    }
+
     fn images(&self) -> Option<Arc<crate::images::pull::ImageManager>> {
         self.inner.images()
     }
