@@ -231,14 +231,17 @@ impl Registry {
     /// Loads every host from the store. No host has a connection yet.
     pub fn load(store: Store, thresholds: Thresholds) -> Result<Self, StoreError> {
         let records: Vec<HostRecord> = store.all(Tree::Hosts)?;
-        // Silence counts from when this controller could have heard a host: a
-        // heartbeat that said only "alive" is not written (see `heartbeat`), and a
-        // controller that was down heard nobody.
+        // A heartbeat that said only "alive" is not written (see `heartbeat`), so the
+        // stored last-seen time may be old. A restarted controller has heard nobody
+        // yet: hosts are unreachable at the first tick (as they always were) until
+        // they dial again, but the time to `lost` counts from now, not from a
+        // heartbeat long ago.
         let started_ms = cairn_shared::time::now_ms();
+        let heard = started_ms.saturating_sub(thresholds.unreachable_after_ms.saturating_add(1));
         let hosts = records
             .into_iter()
             .map(|mut record| {
-                record.liveness.last_seen_ms = record.liveness.last_seen_ms.max(started_ms);
+                record.liveness.last_seen_ms = record.liveness.last_seen_ms.max(heard);
                 (
                     record.id.clone(),
                     Entry {

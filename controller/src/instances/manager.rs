@@ -332,14 +332,13 @@ impl Instances {
     /// not hold yet, each as a key of its own, in one transaction: a change costs
     /// its own size, not the size of everything that happened before.
     fn save(&self, i: &mut Instance) -> Result<(), StoreError> {
-        let mut t = self
-            .store
-            .transaction()
-            .put(Tree::Instances, i.id.as_str(), &*i)?;
+        // Transitions first: if a crash kept only a prefix of this commit, an extra
+        // history entry is harmless; a record without its history's newest is not.
+        let mut t = self.store.transaction();
         for (seq, tr) in i.transitions.iter().enumerate().skip(i.stored_transitions) {
             t = t.put(Tree::InstanceTransitions, &transition_key(&i.id, seq), tr)?;
         }
-        t.commit()?;
+        t.put(Tree::Instances, i.id.as_str(), &*i)?.commit()?;
         i.stored_transitions = i.transitions.len();
         Ok(())
     }

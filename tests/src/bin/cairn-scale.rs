@@ -300,6 +300,18 @@ async fn run(args: &Args) -> Result<Value> {
     }
     sched.sort_by(f64::total_cmp);
     e2e.sort_by(f64::total_cmp);
+    // Where the time between placement and running goes, phase by phase.
+    let phases = ["scheduled", "preparing", "starting", "running"];
+    let mut per_phase = vec![];
+    for w in phases.windows(2) {
+        let mut d: Vec<f64> = list
+            .iter()
+            .filter_map(|i| Some((at(i, w[1])? as f64) - (at(i, w[0])? as f64)))
+            .collect();
+        d.sort_by(f64::total_cmp);
+        per_phase.push(json!({"from": w[0], "to": w[1], "p50_ms": percentile(&d, 0.5), "p99_ms": percentile(&d, 0.99)}));
+    }
+    eprintln!("phases: {}", serde_json::to_string(&per_phase)?);
     let place_rate = sched.len() as f64 / ((last_s.saturating_sub(first_q)) as f64 / 1000.0);
     let e2e_rate = running as f64 / ((last_r.saturating_sub(first_q)) as f64 / 1000.0);
     stop.cancel();
