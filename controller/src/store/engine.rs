@@ -104,7 +104,11 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     fn last(&self, tree: &'static str, n: usize) -> Result<Entries, EngineError>;
 
     /// Applies `txn` atomically: every check holds and every op is applied, or nothing
-    /// is (then [`EngineError::Conflict`] names the first check that failed).
+    /// is (then [`EngineError::Conflict`] names the first check that failed). One
+    /// exception, for speed: sled applies a commit *without checks* as one batch per
+    /// tree, in order, so a crash may keep the first trees' writes without the later
+    /// ones (see `SledEngine::apply_batches`); a commit that must be whole across
+    /// trees carries a check.
     fn commit(&self, txn: Txn) -> Result<(), EngineError>;
 
     /// Makes every write committed before this call durable.
