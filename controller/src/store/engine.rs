@@ -75,6 +75,13 @@ pub enum EngineError {
     /// A check of a transaction failed; nothing was written.
     #[error("{tree}/{key} changed since it was read")]
     Conflict { tree: &'static str, key: String },
+    /// Another writer changed keys this engine owns behind its back (etcd): its view
+    /// is stale and it takes no more writes until the process restarts.
+    #[error("{engine}: {detail}")]
+    Fenced {
+        engine: &'static str,
+        detail: String,
+    },
     /// The engine cannot be reached or refused the request.
     #[error("{engine}: {detail}")]
     Backend {

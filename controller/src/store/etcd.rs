@@ -43,6 +43,17 @@ fn backend(detail: impl std::fmt::Display) -> EngineError {
     }
 }
 
+fn stopped() -> EngineError {
+    backend("the etcd thread has stopped")
+}
+
+fn fenced(detail: impl std::fmt::Display) -> EngineError {
+    EngineError::Fenced {
+        engine: "etcd",
+        detail: detail.to_string(),
+    }
+}
+
 /// One commit, as etcd writes it: full keys, with the bytes each checked key had.
 #[derive(Debug, Clone)]
 struct Group {
@@ -252,7 +263,7 @@ async fn send(client: &mut Client, groups: &[Group], max_ops: usize) -> Result<(
             .await
             .map_err(|e| backend(format!("writing: {e}")))?;
         if !resp.succeeded() {
-            return Err(backend(format!(
+            return Err(fenced(format!(
                 "a compare failed in part {i}: another writer changed keys this controller owns"
             )));
         }
@@ -264,7 +275,7 @@ async fn send(client: &mut Client, groups: &[Group], max_ops: usize) -> Result<(
                 .await
                 .map_err(|e| backend(format!("writing: {e}")))?;
             if !resp.succeeded() {
-                return Err(backend(
+                return Err(fenced(
                     "a compare failed: another writer changed keys this controller owns",
                 ));
             }
@@ -369,11 +380,22 @@ impl EtcdEngine {
         q.groups = unsent;
     }
 
-    fn send(&self, groups: Vec<Group>, reply: Reply) -> Result<(), EngineError> {
+    /// Hands `groups` to the writer thread, which calls `reply` when etcd answers;
+    /// returns a copy to put back in the queue if the write fails.
+    fn submit(
+        &self,
+        groups: Vec<Group>,
+        reply: impl FnOnce(Result<(), (usize, EngineError)>) + Send + 'static,
+    ) -> Result<Vec<Group>, EngineError> {
+        let sent = groups.clone();
         self.inner
             .tx
-            .send(Request::Write { groups, reply })
-            .map_err(|_| backend("the etcd thread has stopped"))
+            .send(Request::Write {
+                groups,
+                reply: Box::new(reply),
+            })
+            .map_err(|_| stopped())?;
+        Ok(sent)
     }
 
     fn after_write(
@@ -388,7 +410,7 @@ impl EtcdEngine {
                 Ok(())
             }
             Err((sent, e)) => {
-                if e.to_string().contains("compare failed") {
+                if matches!(e, EngineError::Fenced { .. }) {
                     self.inner.fenced.store(true, SeqCst);
                     tracing::error!(error = %e, "etcd: this controller's view is stale; refusing further writes until it restarts");
                 } else {
@@ -500,18 +522,11 @@ impl Engine for EtcdEngine {
             }
             let (groups, upto) = self.take_queue();
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let sent = groups.clone();
             let started = std::time::Instant::now();
-            self.send(
-                groups,
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            )?;
-            let result = rx
-                .await
-                .map_err(|_| (0, backend("the etcd thread has stopped")))
-                .and_then(|r| r);
+            let sent = self.submit(groups, move |r| {
+                let _ = tx.send(r);
+            })?;
+            let result = rx.await.unwrap_or_else(|_| Err((0, stopped())));
             crate::store::commit_took(started.elapsed());
             self.after_write(sent, upto, result)
         })
@@ -523,17 +538,10 @@ impl Engine for EtcdEngine {
             return Ok(());
         }
         let (tx, rx) = std::sync::mpsc::channel();
-        let sent = groups.clone();
-        self.send(
-            groups,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        )?;
-        let result = rx
-            .recv()
-            .map_err(|_| (0, backend("the etcd thread has stopped")))
-            .and_then(|r| r);
+        let sent = self.submit(groups, move |r| {
+            let _ = tx.send(r);
+        })?;
+        let result = rx.recv().unwrap_or_else(|_| Err((0, stopped())));
         self.after_write(sent, upto, result)
     }
 }
