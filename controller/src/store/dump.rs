@@ -100,11 +100,10 @@ pub fn import(store: &Store, input: impl BufRead) -> Result<usize, DumpError> {
             });
         }
     }
-    let mut lines = input.split(b'\n');
+    let mut input = input;
     let bad = |line: usize, detail: String| DumpError::Bad { line, detail };
-    let first = lines
-        .next()
-        .ok_or_else(|| bad(1, "empty file: not a Cairn store export".into()))??;
+    let first = next_line(&mut input, 1)?
+        .ok_or_else(|| bad(1, "empty file: not a Cairn store export".into()))?;
     let header: Header = serde_json::from_slice(&first)
         .map_err(|e| bad(1, format!("not a Cairn store export: {e}")))?;
     if header.cairn_store_export != 1 || header.schema_version != SCHEMA_VERSION {
@@ -116,16 +115,16 @@ pub fn import(store: &Store, input: impl BufRead) -> Result<usize, DumpError> {
             ),
         ));
     }
-    let mut n = 0;
+    // Every line is read and checked before anything is written, so a bad line
+    // leaves the store empty and the import can simply be run again.
     let mut ops = vec![];
-    for (i, line) in lines.enumerate() {
-        let no = i + 2;
-        let line = line?;
+    let mut no = 1;
+    while let Some(line) = {
+        no += 1;
+        next_line(&mut input, no)?
+    } {
         if line.is_empty() {
             continue;
-        }
-        if line.len() > MAX_LINE {
-            return Err(bad(no, format!("longer than {MAX_LINE} bytes")));
         }
         let l: Line = serde_json::from_slice(&line).map_err(|e| bad(no, e.to_string()))?;
         let tree = Tree::from_name(&l.tree)
@@ -142,19 +141,36 @@ pub fn import(store: &Store, input: impl BufRead) -> Result<usize, DumpError> {
             key: l.key.into_bytes(),
             value,
         });
-        n += 1;
-        if ops.len() == BATCH {
-            store.engine().commit(Txn {
-                checks: vec![],
-                ops: std::mem::take(&mut ops),
-            })?;
-        }
     }
-    store.engine().commit(Txn {
-        checks: vec![],
-        ops,
-    })?;
+    let n = ops.len();
+    let mut ops = ops.into_iter().peekable();
+    while ops.peek().is_some() {
+        store.engine().commit(Txn {
+            checks: vec![],
+            ops: ops.by_ref().take(BATCH).collect(),
+        })?;
+    }
     Ok(n)
+}
+
+/// The next line without its newline, at most [`MAX_LINE`] bytes (a longer one is
+/// refused without reading it whole); `None` at the end.
+fn next_line(input: &mut impl BufRead, no: usize) -> Result<Option<Vec<u8>>, DumpError> {
+    let mut line = vec![];
+    let read =
+        std::io::Read::take(&mut *input, MAX_LINE as u64 + 1).read_until(b'\n', &mut line)?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() > MAX_LINE {
+        return Err(DumpError::Bad {
+            line: no,
+            detail: format!("longer than {MAX_LINE} bytes"),
+        });
+    }
+    Ok(Some(line))
 }
 
 #[cfg(test)]
@@ -207,5 +223,7 @@ mod tests {
         tampered.extend_from_slice(b"{\"tree\":\"nope\",\"key\":\"k\",\"value\":1}\n");
         let e = import(&c, &tampered[..]).unwrap_err().to_string();
         assert!(e.contains("line 5: unknown tree \"nope\""), "{e}");
+        // Nothing of a refused import was written: it can be run again.
+        assert_eq!(import(&c, &out[..]).unwrap(), 3);
     }
 }
