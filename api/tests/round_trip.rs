@@ -151,7 +151,7 @@ fn hosts() {
     let h: HostView = round_trip(
         json!({"id":"h-0123456789abcdef","hostname":"node1","state":"active",
         "state_since_ms":10,"state_reason":"hello accepted","last_seen_ms":99,"connected":true,
-        "enrolled_ms":1,"labels":{"gpu":"true"},
+        "enrolled_ms":1,"launch_queue":3,"labels":{"gpu":"true"},
         "facts":{"hostname":"node1","os":"Debian GNU/Linux 13","kernel":"6.12.0","arch":"x86_64",
                  "agent_version":"0.1.0","labels":{"gpu":"true"}},
         "capacity":{"cpus":2,"memory_total_bytes":8_000_000_000u64,"memory_available_bytes":4_000_000_000u64,
@@ -176,9 +176,10 @@ fn hosts() {
     );
     assert_eq!(h.pool.standing.as_str(), "draining");
     assert_eq!(h.failed_pulls(), 1);
+    assert_eq!(h.launch_queue, 3);
     let lost: HostView = round_trip(
         json!({"id":"h-fedcba9876543210","hostname":"node2","state":"lost",
-        "state_since_ms":0,"state_reason":null,"last_seen_ms":0,"connected":false,"enrolled_ms":0,
+        "state_since_ms":0,"state_reason":null,"last_seen_ms":0,"connected":false,"enrolled_ms":0,"launch_queue":0,
         "labels":{},"facts":null,"capacity":null,"runtime":{"Unavailable":{"error":"no engine"}},
         "isolation":{"failed":{"error":"iptables: permission denied"}},
         "cert_not_after_unix":0,"remote_addr":null,"transitions":[],
