@@ -112,10 +112,11 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
 
     /// Applies `txn` atomically: every check holds and every op is applied, or nothing
     /// is (then [`EngineError::Conflict`] names the first check that failed). One
-    /// exception, for speed: sled applies a commit *without checks* as one batch per
-    /// tree, in order, so a crash may keep the first trees' writes without the later
-    /// ones (see `SledEngine::apply_batches`); a commit that must be whole across
-    /// trees carries a check.
+    /// exception, for speed: sled applies a commit *without checks* one key at a
+    /// time, in order, so a crash may keep a prefix of its writes (see
+    /// `SledEngine::apply_in_order`: sled's batches and transactions stall every
+    /// other write behind the fsync under way); a commit that must be whole carries
+    /// a check.
     fn commit(&self, txn: Txn) -> Result<(), EngineError>;
 
     /// Makes every write committed before this call durable.

@@ -86,33 +86,20 @@ impl SledEngine {
 }
 
 impl SledEngine {
-    /// A commit without checks: one sled batch per tree, applied in the order the
-    /// trees first appear. sled 0.34's transactions take a database-wide exclusive
-    /// lock (every other read and write waits), which cut launches from thousands
-    /// to hundreds a second; a batch is atomic within its tree and takes no such
-    /// lock. Across trees, sled's recovery keeps a prefix of the writes, so a crash
-    /// can leave an earlier tree's batch without a later one's: callers put what may
-    /// stand alone first (an instance's new transitions before its record), and a
-    /// commit that must be all or nothing across trees carries a check, which makes
-    /// it a real transaction.
-    fn apply_batches(&self, ops: Vec<Op>) -> Result<(), EngineError> {
-        let mut batches: Vec<(&'static str, sled::Batch)> = vec![];
+    /// A commit without checks: its writes one key at a time, in order. Not a sled
+    /// batch or transaction: in sled 0.34 both take a database-wide write lock, and
+    /// a flush holds the read side of that lock for its whole fsync, so every batch
+    /// waited for the fsync under way and every other read and write queued behind
+    /// the batch. With launches saving under the instance table's lock, that stalled
+    /// the controller on each fsync: launches fell from thousands to under two
+    /// hundred a second. Single-key writes take no such lock. sled's log is replayed
+    /// as a prefix after a crash, so the writes of one commit survive as a prefix
+    /// too: callers put what may stand alone first (an instance's new transitions
+    /// before its record), and a commit that must be all or nothing carries a
+    /// check, which makes it a real transaction.
+    fn apply_in_order(&self, ops: Vec<Op>) -> Result<(), EngineError> {
         for op in ops {
-            let tree = op.tree();
-            let i = match batches.iter().position(|(t, _)| *t == tree) {
-                Some(i) => i,
-                None => {
-                    batches.push((tree, sled::Batch::default()));
-                    batches.len() - 1
-                }
-            };
-            match op {
-                Op::Put { key, value, .. } => batches[i].1.insert(key, value),
-                Op::Delete { key, .. } => batches[i].1.remove(key),
-            }
-        }
-        for (tree, batch) in batches {
-            self.tree(tree)?.apply_batch(batch).map_err(backend)?;
+            self.apply_one(op)?;
         }
         self.wrote();
         Ok(())
@@ -149,16 +136,8 @@ impl Engine for SledEngine {
     }
 
     fn commit(&self, mut txn: Txn) -> Result<(), EngineError> {
-        if txn.checks.is_empty() && txn.ops.len() <= 1 {
-            // One key is atomic in sled without a transaction's bookkeeping.
-            if let Some(op) = txn.ops.pop() {
-                self.apply_one(op)?;
-                self.wrote();
-            }
-            return Ok(());
-        }
         if txn.checks.is_empty() {
-            return self.apply_batches(txn.ops);
+            return self.apply_in_order(std::mem::take(&mut txn.ops));
         }
         let mut names: Vec<&'static str> = txn
             .checks
