@@ -109,8 +109,19 @@ impl Books {
         let left_queue = was == InstanceState::Queued && i.state != InstanceState::Queued;
         if left_host || (left_queue && !i.state.holds_host()) {
             self.sched.release(&i.id);
+        } else if launching(was) && !launching(i.state) {
+            // Running (or unreachable) on its host: no longer in the host's queue.
+            self.sched.started(&i.id);
         }
     }
+}
+
+/// Placed but not started yet: what the scheduler counts as a host's queue.
+fn launching(s: InstanceState) -> bool {
+    matches!(
+        s,
+        InstanceState::Scheduled | InstanceState::Preparing | InstanceState::Starting
+    )
 }
 
 /// The scheduler's request for an instance of `spec`.

@@ -12,8 +12,12 @@
 //!   adds ([`DataLocality`]: the dataset versions the request mounts that the host
 //!   already holds); a penalty per recent launch failure, and one per launch
 //!   waiting in the host's queue for container operations (bounded, see
-//!   [`queue_penalty`]), so a burst spills onto hosts that are not busy. Ties go to the lowest host
-//!   id. Scores only rank hosts that passed the filter: no bonus makes a host fit.
+//!   [`queue_penalty`]), so a burst spills onto hosts that are not busy. The queue
+//!   is the longer of what the host last reported and what the scheduler knows it
+//!   sent there itself: launches placed on the host that have not started yet,
+//!   beyond the [`HOST_SLOTS`] the host works on at once. A burst placed within a
+//!   second, before any heartbeat, is steered too. Ties go to the lowest host id.
+//!   Scores only rank hosts that passed the filter: no bonus makes a host fit.
 //! * **Queue**: a request that fits nowhere waits, by priority then arrival. Every
 //!   [`Scheduler::drain`] walks the queue in that order and places what fits
 //!   (smaller requests may pass a big one that fits nowhere yet, so one large
@@ -151,6 +155,9 @@ pub const IMAGE_BONUS: i64 = 200;
 pub const FAILURE_PENALTY: i64 = 150;
 /// The most [`DataLocality`] adds: a host holding every dataset a request mounts.
 pub const DATASET_BONUS: i64 = 2 * IMAGE_BONUS;
+/// Container operations a host works on at once before launches queue there: the
+/// agent's default `--container-slots`.
+pub const HOST_SLOTS: u32 = 4;
 /// Per launch waiting in a host's queue …
 pub const QUEUE_PENALTY: i64 = 25;
 /// … up to this much: a queue weighs at most like a full host's fill, so a busy
@@ -217,12 +224,33 @@ struct HostEntry {
     snap: HostSnapshot,
     reserved: Resources,
     instances: u32,
+    /// Placements on the host that have not started yet (see [`Scheduler::started`]).
+    launching: u32,
+}
+
+impl HostEntry {
+    /// The host's launch queue as the scheduler reckons it: what the host said in
+    /// its last heartbeat, or what was sent there since beyond its slots, whichever
+    /// is longer (a heartbeat lags a burst by seconds).
+    fn queue(&self) -> u32 {
+        self.snap
+            .launch_queue
+            .max(self.launching.saturating_sub(HOST_SLOTS))
+    }
+}
+
+/// A placement: where, how much, and whether its launch is still under way.
+#[derive(Debug, Clone)]
+struct Placement {
+    host: HostId,
+    resources: Resources,
+    launching: bool,
 }
 
 /// The scheduler's whole state.
 pub struct Scheduler {
     hosts: BTreeMap<HostId, HostEntry>,
-    placed: HashMap<InstanceId, (HostId, Resources)>,
+    placed: HashMap<InstanceId, Placement>,
     /// Waiting requests by (priority descending, arrival).
     queue: BTreeMap<(std::cmp::Reverse<i8>, u64), Request>,
     queued: HashMap<InstanceId, (std::cmp::Reverse<i8>, u64)>,
@@ -281,11 +309,12 @@ impl Scheduler {
             Some(e) => e.snap = snap,
             None => {
                 // Placements restored before the host was known count from now on.
-                let (mut reserved, mut instances) = (Resources::default(), 0);
-                for (h, r) in self.placed.values() {
-                    if *h == snap.id {
-                        reserved = reserved.add(*r);
+                let (mut reserved, mut instances, mut launching) = (Resources::default(), 0, 0);
+                for p in self.placed.values() {
+                    if p.host == snap.id {
+                        reserved = reserved.add(p.resources);
                         instances += 1;
+                        launching += u32::from(p.launching);
                     }
                 }
                 self.hosts.insert(
@@ -294,6 +323,7 @@ impl Scheduler {
                         snap,
                         reserved,
                         instances,
+                        launching,
                     },
                 );
             }
@@ -303,29 +333,50 @@ impl Scheduler {
     /// Forgets a host; its reservations go with it.
     pub fn remove_host(&mut self, id: &HostId) {
         self.hosts.remove(id);
-        self.placed.retain(|_, (h, _)| h != id);
+        self.placed.retain(|_, p| p.host != *id);
     }
 
     pub fn host_ids(&self) -> impl Iterator<Item = &HostId> {
         self.hosts.keys()
     }
 
-    /// Records a placement made earlier (a restarted controller rebuilding its view).
+    /// Records a placement made earlier (a restarted controller rebuilding its view);
+    /// it counts as started: the host's own report says what still waits.
     pub fn restore(&mut self, instance: InstanceId, host: &HostId, resources: Resources) {
         self.release(&instance);
         if let Some(e) = self.hosts.get_mut(host) {
             e.reserved = e.reserved.add(resources);
             e.instances += 1;
         }
-        self.placed.insert(instance, (host.clone(), resources));
+        self.placed.insert(
+            instance,
+            Placement {
+                host: host.clone(),
+                resources,
+                launching: false,
+            },
+        );
+    }
+
+    /// The instance's launch is over (it runs): it no longer counts towards its
+    /// host's queue. Its reservation stays.
+    pub fn started(&mut self, instance: &InstanceId) {
+        if let Some(p) = self.placed.get_mut(instance) {
+            if std::mem::take(&mut p.launching) {
+                if let Some(e) = self.hosts.get_mut(&p.host) {
+                    e.launching = e.launching.saturating_sub(1);
+                }
+            }
+        }
     }
 
     /// Frees an instance's reservation, or takes it out of the queue.
     pub fn release(&mut self, instance: &InstanceId) {
-        if let Some((host, res)) = self.placed.remove(instance) {
-            if let Some(e) = self.hosts.get_mut(&host) {
-                e.reserved = e.reserved.sub(res);
+        if let Some(p) = self.placed.remove(instance) {
+            if let Some(e) = self.hosts.get_mut(&p.host) {
+                e.reserved = e.reserved.sub(p.resources);
                 e.instances = e.instances.saturating_sub(1);
+                e.launching = e.launching.saturating_sub(u32::from(p.launching));
             }
         }
         if let Some(key) = self.queued.remove(instance) {
@@ -335,7 +386,7 @@ impl Scheduler {
 
     /// Where an instance holds a reservation.
     pub fn placement(&self, instance: &InstanceId) -> Option<&HostId> {
-        self.placed.get(instance).map(|(h, _)| h)
+        self.placed.get(instance).map(|p| &p.host)
     }
 
     /// Reserved resources and instance count of a host.
@@ -416,9 +467,16 @@ impl Scheduler {
         if let Some(e) = self.hosts.get_mut(host) {
             e.reserved = e.reserved.add(req.resources);
             e.instances += 1;
+            e.launching += 1;
         }
-        self.placed
-            .insert(req.instance.clone(), (host.clone(), req.resources));
+        self.placed.insert(
+            req.instance.clone(),
+            Placement {
+                host: host.clone(),
+                resources: req.resources,
+                launching: true,
+            },
+        );
     }
 
     /// Reservable capacity of a host under its pool's over-commit.
@@ -465,7 +523,7 @@ impl Scheduler {
             score += IMAGE_BONUS;
         }
         score -= FAILURE_PENALTY * i64::from(e.snap.recent_failures);
-        score -= queue_penalty(e.snap.launch_queue);
+        score -= queue_penalty(e.queue());
         score + self.bonus.bonus(req, &e.snap)
     }
 
@@ -694,6 +752,43 @@ mod tests {
         a.launch_queue = 1_000;
         s.upsert_host(a.clone());
         assert_eq!(placed(s.submit(req(12, 1))), a.id);
+    }
+
+    #[test]
+    fn a_burst_spills_over_before_any_heartbeat_and_packs_again_once_started() {
+        // Both hosts hold the image and report no queue: a burst placed within a
+        // second, before any heartbeat says otherwise.
+        let mut s = Scheduler::default();
+        let mut a = host(1, 64, 64);
+        let mut b = host(2, 64, 64);
+        a.images.insert("img:1".into());
+        b.images.insert("img:1".into());
+        s.upsert_host(a.clone());
+        s.upsert_host(b.clone());
+        let hosts: Vec<HostId> = (0..40).map(|n| placed(s.submit(req(n, 1)))).collect();
+        let on_a = hosts.iter().filter(|h| **h == a.id).count();
+        // The first HOST_SLOTS and a few more pack onto a, then the burst alternates.
+        assert!(
+            hosts[..=HOST_SLOTS as usize].iter().all(|h| *h == a.id),
+            "{hosts:?}"
+        );
+        assert!((20..=26).contains(&on_a), "{on_a} of 40 on a");
+        // Once they run, packing resumes onto the fuller host: started placements
+        // are no queue (and saying so twice is harmless).
+        for n in 0..40 {
+            s.started(&inst(n));
+        }
+        s.started(&inst(0));
+        let fuller = if on_a >= 40 - on_a { &a.id } else { &b.id };
+        assert_eq!(placed(s.submit(req(100, 1))), *fuller);
+        // Another burst spreads again; released while still launching, its
+        // placements leave no queue behind either.
+        let second: Vec<HostId> = (200..230).map(|n| placed(s.submit(req(n, 1)))).collect();
+        assert!(second.iter().any(|h| h != fuller), "{second:?}");
+        for n in 200..230 {
+            s.release(&inst(n));
+        }
+        assert_eq!(placed(s.submit(req(300, 1))), *fuller);
     }
 
     fn manifest(n: u8) -> ChunkId {
