@@ -270,10 +270,12 @@ async fn liveness_loop(app: Arc<App>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => break,
         }
         let now = cairn_shared::time::now_ms();
+        let started = std::time::Instant::now();
         if let Err(e) = app.registry.tick(now).await {
             tracing::error!(error = %e, "liveness update failed");
         }
         app.instances.tick(now).await;
+        crate::metrics::tick(started.elapsed());
         if last_flush.elapsed() >= Duration::from_secs(10) {
             last_flush = tokio::time::Instant::now();
             if let Err(e) = app.registry.flush_dirty() {

@@ -48,6 +48,7 @@ pub const INSTANCES: &str = "cairn_instances";
 pub const HOSTS: &str = "cairn_hosts";
 pub const IMAGE_PULLS: &str = "cairn_image_pulls_in_flight";
 pub const STORE_COMMIT: &str = "cairn_store_commit_seconds";
+pub const TICK: &str = "cairn_tick_seconds";
 pub const PROXY_REQUESTS: &str = "cairn_proxy_requests_total";
 pub const PROXY_BYTES: &str = "cairn_proxy_bytes_total";
 pub const PROXY_TUNNELS: &str = "cairn_proxy_open_tunnels";
@@ -61,6 +62,11 @@ const LAUNCH_BUCKETS: &[f64] = &[
 /// fraction of a millisecond to seconds on a struggling disk.
 const COMMIT_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// The controller's periodic pass over hosts and live instances: well under a
+/// millisecond when little runs, and it must stay so as history piles up.
+const TICK_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 /// Any other `*_seconds` histogram of the process (an in-process agent's container
 /// operations, say), so none falls back to a summary.
@@ -118,9 +124,10 @@ const LIVE_INSTANCE_STATES: [InstanceState; 7] = [
 /// The recorder's settings: real histograms (explicit buckets) for every
 /// histogram, never summaries, so they aggregate across controllers.
 pub fn builder() -> PrometheusBuilder {
-    let rules: [(Matcher, &[f64]); 3] = [
+    let rules: [(Matcher, &[f64]); 4] = [
         (Matcher::Full(LAUNCH_TO_RUNNING.into()), LAUNCH_BUCKETS),
         (Matcher::Full(STORE_COMMIT.into()), COMMIT_BUCKETS),
+        (Matcher::Full(TICK.into()), TICK_BUCKETS),
         (Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS),
     ];
     rules
@@ -217,6 +224,11 @@ pub fn describe() {
         Unit::Seconds,
         "Time of one durable commit of the controller's store."
     );
+    describe_histogram!(
+        TICK,
+        Unit::Seconds,
+        "Time of one pass of the controller's tick over hosts and live instances."
+    );
     describe_counter!(
         PROXY_REQUESTS,
         "Requests the proxy forwarded to instances' apps."
@@ -236,6 +248,7 @@ pub fn describe() {
     // Registering a histogram is enough for it to show, with a count of 0.
     let _ = metrics::histogram!(LAUNCH_TO_RUNNING);
     let _ = metrics::histogram!(STORE_COMMIT);
+    let _ = metrics::histogram!(TICK);
     metrics::counter!(PROXY_REQUESTS).absolute(0);
     for d in ["up", "down"] {
         metrics::counter!(PROXY_BYTES, "direction" => d).absolute(0);
@@ -251,6 +264,7 @@ struct Handles {
     launches: [Counter; 5],
     launch_to_running: Histogram,
     store_commit: Histogram,
+    tick: Histogram,
     proxy_requests: Counter,
     proxy_up: Counter,
     proxy_down: Counter,
@@ -266,6 +280,7 @@ fn handles() -> &'static Handles {
             launches: Outcome::ALL.map(|o| metrics::counter!(LAUNCHES, "outcome" => o.as_str())),
             launch_to_running: metrics::histogram!(LAUNCH_TO_RUNNING),
             store_commit: metrics::histogram!(STORE_COMMIT),
+            tick: metrics::histogram!(TICK),
             proxy_requests: metrics::counter!(PROXY_REQUESTS),
             proxy_up: metrics::counter!(PROXY_BYTES, "direction" => "up"),
             proxy_down: metrics::counter!(PROXY_BYTES, "direction" => "down"),
@@ -283,6 +298,12 @@ fn launches(o: Outcome) -> &'static Counter {
 /// flush).
 pub fn store_commit(elapsed: Duration) {
     handles().store_commit.record(elapsed.as_secs_f64());
+}
+
+/// One pass of the controller's tick (host liveness and live instances) took
+/// `elapsed`.
+pub fn tick(elapsed: Duration) {
+    handles().tick.record(elapsed.as_secs_f64());
 }
 
 /// A launch was admitted and queued.

@@ -171,6 +171,15 @@ async fn a_launch_the_hosts_and_the_agent_show_in_the_metrics() {
         text.contains("# TYPE cairn_store_commit_seconds histogram"),
         "{text}"
     );
+    // The tick times itself: it ran while the instance launched.
+    assert!(
+        value(&text, "cairn_tick_seconds_count").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"cairn_tick_seconds_bucket{le="0.0001"}"#),
+        "{text}"
+    );
     assert!(
         value(&text, "cairn_proxy_requests_total").unwrap_or(0.0) >= 1.0,
         "{text}"

@@ -13,6 +13,12 @@
 //! cargo build --release --workspace --bins
 //! target/release/cairn-scale --hosts 1000 --instances 100000
 //! ```
+//!
+//! With `--churn N` it measures a controller that runs for a long time instead: N
+//! launches, each stopping the oldest instance first once `--alive` are up, and
+//! every few seconds the controller's RSS and mean tick time (from its `/metrics`).
+//! After the warm-up (the first `2 × alive` launches) both must stay flat: memory
+//! and the tick follow what runs now, not everything that ever ran.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -54,6 +60,16 @@ struct Args {
     /// run starts, Debian's `etcd-server`).
     #[arg(long, default_value = "sled", value_parser = ["sled", "etcd"])]
     store: String,
+    /// Churn mode: this many launches in all, stopping the oldest instance before
+    /// each launch once `--alive` are up (`--instances` is then unused).
+    #[arg(long)]
+    churn: Option<usize>,
+    /// Churn mode: the most instances up at once.
+    #[arg(long, default_value_t = 20_000)]
+    alive: usize,
+    /// Churn mode: seconds between samples of the controller's memory and tick.
+    #[arg(long, default_value_t = 5)]
+    sample_secs: u64,
 }
 
 /// Users that launch; each may run up to 1,000 instances of the blueprint.
@@ -155,6 +171,11 @@ async fn run(args: &Args) -> Result<Value> {
         .await;
     if status != 201 {
         bail!("blueprint: {status} {body}");
+    }
+    if let Some(total) = args.churn {
+        let out = churn(args, &ctl, total).await;
+        stop.cancel();
+        return out;
     }
     let users = m.div_ceil(PER_USER);
     let mut tokens = Vec::with_capacity(users);
@@ -352,5 +373,218 @@ async fn run(args: &Args) -> Result<Value> {
         "accepted_secs": accepted_secs, "all_running_secs": all_running_secs,
         "controller": {"cpu_pct": cpu_pct, "rss_mib": rss_mib, "peak_rss_mib": peak_mib},
         "refused": failed, "running": running,
+    }))
+}
+
+/// One sample of the churn run.
+struct ChurnSample {
+    secs: f64,
+    launched: usize,
+    alive: usize,
+    rss_mib: f64,
+    /// Mean tick time over the window since the previous sample.
+    tick_ms: f64,
+}
+
+/// The sum and count of the controller's `cairn_tick_seconds` histogram.
+async fn tick_totals(http: &reqwest::Client, ctl: &Controller) -> Result<(f64, f64)> {
+    let text = http
+        .get(format!("{}/metrics", ctl.api))
+        .bearer_auth(&ctl.admin_token)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let value = |series: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    match (
+        value("cairn_tick_seconds_sum"),
+        value("cairn_tick_seconds_count"),
+    ) {
+        (Some(sum), Some(count)) => Ok((sum, count)),
+        _ => bail!("the controller's /metrics has no cairn_tick_seconds"),
+    }
+}
+
+/// Launches `total` instances, never more than `args.alive` up: once that many
+/// are, each launch first stops the oldest (as its owner). Samples the
+/// controller's RSS and tick time meanwhile and compares the first sample after
+/// the warm-up with the last.
+async fn churn(args: &Args, ctl: &Controller, total: usize) -> Result<Value> {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    let alive_max = args.alive.max(1);
+    // Twice the users the live instances need: stopping instances may still count
+    // against their owner's limit for a moment.
+    let users = 2 * alive_max.div_ceil(PER_USER);
+    let mut tokens = Vec::with_capacity(users);
+    for u in 0..users {
+        tokens.push(ctl.user(&format!("churn{u}"), "user").await);
+    }
+    eprintln!(
+        "{users} users; {total} launches, at most {alive_max} up, {} at a time",
+        args.concurrency
+    );
+    let cpid = ctl.pid().context("controller pid")?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency + 1)
+        .build()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let launched = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let up: Arc<Mutex<VecDeque<(String, usize)>>> = Arc::default();
+    let tokens = Arc::new(tokens);
+    let base = ctl.api.clone();
+    let start = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..args.concurrency {
+        let (http, next, launched, refused, up, tokens, base) = (
+            http.clone(),
+            next.clone(),
+            launched.clone(),
+            refused.clone(),
+            up.clone(),
+            tokens.clone(),
+            base.clone(),
+        );
+        workers.spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= total {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let oldest = {
+                    let mut up = up.lock().unwrap_or_else(|p| p.into_inner());
+                    if up.len() >= alive_max {
+                        up.pop_front()
+                    } else {
+                        None
+                    }
+                };
+                if let Some((id, owner)) = oldest {
+                    let r = http
+                        .delete(format!("{base}/api/v1/instances/{id}"))
+                        .bearer_auth(&tokens[owner])
+                        .send()
+                        .await?;
+                    if !r.status().is_success() {
+                        bail!("stopping {id}: {} {}", r.status(), r.text().await?);
+                    }
+                }
+                let user = k % tokens.len();
+                let r = http
+                    .post(format!("{base}/api/v1/instances"))
+                    .bearer_auth(&tokens[user])
+                    .json(&json!({"blueprint": "tiny"}))
+                    .send()
+                    .await?;
+                if r.status().as_u16() != 201 {
+                    if refused.fetch_add(1, Ordering::Relaxed) < 5 {
+                        eprintln!("launch {k}: {} {}", r.status(), r.text().await?);
+                    }
+                    continue;
+                }
+                let v: Value = r.json().await?;
+                let id = v["id"].as_str().context("launch answer without an id")?;
+                up.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back((id.to_string(), user));
+                launched.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    // Sample until every worker is done.
+    let mut samples: Vec<ChurnSample> = vec![];
+    let mut last_tick = tick_totals(&http, ctl).await?;
+    let mut done = false;
+    println!("| s | launched | up | controller RSS (MiB) | mean tick (ms) |");
+    println!("|---:|---:|---:|---:|---:|");
+    while !done {
+        let deadline = tokio::time::sleep(Duration::from_secs(args.sample_secs));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                r = workers.join_next() => match r {
+                    Some(r) => r??,
+                    None => { done = true; break; }
+                },
+            }
+        }
+        let ticks = tick_totals(&http, ctl).await?;
+        let tick_ms = if ticks.1 > last_tick.1 {
+            (ticks.0 - last_tick.0) / (ticks.1 - last_tick.1) * 1000.0
+        } else {
+            f64::NAN
+        };
+        last_tick = ticks;
+        let rss_mib = procstat::sample(cpid).map_or(f64::NAN, |s| s.rss_kib as f64 / 1024.0);
+        let sample = ChurnSample {
+            secs: start.elapsed().as_secs_f64(),
+            launched: launched.load(Ordering::Relaxed),
+            alive: up.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            rss_mib,
+            tick_ms,
+        };
+        println!(
+            "| {:.0} | {} | {} | {:.0} | {:.3} |",
+            sample.secs, sample.launched, sample.alive, sample.rss_mib, sample.tick_ms
+        );
+        samples.push(sample);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = launched.load(Ordering::Relaxed);
+    // Warm: the first sample once twice the live set has been launched (every
+    // instance up has replaced one that ran before); compared with the last.
+    let warm = samples.iter().position(|s| s.launched >= 2 * alive_max);
+    let (first, last) = match warm {
+        Some(w) if w + 1 < samples.len() => (&samples[w], &samples[samples.len() - 1]),
+        _ => bail!("the run ended before it warmed up ({n} launches, {} samples); launch more than {} or sample more often", samples.len(), 2 * alive_max),
+    };
+    let rss_change = last.rss_mib / first.rss_mib - 1.0;
+    // Tick means are averaged over the warm part's first and last quarter: one
+    // window's mean jumps with whatever else the machine did in those seconds.
+    let warm_part = &samples[warm.unwrap_or(0)..];
+    let q = (warm_part.len() / 4).max(1);
+    let mean = |s: &[ChurnSample]| {
+        let v: Vec<f64> = s
+            .iter()
+            .map(|s| s.tick_ms)
+            .filter(|t| t.is_finite())
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let (tick_early, tick_late) = (
+        mean(&warm_part[..q]),
+        mean(&warm_part[warm_part.len() - q..]),
+    );
+    let tick_change = tick_late / tick_early - 1.0;
+    println!();
+    println!(
+        "churn: {n} launches ({} refused) in {secs:.0} s ({:.0}/s), at most {alive_max} up, state on {}",
+        refused.load(Ordering::Relaxed),
+        n as f64 / secs,
+        args.store
+    );
+    println!(
+        "after warm-up ({:.0} s, {} launched): RSS {:.0} → {:.0} MiB ({:+.1}%), mean tick {:.3} → {:.3} ms ({:+.1}%); goal: both within ±10%",
+        first.secs, first.launched, first.rss_mib, last.rss_mib, rss_change * 100.0,
+        tick_early, tick_late, tick_change * 100.0
+    );
+    Ok(json!({
+        "bench": "scale-churn", "store": args.store, "hosts": args.hosts, "launches": n,
+        "refused": refused.load(Ordering::Relaxed), "alive": alive_max, "secs": secs,
+        "warm": {"secs": first.secs, "launched": first.launched},
+        "rss_mib": {"warm": first.rss_mib, "end": last.rss_mib, "change": rss_change},
+        "tick_ms": {"warm": tick_early, "end": tick_late, "change": tick_change},
+        "samples": samples.iter().map(|s| json!({"secs": s.secs, "launched": s.launched, "alive": s.alive, "rss_mib": s.rss_mib, "tick_ms": s.tick_ms})).collect::<Vec<_>>(),
     }))
 }
