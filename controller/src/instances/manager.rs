@@ -27,6 +27,7 @@ use crate::blueprints::{BlueprintRecord, Catalog};
 use crate::config::InstancesConfig;
 use crate::datasets::lookup::{DatasetLookup, Lookup};
 use crate::datasets::prefetch::DatasetPlan;
+use crate::groups::ledger::{Ledger, Spent};
 use crate::hosts::pool::{PoolAction, PoolEvent};
 use crate::hosts::{HostState, Registry};
 use crate::scheduler::{Outcome, Resources, Shortfall};
@@ -64,7 +65,14 @@ pub struct QuotaCheck {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// The instances in memory: the live ones ([`Instance::stays_in_memory`]).
+    /// Ended instances are read from the store when asked for; what they spent is
+    /// in `spent`.
     all: BTreeMap<InstanceId, Instance>,
+    /// Ended instances only in the store, by final state, for the counts.
+    ended_out: BTreeMap<InstanceState, usize>,
+    /// What ended runs spent, per group and member, for quotas and usage.
+    spent: Ledger,
     /// The instances that have not ended: what the tick looks at, so its cost
     /// follows what runs now, not everything kept for history.
     live: BTreeSet<InstanceId>,
@@ -124,6 +132,55 @@ fn transition_key(id: &InstanceId, seq: usize) -> String {
     format!("{}/{seq:04}", id.as_str())
 }
 
+/// The key of an instance in its owner's index.
+fn owner_key(owner: &str, id: &InstanceId) -> String {
+    format!("{owner}/{}", id.as_str())
+}
+
+/// Counts (`add`) or takes back an ended run's credits in the ledger.
+fn note_spent(ledger: &mut Ledger, i: &Instance, add: bool) {
+    let Some(run) = i.as_run() else {
+        return;
+    };
+    let Some(c) = &i.charge else {
+        return;
+    };
+    let credits = crate::groups::core::credits(
+        run.cost,
+        run.running_since_ms,
+        run.ended_ms.unwrap_or_default(),
+    );
+    if add {
+        ledger.add(&c.group, &i.owner, credits);
+    } else {
+        ledger.remove(&c.group, &i.owner, credits);
+    }
+}
+
+/// Gives store records their keyed transitions (`ID/SEQ`, in order). A record
+/// written before transitions had keys of their own carries them inline and has
+/// none there.
+fn attach_history(
+    all: &mut BTreeMap<InstanceId, Instance>,
+    keyed: Vec<(String, crate::instances::state::Transition)>,
+) {
+    for (key, t) in keyed {
+        let Some(i) = key
+            .split_once('/')
+            .and_then(|(id, _)| InstanceId::parse(id).ok())
+            .and_then(|id| all.get_mut(&id))
+        else {
+            tracing::warn!(%key, "skipping the transition of an unknown instance");
+            continue;
+        };
+        if i.stored_transitions == 0 {
+            i.transitions.clear();
+        }
+        i.transitions.push(t);
+        i.stored_transitions = i.transitions.len();
+    }
+}
+
 /// Host snapshots and plans are rebuilt when a host or blueprint changed, and at
 /// least this often (dataset versions pushed meanwhile, say) — not on every tick.
 const REFRESH_MS: u64 = 5_000;
@@ -141,25 +198,27 @@ impl Instances {
             .into_iter()
             .map(|i| (i.id.clone(), i))
             .collect();
-        // Transitions are keys `ID/SEQ` in order; a record written before they had
-        // keys of their own carries them inline and has none here.
-        for (key, t) in store
-            .scan_keyed::<crate::instances::state::Transition>(Tree::InstanceTransitions, "")?
-        {
-            let Some(i) = key
-                .split_once('/')
-                .and_then(|(id, _)| InstanceId::parse(id).ok())
-                .and_then(|id| all.get_mut(&id))
-            else {
-                tracing::warn!(%key, "skipping the transition of an unknown instance");
-                continue;
-            };
-            if i.stored_transitions == 0 {
-                i.transitions.clear();
+        attach_history(&mut all, store.scan_keyed(Tree::InstanceTransitions, "")?);
+        // Owners' indexes of stores written before they existed.
+        let indexed: std::collections::HashSet<String> =
+            store.keys(Tree::InstanceOwners, "")?.into_iter().collect();
+        for i in all.values() {
+            let key = owner_key(&i.owner, &i.id);
+            if !indexed.contains(&key) {
+                store.put(Tree::InstanceOwners, &key, &i.created_ms)?;
             }
-            i.transitions.push(t);
-            i.stored_transitions = i.transitions.len();
         }
+        // Ended instances stay in the store only.
+        let mut ended_out: BTreeMap<InstanceState, usize> = BTreeMap::new();
+        let mut spent = Ledger::default();
+        all.retain(|_, i| {
+            let keep = i.stays_in_memory();
+            if !keep {
+                *ended_out.entry(i.state).or_default() += 1;
+                note_spent(&mut spent, i, true);
+            }
+            keep
+        });
         Ok(Instances {
             store,
             config,
@@ -179,6 +238,8 @@ impl Instances {
                     .map(|i| i.id.clone())
                     .collect(),
                 all,
+                ended_out,
+                spent,
                 syncs: Syncs::default(),
             }),
         })
@@ -207,24 +268,102 @@ impl Instances {
 
     // ---- reading ----
 
+    /// An instance, from memory or, once ended, from the store.
     pub fn get(&self, id: &InstanceId) -> Option<Instance> {
-        self.lock().all.get(id).cloned()
+        if let Some(i) = self.lock().all.get(id) {
+            return Some(i.clone());
+        }
+        self.stored(id)
     }
 
-    /// Instances of `owner`, or everyone's when `owner` is `None`, newest first.
+    /// An instance as the store holds it, with its history; `None` if it is not
+    /// there or cannot be read (logged).
+    fn stored(&self, id: &InstanceId) -> Option<Instance> {
+        let read = || -> Result<Option<Instance>, StoreError> {
+            let Some(i) = self.store.get::<Instance>(Tree::Instances, id.as_str())? else {
+                return Ok(None);
+            };
+            let mut one = BTreeMap::from([(id.clone(), i)]);
+            attach_history(
+                &mut one,
+                self.store
+                    .scan_keyed(Tree::InstanceTransitions, &format!("{}/", id.as_str()))?,
+            );
+            Ok(one.remove(id))
+        };
+        read().unwrap_or_else(|e| {
+            tracing::error!(instance = %id, error = %e, "cannot read an ended instance");
+            None
+        })
+    }
+
+    /// Gives records read from the store their history, in one scan of every
+    /// instance's transitions (for reads of many records).
+    fn attach_stored_history(
+        &self,
+        some: &mut BTreeMap<InstanceId, Instance>,
+    ) -> Result<(), StoreError> {
+        let keyed: Vec<_> = self
+            .store
+            .scan_keyed(Tree::InstanceTransitions, "")?
+            .into_iter()
+            .filter(|(k, _)| {
+                k.split_once('/')
+                    .and_then(|(id, _)| InstanceId::parse(id).ok())
+                    .is_some_and(|id| some.contains_key(&id))
+            })
+            .collect();
+        attach_history(some, keyed);
+        Ok(())
+    }
+
+    /// Instances of `owner`, or everyone's when `owner` is `None`, newest first:
+    /// those in memory, and the ended ones from the store (through the owner's
+    /// index; everyone's by a scan of the whole tree).
     pub fn list(&self, owner: Option<&str>) -> Vec<Instance> {
-        let mut v: Vec<Instance> = self
+        let mut v: BTreeMap<InstanceId, Instance> = self
             .lock()
             .all
             .values()
             .filter(|i| owner.is_none_or(|o| i.owner == o))
-            .cloned()
+            .map(|i| (i.id.clone(), i.clone()))
             .collect();
+        let from_store = || -> Result<Vec<Instance>, StoreError> {
+            Ok(match owner {
+                Some(o) => {
+                    let prefix = format!("{o}/");
+                    self.store
+                        .keys(Tree::InstanceOwners, &prefix)?
+                        .iter()
+                        .filter_map(|k| InstanceId::parse(k.strip_prefix(&prefix)?).ok())
+                        .filter(|id| !v.contains_key(id))
+                        .filter_map(|id| self.stored(&id))
+                        .collect()
+                }
+                None => {
+                    let mut ended: BTreeMap<InstanceId, Instance> = self
+                        .store
+                        .all::<Instance>(Tree::Instances)?
+                        .into_iter()
+                        .filter(|i| !v.contains_key(&i.id))
+                        .map(|i| (i.id.clone(), i))
+                        .collect();
+                    self.attach_stored_history(&mut ended)?;
+                    ended.into_values().collect()
+                }
+            })
+        };
+        match from_store() {
+            Ok(ended) => v.extend(ended.into_iter().map(|i| (i.id.clone(), i))),
+            Err(e) => tracing::error!(error = %e, "cannot read ended instances; listing live ones"),
+        }
+        let mut v: Vec<Instance> = v.into_values().collect();
         v.sort_by_key(|i| std::cmp::Reverse(i.created_ms));
         v
     }
 
-    /// The instances `keep` picks, newest first.
+    /// The live instances `keep` picks, newest first (ended ones are in the store,
+    /// and what they spent in [`Instances::spent_in`]).
     pub fn matching(&self, keep: impl Fn(&Instance) -> bool) -> Vec<Instance> {
         let mut v: Vec<Instance> = self
             .lock()
@@ -237,6 +376,16 @@ impl Instances {
         v
     }
 
+    /// What the ended runs in `group` spent, per member.
+    pub fn spent_in(&self, group: &str) -> Vec<(String, Spent)> {
+        self.lock().spent.members(group)
+    }
+
+    /// The groups `user` has ended runs in.
+    pub fn spent_groups_of(&self, user: &str) -> std::collections::BTreeSet<String> {
+        self.lock().spent.groups_of(user)
+    }
+
     /// What the instance holding a volume's lease is doing, for the volume's rules:
     /// gone or ended (`Ended`), cut off with its host (`Unreachable`), or anything
     /// else, saving its files included (`Running`).
@@ -246,8 +395,6 @@ impl Instances {
             return Holder::Ended;
         };
         let Some((state, host, had_container)) = self
-            .lock()
-            .all
             .get(&id)
             .map(|i| (i.state, i.host.clone(), i.container_seen))
         else {
@@ -281,8 +428,9 @@ impl Instances {
 
     /// How many instances are in each state.
     pub fn count_by_state(&self) -> BTreeMap<InstanceState, usize> {
-        let mut m = BTreeMap::new();
-        for i in self.lock().all.values() {
+        let inner = self.lock();
+        let mut m = inner.ended_out.clone();
+        for i in inner.all.values() {
             *m.entry(i.state).or_default() += 1;
         }
         m
@@ -335,6 +483,15 @@ impl Instances {
         // Transitions first: if a crash kept only a prefix of this commit, an extra
         // history entry is harmless; a record without its history's newest is not.
         let mut t = self.store.transaction();
+        if i.stored_transitions == 0 {
+            // A new instance (or an old record's first save since): its owner's
+            // index first, so no record is ever missing from its owner's list.
+            t = t.put(
+                Tree::InstanceOwners,
+                &owner_key(&i.owner, &i.id),
+                &i.created_ms,
+            )?;
+        }
         for (seq, tr) in i.transitions.iter().enumerate().skip(i.stored_transitions) {
             t = t.put(Tree::InstanceTransitions, &transition_key(&i.id, seq), tr)?;
         }
@@ -388,16 +545,27 @@ impl Instances {
             i.state,
             std::time::Duration::from_millis(now_ms.saturating_sub(i.created_ms)),
         );
-        if let Err(e) = self.save(i) {
-            tracing::error!(instance = %i.id, error = %e, "could not store an instance's state");
-            applied.error.get_or_insert(e);
-        }
+        let saved = match self.save(i) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(instance = %i.id, error = %e, "could not store an instance's state");
+                applied.error.get_or_insert(e);
+                false
+            }
+        };
         applied.changes.push(Change {
             id: id.clone(),
             was,
             now: i.state,
             reason: i.state_reason.clone(),
         });
+        // Ended: nothing changes it again, and the store holds it (written above,
+        // durable before anyone is told), so it leaves memory now.
+        if saved && !i.stays_in_memory() {
+            *inner.ended_out.entry(i.state).or_default() += 1;
+            note_spent(&mut inner.spent, i, true);
+            inner.all.remove(id);
+        }
     }
 
     /// Makes a batch durable, then tells the touched hosts. A failed write is
@@ -454,13 +622,21 @@ impl Instances {
         let id = {
             let mut guard = self.lock();
             let inner = &mut *guard;
-            if let Some((_, q)) = &charge {
+            // Without a limit nothing needs counting: no walk over what runs.
+            let unlimited = crate::groups::core::Limits::default();
+            let limited = |l: &crate::groups::core::Limits| *l != unlimited;
+            if let Some((_, q)) = charge
+                .as_ref()
+                .filter(|(_, q)| limited(&q.member_limits) || limited(&q.group_limits))
+            {
                 let runs = inner
                     .all
                     .values()
                     .filter(|i| i.charge.as_ref().is_some_and(|c| c.group == q.group))
                     .filter_map(Instance::as_run);
-                let (mine, group) = crate::groups::core::usage(runs, owner, now_ms);
+                let (mut mine, mut group) = crate::groups::core::usage(runs, owner, now_ms);
+                mine.credits += inner.spent.of(&q.group, owner).credits;
+                group.credits += inner.spent.group_total(&q.group).credits;
                 crate::groups::core::check_quota(
                     (&q.member_limits, &mine),
                     (&q.group_limits, &group),
@@ -670,7 +846,9 @@ impl Instances {
         let inst = {
             let mut inner = self.lock();
             let Some(i) = inner.all.get_mut(id) else {
-                return Ok(None);
+                drop(inner);
+                // Ended (or unknown): nothing to extend.
+                return Ok(self.get(id));
             };
             if !i.state.is_terminal() {
                 i.expires_ms = i.expires_ms.saturating_add(by_ms);
@@ -682,37 +860,56 @@ impl Instances {
         Ok(Some(inst))
     }
 
-    /// Forgets instances that ended `keep_days` ago or more: from the store, then
-    /// from memory. Returns how many.
+    /// Forgets instances that ended `keep_days` ago or more: from the store (with
+    /// their history and their owners' index keys), then from memory. Returns how
+    /// many. Ended instances live in the store, so this reads the whole instance
+    /// tree and its history once per sweep.
     pub async fn forget_ended(&self, now_ms: u64, keep_days: u32) -> Result<usize, StoreError> {
-        let due: Vec<InstanceId> = self
-            .lock()
-            .all
+        let mut ended: BTreeMap<InstanceId, Instance> = self
+            .store
+            .all::<Instance>(Tree::Instances)?
+            .into_iter()
+            .filter(|i| i.state.is_terminal())
+            .map(|i| (i.id.clone(), i))
+            .collect();
+        if ended.is_empty() {
+            return Ok(0);
+        }
+        self.attach_stored_history(&mut ended)?;
+        let due: Vec<&Instance> = ended
             .values()
             .filter(|i| crate::retention::instance_due(i.ended_at(), now_ms, keep_days))
-            .map(|i| i.id.clone())
             .collect();
         if due.is_empty() {
             return Ok(0);
         }
         for chunk in due.chunks(100) {
             let mut t = self.store.transaction();
-            for id in chunk {
-                t = t.remove(Tree::Instances, id.as_str());
+            for i in chunk {
+                // The record last: a crash part way leaves it listed and due again.
                 for key in self
                     .store
-                    .keys(Tree::InstanceTransitions, &format!("{}/", id.as_str()))?
+                    .keys(Tree::InstanceTransitions, &format!("{}/", i.id.as_str()))?
                 {
                     t = t.remove(Tree::InstanceTransitions, &key);
                 }
+                t = t.remove(Tree::InstanceOwners, &owner_key(&i.owner, &i.id));
+                t = t.remove(Tree::Instances, i.id.as_str());
             }
             t.commit()?;
         }
         self.store.flush().await?;
-        let mut inner = self.lock();
-        for id in &due {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        for i in &due {
             // Ended instances never change again, so what was due still is.
-            inner.all.remove(id);
+            if let Some(n) = inner.ended_out.get_mut(&i.state) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    inner.ended_out.remove(&i.state);
+                }
+            }
+            note_spent(&mut inner.spent, i, false);
         }
         Ok(due.len())
     }

@@ -112,6 +112,13 @@ impl Instance {
         })
     }
 
+    /// Whether it is kept in memory: while it lives. An ended one is read from the
+    /// store when asked for (what it spent goes to the groups' ledger), so memory
+    /// follows what runs now, not everything that ever ran.
+    pub fn stays_in_memory(&self) -> bool {
+        !self.state.is_terminal()
+    }
+
     /// When it ended, if it did.
     pub fn ended_at(&self) -> Option<u64> {
         if !self.state.is_terminal() {

@@ -18,8 +18,10 @@ use cairn_api::groups::{
 use super::{now, Caller, Service, ServiceError, ServiceResult};
 use crate::groups::catalog::{replace_code, GroupRecord, Member, StoredCode};
 use crate::groups::core::{self, Action, Actor, CodeRefusal};
+use crate::groups::ledger::Spent;
 use crate::groups::GroupsError;
 use crate::instances::Instance;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What a group's page shows ([`Service::group_page`]).
 #[derive(Debug)]
@@ -676,15 +678,26 @@ impl Service {
     pub fn group_usage(&self, caller: &Caller, name: &str) -> ServiceResult<UsageReport> {
         let g = self.group_for(caller, name, Action::ManageInstances)?;
         let runs = self.app.instances.matching(|i| charged_to(i, name));
+        let spent: BTreeMap<String, Spent> =
+            self.app.instances.spent_in(name).into_iter().collect();
         let now = now();
         let mut users: Vec<&str> = runs.iter().map(|i| i.owner.as_str()).collect();
+        users.extend(spent.keys().map(String::as_str));
         users.sort_unstable();
         users.dedup();
         let rows: Vec<UsageRow> = users
             .iter()
-            .map(|u| usage_row(name, Some(u), &runs, now))
+            .map(|u| {
+                let ended = spent.get(*u).copied().unwrap_or_default();
+                usage_row(name, Some(u), &runs, ended, now)
+            })
             .collect();
-        let total = usage_row(name, None, &runs, now);
+        let mut all_ended = Spent::default();
+        for s in spent.values() {
+            all_ended.credits += s.credits;
+            all_ended.launches += s.launches;
+        }
+        let total = usage_row(name, None, &runs, all_ended, now);
         Ok(UsageReport {
             group: name.to_string(),
             quota: g.quota,
@@ -698,19 +711,26 @@ impl Service {
     pub fn my_usage(&self, caller: &Caller) -> ServiceResult<Vec<UsageRow>> {
         let me = caller.user()?.name().to_string();
         let runs = self.app.instances.matching(|i| i.owner == me);
-        let mut groups: Vec<&str> = runs
-            .iter()
-            .filter_map(|i| i.charge.as_ref().map(|c| c.group.as_str()))
-            .collect();
-        groups.sort_unstable();
-        groups.dedup();
+        let mut groups: BTreeSet<String> = self.app.instances.spent_groups_of(&me);
+        groups.extend(
+            runs.iter()
+                .filter_map(|i| i.charge.as_ref().map(|c| c.group.clone())),
+        );
         let now = now();
         Ok(groups
             .iter()
             .map(|g| {
                 let of_group: Vec<Instance> =
                     runs.iter().filter(|i| charged_to(i, g)).cloned().collect();
-                usage_row(g, Some(&me), &of_group, now)
+                let ended = self
+                    .app
+                    .instances
+                    .spent_in(g)
+                    .into_iter()
+                    .find(|(u, _)| *u == me)
+                    .map(|(_, s)| s)
+                    .unwrap_or_default();
+                usage_row(g, Some(&me), &of_group, ended, now)
             })
             .collect())
     }
@@ -767,8 +787,15 @@ fn charged_to(i: &Instance, group: &str) -> bool {
     i.charge.as_ref().is_some_and(|c| c.group == group)
 }
 
-/// `user`'s row among `runs` (everyone's together when `None`).
-fn usage_row(group: &str, user: Option<&str>, runs: &[Instance], now_ms: u64) -> UsageRow {
+/// `user`'s row among the live `runs` and what their `ended` runs spent
+/// (everyone's together when `None`).
+fn usage_row(
+    group: &str,
+    user: Option<&str>,
+    runs: &[Instance],
+    ended: Spent,
+    now_ms: u64,
+) -> UsageRow {
     let mine: Vec<&Instance> = runs
         .iter()
         .filter(|i| user.is_none_or(|u| i.owner == u))
@@ -780,8 +807,8 @@ fn usage_row(group: &str, user: Option<&str>, runs: &[Instance], now_ms: u64) ->
         user: user.unwrap_or("*").to_string(),
         instances: u.instances,
         memory_mib: u.memory_mib,
-        credits: u.credits,
-        launches: mine.len() as u32,
+        credits: u.credits + ended.credits,
+        launches: mine.len() as u32 + ended.launches,
     }
 }
 

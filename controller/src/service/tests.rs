@@ -15,6 +15,7 @@ use crate::blueprints::BlueprintInput;
 use crate::datasets::lookup::{DatasetLookup, LookupError};
 use crate::service::join_tokens::CreateToken;
 use crate::users::Role;
+use cairn_api::instances::InstanceState;
 
 fn kind<T: std::fmt::Debug>(r: Result<T, ServiceError>) -> Kind {
     r.expect_err("expected a refusal").kind
@@ -578,6 +579,38 @@ async fn retention_forgets_what_is_past_keeping_and_nothing_else() {
     s.create_join_token(&w.admin, &join).await.unwrap();
     let day = 24 * 3600 * 1000;
 
+    // Ended, it left memory at once, and is read from the store: alone, in its
+    // owner's list (history and all) and in the counts.
+    let ended_id = cairn_shared::ids::InstanceId::parse(&ended).unwrap();
+    assert!(s.app.instances.matching(|i| i.id == ended_id).is_empty());
+    let shown = s.instance(&w.alice, &ended).unwrap();
+    assert_eq!(shown.state, InstanceState::Stopped);
+    assert!(shown.transitions.len() >= 2, "{shown:?}");
+    let mut mine: Vec<String> = s
+        .list_instances(&w.alice, false)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id.to_string())
+        .collect();
+    mine.sort();
+    let mut both = vec![live.clone(), ended.clone()];
+    both.sort();
+    assert_eq!(mine, both);
+    let everyone = s.list_instances(&w.admin, true).unwrap();
+    assert!(everyone.iter().any(|i| i.id.to_string() == ended));
+    assert_eq!(
+        s.app
+            .instances
+            .count_by_state()
+            .get(&InstanceState::Stopped),
+        Some(&1)
+    );
+    // Stopping it again is harmless and answers with what it was.
+    assert_eq!(
+        s.stop(&w.alice, &ended).await.unwrap().state,
+        InstanceState::Stopped
+    );
+
     let swept = crate::retention::sweep(&s.app, t0 + 29 * day).await;
     assert_eq!(swept.instances, 0, "kept for 30 days");
     assert_eq!(swept.join_tokens, 1, "a day past its hour");
@@ -594,6 +627,21 @@ async fn retention_forgets_what_is_past_keeping_and_nothing_else() {
         .unwrap()
         .is_none());
     assert!(s.instance(&w.admin, &live).is_ok(), "live instances stay");
+    assert_eq!(s.list_instances(&w.alice, false).unwrap().len(), 1);
+    assert!(s
+        .app
+        .store
+        .keys(Tree::InstanceOwners, "alice/")
+        .unwrap()
+        .iter()
+        .all(|k| !k.ends_with(&ended)));
+    assert_eq!(
+        s.app
+            .instances
+            .count_by_state()
+            .get(&InstanceState::Stopped),
+        None
+    );
     // Every login token of the world is 31 days old: expired, deleted.
     assert!(swept.api_tokens >= 3, "{swept:?}");
     assert!(s.app.api_tokens.list_for(None).unwrap().is_empty());

@@ -100,11 +100,14 @@ pub enum Tree {
     CloudServers,
     /// Instances' transitions, one key each: `INSTANCE/SEQ` (4 digits).
     InstanceTransitions,
+    /// Which instances a user launched, one empty key each: `OWNER/INSTANCE`. Ended
+    /// instances live only in the store, and a user's list is read through this.
+    InstanceOwners,
 }
 
 impl Tree {
     /// Every tree, for export and import.
-    pub const ALL: [Tree; 14] = [
+    pub const ALL: [Tree; 15] = [
         Tree::Hosts,
         Tree::JoinTokens,
         Tree::Blueprints,
@@ -119,6 +122,7 @@ impl Tree {
         Tree::Audit,
         Tree::CloudServers,
         Tree::InstanceTransitions,
+        Tree::InstanceOwners,
     ];
 
     pub fn name(self) -> &'static str {
@@ -137,6 +141,7 @@ impl Tree {
             Tree::Audit => "audit",
             Tree::CloudServers => "cloud_servers",
             Tree::InstanceTransitions => "instance_transitions",
+            Tree::InstanceOwners => "instance_owners",
         }
     }
 
