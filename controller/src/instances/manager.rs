@@ -376,6 +376,19 @@ impl Instances {
         v
     }
 
+    /// What `f` picks out of each live instance, looked at in place under the
+    /// table's lock (no copies): for periodic passes over everything that runs.
+    /// `f` must not call back into the instance table.
+    pub fn visit_live<T>(&self, mut f: impl FnMut(&Instance) -> Option<T>) -> Vec<T> {
+        let inner = self.lock();
+        inner
+            .live
+            .iter()
+            .filter_map(|id| inner.all.get(id))
+            .filter_map(&mut f)
+            .collect()
+    }
+
     /// What the ended runs in `group` spent, per member.
     pub fn spent_in(&self, group: &str) -> Vec<(String, Spent)> {
         self.lock().spent.members(group)
