@@ -32,7 +32,7 @@ use crate::images::ImageManager;
 use crate::runtime::Workloads;
 use crate::state::{AgentState, StateDir};
 use cairn_shared::validate::Validate;
-use cairn_shared::workload::{ControllerRequest, ControllerResponse};
+use cairn_shared::workload::{ControllerRequest, ControllerResponse, InstanceReport};
 
 /// Settings of the link loop.
 #[derive(Debug, Clone)]
@@ -375,9 +375,7 @@ async fn converse<F: FactsSource>(
             }
             _ = wait_changed(&workloads) => {
                 if let Some(w) = &workloads {
-                    let reports = w.0.drain();
-                    if !reports.is_empty() {
-                        let m = AgentMsg::Instances { full: false, reports };
+                    for m in report_messages(w.0.drain()) {
                         if let Err(e) = framing::write(&mut send, &m, framing::MAX_FRAME_LEN).await {
                             return lost(conn, true, format!("sending instance reports: {e}"));
                         }
@@ -424,6 +422,20 @@ async fn converse<F: FactsSource>(
             },
         }
     }
+}
+
+/// Queued reports as messages the controller accepts: at most
+/// [`MAX_DESIRED`](cairn_shared::workload::MAX_DESIRED) each. A host stopping
+/// thousands of instances at once queues more than that between two sends, and
+/// one oversized message would be refused as garbled and cost the link.
+fn report_messages(reports: Vec<InstanceReport>) -> Vec<AgentMsg> {
+    reports
+        .chunks(cairn_shared::workload::MAX_DESIRED)
+        .map(|c| AgentMsg::Instances {
+            full: false,
+            reports: c.to_vec(),
+        })
+        .collect()
 }
 
 /// Launches waiting for the host's container slots; none without a supervisor.
@@ -665,6 +677,36 @@ async fn maybe_renew(
                 .unwrap_or_default();
             tracing::info!(valid_for_s = not_after, "client certificate renewed");
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_shared::workload::InstancePhase;
+
+    #[test]
+    fn many_reports_go_out_as_several_messages_the_controller_accepts() {
+        let report = |_| InstanceReport {
+            id: cairn_shared::ids::InstanceId::generate(),
+            phase: InstancePhase::Starting,
+        };
+        assert!(report_messages(vec![]).is_empty());
+        let msgs = report_messages((0..10_000).map(report).collect());
+        let sizes: Vec<usize> = msgs
+            .iter()
+            .map(|m| match m {
+                AgentMsg::Instances { full, reports } => {
+                    assert!(!full);
+                    reports.len()
+                }
+                other => panic!("not reports: {other:?}"),
+            })
+            .collect();
+        assert_eq!(sizes, vec![4096, 4096, 1808]);
+        for m in &msgs {
+            m.validate().unwrap();
         }
     }
 }
