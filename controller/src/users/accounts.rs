@@ -125,7 +125,22 @@ pub fn valid_user_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-_".contains(&b))
 }
 
+/// Password hashes computed at once: one per core, less one so the runtime's
+/// workers keep a core (at least one). Argon2 is built to take a core and 19 MiB
+/// for tens of milliseconds; a class of 200 logging in together had 200 of them
+/// running, which starved launches and everything else of CPU for seconds and took
+/// gigabytes. Queued here, each login waits its turn instead.
+fn hashing() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tokio::sync::Semaphore::new(cores.saturating_sub(1).max(1))
+    })
+}
+
 async fn hash(password: String) -> Result<String, AccountsError> {
+    // The semaphore is never closed, so acquiring only waits.
+    let _turn = hashing().acquire().await;
     tokio::task::spawn_blocking(move || {
         let salt_bytes: [u8; 16] = rand::random();
         let salt =
@@ -141,6 +156,7 @@ async fn hash(password: String) -> Result<String, AccountsError> {
 
 /// Checks a password against a stored hash on the blocking pool.
 async fn verify(password: String, stored: String) -> bool {
+    let _turn = hashing().acquire().await;
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&stored).is_ok_and(|h| {
             Argon2::default()
