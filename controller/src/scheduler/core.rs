@@ -165,12 +165,18 @@ pub const QUEUE_PENALTY: i64 = 25;
 pub const MAX_QUEUE_PENALTY: i64 = FIT_SCALE;
 
 /// The score a host loses for the launches waiting in its queue: each one means
-/// a new launch there waits longer before its container is even created. A host
-/// whose queue is 4 longer than another's loses a bin-packing tie-break by 100,
-/// about a tenth of a host's fill, so a burst spills over to an idle host instead
-/// of piling onto the one it started on; without a queue, nothing changes.
-pub fn queue_penalty(waiting: u32) -> i64 {
-    (QUEUE_PENALTY * i64::from(waiting)).min(MAX_QUEUE_PENALTY)
+/// a new launch there waits longer before its container is even created. Each
+/// weighs [`QUEUE_PENALTY`] plus `step`, the fill one more such launch adds to the
+/// host: otherwise bin-packing, which gains `step` with every launch it piles on,
+/// would keep a whole burst on one host when requests are large for their hosts.
+/// So a host whose queue is longer than another's by one loses more than one
+/// launch's worth of packing, and a burst alternates between hosts once queues
+/// form; without a queue, nothing changes.
+pub fn queue_penalty(waiting: u32, step: i64) -> i64 {
+    QUEUE_PENALTY
+        .saturating_add(step.max(0))
+        .saturating_mul(i64::from(waiting))
+        .min(MAX_QUEUE_PENALTY)
 }
 
 /// The data-locality bonus: a host that already holds the dataset versions a request
@@ -511,9 +517,12 @@ impl Scheduler {
                 used as f64 / cap as f64
             }
         };
-        let fill =
-            (frac(after.memory, limit.memory) + frac(after.millicpus, limit.millicpus)) / 2.0;
-        let fill = (fill * FIT_SCALE as f64).round() as i64;
+        let fill_of = |r: Resources| {
+            let f = (frac(r.memory, limit.memory) + frac(r.millicpus, limit.millicpus)) / 2.0;
+            (f * FIT_SCALE as f64).round() as i64
+        };
+        let fill = fill_of(after);
+        let step = fill - fill_of(e.reserved);
         let strategy = req.strategy.unwrap_or(self.policy(&e.snap.pool).strategy);
         let mut score = match strategy {
             Strategy::Binpack => fill,
@@ -523,7 +532,7 @@ impl Scheduler {
             score += IMAGE_BONUS;
         }
         score -= FAILURE_PENALTY * i64::from(e.snap.recent_failures);
-        score -= queue_penalty(e.queue());
+        score -= queue_penalty(e.queue(), step);
         score + self.bonus.bonus(req, &e.snap)
     }
 
@@ -715,11 +724,13 @@ mod tests {
 
     #[test]
     fn the_queue_penalty_grows_with_the_queue_and_is_bounded() {
-        assert_eq!(queue_penalty(0), 0);
-        assert_eq!(queue_penalty(4), 4 * QUEUE_PENALTY);
-        assert_eq!(queue_penalty(10_000), MAX_QUEUE_PENALTY);
-        assert_eq!(queue_penalty(u32::MAX), MAX_QUEUE_PENALTY);
-        assert!(queue_penalty(7) > queue_penalty(6));
+        assert_eq!(queue_penalty(0, 50), 0);
+        assert_eq!(queue_penalty(4, 0), 4 * QUEUE_PENALTY);
+        assert_eq!(queue_penalty(4, 50), 4 * (QUEUE_PENALTY + 50));
+        assert_eq!(queue_penalty(4, -3), 4 * QUEUE_PENALTY);
+        assert_eq!(queue_penalty(10_000, 0), MAX_QUEUE_PENALTY);
+        assert_eq!(queue_penalty(u32::MAX, i64::MAX / 2), MAX_QUEUE_PENALTY);
+        assert!(queue_penalty(7, 0) > queue_penalty(6, 0));
     }
 
     #[test]
@@ -789,6 +800,29 @@ mod tests {
             s.release(&inst(n));
         }
         assert_eq!(placed(s.submit(req(300, 1))), *fuller);
+    }
+
+    #[test]
+    fn a_burst_of_requests_large_for_their_hosts_still_spreads() {
+        // A tenth of a core on 2-core hosts: each launch adds 25 to a host's fill,
+        // as much as a queued launch used to cost, so packing used to win.
+        let mut s = Scheduler::default();
+        for n in 1..=2 {
+            let mut h = host(n, 8, 2);
+            h.images.insert("img:1".into());
+            s.upsert_host(h);
+        }
+        let mut small = |n: u32| {
+            let mut r = req(n, 0);
+            r.resources = Resources::new(64 << 20, 100);
+            placed(s.submit(r))
+        };
+        let hosts: Vec<HostId> = (0..30).map(&mut small).collect();
+        let first = hosts.iter().filter(|h| **h == hosts[0]).count();
+        assert!(
+            (13..=17).contains(&first),
+            "{first} of 30 on one host: {hosts:?}"
+        );
     }
 
     fn manifest(n: u8) -> ChunkId {
