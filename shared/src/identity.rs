@@ -391,9 +391,28 @@ fn private_key(key_pem: &str) -> Result<PrivateKeyDer<'static>, IdentityError> {
 
 // ---------------------------------------------------------------- QUIC configs
 
+/// Streams an agent may have open towards the controller at once (its control
+/// stream, requests, chunk fetches, volume saves); more wait for one to close.
+/// quinn keeps a table entry per stream the peer may open, allocated up front, so
+/// the controller's allowance costs it per connected host: at the agent's 4096 it
+/// was about 330 KiB per host, a third of a gigabyte for a thousand idle hosts.
+pub const AGENT_OPENED_STREAMS: u32 = 256;
+
+/// The controller's transport settings for its agents: [`transport_config`], with
+/// the smaller allowance of streams agents open ([`AGENT_OPENED_STREAMS`]).
+pub fn controller_transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = base_transport();
+    t.max_concurrent_bidi_streams(AGENT_OPENED_STREAMS.into());
+    Arc::new(t)
+}
+
 /// Transport settings shared by both ends: keep-alives well inside the idle timeout,
 /// so a quiet but healthy link never idles out while a dead peer is noticed in 30 s.
 pub fn transport_config() -> Arc<quinn::TransportConfig> {
+    Arc::new(base_transport())
+}
+
+fn base_transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
@@ -408,7 +427,7 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
     t.stream_receive_window((4u32 << 20).into());
     t.receive_window((64u32 << 20).into());
     t.send_window(64 << 20);
-    Arc::new(t)
+    t
 }
 
 /// Socket buffer size asked for on both ends of the link. The kernel default (about
@@ -501,7 +520,7 @@ pub fn server_config(
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| IdentityError::Quic(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport_config());
+    cfg.transport_config(controller_transport_config());
     Ok(cfg)
 }
 
