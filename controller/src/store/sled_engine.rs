@@ -42,8 +42,28 @@ fn backend(e: impl std::fmt::Display) -> EngineError {
     }
 }
 
+/// How long an open waits for the database's lock to be let go. sled releases it
+/// when its background flusher thread ends, a moment after the last handle is
+/// dropped, so a store reopened at once (a restart in the same process, a command
+/// run right after the controller stopped) can find it still held; another live
+/// controller holds it for good and is reported after this.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl SledEngine {
     pub fn open(path: &Path) -> Result<Self, OpenError> {
+        let started = std::time::Instant::now();
+        loop {
+            match Self::open_once(path) {
+                Err(OpenError::Locked) if started.elapsed() < LOCK_WAIT => {
+                    // No event says the lock is free; look again shortly.
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Self, OpenError> {
         let db = sled::Config::new()
             .path(path)
             .flush_every_ms(Some(200))
