@@ -158,6 +158,12 @@ pub struct DesiredUpdate {
 /// Most instances in one update.
 pub const MAX_DESIRED: usize = 4096;
 
+/// Container operations one host runs at once unless told otherwise: enough to
+/// keep an engine busy, few enough that none of them waits on the others for long.
+/// The agent's default `--container-slots`; the controller's scheduler counts
+/// launches beyond it as the host's queue.
+pub const DEFAULT_CONTAINER_SLOTS: u32 = 4;
+
 impl Validate for DesiredUpdate {
     fn validate(&self) -> Result<(), Invalid> {
         validate::max_items("desired.upsert", &self.upsert, MAX_DESIRED)?;

@@ -18,9 +18,9 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-/// Container operations one host runs at once unless told otherwise: enough to
-/// keep an engine busy, few enough that none of them waits on the others for long.
-pub const DEFAULT_CONTAINER_SLOTS: usize = 4;
+/// Container operations one host runs at once unless told otherwise (shared with
+/// the controller's scheduler).
+pub const DEFAULT_CONTAINER_SLOTS: usize = cairn_shared::workload::DEFAULT_CONTAINER_SLOTS as usize;
 
 #[derive(Debug)]
 struct Inner {

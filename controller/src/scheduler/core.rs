@@ -157,7 +157,7 @@ pub const FAILURE_PENALTY: i64 = 150;
 pub const DATASET_BONUS: i64 = 2 * IMAGE_BONUS;
 /// Container operations a host works on at once before launches queue there: the
 /// agent's default `--container-slots`.
-pub const HOST_SLOTS: u32 = 4;
+pub const HOST_SLOTS: u32 = cairn_shared::workload::DEFAULT_CONTAINER_SLOTS;
 /// Per launch waiting in a host's queue …
 pub const QUEUE_PENALTY: i64 = 25;
 /// … up to this much: a queue weighs at most like a full host's fill, so a busy
